@@ -1,0 +1,72 @@
+"""ALiBi: attention with linear biases (Press, Smith & Lewis 2022, "Train Short, Test Long",
+arXiv:2108.12409).
+
+Where it acts: on the attention scores (``where = "scores"``): head h adds
+``-slope_h * (i - j)`` to the score of query position i and key position j (j <= i under the
+causal mask), so the bias depends on positions only through their distance.
+
+Slopes: for n heads, a power of two, slope_h = 2^(-8h/n), h = 1..n. For other head counts, the
+slopes of the closest smaller power of two p, followed by every other slope of 2p -- the
+reference implementation's rule (``get_slopes`` in ofirpress/attention_with_linear_biases).
+
+The bias is a per-head (nh, Tq, Tk) float32 tensor (no batch dimension unless positions differ
+per row); it is built from positions on each call, never cached in ``forward``.
+
+Golden test: slopes against the paper's closed form, and attention against an explicit
+softmax(QK^T/sqrt(d) + bias)V (tests/test_alibi.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from posenc.encodings.base import PositionalEncoding
+
+if TYPE_CHECKING:
+    from posenc.config import GPTConfig
+
+
+def alibi_slopes(n_head: int) -> list[float]:
+    """The standard ALiBi slopes for any number of heads."""
+    if not isinstance(n_head, int) or n_head <= 0:
+        raise ValueError(f"n_head must be a positive int, got {n_head!r}")
+    p = 2 ** math.floor(math.log2(n_head))
+    slopes = [2.0 ** (-8.0 * h / p) for h in range(1, p + 1)]
+    if p < n_head:
+        slopes += [2.0 ** (-8.0 * h / (2 * p)) for h in range(1, 2 * p + 1, 2)][: n_head - p]
+    return slopes
+
+
+class ALiBi(PositionalEncoding):
+    """Per-head linear distance bias on the attention scores."""
+
+    where = "scores"
+
+    def __init__(self, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(n_head), dtype=torch.float32), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> ALiBi:
+        return cls(config.n_head)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # keep the slopes exact in float32 whatever dtype the model is cast to
+        super()._apply(fn, recurse)
+        self.slopes = torch.tensor(alibi_slopes(self.n_head), dtype=torch.float32, device=self.slopes.device)
+        return self
+
+    def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        distance = q_positions[..., :, None] - k_positions[..., None, :]  # (Tq, Tk) or (B, Tq, Tk)
+        slopes = self.slopes.view(-1, 1, 1)  # (nh, 1, 1)
+        if distance.dim() == 3:
+            distance = distance[:, None]  # (B, 1, Tq, Tk)
+        return -slopes * distance.to(torch.float32)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def extra_repr(self) -> str:
+        return f"n_head={self.n_head}"

@@ -1,0 +1,28 @@
+"""NoPE: no positional encoding (Kazemnejad et al. 2023, "The Impact of Positional Encoding on
+Length Generalization in Transformers", arXiv:2305.19466; Haviv et al. 2022).
+
+Where it acts: nowhere (``where = "none"``). A causal decoder still infers positions from the
+causal mask alone, which is the point of the experiment. This class exists so that "no positional
+signal" is an explicit, named choice in a layer pattern (``"N"``) rather than a missing argument.
+
+Golden test: the attention output equals plain causal attention on the same q, k, v.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from posenc.encodings.base import PositionalEncoding
+
+if TYPE_CHECKING:
+    from posenc.config import GPTConfig
+
+
+class NoPE(PositionalEncoding):
+    """Explicitly no positional signal: every hook is the identity / no bias."""
+
+    where = "none"
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> NoPE:
+        return cls()

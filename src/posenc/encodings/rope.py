@@ -1,0 +1,172 @@
+"""Rotary position embedding (RoPE; Su et al. 2021, "RoFormer", arXiv:2104.09864).
+
+Where it acts: on q and k inside every attention layer (``where = "qk"``). Channel pair i of a
+vector at position m is rotated by the angle ``m * base ** (-2i / rotary_dim)``; the dot product of
+a rotated query and key then depends on their positions only through m - n.
+
+Conventions
+- ``layout="half"``: pairs are (i, i + rotary_dim/2) -- GPT-NeoX, Hugging Face Llama/Qwen
+  (``rotate_half``), torchtune. ``layout="interleaved"``: pairs are (2i, 2i+1) -- the RoFormer
+  paper, GPT-J, Meta's Llama (complex multiply). The two layouts are the same rotation up to a
+  fixed permutation of channels.
+- Rotation sign: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos), i.e. counter-clockwise by +angle.
+- ``rotary_dim < head_dim`` (partial rotary, GPT-NeoX style): the first ``rotary_dim`` channels
+  are rotated, the remaining ones pass through bit-identical.
+- Precision: inverse frequencies, angles and the cos/sin tables are always float32, computed with
+  autocast off, and stay float32 after ``.to(torch.bfloat16)`` / ``.half()``. They are cast to the
+  input dtype only for the final multiply.
+- The cos/sin tables for positions < ``cache_len`` are built at construction (non-persistent
+  buffers); other positions are computed on the fly, never clipped.
+
+Golden tests: a per-pair 2x2 rotation written from the paper's formula, Hugging Face's
+``apply_rotary_pos_emb`` (half layout) and a GPT-J-style interleaved rotation (tests/test_rope.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from posenc.encodings.base import PositionalEncoding, check_positions
+
+if TYPE_CHECKING:
+    from posenc.config import GPTConfig
+
+Layout = Literal["half", "interleaved"]
+LAYOUTS: tuple[str, ...] = ("half", "interleaved")
+
+
+def rope_inv_freq(rotary_dim: int, base: float, device: torch.device | None = None) -> Tensor:
+    """Inverse frequencies ``base ** (-2i / rotary_dim)``, i < rotary_dim/2, as float32 (computed in float64)."""
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=device) / rotary_dim
+    return (base ** -exponent).to(torch.float32)
+
+
+def rope_cos_sin(positions: Tensor, inv_freq: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
+    """float32 cos/sin of shape (*positions.shape, rotary_dim), expanded to the pair layout."""
+    with torch.autocast(device_type=positions.device.type, enabled=False):
+        angles = positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32)  # (..., T, rd/2)
+        if layout == "half":
+            angles = torch.cat((angles, angles), dim=-1)  # (..., T, rd): pair i sits at i and i + rd/2
+        else:
+            angles = torch.repeat_interleave(angles, 2, dim=-1)  # (..., T, rd): pair i at 2i, 2i+1
+        return angles.cos(), angles.sin()
+
+
+def rotate_pairs(x: Tensor, layout: Layout) -> Tensor:
+    """The 90-degree rotation of every pair: (x1, x2) -> (-x2, x1), in the given layout."""
+    if layout == "half":
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+    pairs = rearrange(x, "... (d two) -> ... d two", two=2)
+    return rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)")
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -> Tensor:
+    """Rotate the first ``cos.shape[-1]`` channels of x (..., T, hs); the rest pass through.
+
+    cos/sin: (T, rd) or (B, T, rd), any float dtype; they are cast to x.dtype for the multiply.
+    """
+    rd = cos.shape[-1]
+    if cos.dim() == 3:  # per-row positions (B, T, rd) -> (B, 1, T, rd) to broadcast over heads
+        cos, sin = cos[:, None], sin[:, None]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if rd == x.shape[-1]:
+        return x * cos + rotate_pairs(x, layout) * sin
+    x_rot, x_pass = x[..., :rd], x[..., rd:]
+    return torch.cat((x_rot * cos + rotate_pairs(x_rot, layout) * sin, x_pass), dim=-1)
+
+
+class RotaryEmbedding(PositionalEncoding):
+    """RoPE for q, k of shape (B, nh, T, hs): ``q, k = rope(q, k, positions=None)``.
+
+    Args:
+        head_dim: size of each head (hs).
+        base: the rotary base (10000 in RoFormer/GPT-NeoX/Llama 2, 500000 in Llama 3).
+        layout: ``"half"`` (NeoX / Hugging Face) or ``"interleaved"`` (RoFormer / GPT-J / Meta).
+        rotary_dim: channels that are rotated (even, <= head_dim); ``None`` means all of them.
+        cache_len: positions ``< cache_len`` use the cos/sin tables built here; others are computed.
+    """
+
+    where = "qk"
+
+    def __init__(
+        self,
+        head_dim: int,
+        base: float = 10000.0,
+        layout: Layout = "half",
+        rotary_dim: int | None = None,
+        *,
+        cache_len: int = 2048,
+    ) -> None:
+        super().__init__()
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        if not isinstance(head_dim, int) or head_dim <= 0:
+            raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+        if not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
+            raise ValueError(
+                f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}"
+            )
+        if not base > 0:
+            raise ValueError(f"base must be > 0, got {base!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if not isinstance(cache_len, int) or cache_len < 0:
+            raise ValueError(f"cache_len must be an int >= 0, got {cache_len!r}")
+        self.head_dim, self.rotary_dim, self.base = head_dim, rotary_dim, float(base)
+        self.layout: Layout = layout
+        self.cache_len = cache_len
+        self._build_tables(device=None)
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> RotaryEmbedding:
+        return cls(
+            config.head_dim,
+            base=config.rope_base,
+            layout=config.rope_layout,
+            rotary_dim=config.rotary_dim,
+            cache_len=config.block_size,
+        )
+
+    def _build_tables(self, device: torch.device | None) -> None:
+        inv_freq = rope_inv_freq(self.rotary_dim, self.base, device)
+        cos, sin = rope_cos_sin(torch.arange(self.cache_len, device=device), inv_freq, self.layout)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("cos_cached", cos, persistent=False)  # (cache_len, rd) float32
+        self.register_buffer("sin_cached", sin, persistent=False)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # .to(dtype) / .half() would round the tables; re-derive them in float32 on the new device.
+        super()._apply(fn, recurse)
+        self._build_tables(self.inv_freq.device)
+        return self
+
+    def cos_sin(self, positions: Tensor | None, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """float32 cos/sin tables for ``positions`` (default ``arange(seq_len)``)."""
+        if positions is None:
+            if seq_len <= self.cache_len:
+                return self.cos_cached[:seq_len], self.sin_cached[:seq_len]
+            positions = torch.arange(seq_len, device=device)
+        else:
+            check_positions(positions, None)
+        return rope_cos_sin(positions, self.inv_freq, self.layout)
+
+    def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"q and k must have head size {self.head_dim} in their last dim, "
+                f"got {tuple(q.shape)} and {tuple(k.shape)}"
+            )
+        cos, sin = self.cos_sin(positions, q.shape[-2], q.device)
+        return apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
+
+    forward = rotate
+
+    def extra_repr(self) -> str:
+        return (
+            f"head_dim={self.head_dim}, base={self.base}, layout={self.layout!r}, "
+            f"rotary_dim={self.rotary_dim}, cache_len={self.cache_len}"
+        )

@@ -1,0 +1,305 @@
+"""The GPT: token embedding, an optional input encoding, a stack of blocks whose attention each
+carries its own positional encoding, and a tied language-model head.
+
+Shapes: B batch, T tokens, C = n_embd, V = vocab_size, nh heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posenc.attention import CausalSelfAttention, KVCache, LayerKVCache
+from posenc.config import GPTConfig
+from posenc.encodings.base import check_positions
+from posenc.encodings.nope import NoPE
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block for one layer code of ``config.layer_codes`` (e.g. "R", "n")."""
+
+    def __init__(self, config: GPTConfig, code: str) -> None:
+        super().__init__()
+        encoding = config.encoding_class(code)
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(
+            config.n_embd,
+            config.n_head,
+            pe=NoPE() if encoding.where == "input" else encoding.from_config(config),
+            qk_norm=config.qk_norm_type if config.use_qk_norm else None,
+            window=config.sliding_window if code.islower() else None,
+            dropout=config.dropout,
+            bias=config.bias,
+            block_size=config.block_size,
+        )
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, positions: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), positions, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class RNoPEBlock(nn.Module):
+    """One repeat of an RNoPE stack: a block per character of ``pattern`` (default "RRRN": three
+    RoPE layers then one NoPE layer; lower case "r" = RoPE with a sliding window, RNoPE-SWA).
+
+    For use in your own model; ``GPT`` builds the same blocks from ``GPTConfig.layer_pattern``.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        pattern: str = "RRRN",
+        *,
+        sliding_window: int | None = None,
+        rope_base: float = 10000.0,
+        qk_norm: bool = False,
+        dropout: float = 0.0,
+        bias: bool = False,
+        block_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        bad = sorted({c for c in pattern if c not in "RrNn"}) if isinstance(pattern, str) else [pattern]
+        if bad or not pattern:
+            raise ValueError(f"RNoPEBlock pattern must use only R, r, N, n; got {pattern!r} (bad: {bad})")
+        config = GPTConfig(
+            n_layer=len(pattern), n_head=n_head, n_embd=n_embd, block_size=block_size, layer_pattern=pattern,
+            sliding_window=sliding_window, rope_base=rope_base, qk_norm=qk_norm, dropout=dropout, bias=bias,
+        )  # fmt: skip
+        self.pattern = pattern
+        self.blocks = nn.ModuleList(Block(config, code) for code in config.layer_codes)
+
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        for block in self.blocks:
+            x = block(x, positions)
+        return x
+
+
+class GPT(nn.Module):
+    """A nanoGPT-style decoder whose positional encoding is chosen per layer by ``config``.
+
+    ``logits, loss = model(idx, targets=None, positions=None, cache=None)``: logits (B, T, V) for
+    every position; ``loss`` is the mean cross-entropy over targets != -1, or ``None``.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT expects a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        codes = config.layer_codes
+        inputs = [c for c in codes if config.encoding_class(c).where == "input"]
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = config.encoding_class(inputs[0]).from_config(config) if inputs else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, code) for code in codes)
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight  # weight tying
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """GPT-2 initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)),
+        biases zero. Each weight is drawn from its own generator seeded by (seed, parameter name), so
+        variants that share a parameter name start from the same values. ``seed`` defaults to one
+        draw from torch's global RNG.
+        """
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()))
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+            elif name.endswith(".bias"):
+                p.zero_()
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; with ``non_embedding`` the position table is excluded (as nanoGPT counts)
+        while the token embedding stays (it is tied to the output head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= sum(p.numel() for p in self.wpe.parameters())
+        return n
+
+    def _check_inputs(self, idx: Tensor, targets: Tensor | None, positions: Tensor | None) -> None:
+        if not isinstance(idx, Tensor):
+            raise TypeError(f"idx must be a LongTensor of token ids, got {type(idx).__name__}")
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}; add a batch dim with idx[None]")
+        if idx.shape[0] == 0 or idx.shape[1] == 0:
+            raise ValueError(f"idx must have B > 0 and T > 0, got shape {tuple(idx.shape)}")
+        lo, hi = int(idx.min()), int(idx.max())  # host check: no device-side assert on CUDA
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}), got min {lo}, max {hi}")
+        if targets is not None:
+            if not isinstance(targets, Tensor) or targets.shape != idx.shape:
+                shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+                raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {shape}")
+            if targets.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+            lo, hi = int(targets.min()), int(targets.max())
+            if lo < -1 or hi >= self.config.vocab_size:
+                raise ValueError(
+                    f"targets must be in [0, vocab_size={self.config.vocab_size}) or -1 (ignored), got min {lo}, max {hi}"
+                )
+        if positions is not None:
+            check_positions(positions, None)
+            T = idx.shape[1]
+            if positions.shape[-1] != T or (positions.dim() == 2 and positions.shape[0] != idx.shape[0]):
+                raise ValueError(f"positions must have shape ({T},) or {tuple(idx.shape)}, got {tuple(positions.shape)}")
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        if not torch.compiler.is_compiling():
+            self._check_inputs(idx, targets, positions)
+        B, T = idx.shape
+        past = 0 if cache is None else cache.length
+        if positions is None and past:
+            positions = torch.arange(past, past + T, device=idx.device)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe.embed(torch.arange(T, device=idx.device) if positions is None else positions)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, None if cache is None else cache.layers[i])
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layer)
+
+    def configure_optimizers(
+        self,
+        weight_decay: float,
+        learning_rate: float,
+        betas: tuple[float, float] = (0.9, 0.95),
+        device_type: str = "cpu",
+    ) -> torch.optim.AdamW:
+        """AdamW with weight decay on >= 2-D weights only (matmuls, embeddings); fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        extra = {"fused": True} if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        *,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Extend idx (B, T) by ``max_new_tokens`` sampled tokens; ``temperature=0`` is greedy.
+
+        With ``use_cache`` past keys/values are kept in a :class:`KVCache`; once the context would
+        exceed ``block_size`` the cache restarts from the last ``block_size`` tokens, exactly as
+        the uncached path crops its context, so both paths see the same tokens.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        block = self.config.block_size
+        cache = self.new_cache() if use_cache else None
+        pending = idx  # tokens not yet seen by the cache
+        for _ in range(max_new_tokens):
+            if cache is None:
+                logits, _ = self(idx[:, -block:])
+            else:
+                if cache.length + pending.shape[1] > block:  # context full: restart from the last block tokens
+                    cache, pending = self.new_cache(), idx[:, -block:]
+                logits, _ = self(pending, cache=cache)
+            next_id = sample(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+            idx = torch.cat((idx, next_id), dim=1)
+            pending = next_id
+        return idx
+
+    @classmethod
+    def from_hf(cls, model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> GPT:
+        """Load Hugging Face GPT-2 weights (a ``GPT2LMHeadModel`` or its state dict) into an
+        absolute-PE GPT that reproduces its logits. A bare state dict needs ``n_head``."""
+        if isinstance(model_or_state_dict, nn.Module):
+            hf_config: Any = model_or_state_dict.config
+            act = getattr(hf_config, "activation_function", "gelu_new")
+            if act not in ("gelu_new", "gelu_pytorch_tanh"):
+                raise ValueError(f"from_hf supports GPT-2's tanh GELU, got activation_function={act!r}")
+            n_head = hf_config.n_head
+            sd = model_or_state_dict.state_dict()
+        else:
+            sd = dict(model_or_state_dict)
+            if n_head is None:
+                raise ValueError("from_hf(state_dict) needs n_head=..., which weights alone do not determine")
+        sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+        missing = [k for k in ("wte.weight", "wpe.weight", "ln_f.weight") if k not in sd]
+        if missing:
+            raise ValueError(f"not a GPT-2 state dict: missing {missing}")
+        vocab_size, n_embd = sd["wte.weight"].shape
+        n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
+        config = GPTConfig(
+            block_size=sd["wpe.weight"].shape[0], vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+            n_embd=n_embd, bias=True, pe="absolute", dropout=0.0,
+        )  # fmt: skip
+        model = cls(config)
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        ours = {"wte.weight": sd["wte.weight"], "wpe.weight": sd["wpe.weight"], "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]}
+        for i in range(n_layer):
+            for name in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", "attn.c_attn.bias", "attn.c_proj.bias",
+                         "mlp.c_fc.bias", "mlp.c_proj.bias", *conv1d):  # fmt: skip
+                w = sd[f"h.{i}.{name}"]
+                ours[f"blocks.{i}.{name}"] = w.t() if name in conv1d else w  # HF Conv1D stores (in, out)
+        ours["lm_head.weight"] = ours["wte.weight"]
+        model.load_state_dict(ours, strict=True)
+        return model
+
+
+def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Next token ids (B, 1) from last-position logits (B, V); temperature 0 means argmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
