@@ -1,0 +1,206 @@
+"""Pieces of the pretraining run that deserve tests: the validated run configuration, its presets,
+the learning-rate schedule, the step-indexed data order and the numerical guards.
+
+``examples/pretrain_owt.py`` is the straight-line script that uses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from posenc.config import PRESETS, GPTConfig
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: Run presets. ``owt-16m`` is the reference study: ~900M GPT-2 tokens (1717 steps of 524,288
+#: tokens), fp16 + GradScaler + compile on CUDA. ``cpu`` finishes in minutes on 2 cores on the
+#: embedded corpus; ``tiny`` is for tests.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "owt-16m": dict(
+        model="owt-16m", dataset="owt", tokenizer="gpt2", batch_size=32, grad_accum=16, max_iters=1717,
+        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, eval_interval=250, eval_iters=100, log_interval=10,
+    ),
+    "cpu": dict(
+        model="cpu-small", dataset="embedded", tokenizer="bytes", batch_size=16, grad_accum=1, max_iters=600,
+        learning_rate=2e-3, min_lr=2e-4, warmup_iters=30, eval_interval=100, eval_iters=16, log_interval=10,
+    ),
+    "tiny": dict(
+        model="tiny", dataset="embedded", tokenizer="bytes", batch_size=4, grad_accum=2, max_iters=20,
+        learning_rate=3e-3, min_lr=3e-4, warmup_iters=2, eval_interval=10, eval_iters=2, log_interval=1,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a run except the model (``GPTConfig``). Validated at construction."""
+
+    out_dir: str = "out/run"
+    dataset: Literal["owt", "embedded", "files"] = "embedded"
+    data_files: tuple[str, ...] = ()
+    data_dir: str | None = None
+    tokenizer: Literal["gpt2", "bytes"] = "bytes"
+    batch_size: int = 16  # rows per micro-step, summed over all ranks
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_iters: int = 600
+    learning_rate: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_iters: int = 30
+    lr_decay_iters: int | None = None  # default: max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 100
+    eval_iters: int = 16
+    log_interval: int = 10
+    ckpt_interval: int | None = None  # default: eval_interval
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool | None = None  # default: on for CUDA
+    device: str = "auto"
+    seed: int = 1337
+    max_skipped_steps: int = 20  # fp16: more consecutive skipped steps than this stops the run
+    num_samples: int = 3
+    sample_tokens: int = 64
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        def positive(name: str, allow_zero: bool = False) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+                bound = ">= 0" if allow_zero else ">= 1"
+                raise ValueError(f"TrainConfig.{name} must be an int {bound}, got {value!r}")
+
+        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval", "world_size"):
+            positive(name)
+        for name in ("warmup_iters", "max_skipped_steps", "num_samples", "sample_tokens"):
+            positive(name, allow_zero=True)
+        if self.ckpt_interval is not None:
+            positive("ckpt_interval")
+        if self.lr_decay_iters is not None:
+            positive("lr_decay_iters")
+        if self.dataset not in ("owt", "embedded", "files"):
+            raise ValueError(f"TrainConfig.dataset must be 'owt', 'embedded' or 'files', got {self.dataset!r}")
+        if self.dataset == "files" and not self.data_files:
+            raise ValueError("TrainConfig.data_files must name at least one file when dataset='files'")
+        if self.tokenizer not in ("gpt2", "bytes"):
+            raise ValueError(f"TrainConfig.tokenizer must be 'gpt2' or 'bytes', got {self.tokenizer!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"TrainConfig.dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("learning_rate", "min_lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"TrainConfig.min_lr={self.min_lr} must be <= learning_rate={self.learning_rate}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("beta1", "beta2"):
+            if not (isinstance(getattr(self, name), (int, float)) and 0.0 <= getattr(self, name) < 1.0):
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
+            raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 disables), got {self.grad_clip!r}")
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"TrainConfig.batch_size={self.batch_size} (the global micro-batch) must be divisible by the "
+                f"world size {self.world_size}: each rank trains an equal slice of it"
+            )
+
+    @property
+    def decay_iters(self) -> int:
+        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.eval_interval if self.ckpt_interval is None else self.ckpt_interval
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data_files"] = list(self.data_files)
+        return d
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"TrainConfig.device={device!r} is not a torch device (try 'cpu', 'cuda', 'cuda:1')") from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' is float16 on CUDA (the study's setting) and float32 elsewhere. A dtype the device
+    cannot autocast to raises ValueError naming both."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"TrainConfig.dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype = DTYPES[dtype]
+    if torch_dtype is torch.float32:
+        return torch_dtype
+    if device.type == "cuda" and torch_dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"TrainConfig.dtype={dtype!r} is not supported by {torch.cuda.get_device_name(device)}")
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"TrainConfig.dtype={dtype!r}: device {device} has no autocast support for it")
+    try:  # probe once, here, rather than fail deep inside the first step
+        with torch.autocast(device.type, dtype=torch_dtype):
+            torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+    except RuntimeError as e:
+        raise ValueError(f"TrainConfig.dtype={dtype!r} cannot run on device {device}: {e}") from None
+    return torch_dtype
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr`` at ``decay_iters`` (nanoGPT's schedule).
+    A function of the step alone, so skipped or resumed steps cannot desynchronise it."""
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= cfg.decay_iters:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_iters) / max(1, cfg.decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def batch_offsets(n_tokens: int, block_size: int, batch_size: int, seed: int, step: int, micro: int = 0) -> np.ndarray:
+    """Start offsets of the ``batch_size`` rows of micro-step ``micro`` of optimizer step ``step``.
+
+    Drawn from a generator keyed by (seed, step, micro) alone: the data order needs no saved state,
+    a resumed run sees exactly the batches it would have seen, and every rank agrees on the global
+    batch (each then takes its own slice of rows).
+    """
+    if n_tokens < block_size + 1:
+        raise ValueError(f"a split of {n_tokens} tokens is shorter than block_size + 1 = {block_size + 1}")
+    rng = np.random.default_rng([seed, step, micro])
+    return rng.integers(0, n_tokens - block_size, size=batch_size, dtype=np.int64)
+
+
+def get_batch(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets, (B, T) int64 each, from a flat token array."""
+    rows = np.stack([np.asarray(tokens[o : o + block_size + 1], dtype=np.int64) for o in offsets])  # (B, T + 1)
+    rows_t = torch.from_numpy(rows)
+    return rows_t[:, :-1], rows_t[:, 1:]
+
+
+EVAL_SEED = 0  # the validation batches are the same for every run and every encoding
+
+
+def model_config(preset: str, **overrides: Any) -> GPTConfig:
+    """A GPTConfig from a model preset name, with ``None`` overrides ignored."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")
+    return GPTConfig.from_preset(preset, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss, or fp16 skipped too many steps in a row."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        self.step = step
+        super().__init__(f"step {step}: {reason}; stopped before the optimizer update")
