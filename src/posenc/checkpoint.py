@@ -133,6 +133,8 @@ def load_checkpoint(
     """
     path = Path(path)
     expected: dict[str, Any] | None = None
+    if not path.exists():
+        raise CheckpointError(path, "does not exist (neither a run folder nor a checkpoint file)")
     if path.is_dir():
         manifest = read_manifest(path)
         if manifest is None:
