@@ -108,6 +108,10 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT expects a GPTConfig, got {type(config).__name__}")
         self.config = config
+        # Drawn before any submodule exists: constructors consume the global RNG by amounts that differ
+        # between variants (a learned position table draws, RoPE does not), so a later draw would give
+        # each variant another seed and break the shared initialisation promised by init_weights.
+        init_seed = int(torch.randint(0, 2**31 - 1, ()))
         codes = config.layer_codes
         inputs = [c for c in codes if config.encoding_class(c).where == "input"]
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
@@ -117,14 +121,15 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying
-        self.init_weights()
+        self.init_weights(init_seed)
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
         """GPT-2 initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)),
         biases zero. Each weight is drawn from its own generator seeded by (seed, parameter name), so
         variants that share a parameter name start from the same values. ``seed`` defaults to one
-        draw from torch's global RNG.
+        draw from torch's global RNG (the constructor draws it first, so the same global seed gives
+        every variant the same ``seed``).
         """
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()))
@@ -265,6 +270,13 @@ class GPT(nn.Module):
             act = getattr(hf_config, "activation_function", "gelu_new")
             if act not in ("gelu_new", "gelu_pytorch_tanh"):
                 raise ValueError(f"from_hf supports GPT-2's tanh GELU, got activation_function={act!r}")
+            # options that change the logits but that this architecture does not implement
+            defaults = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "layer_norm_epsilon": 1e-5}
+            differ = {k: getattr(hf_config, k) for k, v in defaults.items() if getattr(hf_config, k, v) != v}
+            if getattr(hf_config, "n_inner", None) not in (None, 4 * hf_config.n_embd):
+                differ["n_inner"] = hf_config.n_inner
+            if differ:
+                raise ValueError(f"from_hf supports GPT-2's default architecture; this config differs: {differ}")
             n_head = hf_config.n_head
             sd = model_or_state_dict.state_dict()
         else:

@@ -1,0 +1,165 @@
+"""GPTConfig: every invalid configuration is refused at construction with a named error.
+
+Each row of INVALID gives the overrides (on top of a valid tiny base), the exception type, and
+the strings its message must contain: the field name and the bad value. The same table runs
+again in a fresh interpreter under ``python -O``, which strips ``assert`` statements, to show that
+none of the checks is an assert.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from posenc import PRESETS, VARIANTS, GPTConfig
+
+BASE = dict(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=256, bias=False)
+
+# id: (overrides, exception, strings the message must contain)
+INVALID: dict[str, tuple[dict, type[Exception], tuple[str, ...]]] = {
+    "n_embd-not-divisible": (dict(n_embd=30, n_head=4), ValueError, ("n_embd", "30", "n_head=4")),
+    "odd-head-dim-with-rope": (dict(n_embd=6, n_head=2, pe="rope"), ValueError, ("head_dim", "=3")),
+    "odd-head-dim-with-qknorm": (dict(n_embd=10, n_head=2, pe="qknorm"), ValueError, ("head_dim", "=5")),
+    "odd-rotary-dim": (dict(pe="rope", rotary_dim=7), ValueError, ("rotary_dim", "7")),
+    "rotary-dim-zero": (dict(pe="rope", rotary_dim=0), ValueError, ("rotary_dim", "=0")),
+    "rotary-dim-above-head-dim": (dict(pe="rope", rotary_dim=18), ValueError, ("rotary_dim", "18", "head_dim=16")),
+    "rotary-dim-without-rope": (dict(pe="alibi", rotary_dim=8), ValueError, ("rotary_dim", "8")),
+    "unknown-pe": (dict(pe="xpos"), ValueError, ("pe", "'xpos'")),
+    "unknown-pattern-char": (dict(layer_pattern="RRXN"), ValueError, ("layer_pattern", "'RRXN'", "'X'", "index 2")),
+    "pattern-digit": (dict(layer_pattern="R1"), ValueError, ("layer_pattern", "'1'")),
+    "empty-pattern": (dict(layer_pattern=""), ValueError, ("layer_pattern", "''")),
+    "block-size-zero": (dict(block_size=0), ValueError, ("block_size", "0")),
+    "block-size-negative": (dict(block_size=-8), ValueError, ("block_size", "-8")),
+    "block-size-float": (dict(block_size=32.0), TypeError, ("block_size", "32.0")),
+    "vocab-size-zero": (dict(vocab_size=0), ValueError, ("vocab_size", "0")),
+    "n-layer-zero": (dict(n_layer=0), ValueError, ("n_layer", "0")),
+    "n-layer-bool": (dict(n_layer=True), TypeError, ("n_layer", "True")),
+    "n-head-negative": (dict(n_head=-2), ValueError, ("n_head", "-2")),
+    "dropout-one": (dict(dropout=1.0), ValueError, ("dropout", "1.0")),
+    "dropout-negative": (dict(dropout=-0.1), ValueError, ("dropout", "-0.1")),
+    "dropout-string": (dict(dropout="0.1"), ValueError, ("dropout", "'0.1'")),
+    "rope-base-zero": (dict(pe="rope", rope_base=0.0), ValueError, ("rope_base", "0.0")),
+    "rope-base-negative": (dict(pe="rope", rope_base=-10000.0), ValueError, ("rope_base", "-10000.0")),
+    "rope-base-nan": (dict(pe="rope", rope_base=float("nan")), ValueError, ("rope_base", "nan")),
+    "unknown-rope-layout": (dict(pe="rope", rope_layout="neox"), ValueError, ("rope_layout", "'neox'")),
+    "unknown-qk-norm-type": (dict(pe="qknorm", qk_norm_type="layernorm"), ValueError, ("qk_norm_type", "'layernorm'")),
+    "qk-norm-not-bool": (dict(qk_norm="yes"), TypeError, ("qk_norm", "'yes'")),
+    "bias-not-bool": (dict(bias=1), TypeError, ("bias", "1")),
+    "sliding-window-zero": (dict(layer_pattern="rN", sliding_window=0), ValueError, ("sliding_window", "0")),
+    "sliding-window-negative": (dict(layer_pattern="rN", sliding_window=-4), ValueError, ("sliding_window", "-4")),
+    "lower-case-without-window": (dict(layer_pattern="rrrN"), ValueError, ("layer_pattern", "'rrrN'", "sliding_window")),
+    "window-on-no-layer-pattern": (dict(layer_pattern="RRRN", sliding_window=8), ValueError, ("sliding_window", "8", "'RRRN'")),
+    "window-on-no-layer-nope": (dict(pe="nope", sliding_window=8), ValueError, ("sliding_window", "8", "'NNNN'")),
+    "two-input-encodings": (dict(layer_pattern="PS"), ValueError, ("layer_pattern", "'PSPS'", "['P', 'S']")),
+}
+
+
+def check_row(overrides: dict, error: type[Exception], needles: tuple[str, ...]) -> str | None:
+    """None when GPTConfig refuses the overrides as expected, else a description of what happened."""
+    try:
+        GPTConfig(**(BASE | overrides))
+    except error as e:
+        missing = [n for n in needles if n not in str(e)]
+        return f"message {str(e)!r} lacks {missing}" if missing else None
+    except Exception as e:  # noqa: BLE001 - reported as a failure below
+        return f"raised {type(e).__name__}: {e}"
+    return "accepted"
+
+
+def test_table_is_large_enough() -> None:
+    assert len(INVALID) >= 15
+
+
+def test_base_is_valid() -> None:
+    GPTConfig(**BASE)  # every row's error comes from its overrides, not from the base
+
+
+@pytest.mark.parametrize("overrides, error, needles", list(INVALID.values()), ids=list(INVALID))
+def test_invalid_config_is_refused_with_a_named_error(overrides: dict, error: type[Exception], needles: tuple) -> None:
+    with pytest.raises(error) as info:
+        GPTConfig(**(BASE | overrides))
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+_OPTIMIZED_SCRIPT = 'assert False, "asserts are live: not running under -O"'
+
+_TABLE_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_config
+print(json.dumps({"optimize": sys.flags.optimize,
+                  "results": {k: test_config.check_row(*row) for k, row in test_config.INVALID.items()}}))
+"""
+
+
+def test_invalid_configs_are_refused_under_python_dash_o() -> None:
+    here = str(Path(__file__).parent)
+    env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
+    # the control: under -O an assert really is gone, so a check written as one would pass silently
+    control = subprocess.run([sys.executable, "-O", "-c", _OPTIMIZED_SCRIPT], capture_output=True, text=True, env=env)
+    assert control.returncode == 0, control.stderr
+    run = subprocess.run([sys.executable, "-O", "-c", _TABLE_SCRIPT, here], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["optimize"] == 1
+    assert set(report["results"]) == set(INVALID)
+    failures = {k: v for k, v in report["results"].items() if v is not None}
+    assert not failures, failures
+
+
+# -- valid configurations -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pe", sorted(VARIANTS))
+def test_every_variant_is_a_valid_config(pe: str) -> None:
+    config = GPTConfig(**BASE, pe=pe)
+    assert len(config.layer_codes) == config.n_layer
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_and_round_trip_through_dicts(name: str) -> None:
+    config = GPTConfig.from_preset(name)
+    for field, value in PRESETS[name].items():
+        assert getattr(config, field) == value
+    d = config.to_dict()
+    assert json.loads(json.dumps(d)) == d  # plain data, storable in a checkpoint
+    assert GPTConfig.from_dict(d) == config
+
+
+def test_owt_16m_preset_is_the_reference_study_model() -> None:
+    c = GPTConfig.from_preset("owt-16m")
+    assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size, c.bias) == (4, 4, 256, 1024, 50304, False)
+
+
+def test_preset_overrides_are_validated() -> None:
+    config = GPTConfig.from_preset("tiny", pe="rnope", sliding_window=8)
+    assert config.layer_codes == ("r", "r", "r", "N")
+    with pytest.raises(ValueError, match="n_head=5"):
+        GPTConfig.from_preset("tiny", n_head=5)
+
+
+def test_unknown_preset_names_the_preset_and_the_known_ones() -> None:
+    with pytest.raises(ValueError) as info:
+        GPTConfig.from_preset("gpt5")
+    assert "'gpt5'" in str(info.value) and "owt-16m" in str(info.value) and "tiny" in str(info.value)
+
+
+def test_from_dict_refuses_unknown_fields() -> None:
+    d = GPTConfig.from_preset("tiny").to_dict() | {"n_heads": 4}
+    with pytest.raises(ValueError, match="n_heads"):
+        GPTConfig.from_dict(d)
+
+
+def test_config_is_frozen_and_replace_revalidates() -> None:
+    config = GPTConfig.from_preset("tiny")
+    with pytest.raises(AttributeError):
+        config.n_layer = 8  # type: ignore[misc]
+    assert config.replace(n_layer=8).n_layer == 8
+    with pytest.raises(ValueError, match="dropout"):
+        config.replace(dropout=2.0)
