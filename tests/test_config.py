@@ -55,6 +55,7 @@ INVALID: dict[str, tuple[dict, type[Exception], tuple[str, ...]]] = {
     "lower-case-without-window": (dict(layer_pattern="rrrN"), ValueError, ("layer_pattern", "'rrrN'", "sliding_window")),
     "window-on-no-layer-pattern": (dict(layer_pattern="RRRN", sliding_window=8), ValueError, ("sliding_window", "8", "'RRRN'")),
     "window-on-no-layer-nope": (dict(pe="nope", sliding_window=8), ValueError, ("sliding_window", "8", "'NNNN'")),
+    "window-on-no-layer-absolute": (dict(pe="absolute", sliding_window=8), ValueError, ("sliding_window", "8", "'PPPP'")),
     "two-input-encodings": (dict(layer_pattern="PS"), ValueError, ("layer_pattern", "'PSPS'", "['P', 'S']")),
 }
 

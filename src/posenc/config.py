@@ -145,8 +145,8 @@ class GPTConfig:
         pattern = self.layer_pattern
         if pattern is None:
             pattern = VARIANTS[self.pe][0]
-            if self.sliding_window is not None:  # windows go on the layers that carry positions
-                pattern = "".join(c.lower() if self.encoding_class(c).where != "none" else c for c in pattern)
+            if self.sliding_window is not None:  # windows go on the layers whose attention sees positions
+                pattern = "".join(c.lower() if self.encoding_class(c).where in ("qk", "scores") else c for c in pattern)
         return tuple(pattern[i % len(pattern)] for i in range(self.n_layer))
 
     @property
