@@ -56,6 +56,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from posenc._io import fsync_dir, replace_durably, sha256_file
+
 FORMAT_VERSION = 1
 OWT_DATASET = "Skylion007/openwebtext"
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -590,24 +592,6 @@ def _stale_tmp_files(folder: Path) -> list[Path]:
     return sorted(p for n in names for p in folder.glob(f".{n}.*.tmp"))
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported on this platform (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
 def _write_shard(
     path: Path,
     split: str,
@@ -634,7 +618,7 @@ def _write_shard(
             f.flush()
             os.fsync(f.fileno())
         _step(f"{split}:written")
-        _replace(tmp, path)
+        replace_durably(tmp, path)
         _step(f"{split}:replaced")
     except OSError as e:  # disk full, permissions: a data problem, reported with the path
         raise DataError(f"{path}: cannot write the shard ({e.strerror or e})") from None
@@ -659,19 +643,11 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         _step("meta:written")
-        _replace(tmp, path)
+        replace_durably(tmp, path)
     except OSError as e:
         raise DataError(f"{path}: cannot write the metadata ({e.strerror or e})") from None
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_meta_file(path: Path) -> dict[str, Any]:
@@ -810,7 +786,7 @@ def prepare(
     # From here on the folder is in preparation: no meta.json until the end.
     _step("start")
     (folder / META_NAME).unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     for stale in _stale_tmp_files(folder):
         stale.unlink(missing_ok=True)
 
@@ -925,7 +901,7 @@ def load_split(
     if tokens == 0:
         raise DataError(f"{path}: the {split} split is empty")
     if verify:
-        actual = _sha256_file(path)
+        actual = sha256_file(path)
         if actual != record.get("sha256"):
             raise DataError(f"{path}: sha256 {actual} does not match meta.json ({record.get('sha256')}): the shard changed")
     return np.memmap(path, dtype=dtype, mode="r", shape=(tokens,))
