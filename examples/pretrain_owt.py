@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None, stop_signal: list[int] | None = None) ->
             saved["device"] = args.device
         cfg = TrainConfig(**saved)
         gpt_config = GPTConfig.from_dict(ckpt["config"])
+        tokenizer = get_tokenizer(cfg.tokenizer)
+        preset = f"(resumed at step {ckpt['step']})"
     else:
         values = dict(TRAIN_PRESETS[preset])
         model_preset = args.model or values.pop("model")
@@ -211,7 +213,6 @@ def main(argv: list[str] | None = None, stop_signal: list[int] | None = None) ->
     dtype = resolve_dtype(cfg.dtype, device)
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     faults = parse_faults(args.fault_inject)
-    tokenizer = get_tokenizer(cfg.tokenizer)
 
     # -- data: prepared once (a no-op when the shards exist), then memory-mapped
     data_dir = Path(cfg.data_dir or f"data/{cfg.dataset}-{cfg.tokenizer}")

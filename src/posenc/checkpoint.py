@@ -14,7 +14,6 @@ never a zip-reader traceback and never a silent fresh start.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -25,8 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posenc._io import replace_durably, sha256_file
+
 MANIFEST = "checkpoints.json"
-REQUIRED_KEYS: tuple[str, ...] = ("model", "optimizer", "scaler", "step", "rng", "config", "train_config")
+REQUIRED_KEYS: tuple[str, ...] = ("model", "optimizer", "scaler", "step", "rng", "config", "train_config", "stats")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -61,17 +62,6 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -79,19 +69,10 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -112,9 +93,11 @@ def save_checkpoint(state: Mapping[str, Any], run_dir: str | os.PathLike, *, kee
     manifest; older checkpoint files beyond the newest ``keep`` are removed after the commit."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in run_dir.glob(".*.tmp"):  # half-written files of a save that was killed
+        leftover.unlink(missing_ok=True)
     path = run_dir / f"ckpt-{int(state['step']):07d}.pt"
     _atomic_write(path, lambda f: torch.save(dict(state), f))
-    manifest = {"latest": path.name, "step": int(state["step"]), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"latest": path.name, "step": int(state["step"]), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
     _atomic_write(run_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     old = sorted(run_dir.glob("ckpt-*.pt"))[:-keep] if keep > 0 else []
     for stale in old:
@@ -152,7 +135,7 @@ def load_checkpoint(
     if expected is not None:
         if size != expected["bytes"]:
             raise CheckpointError(path, f"size is {size} bytes, the manifest recorded {expected['bytes']} (truncated or partial write)")
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != expected["sha256"]:
             raise CheckpointError(path, f"sha256 {digest[:12]}... does not match the manifest's {expected['sha256'][:12]}... (corrupted)")
     try:

@@ -79,7 +79,7 @@ class TrainConfig:
 
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval", "world_size"):
             positive(name)
-        for name in ("warmup_iters", "max_skipped_steps", "num_samples", "sample_tokens"):
+        for name in ("warmup_iters", "max_skipped_steps", "num_samples", "sample_tokens", "seed"):
             positive(name, allow_zero=True)
         if self.ckpt_interval is not None:
             positive("ckpt_interval")
@@ -130,9 +130,14 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError:
         raise ValueError(f"TrainConfig.device={device!r} is not a torch device (try 'cpu', 'cuda', 'cuda:1')") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():  # else an AssertionError deep in torch
+        raise ValueError(f"TrainConfig.device={device!r}: CUDA is not available on this machine (try 'cpu' or 'auto')")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"TrainConfig.device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
