@@ -1,4 +1,4 @@
-"""Checkpoints (issue 4, items 2, 3 and 5).
+"""Checkpoints (docs/reliability.md, items 2, 3 and 5).
 
 Item 2: the state of a plain, a compiled, a DDP and a compiled-then-DDP model is saved without
 wrapper prefixes, loads with ``torch.load(weights_only=True)`` and into a plain GPT with

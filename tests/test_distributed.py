@@ -1,4 +1,4 @@
-"""DDP on CPU with gloo, through ``python -m torch.distributed.run`` (issue 4, items 12, 13, and
+"""DDP on CPU with gloo, through ``python -m torch.distributed.run`` (docs/reliability.md, items 12, 13, and
 the DDP part of item 2).
 
 Item 12: 2 processes vs 1 at the same global batch: every logged loss within 1e-5, the final

@@ -1,4 +1,4 @@
-"""Numerical guards of the training loop (issue 4, items 6, 7 and the GPU item 14).
+"""Numerical guards of the training loop (docs/reliability.md, items 6, 7 and the GPU item 14).
 
 Item 6: fp16 autocast with GradScaler on CPU. An injected inf gradient skips that step: the
 parameters and optimizer state in the checkpoints on either side of it are bitwise equal, the loss

@@ -1,4 +1,4 @@
-"""Exact resume (issue 4, items 1 and 4).
+"""Exact resume (docs/reliability.md, items 1 and 4).
 
 Item 1: for every encoding, 40 steps straight equal k steps + checkpoint + resume to 40, for
 k in {1, 7, 39}, with dropout on: every logged loss, learning rate, grad norm and validation loss

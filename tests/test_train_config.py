@@ -1,4 +1,4 @@
-"""Malformed training configurations are refused at construction (issue 4, item 9).
+"""Malformed training configurations are refused at construction (docs/reliability.md, item 9).
 
 The GPTConfig half of item 9 lives in tests/test_config.py; this file covers TrainConfig,
 ``resolve_dtype`` / ``resolve_device`` and the script's own flags. Every case must raise

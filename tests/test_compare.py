@@ -1,0 +1,181 @@
+"""examples/compare.py end to end at the 'test' preset (tiny model, 6 steps, 9 variants x 2 seeds):
+same data order and shared initialisation across variants, continuation of an interrupted sweep
+(bitwise, CPU fp32), the evaluation beyond the training context, and a rendered page whose
+numbers come from results.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from posenc import GPT
+from posenc.config import GPTConfig
+from posenc.data import prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = load("compare")
+SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add contention on a shared 2-core machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("compare")
+    data = prepare(root / "data", source="embedded", tokenizer="bytes", progress=False)
+    out = root / "out"
+    argv = ["--preset", "test", "--jobs", "1", "--threads", "1", "--out", str(out), "--data-dir", str(data),
+            "--render", str(root / "docs" / "results.md")]  # fmt: skip
+    assert compare.run(argv) == 0
+    return {"root": root, "out": out, "data": data, "argv": argv, "results": json.loads((out / "results.json").read_text())}
+
+
+def test_every_variant_and_seed_ran_and_learned(sweep):
+    results = sweep["results"]
+    assert results["variants"] == list(compare.VARIANTS) and results["seeds"] == list(SEEDS)
+    assert set(results["runs"]) == {f"{v}/s{s}" for v in compare.VARIANTS for s in SEEDS}
+    for key, run in results["runs"].items():
+        curve = run["curve"]
+        assert curve[0]["step"] == 0 and curve[-1]["val_loss"] == run["val_loss"], key
+        assert run["val_loss"] < curve[0]["val_loss"], f"{key}: validation loss did not fall"
+    # the variants are what their names say
+    runs = results["runs"]
+    assert (runs["absolute_qknorm/s0"]["pe"], runs["absolute_qknorm/s0"]["qk_norm"]) == ("absolute", True)
+    assert (runs["nope_qknorm/s0"]["pe"], runs["nope_qknorm/s0"]["qk_norm"]) == ("nope", True)
+    assert runs["rnope/s0"]["layer_codes"] == "RRRN" and runs["qknorm/s0"]["qk_norm"] is True
+    assert results["environment"]["torch"] == torch.__version__
+
+
+def test_same_data_order_and_shared_initialisation_across_variants(sweep):
+    """Every variant of a seed ran the same training configuration (hence the same batches, keyed
+    by seed and step), and the script's ``torch.manual_seed(seed); GPT(config)`` gives every
+    variant the same initial values for every parameter the architectures share."""
+    runs = sweep["results"]["runs"]
+    wte = {}
+    for seed in SEEDS:
+        configs = {v: json.loads((Path(runs[f"{v}/s{seed}"]["folder"]) / "summary.json").read_text()) for v in compare.VARIANTS}
+        train = {v: {k: x for k, x in c["train_config"].items() if k != "out_dir"} for v, c in configs.items()}
+        assert all(t == train["rope"] for t in train.values())
+        assert train["rope"]["seed"] == seed
+        params = {}
+        for v, c in configs.items():
+            torch.manual_seed(seed)
+            params[v] = dict(GPT(GPTConfig.from_dict(c["config"])).named_parameters())
+        for v, p in params.items():
+            shared = set(p) & set(params["rope"])
+            assert {"wte.weight", "blocks.0.attn.c_attn.weight", "blocks.3.mlp.c_proj.weight"} <= shared, v
+            for name in shared:
+                assert torch.equal(p[name], params["rope"][name]), f"{v} seed {seed}: {name} differs from rope's"
+        wte[seed] = params["rope"]["wte.weight"]
+    assert not torch.equal(wte[SEEDS[0]], wte[SEEDS[1]])  # control: another seed starts elsewhere
+
+
+def test_extrapolation_and_per_position(sweep):
+    results = sweep["results"]
+    T = results["block_size"]
+    for key, run in results["runs"].items():
+        ext = run["eval"]["extrapolation"]
+        assert list(ext) == ["1", "2", "4", "8"], key
+        if run["pe"] == "absolute":  # the learned table ends at the training context
+            assert ext["1"] is not None and ext["2"] is ext["4"] is ext["8"] is None, key
+        else:  # the sinusoidal table, RoPE, ALiBi and NoPE are all evaluated at every length
+            assert all(x is not None and 0 < x < 10 for x in ext.values()), key
+        assert len(run["eval"]["per_position"]) == T
+    agg = results["aggregate"]["sinusoidal"]["extrapolation"]
+    assert agg["8"]["n"] == len(SEEDS)
+
+
+def test_token_losses_at_the_training_context_equal_the_models_own_loss(one_thread):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", pe="alibi")).eval()
+    windows = torch.randint(0, 256, (3, 4 * 32 + 1), generator=torch.Generator().manual_seed(1))
+    losses = compare.token_losses(model, windows, 32, 64, torch.device("cpu"), torch.float32)  # (12, 32)
+    assert losses.shape == (12, 32)
+    x, y = windows[:, :-1].reshape(-1, 32), windows[:, 1:].reshape(-1, 32)
+    with torch.no_grad():
+        _, loss = model(x, y)
+    torch.testing.assert_close(losses.mean(), loss, rtol=1e-5, atol=1e-6)
+    # a longer context scores the same targets: row 0 of context 64 starts like row 0 of context 32
+    long = compare.token_losses(model, windows, 64, 64, torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(long[0, :32], losses[0], rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_and_rendered_numbers_come_from_the_json(sweep):
+    out, root, results = sweep["out"], sweep["root"], sweep["results"]
+    for name in ("curves.png", "extrapolation.png", "per_position.png"):
+        for folder in (out, root / "docs" / "results"):
+            assert (folder / name).stat().st_size > 1000, folder / name
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0] == "| Model | Train Loss | Validation Loss |"
+    rows = {line.split("|")[1].strip(): line for line in table[2:] if line.startswith("| ")}
+    assert set(rows) == set(compare.LABELS.values())
+
+    page = (root / "docs" / "results.md").read_text()
+    # recompute the rope row from the per-run numbers: mean and sample std over seeds
+    vals = [results["runs"][f"rope/s{s}"]["val_loss"] for s in SEEDS]
+    expected = f"{statistics.fmean(vals):.4f} ± {statistics.stdev(vals):.4f}"
+    assert re.search(rf"^\| GPT ROPE \| [^|]+ \| {re.escape(expected)} \|$", page, re.M), expected
+    assert "4.2067" in page and "3.9634" in page  # the study's table, beside ours
+    assert "smoke test" in page  # a small preset is labelled as such
+    assert "![length extrapolation](results/extrapolation.png)" in page
+    assert json.loads((root / "docs" / "results" / "results.json").read_text()) == results
+
+    # rendering a changed JSON changes the page: nothing in it is fixed text
+    changed = json.loads(json.dumps(results))
+    changed["aggregate"]["rope"]["val_loss"]["mean"] = 1.2345
+    path = root / "changed.json"
+    path.write_text(json.dumps(changed))
+    assert compare.run(["--render", str(root / "changed.md"), "--from", str(path)]) == 0
+    assert re.search(r"^\| GPT ROPE \| [^|]+ \| 1\.2345 ± ", (root / "changed.md").read_text(), re.M)
+
+
+def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(sweep, one_thread):
+    out, results = sweep["out"], sweep["results"]
+    folder = Path(results["runs"]["alibi/s1"]["folder"])
+    train_argv = json.loads((folder / "compare_run.json").read_text())["argv"]
+    shutil.rmtree(folder)
+    # an interrupted run: a checkpoint at step 3 and no summary
+    assert load("pretrain_owt").run([*train_argv, "--stop-at", "3"]) == 0
+    assert not (folder / "summary.json").exists()
+
+    assert compare.run(sweep["argv"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["runs_trained"] == 1  # only the interrupted run; the other 17 were skipped
+    # CPU fp32 resume is exact: the same curve and losses as the uninterrupted run
+    for key in ("curve", "val_loss", "train_loss"):
+        assert again["runs"]["alibi/s1"][key] == results["runs"]["alibi/s1"][key], key
+    assert again["runs"]["rope/s0"]["eval"] == results["runs"]["rope/s0"]["eval"]
+
+
+def test_a_folder_trained_with_other_settings_is_refused(sweep, capsys):
+    argv = ["--preset", "quick", "--variants", "rope", "--seeds", "0", "--jobs", "1", "--out", str(sweep["out"]),
+            "--data-dir", str(sweep["data"])]  # fmt: skip
+    assert compare.run(argv) == 2
+    assert "trained with other settings" in capsys.readouterr().err
+
+
+def test_from_needs_render():
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--from", "results.json"])
