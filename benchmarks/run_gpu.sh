@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# All three benchmarks on one CUDA device (fp16 autocast for attention and training, fp32/bf16/fp16
+# for RoPE, torch.compile, SDPA's default = flash backend), in under 8 minutes on one H200.
+#
+#   bash benchmarks/run_gpu.sh OUT_DIR
+#
+# Writes OUT_DIR/bench_{rope,attention,train}.json and .md (each script's printed tables) and
+# prints a summary. Every step has its own time limit so that one slow step cannot take the
+# others' time; a step that fails or times out is reported and the rest still run.
+set -uo pipefail
+
+OUT=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR}
+PY=${PYTHON:-python}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+
+$PY - <<'PY' || exit 1
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(f"run_gpu.sh needs CUDA; torch {torch.__version__} sees no device")
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
+PY
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+
+step() {  # step NAME LIMIT_S ARGS...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" $PY "benchmarks/$name.py" --device cuda --out "$OUT/$name.json" "$@" > "$OUT/$name.md" 2> "$OUT/$name.log"
+  local rc=$?
+  echo "   rc=$rc in $((SECONDS - t0))s; tables in $OUT/$name.md"
+  [ $rc -eq 0 ] || tail -n 5 "$OUT/$name.log"
+}
+
+step bench_rope 120 --dtypes fp32 bf16 fp16 --repeats 30
+step bench_attention 120 --batch 4 --n-head 12 --n-embd 768 --seq-lens 1024 4096 8192 --repeats 10
+step bench_train 200 --settings owt-16m --repeats 10 \
+  --compile-models "nanoGPT baseline" absolute rope nope qknorm rnope
+
+$PY - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+print("\n## Summary\n")
+for name in ("bench_rope", "bench_attention", "bench_train"):
+    path = out / f"{name}.json"
+    if not path.exists():
+        print(f"- {name}: no result (see {name}.log)")
+        continue
+    d = json.loads(path.read_text())
+    print(f"- {name}: {d['machine'].get('gpu')} torch {d['machine']['torch']}")
+    for line in d.get("bars", []):
+        print(f"  {line}")
+    if name == "bench_rope":
+        for r in d["results"]:
+            if r["mode"] == "fwd+bwd" and r["candidate"] in ("posenc", "posenc (compiled)", "transformers", "copy floor"):
+                print(f"  {r['dtype']} fwd+bwd {r['candidate']}: {r['median_ms']:.4f} ms, {r['x_copy_floor']:.2f}x copy floor")
+    if name == "bench_attention":
+        for label, t_range, m_ratio, growth in d["memory_growth"]:
+            print(f"  peak memory x{m_ratio:.1f} for T {t_range}: {label}: {growth}")
+    if name == "bench_train":
+        for r in d["results"]:
+            print(f"  {r['setting']} {r['mode']} {r['model']}: {r['tokens_per_s']:.0f} tok/s, "
+                  f"{r['x_baseline']:.3f}x baseline, peak {r['peak_bytes'] / 2**20:.0f} MiB")
+PY

@@ -1,0 +1,107 @@
+"""Smoke tests for benchmarks/: each script runs on a tiny size and writes valid JSON; the RoPE
+benchmark's candidates compute the same rotation (so the table compares equal work).
+Timings are never asserted: the benchmarks are scripts, not timed tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def check_payload(path: Path, benchmark: str) -> dict:
+    data = json.loads(path.read_text())
+    assert data["benchmark"] == benchmark
+    for key in ("cpu", "torch", "threads", "date"):
+        assert key in data["machine"], key
+    assert data["results"], "no rows"
+    for row in data["results"]:
+        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+    return data
+
+
+def test_bench_rope_smoke(tmp_path, capsys):
+    out = tmp_path / "rope.json"
+    load("bench_rope").main(["--smoke", "--out", str(out)])
+    data = check_payload(out, "bench_rope")
+    candidates = {r["candidate"] for r in data["results"]}
+    assert {"copy floor", "posenc", "rotate-half formula", "complex multiply"} <= candidates
+    assert {r["mode"] for r in data["results"]} == {"fwd", "fwd+bwd"}
+    assert "| candidate |" in capsys.readouterr().out
+
+
+def test_bench_attention_smoke(tmp_path):
+    out = tmp_path / "attention.json"
+    load("bench_attention").main(["--smoke", "--out", str(out)])
+    data = check_payload(out, "bench_attention")
+    paths = {r["path"] for r in data["results"] if r["part"] == "encodings"}
+    assert {"alibi [B]", "qknorm [R]", "rnope-swa [r]", "rnope-swa [N]"} <= paths
+    impls = {r["impl"] for r in data["results"] if r["part"] == "kernels"}
+    assert impls == {"sdpa default", "sdpa math", "naive"}
+
+
+def test_bench_train_smoke(tmp_path):
+    out = tmp_path / "train.json"
+    load("bench_train").main(["--smoke", "--out", str(out)])
+    data = check_payload(out, "bench_train")
+    models = {r["model"] for r in data["results"]}
+    assert {"nanoGPT baseline", "absolute", "rope", "rnope-swa"} <= models
+    assert all(r["tokens_per_s"] > 0 for r in data["results"])
+
+
+def test_rope_candidates_agree():
+    bench = load("bench_rope")
+    B, nh, T, hs = 2, 3, 11, 8
+    q, k = torch.randn(B, nh, T, hs), torch.randn(B, nh, T, hs)
+    fns = bench.candidates(B, nh, T, hs, torch.float32, torch.device("cpu"))
+    half = fns["posenc"](q, k)
+    interleaved = fns["posenc interleaved"](q, k)
+    for name, want in [("rotate-half formula", half), ("transformers", half), ("complex multiply", interleaved),
+                       ("rotary-embedding-torch", interleaved)]:  # fmt: skip
+        if name not in fns:
+            continue
+        got = fns[name](q, k)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_naive_attention_matches_sdpa():
+    bench = load("bench_attention")
+    from posenc.attention import causal_attention
+
+    q, k, v = (torch.randn(1, 2, 9, 4) for _ in range(3))
+    bias = torch.randn(2, 9, 9)
+    for b, w in [(None, None), (None, 3), (bias, None)]:
+        torch.testing.assert_close(bench.naive_attention(q, k, v, b, w), causal_attention(q, k, v, bias=b, window=w))
+
+
+def test_nanogpt_baseline_matches_absolute_gpt_dimensions():
+    bench = load("bench_train")
+    models = bench.build_models("tiny", torch.device("cpu"))
+    n = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    assert n["nanoGPT baseline"] == n["absolute"]
+
+
+@pytest.mark.parametrize("script", ["bench_rope", "bench_attention", "bench_train"])
+def test_help(script):
+    with pytest.raises(SystemExit) as e:
+        load(script).main(["--help"])
+    assert e.value.code == 0
