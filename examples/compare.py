@@ -87,9 +87,9 @@ DESCRIPTIONS: dict[str, str] = {
 #: ``cpu``: sized for 9 variants x 3 seeds in under an hour on 2 cores (two runs at a time, one
 #: thread each); ``quick``: a smoke test in minutes; ``test``: the unit test's; ``owt-16m``: the study.
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": dict(train_preset="cpu", train_args=("--max-iters", "800", "--eval-interval", "100", "--eval-iters", "16"),
+    "cpu": dict(train_preset="cpu", train_args=("--max-iters", "800", "--batch-size", "16", "--eval-interval", "100", "--eval-iters", "16"),
                 seeds=(0, 1, 2), eval_windows=16),
-    "quick": dict(train_preset="cpu", train_args=("--max-iters", "100", "--eval-interval", "25", "--eval-iters", "8"),
+    "quick": dict(train_preset="cpu", train_args=("--max-iters", "100", "--batch-size", "16", "--eval-interval", "25", "--eval-iters", "8"),
                   seeds=(0, 1), eval_windows=8),
     "owt-16m": dict(train_preset="owt-16m", train_args=(), seeds=(0, 1, 2), eval_windows=16),
     "test": dict(train_preset="tiny", train_args=("--max-iters", "6", "--batch-size", "4", "--grad-accum", "1",

@@ -27,8 +27,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, eval_interval=250, eval_iters=100, log_interval=10,
     ),
     "cpu": dict(
-        model="cpu-small", dataset="embedded", tokenizer="bytes", batch_size=16, grad_accum=1, max_iters=600,
-        learning_rate=2e-3, min_lr=2e-4, warmup_iters=30, eval_interval=100, eval_iters=16, log_interval=10,
+        model="cpu-small", dataset="embedded", tokenizer="bytes", batch_size=32, grad_accum=1, max_iters=1000,
+        learning_rate=2e-3, min_lr=2e-4, warmup_iters=50, eval_interval=100, eval_iters=16, log_interval=10,
     ),
     "tiny": dict(
         model="tiny", dataset="embedded", tokenizer="bytes", batch_size=4, grad_accum=2, max_iters=20,
