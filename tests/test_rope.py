@@ -439,3 +439,16 @@ def test_tables_are_non_persistent_float32_buffers():
     for name in ("inv_freq", "cos_cached", "sin_cached"):
         assert getattr(rope, name).dtype == torch.float32, name
     assert rope.cos_cached.shape == (32, 16)
+
+
+@pytest.mark.parametrize("shape", [(1,), (4,), (2, 5, 1), (3, 4)])
+def test_positions_that_do_not_match_the_sequence_are_refused(shape):
+    rope = RotaryEmbedding(8)
+    q = k = torch.randn(2, 2, 5, 8)  # (B, nh, T=5, hs)
+    with pytest.raises(ValueError, match=r"positions must have shape \(5,\) or \(B, 5\)"):
+        rope(q, k, positions=torch.zeros(shape, dtype=torch.long))
+
+
+def test_q_and_k_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="same length"):
+        RotaryEmbedding(8)(torch.randn(1, 1, 5, 8), torch.randn(1, 1, 4, 8))

@@ -238,7 +238,13 @@ class RotaryEmbedding(PositionalEncoding):
                 f"q and k must have head size {self.head_dim} in their last dim, "
                 f"got {tuple(q.shape)} and {tuple(k.shape)}"
             )
-        cos, sin = self.cos_sin(positions, q.shape[-2], q.device)
+        T = q.shape[-2]
+        if k.shape[-2] != T:
+            raise ValueError(f"q and k must have the same length T, got {tuple(q.shape)} and {tuple(k.shape)}")
+        if positions is not None and (positions.dim() not in (1, 2) or positions.shape[-1] != T):
+            # a (1,) tensor would otherwise broadcast and put every token at one position
+            raise ValueError(f"positions must have shape ({T},) or (B, {T}), got {tuple(positions.shape)}")
+        cos, sin = self.cos_sin(positions, T, q.device)
         return apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
 
     forward = rotate
