@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def bar_check(results: list[dict]) -> list[str]:
-    """Issue 5's bars, from this run's medians (fp32, fwd+bwd)."""
+    """The performance bars of docs/benchmarks.md, from this run's medians (fp32, fwd+bwd)."""
     r = {(x["dtype"], x["mode"], x["candidate"]): x for x in results}
     out = []
     ours = r.get(("fp32", "fwd+bwd", "posenc"))
