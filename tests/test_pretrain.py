@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from _train_helpers import data_dir  # noqa: F401  (session fixture: the embedded corpus, prepared once)
 from posenc import VARIANTS
-from posenc.data import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,11 +25,6 @@ def load_script():
 
 
 script = load_script()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return prepare(tmp_path_factory.mktemp("data") / "embedded-bytes", source="embedded", tokenizer="bytes", progress=False)
 
 
 def train(out: Path, data: Path, *extra: str) -> int:
