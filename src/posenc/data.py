@@ -45,6 +45,7 @@ import math
 import multiprocessing
 import os
 import platform
+import signal
 import socket
 import sys
 import sysconfig
@@ -515,6 +516,10 @@ class _Encoder:
 def _init_worker(encoder: _Encoder) -> None:
     global _worker_encoder
     _worker_encoder = encoder
+    # A forked worker inherits the parent's handlers (the training script catches SIGTERM to stop
+    # at a step boundary); Pool.terminate() must kill workers, and Ctrl-C is the parent's to handle.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_worker(indices: np.ndarray) -> tuple[np.ndarray, int, int]:
