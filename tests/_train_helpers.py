@@ -14,7 +14,6 @@ Every run uses the ``tiny`` preset on the embedded byte-level corpus, prepared o
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -29,6 +28,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "pretrain_owt.py"
@@ -45,10 +46,7 @@ def script() -> ModuleType:
     (matplotlib import + savefig) would cost more than a tiny run itself."""
     global _script
     if _script is None:
-        spec = importlib.util.spec_from_file_location("pretrain_owt_under_test", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_script(SCRIPT, "pretrain_owt_under_test")
         module.plot_curves = lambda *args, **kwargs: None
         _script = module
     return _script

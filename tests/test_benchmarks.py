@@ -4,7 +4,6 @@ Timings are never asserted: the benchmarks are scripts, not timed tests."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,17 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from _scripts import load_script
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load(name: str):
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
+        return load_script(BENCH / f"{name}.py", f"bench_{name}_under_test")
     finally:
         sys.path.remove(str(BENCH))
 

@@ -5,7 +5,6 @@ numbers come from results.json."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -17,19 +16,13 @@ import torch
 
 from posenc import GPT
 from posenc.config import GPTConfig
+from _scripts import load_script
 from posenc.data import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load("compare")
+compare = load_script(ROOT / "examples" / "compare.py", "compare")
 SEEDS = (0, 1)
 
 
@@ -157,7 +150,7 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(sweep, one_thr
     train_argv = json.loads((folder / "compare_run.json").read_text())["argv"]
     shutil.rmtree(folder)
     # an interrupted run: a checkpoint at step 3 and no summary
-    assert load("pretrain_owt").run([*train_argv, "--stop-at", "3"]) == 0
+    assert load_script(ROOT / "examples" / "pretrain_owt.py", "pretrain_owt").run([*train_argv, "--stop-at", "3"]) == 0
     assert not (folder / "summary.json").exists()
 
     assert compare.run(sweep["argv"]) == 0

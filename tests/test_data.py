@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _scripts import load_script
 from posenc import data
 from posenc.data import (
     DataError,
@@ -516,12 +517,7 @@ def test_gpt2_tokenizer_matches_the_reference_ids(gpt2_cache):
 
 
 def load_cli():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("prepare_owt", REPO / "examples" / "prepare_owt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "examples" / "prepare_owt.py", "prepare_owt")
 
 
 def test_cli_prints_one_summary_line_and_reports_a_rerun(tmp_path, jsonl, capsys):

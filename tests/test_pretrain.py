@@ -5,26 +5,16 @@ tests/test_checkpoint.py, tests/test_distributed.py."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from _scripts import ROOT, load_script
 from _train_helpers import data_dir  # noqa: F401  (session fixture: the embedded corpus, prepared once)
 from posenc import VARIANTS
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("pretrain_owt", ROOT / "examples" / "pretrain_owt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+script = load_script(ROOT / "examples" / "pretrain_owt.py", "pretrain_owt")  # with its real plot_curves
 
 
 def train(out: Path, data: Path, *extra: str) -> int:
