@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from posenc import PRESETS, VARIANTS, GPTConfig
+from posenc import GPT, PRESETS, VARIANTS, GPTConfig
 
 BASE = dict(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=256, bias=False)
 
@@ -54,9 +55,9 @@ INVALID: dict[str, tuple[dict, type[Exception], tuple[str, ...]]] = {
     "sliding-window-negative": (dict(layer_pattern="rN", sliding_window=-4), ValueError, ("sliding_window", "-4")),
     "lower-case-without-window": (dict(layer_pattern="rrrN"), ValueError, ("layer_pattern", "'rrrN'", "sliding_window")),
     "window-on-no-layer-pattern": (dict(layer_pattern="RRRN", sliding_window=8), ValueError, ("sliding_window", "8", "'RRRN'")),
-    "window-on-no-layer-nope": (dict(pe="nope", sliding_window=8), ValueError, ("sliding_window", "8", "'NNNN'")),
-    "window-on-no-layer-absolute": (dict(pe="absolute", sliding_window=8), ValueError, ("sliding_window", "8", "'PPPP'")),
-    "two-input-encodings": (dict(layer_pattern="PS"), ValueError, ("layer_pattern", "'PSPS'", "['P', 'S']")),
+    "window-on-no-layer-nope": (dict(pe="nope", sliding_window=8), ValueError, ("sliding_window", "8", "['nope']")),
+    "window-on-no-layer-absolute": (dict(pe="absolute", sliding_window=8), ValueError, ("sliding_window", "8", "['nope']")),
+    "two-input-encodings": (dict(layer_pattern="PS"), ValueError, ("layer_pattern", "'PS'", "['absolute', 'sinusoidal']")),
 }
 
 
@@ -164,3 +165,67 @@ def test_config_is_frozen_and_replace_revalidates() -> None:
     assert config.replace(n_layer=8).n_layer == 8
     with pytest.raises(ValueError, match="dropout"):
         config.replace(dropout=2.0)
+
+
+# -- one source of truth: sugar and explicit fields resolve to the same architecture -------------
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (dict(layer_pattern="PN"), dict(layer_pattern="PPPP")),
+        (dict(layer_pattern="PN"), dict(pe="absolute")),
+        (dict(pe="rnope"), dict(layer_pattern="RRRN")),
+        (dict(pe="rnope"), dict(layer_pe=("rope", "rope", "rope", "nope"))),
+        (dict(pe="sinusoidal"), dict(input_pe="sinusoidal")),
+        (dict(layer_pattern="rrrN", sliding_window=8), dict(layer_pe=("rope", "rope", "rope", "nope"), layer_window=(8, 8, 8, None))),
+        (dict(pe="qknorm"), dict(pe="rope", qk_norm=True)),
+    ],
+)
+def test_equivalent_configs_record_the_same_architecture(a: dict, b: dict) -> None:
+    ca, cb = GPTConfig(**(BASE | a)), GPTConfig(**(BASE | b))
+    assert ca.architecture() == cb.architecture()
+    assert ca.layers == cb.layers and ca.input_encoding == cb.input_encoding
+    torch.manual_seed(0)
+    sa = GPT(ca).state_dict()
+    torch.manual_seed(0)
+    sb = GPT(cb).state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_different_architectures_record_differently() -> None:
+    # the negative control of the test above: the record does tell architectures apart
+    records = {
+        str(GPTConfig(**(BASE | kw)).architecture())
+        for kw in (dict(pe="rope"), dict(pe="rnope"), dict(pe="qknorm"), dict(pe="absolute"), dict(pe="sinusoidal"))
+    }
+    assert len(records) == 5
+
+
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (dict(pe="rope", layer_pattern="RRRN"), ("pe='rope'", "layer_pattern='RRRN'")),
+        (dict(pe="rope", layer_pe=("nope",)), ("pe='rope'", "layer_pe")),
+        (dict(layer_pattern="RN", input_pe="absolute"), ("layer_pattern", "input_pe")),
+        (dict(layer_pe=("absolute",)), ("layer_pe[0]='absolute'",)),
+        (dict(input_pe="rope"), ("input_pe", "'rope'")),
+        (dict(layer_pe="rope"), ("layer_pe", "tuple")),
+        (dict(layer_pe=("rope",), layer_window=(0,)), ("layer_window[0]", "0")),
+        (dict(layer_pe=("rope",), layer_window=(4,), sliding_window=4), ("sliding_window", "layer_window")),
+        (dict(attention="nonesuch"), ("attention", "'nonesuch'")),
+        (dict(pe_options={"nonesuch": {}}), ("pe_options", "'nonesuch'")),
+        (dict(pe_options={"rope": {"base": 2.0}}), ("pe_options['rope']", "rope_")),
+    ],
+)
+def test_conflicting_or_bad_architecture_fields_are_refused(overrides: dict, needles: tuple[str, ...]) -> None:
+    with pytest.raises((ValueError, TypeError)) as info:
+        GPTConfig(**(BASE | overrides))
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+def test_explicit_fields_round_trip_through_dicts() -> None:
+    config = GPTConfig(**(BASE | dict(input_pe="sinusoidal", layer_pe=("rope", "nope"), layer_window=(4, None))))
+    again = GPTConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and again.architecture() == config.architecture()

@@ -14,14 +14,15 @@ import math
 import pytest
 import torch
 
-from posenc import VARIANTS, ALiBi, GPT, GPTConfig, NoPE, RNoPEBlock, RotaryEmbedding
+from posenc import ENCODINGS, VARIANTS, ALiBi, GPT, GPTConfig, NoPE, RNoPEBlock, RotaryEmbedding
 
 CLOSE = dict(rtol=0.0, atol=1e-10)
 
 
 def _wheres(variant: str) -> set[str]:
     config = GPTConfig.from_preset("tiny", pe=variant)
-    return {config.encoding_class(c).where for c in config.layer_codes}
+    wheres = {ENCODINGS[spec.pe][1].where for spec in config.layers}
+    return wheres | ({"input"} if config.input_encoding is not None else set())
 
 
 # Classified from the registry, so a newly registered encoding is tested without editing this file:
@@ -107,8 +108,11 @@ def test_kv_cached_incremental_forward_equals_full_forward(variant: str, chunks:
 @torch.no_grad()
 @pytest.mark.parametrize("variant", POSITIONAL)
 def test_kv_cached_forward_with_a_sliding_window(variant: str) -> None:
-    # an explicit lower-case pattern windows every layer, whatever the encoding acts on
-    model = tiny(variant, sliding_window=3, layer_pattern=VARIANTS[variant][0].lower())
+    # explicit per-layer windows put a window on every layer, whatever the encoding acts on
+    v = VARIANTS[variant]
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset("tiny", input_pe=v.input_pe, layer_pe=v.layer_pe, layer_window=(3,), qk_norm=v.qk_norm)
+    model = GPT(config).double().eval()
     assert all(b.attn.window == 3 for b in model.blocks)
     idx = tokens(1, 10)
     full, _ = model(idx)

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.attention import CausalSelfAttention, KVCache, LayerKVCache
-from posenc.config import GPTConfig
+from posenc.attention import KVCache, LayerKVCache
+from posenc.build import build_attention, build_input_encoding
+from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.base import check_positions
-from posenc.encodings.nope import NoPE
 
 
 class MLP(nn.Module):
@@ -35,22 +35,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block for one layer code of ``config.layer_codes`` (e.g. "R", "n")."""
+    """Pre-norm transformer block for one layer of ``config.layers`` (its encoding and window)."""
 
-    def __init__(self, config: GPTConfig, code: str) -> None:
+    def __init__(self, config: GPTConfig, spec: LayerSpec) -> None:
         super().__init__()
-        encoding = config.encoding_class(code)
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(
-            config.n_embd,
-            config.n_head,
-            pe=NoPE() if encoding.where == "input" else encoding.from_config(config),
-            qk_norm=config.qk_norm_type if config.use_qk_norm else None,
-            window=config.sliding_window if code.islower() else None,
-            dropout=config.dropout,
-            bias=config.bias,
-            block_size=config.block_size,
-        )
+        self.attn = build_attention(config, spec)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
@@ -88,7 +78,7 @@ class RNoPEBlock(nn.Module):
             sliding_window=sliding_window, rope_base=rope_base, qk_norm=qk_norm, dropout=dropout, bias=bias,
         )  # fmt: skip
         self.pattern = pattern
-        self.blocks = nn.ModuleList(Block(config, code) for code in config.layer_codes)
+        self.blocks = nn.ModuleList(Block(config, spec) for spec in config.layers)
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         for block in self.blocks:
@@ -112,12 +102,10 @@ class GPT(nn.Module):
         # between variants (a learned position table draws, RoPE does not), so a later draw would give
         # each variant another seed and break the shared initialisation promised by init_weights.
         init_seed = int(torch.randint(0, 2**31 - 1, ()))
-        codes = config.layer_codes
-        inputs = [c for c in codes if config.encoding_class(c).where == "input"]
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = config.encoding_class(inputs[0]).from_config(config) if inputs else None
+        self.wpe = build_input_encoding(config)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, code) for code in codes)
+        self.blocks = nn.ModuleList(Block(config, spec) for spec in config.layers)
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # weight tying
@@ -158,20 +146,15 @@ class GPT(nn.Module):
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}; add a batch dim with idx[None]")
         if idx.shape[0] == 0 or idx.shape[1] == 0:
             raise ValueError(f"idx must have B > 0 and T > 0, got shape {tuple(idx.shape)}")
-        lo, hi = int(idx.min()), int(idx.max())  # host check: no device-side assert on CUDA
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}), got min {lo}, max {hi}")
+        V = self.config.vocab_size
+        _check_range(idx, 0, V, f"token ids must be in [0, vocab_size={V})")
         if targets is not None:
             if not isinstance(targets, Tensor) or targets.shape != idx.shape:
                 shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
                 raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {shape}")
             if targets.dtype not in (torch.int64, torch.int32):
                 raise TypeError(f"targets must hold integer token ids, got dtype {targets.dtype}")
-            lo, hi = int(targets.min()), int(targets.max())
-            if lo < -1 or hi >= self.config.vocab_size:
-                raise ValueError(
-                    f"targets must be in [0, vocab_size={self.config.vocab_size}) or -1 (ignored), got min {lo}, max {hi}"
-                )
+            _check_range(targets, -1, V, f"targets must be in [0, vocab_size={V}) or -1 (ignored)")
         if positions is not None:
             check_positions(positions, None)
             T = idx.shape[1]
@@ -304,6 +287,17 @@ class GPT(nn.Module):
         ours["lm_head.weight"] = ours["wte.weight"]
         model.load_state_dict(ours, strict=True)
         return model
+
+
+def _check_range(t: Tensor, lo: int, hi: int, message: str) -> None:
+    """Refuse values outside [lo, hi). On the CPU a host check with the offending values; on an
+    accelerator an on-device assert, so that a training step never waits for a host sync."""
+    if t.device.type != "cpu":
+        torch._assert_async(((t >= lo) & (t < hi)).all(), message)
+        return
+    got_lo, got_hi = int(t.min()), int(t.max())
+    if got_lo < lo or got_hi >= hi:
+        raise ValueError(f"{message}, got min {got_lo}, max {got_hi}")
 
 
 def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:

@@ -21,15 +21,12 @@ Hugging Face GPT-2's ``wpe`` through ``GPT.from_hf`` (tests/test_absolute.py, te
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import PositionalEncoding, check_positions
-
-if TYPE_CHECKING:
-    from posenc.config import GPTConfig
+from posenc.encodings.base import ModelDims, PositionalEncoding, check_positions
 
 
 def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
@@ -70,8 +67,8 @@ class AbsolutePE(PositionalEncoding):
             nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
     @classmethod
-    def from_config(cls, config: GPTConfig) -> AbsolutePE:
-        return cls(config.block_size, config.n_embd)
+    def build(cls, dims: ModelDims, **options: Any) -> AbsolutePE:
+        return cls(dims.block_size, dims.n_embd, **options)
 
     def embed(self, positions: Tensor) -> Tensor:
         check_positions(positions, self.max_positions)
@@ -90,7 +87,3 @@ class SinusoidalPE(AbsolutePE):
 
     def __init__(self, n_positions: int, dim: int, *, scale: float | None = None) -> None:
         super().__init__(n_positions, dim, sinusoidal=True, scale=scale)
-
-    @classmethod
-    def from_config(cls, config: GPTConfig) -> SinusoidalPE:
-        return cls(config.block_size, config.n_embd)

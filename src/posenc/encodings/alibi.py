@@ -19,15 +19,12 @@ softmax(QK^T/sqrt(d) + bias)V (tests/test_alibi.py).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import PositionalEncoding
-
-if TYPE_CHECKING:
-    from posenc.config import GPTConfig
+from posenc.encodings.base import ModelDims, PositionalEncoding
 
 
 def alibi_slopes(n_head: int) -> list[float]:
@@ -52,8 +49,8 @@ class ALiBi(PositionalEncoding):
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_head), dtype=torch.float32), persistent=False)
 
     @classmethod
-    def from_config(cls, config: GPTConfig) -> ALiBi:
-        return cls(config.n_head)
+    def build(cls, dims: ModelDims, **options: Any) -> ALiBi:
+        return cls(dims.n_head, **options)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # keep the slopes exact in float32 whatever dtype the model is cast to

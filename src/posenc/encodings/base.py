@@ -14,15 +14,28 @@ encoding-specific branches. Shapes: B batch, T tokens, C channels, nh heads, hs 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from posenc.config import GPTConfig
-
 Where = Literal["input", "qk", "scores", "none"]
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes of the model an encoding is built for: all that :meth:`PositionalEncoding.build`
+    may read, so that encodings know nothing of ``GPTConfig``."""
+
+    n_embd: int
+    n_head: int
+    block_size: int
+    n_layer: int = 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
 
 
 class PositionalEncoding(nn.Module):
@@ -33,9 +46,10 @@ class PositionalEncoding(nn.Module):
     max_positions: int | None = None
 
     @classmethod
-    def from_config(cls, config: GPTConfig) -> PositionalEncoding:
-        """Build the encoding for one layer (or for the input) of a GPT described by ``config``."""
-        raise NotImplementedError(f"{cls.__name__} does not define from_config")
+    def build(cls, dims: ModelDims, **options: Any) -> PositionalEncoding:
+        """The encoding for one layer (or the input) of a model of size ``dims``; ``options`` are
+        the encoding's own keyword arguments (e.g. RoPE's ``base``). The default passes only them."""
+        return cls(**options)
 
     def embed(self, positions: Tensor) -> Tensor | None:
         """Vectors added to the token embeddings: positions (T,) or (B, T) -> (T, C) or (B, T, C)."""
@@ -53,8 +67,8 @@ class PositionalEncoding(nn.Module):
 def check_positions(positions: Tensor, limit: int | None, name: str = "positions") -> None:
     """Refuse non-integer, negative or (when ``limit`` is set) too large positions with a clear error.
 
-    Skipped while compiling: the value checks need a host sync and the compiled training path
-    only ever passes ``arange`` positions.
+    Skipped while compiling (the compiled training path only passes ``arange`` positions); on an
+    accelerator the value check is an on-device assert rather than a host sync.
     """
     if torch.compiler.is_compiling():
         return
@@ -63,6 +77,10 @@ def check_positions(positions: Tensor, limit: int | None, name: str = "positions
     if positions.dim() not in (1, 2):
         raise ValueError(f"{name} must have shape (T,) or (B, T), got {tuple(positions.shape)}")
     if positions.numel() == 0:
+        return
+    if positions.device.type != "cpu":  # no host sync on an accelerator: assert on the device
+        ok = positions >= 0 if limit is None else (positions >= 0) & (positions < limit)
+        torch._assert_async(ok.all(), f"{name} must be >= 0" + ("" if limit is None else f" and < {limit}"))
         return
     lo, hi = int(positions.min()), int(positions.max())
     if lo < 0:

@@ -10,19 +10,10 @@ Golden test: the attention output equals plain causal attention on the same q, k
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from posenc.encodings.base import PositionalEncoding
-
-if TYPE_CHECKING:
-    from posenc.config import GPTConfig
 
 
 class NoPE(PositionalEncoding):
     """Explicitly no positional signal: every hook is the identity / no bias."""
 
     where = "none"
-
-    @classmethod
-    def from_config(cls, config: GPTConfig) -> NoPE:
-        return cls()

@@ -16,7 +16,7 @@ mask folded in -- never a (B, nh, T, T) tensor unless positions differ per batch
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +141,9 @@ class CausalSelfAttention(nn.Module):
         bias: biases in the q/k/v and output projections.
         block_size: training length, used only to initialise the L2 QK-norm temperature.
     """
+
+    #: GPTConfig fields this variant takes beyond the common arguments (see posenc.attention).
+    config_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
