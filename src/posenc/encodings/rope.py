@@ -24,16 +24,13 @@ Golden tests: a per-pair 2x2 rotation written from the paper's formula, Hugging 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
-from posenc.encodings.base import PositionalEncoding, check_positions
-
-if TYPE_CHECKING:
-    from posenc.config import GPTConfig
+from posenc.encodings.base import ModelDims, PositionalEncoding, check_positions
 
 Layout = Literal["half", "interleaved"]
 LAYOUTS: tuple[str, ...] = ("half", "interleaved")
@@ -200,14 +197,8 @@ class RotaryEmbedding(PositionalEncoding):
         self._build_tables(device=None)
 
     @classmethod
-    def from_config(cls, config: GPTConfig) -> RotaryEmbedding:
-        return cls(
-            config.head_dim,
-            base=config.rope_base,
-            layout=config.rope_layout,
-            rotary_dim=config.rotary_dim,
-            cache_len=config.block_size,
-        )
+    def build(cls, dims: ModelDims, **options: Any) -> RotaryEmbedding:
+        return cls(dims.head_dim, **({"cache_len": dims.block_size} | options))
 
     def _build_tables(self, device: torch.device | None) -> None:
         inv_freq = rope_inv_freq(self.rotary_dim, self.base, device)
