@@ -1,12 +1,16 @@
 """Helpers shared by the training-reliability tests (resume, checkpoints, numerics, DDP).
 
-The training script is ``examples/pretrain_owt.py``; the tests drive it three ways:
+Training is ``posenc.train.train``, reached through the command's flags (``posenc.cli``); the
+tests drive it three ways:
 
-* in-process, through its ``run(argv)`` (cheap: no interpreter start, no torch import);
+* in-process, through :func:`train` (cheap: no interpreter start, no torch import);
 * in a forked child of the test process, when a test needs a process it can SIGKILL or signal
   (a fork starts in milliseconds, an interpreter importing torch takes seconds on 2 busy cores);
 * as a fresh interpreter (``python examples/pretrain_owt.py`` or ``torchrun``), where the guarantee
   is about a real process: exit codes, tracebacks on stderr, ``-O``, DDP.
+
+Faults (an inf gradient, a NaN loss) are injected through the trainer's test hooks
+(:class:`Faults`), in a fresh interpreter through ``tests/_faulty_train.py``.
 
 Every run uses the ``tiny`` preset on the embedded byte-level corpus, prepared once per session.
 """
@@ -23,56 +27,40 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 
-from _scripts import load_script
+import posenc.train.runlog
+from posenc.cli import run_train, train_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "pretrain_owt.py"
+FAULTY_SCRIPT = ROOT / "tests" / "_faulty_train.py"
 
 # Fields of log.jsonl that are measurements of the run itself (wall time), not of the numerics.
 TIMING_FIELDS = frozenset({"tokens_per_s", "time_s"})
 
-_script: ModuleType | None = None
-_data_dir: Path | None = None
+class Faults:
+    """Trainer hooks that make failures on purpose: ``"inf-grad@S1,S2;nan-loss@S"`` sets the
+    gradients to inf after those steps' backward, and makes rank 0's loss NaN at step S."""
 
+    def __init__(self, spec: str = "") -> None:
+        self.steps: dict[str, set[int]] = {"inf-grad": set(), "nan-loss": set()}
+        for part in filter(None, spec.split(";")):
+            kind, _, steps = part.partition("@")
+            if kind not in self.steps or not steps:
+                raise ValueError(f"faults: expected 'inf-grad@S1,S2' or 'nan-loss@S', got {part!r}")
+            self.steps[kind] |= {int(s) for s in steps.split(",")}
 
-def script() -> ModuleType:
-    """examples/pretrain_owt.py as a module. curves.png is not under test here, and drawing it
-    (matplotlib import + savefig) would cost more than a tiny run itself."""
-    global _script
-    if _script is None:
-        module = load_script(SCRIPT, "pretrain_owt_under_test")
-        module.plot_curves = lambda *args, **kwargs: None
-        _script = module
-    return _script
+    def on_loss(self, step: int, micro: int, loss: torch.Tensor) -> torch.Tensor:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return loss * float("nan") if step in self.steps["nan-loss"] and rank == 0 else loss
 
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded corpus, byte-tokenized, prepared once per session (every test file imports
-    this fixture; the module-level cache keeps it to one preparation)."""
-    global _data_dir
-    if _data_dir is None:
-        from posenc.data import prepare
-
-        _data_dir = prepare(tmp_path_factory.mktemp("data") / "embedded-bytes", source="embedded",
-                            tokenizer="bytes", progress=False)  # fmt: skip
-    return _data_dir
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on 2 shared cores a second thread makes a tiny model ~10x slower, and
-    bitwise comparisons need the same thread count on both sides anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    def on_gradients(self, step: int, params: list[torch.Tensor]) -> None:
+        if step in self.steps["inf-grad"]:
+            params[0].grad.fill_(float("inf"))
 
 
 def tiny_argv(out_dir: Path, data_dir: Path, *extra: str, **flags: Any) -> list[str]:
@@ -94,9 +82,14 @@ def resume_argv(out_dir: Path, *extra: str) -> list[str]:
     return ["--resume", "--no-progress", "--out-dir", str(out_dir), *extra]
 
 
-def train(argv: list[str]) -> int:
-    """One in-process run of the script; its exit code."""
-    return script().run([str(a) for a in argv])
+def train(argv: list[str], faults: str = "") -> int:
+    """One in-process run from the command's flags; its exit code. curves.png is not under test
+    here, and drawing it (matplotlib import + savefig) would cost more than a tiny run itself."""
+    plot, posenc.train.runlog.plot_curves = posenc.train.runlog.plot_curves, lambda *args, **kwargs: None
+    try:
+        return run_train(train_parser().parse_args([str(a) for a in argv]), hooks=Faults(faults) if faults else None)
+    finally:
+        posenc.train.runlog.plot_curves = plot
 
 
 def read_log(out_dir: Path) -> list[dict]:
@@ -143,10 +136,13 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
-def run_script(argv: list[str], *, timeout: float = 120, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """The script in a fresh interpreter."""
+def run_script(
+    argv: list[str], *, timeout: float = 120, python_flags: tuple[str, ...] = (), faults: str = ""
+) -> subprocess.CompletedProcess:
+    """The script in a fresh interpreter (with ``faults``, the test script that injects them)."""
+    script = [str(FAULTY_SCRIPT), faults] if faults else [str(SCRIPT)]
     return subprocess.run(
-        [sys.executable, *python_flags, str(SCRIPT), *map(str, argv)],
+        [sys.executable, *python_flags, *script, *map(str, argv)],
         env=env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -154,7 +150,6 @@ def run_script(argv: list[str], *, timeout: float = 120, python_flags: tuple[str
 def fork_train(argv: list[str], output: Path) -> int:
     """Start ``run(argv)`` in a forked child (stdout/stderr to ``output``); its pid. The child
     exits with run()'s return value, as ``sys.exit(run())`` does in the script."""
-    script()  # load before forking, so the child does not pay for it
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -167,7 +162,7 @@ def fork_train(argv: list[str], output: Path) -> int:
             os.dup2(fd, 2)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            code = script().run([str(a) for a in argv])
+            code = train(argv)
         except BaseException:  # noqa: BLE001 -- report, then exit without running pytest's teardown
             import traceback
 

@@ -18,9 +18,31 @@ os.environ["OMP_NUM_THREADS"] = "1"
 if "torch" in sys.modules:
     sys.modules["torch"].set_num_threads(1)
 
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("posenc", deadline=None, max_examples=25, print_blob=True)
 settings.register_profile("thorough", deadline=None, max_examples=1000, print_blob=True)
 settings.load_profile("posenc")
 
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded corpus, byte-tokenized, prepared once per session."""
+    from posenc.data import prepare
+
+    return prepare(tmp_path_factory.mktemp("data") / "embedded-bytes", source="embedded", tokenizer="bytes", progress=False)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on 2 shared cores a second thread makes a tiny model ~10x slower, and
+    bitwise comparisons need the same thread count on both sides anyway."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,15 +26,13 @@ import textwrap
 import pytest
 import torch
 from _train_helpers import (
-    ROOT, SCRIPT, assert_states_equal, data_dir, env, latest, logged_steps, max_abs_diff, numerics, one_thread,
-    children, read_log, reaped, resume_argv, tiny_argv, torchrun, train, wait_for,
+    ROOT, SCRIPT, assert_states_equal, env, latest, logged_steps, max_abs_diff, numerics, children, read_log, reaped, resume_argv, tiny_argv, torchrun, train, wait_for,
 )  # fmt: skip
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from posenc import GPT, GPTConfig
 from posenc.checkpoint import MANIFEST, load_checkpoint
 
-__all__ = ["data_dir", "one_thread"]  # fixtures used by name
 
 STEPS = 30
 # global batch: 4 rows x 2 micro-steps; each of 2 ranks trains 2 of the 4 rows. No dropout: a
@@ -42,20 +40,19 @@ STEPS = 30
 FLAGS = dict(pe="rope", max_iters=STEPS, batch_size=4, grad_accum=2, eval_interval=10, eval_iters=2)
 
 WRAPPER = textwrap.dedent("""
-    # The training script, plus a dump of this rank's parameters after every optimizer step.
-    import importlib.util, os, sys
+    # A training run through the command, plus a dump of this rank's parameters after every optimizer step.
+    import os, sys
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
+    import posenc.train.runlog
+    from posenc.cli import run_train, train_parser
 
-    dump, script, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+    dump, argv = sys.argv[1], sys.argv[2:]
     snapshots = []
     register_optimizer_step_post_hook(lambda opt, args, kwargs: snapshots.append(
         torch.cat([p.detach().reshape(-1) for g in opt.param_groups for p in g["params"]]).clone()))
-    spec = importlib.util.spec_from_file_location("pretrain_owt", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.plot_curves = lambda *a, **k: None
-    code = module.run(argv)
+    posenc.train.runlog.plot_curves = lambda *a, **k: None
+    code = run_train(train_parser().parse_args(argv))
     torch.save(torch.stack(snapshots), os.path.join(dump, f"rank{os.environ.get('RANK', '0')}.pt"))
     sys.exit(code)
 """)
@@ -74,7 +71,7 @@ def ddp_run(tmp_path_factory, data_dir):
     wrapper = base / "wrapper.py"
     wrapper.write_text(WRAPPER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper),
-           str(dump), str(SCRIPT), *tiny_argv(out, data_dir, **FLAGS)]  # fmt: skip
+           str(dump), *tiny_argv(out, data_dir, **FLAGS)]  # fmt: skip
     result = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return out, [torch.load(dump / f"rank{r}.pt") for r in range(2)]

@@ -24,16 +24,14 @@ import time
 import pytest
 import torch
 from _train_helpers import (
-    SCRIPT, assert_states_equal, data_dir, env, free_port, latest, logged_steps, one_thread, read_log, resume_argv,
-    run_script, tiny_argv, train, train_losses,
+    FAULTY_SCRIPT, assert_states_equal, env, free_port, latest, logged_steps, read_log, resume_argv, run_script, tiny_argv, train, train_losses,
 )  # fmt: skip
 
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from posenc.checkpoint import load_checkpoint
-from posenc.training import TrainConfig, get_lr
+from posenc.train import TrainConfig, get_lr
 
-__all__ = ["data_dir", "one_thread"]  # fixtures used by name
 
 
 class StepCounter:
@@ -60,10 +58,10 @@ def test_fp16_inf_gradient_skips_the_step_halves_the_scale_and_training_goes_on(
     out = tmp_path / "run"
     # checkpoints keep the newest two: stopping after step SKIP_AT leaves exactly the states
     # before (ckpt SKIP_AT) and after (ckpt SKIP_AT + 1) the skipped step
-    argv = tiny_argv(out, data_dir, f"--fault-inject=inf-grad@{SKIP_AT}", pe="rope", dtype="float16", max_iters=12,
-                     ckpt_interval=1, stop_at=SKIP_AT + 1, dropout=0.1)  # fmt: skip
+    argv = tiny_argv(out, data_dir, pe="rope", dtype="float16", max_iters=12, ckpt_interval=1, stop_at=SKIP_AT + 1,
+                     dropout=0.1)  # fmt: skip
     with StepCounter() as counter:
-        assert train(argv) == 0
+        assert train(argv, faults=f"inf-grad@{SKIP_AT}") == 0
     before = load_checkpoint(out / f"ckpt-{SKIP_AT:07d}.pt")
     after = load_checkpoint(out / f"ckpt-{SKIP_AT + 1:07d}.pt")
     assert counter.calls == SKIP_AT, "GradScaler called optimizer.step() on the inf step"
@@ -83,7 +81,7 @@ def test_fp16_inf_gradient_skips_the_step_halves_the_scale_and_training_goes_on(
     assert json.loads((out / "summary.json").read_text())["skipped_steps"] == 1
     assert not torch.equal(latest(out)["model"]["wte.weight"], after["model"]["wte.weight"]), "training stopped"
 
-    cfg = TrainConfig(**(latest(out)["train_config"] | {"data_files": ()}))
+    cfg = TrainConfig.from_dict(latest(out)["train_config"])
     assert [r["lr"] for r in log] == [get_lr(s, cfg) for s in range(12)]
 
 
@@ -106,10 +104,9 @@ FAULT_AT = 4
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_non_finite_loss_or_gradient_stops_before_the_update(dtype, fault, data_dir, tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    argv = tiny_argv(out, data_dir, f"--fault-inject={fault}@{FAULT_AT}", pe="rope", dtype=dtype, max_iters=10,
-                     ckpt_interval=1)  # fmt: skip
+    argv = tiny_argv(out, data_dir, pe="rope", dtype=dtype, max_iters=10, ckpt_interval=1)
     with StepCounter() as counter:
-        assert train(argv) == 3
+        assert train(argv, faults=f"{fault}@{FAULT_AT}") == 3
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: step {FAULT_AT}: non-finite") and dtype in err, err
     assert counter.calls == FAULT_AT, f"{counter.calls} optimizer updates, expected {FAULT_AT} (none at the fault)"
@@ -118,7 +115,7 @@ def test_non_finite_loss_or_gradient_stops_before_the_update(dtype, fault, data_
 
 
 def test_non_finite_loss_exits_3_with_one_line_in_a_fresh_interpreter(data_dir, tmp_path):
-    result = run_script(tiny_argv(tmp_path / "run", data_dir, f"--fault-inject=nan-loss@{FAULT_AT}", max_iters=10))
+    result = run_script(tiny_argv(tmp_path / "run", data_dir, max_iters=10), faults=f"nan-loss@{FAULT_AT}")
     assert result.returncode == 3, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -128,9 +125,8 @@ def test_non_finite_loss_exits_3_with_one_line_in_a_fresh_interpreter(data_dir, 
 @pytest.mark.parametrize("inf_steps, limit, stops_at", [("3,4,5", 2, 5), ("3,4", 2, None), ("2,3", 1, 3), ("2,4,6", 1, None)])
 def test_too_many_consecutive_fp16_skips_stop_the_run(inf_steps, limit, stops_at, data_dir, tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    argv = tiny_argv(out, data_dir, f"--fault-inject=inf-grad@{inf_steps}", pe="rope", dtype="float16", max_iters=8,
-                     max_skipped_steps=limit)  # fmt: skip
-    rc = train(argv)
+    argv = tiny_argv(out, data_dir, pe="rope", dtype="float16", max_iters=8, max_skipped_steps=limit)
+    rc = train(argv, faults=f"inf-grad@{inf_steps}")
     err = capsys.readouterr().err.strip()
     if stops_at is None:
         assert rc == 0, err
@@ -147,13 +143,13 @@ def test_nan_on_rank_0_stops_both_ddp_ranks(data_dir, tmp_path):
     """Two ranks started by hand (what torchrun does: RANK, WORLD_SIZE, MASTER_*), so that each
     rank's own exit code is visible."""
     out, port = tmp_path / "run", free_port()
-    argv = tiny_argv(out, data_dir, f"--fault-inject=nan-loss@{FAULT_AT}", pe="rope", max_iters=50)
+    argv = [f"nan-loss@{FAULT_AT}", *tiny_argv(out, data_dir, pe="rope", max_iters=50)]
     procs, logs = [], []
     for rank in range(2):
         logs.append(open(tmp_path / f"rank{rank}.txt", "w+"))
         rank_env = env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, str(SCRIPT), *argv], env=rank_env, stdout=logs[rank], stderr=logs[rank]))
+        procs.append(subprocess.Popen([sys.executable, str(FAULTY_SCRIPT), *argv], env=rank_env, stdout=logs[rank], stderr=logs[rank]))
     try:
         deadline = time.monotonic() + 180  # start-up of two interpreters on 2 busy cores
         while logged_steps(out) < FAULT_AT and time.monotonic() < deadline and all(p.poll() is None for p in procs):

@@ -27,14 +27,12 @@ import time
 import pytest
 import torch
 from _train_helpers import (
-    SCRIPT, assert_states_equal, data_dir, env, fork_train, latest, logged_steps, numerics, one_thread, read_log,
-    resume_argv, tiny_argv, train, train_losses, wait_for, wait_pid,
+    SCRIPT, assert_states_equal, env, fork_train, latest, logged_steps, numerics, read_log, resume_argv, tiny_argv, train, train_losses, wait_for, wait_pid,
 )  # fmt: skip
 
 from posenc import VARIANTS
 from posenc.checkpoint import save_checkpoint
 
-__all__ = ["data_dir", "one_thread"]  # fixtures used by name
 
 N = 40
 KS = (1, 7, 39)

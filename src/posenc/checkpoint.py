@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from posenc._io import replace_durably, sha256_file
+from posenc.io import atomic_write, sha256_file
 
 MANIFEST = "checkpoints.json"
 REQUIRED_KEYS: tuple[str, ...] = ("model", "optimizer", "scaler", "step", "rng", "config", "train_config", "stats")
@@ -62,19 +61,6 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        replace_durably(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of ``run_dir``, or ``None`` when no checkpoint was ever committed there."""
     path = Path(run_dir) / MANIFEST
@@ -96,9 +82,9 @@ def save_checkpoint(state: Mapping[str, Any], run_dir: str | os.PathLike, *, kee
     for leftover in run_dir.glob(".*.tmp"):  # half-written files of a save that was killed
         leftover.unlink(missing_ok=True)
     path = run_dir / f"ckpt-{int(state['step']):07d}.pt"
-    _atomic_write(path, lambda f: torch.save(dict(state), f))
+    atomic_write(path, lambda f: torch.save(dict(state), f))
     manifest = {"latest": path.name, "step": int(state["step"]), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    _atomic_write(run_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    atomic_write(run_dir / MANIFEST, json.dumps(manifest, indent=1))
     old = sorted(run_dir.glob("ckpt-*.pt"))[:-keep] if keep > 0 else []
     for stale in old:
         if stale.name != path.name:

@@ -80,6 +80,15 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"GPTConfig.{name} must be > 0, got {value!r}")
 
 
+def dataclass_from_dict(cls: type, d: Mapping[str, Any], tuples: tuple[str, ...] = ()) -> Any:
+    """``cls(**d)`` for a config dataclass read back from JSON: unknown keys are refused by name, and
+    the fields in ``tuples`` (lists in JSON) become tuples again."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+    return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in d.items()})
+
+
 def _tile(values: tuple, n: int) -> tuple:
     return tuple(values[i % len(values)] for i in range(n))
 
@@ -322,15 +331,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GPTConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields {unknown}")
-        d = dict(d)
-        for name in ("layer_pe", "layer_window"):
-            if isinstance(d.get(name), list):
-                d[name] = tuple(d[name])
-        return cls(**d)
+        return dataclass_from_dict(cls, d, tuples=("layer_pe", "layer_window"))
 
     def replace(self, **changes: Any) -> GPTConfig:
         return dataclasses.replace(self, **changes)

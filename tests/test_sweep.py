@@ -1,4 +1,4 @@
-"""examples/compare.py end to end at the 'test' preset (tiny model, 6 steps, 9 variants x 2 seeds):
+"""posenc.sweep (``posenc compare``, examples/compare.py) end to end at the 'test' preset (tiny model, 6 steps, 9 variants x 2 seeds):
 same data order and shared initialisation across variants, continuation of an interrupted sweep
 (bitwise, CPU fp32), the evaluation beyond the training context, and a rendered page whose
 numbers come from results.json."""
@@ -9,21 +9,21 @@ import json
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from posenc import GPT
+from posenc import GPT, sweep as compare
 from posenc.config import GPTConfig
-from _scripts import load_script
 from posenc.data import prepare
+from posenc.report import LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-compare = load_script(ROOT / "examples" / "compare.py", "compare")
 SEEDS = (0, 1)
+VARIANTS = compare.DEFAULT_VARIANTS
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, one_thread):
+def swept(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("compare")
     data = prepare(root / "data", source="embedded", tokenizer="bytes", progress=False)
     out = root / "out"
@@ -45,10 +45,10 @@ def sweep(tmp_path_factory, one_thread):
     return {"root": root, "out": out, "data": data, "argv": argv, "results": json.loads((out / "results.json").read_text())}
 
 
-def test_every_variant_and_seed_ran_and_learned(sweep):
-    results = sweep["results"]
-    assert results["variants"] == list(compare.VARIANTS) and results["seeds"] == list(SEEDS)
-    assert set(results["runs"]) == {f"{v}/s{s}" for v in compare.VARIANTS for s in SEEDS}
+def test_every_variant_and_seed_ran_and_learned(swept):
+    results = swept["results"]
+    assert results["variants"] == list(VARIANTS) and results["seeds"] == list(SEEDS)
+    assert set(results["runs"]) == {f"{v}/s{s}" for v in VARIANTS for s in SEEDS}
     for key, run in results["runs"].items():
         curve = run["curve"]
         assert curve[0]["step"] == 0 and curve[-1]["val_loss"] == run["val_loss"], key
@@ -61,14 +61,14 @@ def test_every_variant_and_seed_ran_and_learned(sweep):
     assert results["environment"]["torch"] == torch.__version__
 
 
-def test_same_data_order_and_shared_initialisation_across_variants(sweep):
+def test_same_data_order_and_shared_initialisation_across_variants(swept):
     """Every variant of a seed ran the same training configuration (hence the same batches, keyed
     by seed and step), and the script's ``torch.manual_seed(seed); GPT(config)`` gives every
     variant the same initial values for every parameter the architectures share."""
-    runs = sweep["results"]["runs"]
+    runs = swept["results"]["runs"]
     wte = {}
     for seed in SEEDS:
-        configs = {v: json.loads((Path(runs[f"{v}/s{seed}"]["folder"]) / "summary.json").read_text()) for v in compare.VARIANTS}
+        configs = {v: json.loads((Path(runs[f"{v}/s{seed}"]["folder"]) / "summary.json").read_text()) for v in VARIANTS}
         train = {v: {k: x for k, x in c["train_config"].items() if k != "out_dir"} for v, c in configs.items()}
         assert all(t == train["rope"] for t in train.values())
         assert train["rope"]["seed"] == seed
@@ -85,8 +85,8 @@ def test_same_data_order_and_shared_initialisation_across_variants(sweep):
     assert not torch.equal(wte[SEEDS[0]], wte[SEEDS[1]])  # control: another seed starts elsewhere
 
 
-def test_extrapolation_and_per_position(sweep):
-    results = sweep["results"]
+def test_extrapolation_and_per_position(swept):
+    results = swept["results"]
     T = results["block_size"]
     for key, run in results["runs"].items():
         ext = run["eval"]["extrapolation"]
@@ -100,30 +100,15 @@ def test_extrapolation_and_per_position(sweep):
     assert agg["8"]["n"] == len(SEEDS)
 
 
-def test_token_losses_at_the_training_context_equal_the_models_own_loss(one_thread):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("tiny", pe="alibi")).eval()
-    windows = torch.randint(0, 256, (3, 4 * 32 + 1), generator=torch.Generator().manual_seed(1))
-    losses = compare.token_losses(model, windows, 32, 64, torch.device("cpu"), torch.float32)  # (12, 32)
-    assert losses.shape == (12, 32)
-    x, y = windows[:, :-1].reshape(-1, 32), windows[:, 1:].reshape(-1, 32)
-    with torch.no_grad():
-        _, loss = model(x, y)
-    torch.testing.assert_close(losses.mean(), loss, rtol=1e-5, atol=1e-6)
-    # a longer context scores the same targets: row 0 of context 64 starts like row 0 of context 32
-    long = compare.token_losses(model, windows, 64, 64, torch.device("cpu"), torch.float32)
-    torch.testing.assert_close(long[0, :32], losses[0], rtol=1e-5, atol=1e-6)
-
-
-def test_outputs_and_rendered_numbers_come_from_the_json(sweep):
-    out, root, results = sweep["out"], sweep["root"], sweep["results"]
+def test_outputs_and_rendered_numbers_come_from_the_json(swept):
+    out, root, results = swept["out"], swept["root"], swept["results"]
     for name in ("curves.png", "extrapolation.png", "per_position.png"):
         for folder in (out, root / "docs" / "results"):
             assert (folder / name).stat().st_size > 1000, folder / name
     table = (out / "table.md").read_text().splitlines()
     assert table[0] == "| Model | Train Loss | Validation Loss |"
     rows = {line.split("|")[1].strip(): line for line in table[2:] if line.startswith("| ")}
-    assert set(rows) == set(compare.LABELS.values())
+    assert set(rows) == set(LABELS.values())
 
     page = (root / "docs" / "results.md").read_text()
     # recompute the rope row from the per-run numbers: mean and sample std over seeds
@@ -144,16 +129,16 @@ def test_outputs_and_rendered_numbers_come_from_the_json(sweep):
     assert re.search(r"^\| GPT ROPE \| [^|]+ \| 1\.2345 ± ", (root / "changed.md").read_text(), re.M)
 
 
-def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(sweep, one_thread):
-    out, results = sweep["out"], sweep["results"]
+def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(swept, one_thread):
+    out, results = swept["out"], swept["results"]
     folder = Path(results["runs"]["alibi/s1"]["folder"])
     train_argv = json.loads((folder / "compare_run.json").read_text())["argv"]
     shutil.rmtree(folder)
     # an interrupted run: a checkpoint at step 3 and no summary
-    assert load_script(ROOT / "examples" / "pretrain_owt.py", "pretrain_owt").run([*train_argv, "--stop-at", "3"]) == 0
+    assert compare.train_in_process([*train_argv, "--stop-at", "3"]) == 0
     assert not (folder / "summary.json").exists()
 
-    assert compare.run(sweep["argv"]) == 0
+    assert compare.run(swept["argv"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["runs_trained"] == 1  # only the interrupted run; the other 17 were skipped
     # CPU fp32 resume is exact: the same curve and losses as the uninterrupted run
@@ -162,9 +147,9 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(sweep, one_thr
     assert again["runs"]["rope/s0"]["eval"] == results["runs"]["rope/s0"]["eval"]
 
 
-def test_a_folder_trained_with_other_settings_is_refused(sweep, capsys):
-    argv = ["--preset", "quick", "--variants", "rope", "--seeds", "0", "--jobs", "1", "--out", str(sweep["out"]),
-            "--data-dir", str(sweep["data"])]  # fmt: skip
+def test_a_folder_trained_with_other_settings_is_refused(swept, capsys):
+    argv = ["--preset", "quick", "--variants", "rope", "--seeds", "0", "--jobs", "1", "--out", str(swept["out"]),
+            "--data-dir", str(swept["data"])]  # fmt: skip
     assert compare.run(argv) == 2
     assert "trained with other settings" in capsys.readouterr().err
 
@@ -172,3 +157,12 @@ def test_a_folder_trained_with_other_settings_is_refused(sweep, capsys):
 def test_from_needs_render():
     with pytest.raises(SystemExit):
         compare.parse_args(["--from", "results.json"])
+
+
+def test_the_example_script_renders_the_committed_results(tmp_path):
+    """examples/compare.py is the same command: it renders docs/results/results.json into a page."""
+    page = tmp_path / "results.md"
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "compare.py"), "--render", str(page), "--from",
+                          str(ROOT / "docs" / "results" / "results.json")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| GPT ROPE |" in page.read_text() and (tmp_path / "results" / "extrapolation.png").stat().st_size > 1000

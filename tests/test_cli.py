@@ -1,25 +1,28 @@
-"""examples/pretrain_owt.py end to end on CPU: every encoding trains, outputs are written, user
-errors end in one clear line. Exactness of resume, signals and DDP: tests/test_resume.py,
-tests/test_checkpoint.py, tests/test_distributed.py."""
+"""The ``posenc`` command end to end on CPU: every encoding trains through ``posenc train``,
+outputs are written, user errors end in one clear line, and the other subcommands run. Exactness
+of resume, signals and DDP: tests/test_resume.py, tests/test_checkpoint.py, tests/test_distributed.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from _scripts import ROOT, load_script
-from _train_helpers import data_dir  # noqa: F401  (session fixture: the embedded corpus, prepared once)
 from posenc import VARIANTS
+from posenc.cli import main, train_parser
 
-script = load_script(ROOT / "examples" / "pretrain_owt.py", "pretrain_owt")  # with its real plot_curves
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*argv: str) -> int:
+    return main([str(a) for a in argv])
 
 
 def train(out: Path, data: Path, *extra: str) -> int:
-    argv = ["--preset", "tiny", "--data-dir", str(data), "--out-dir", str(out), "--no-progress", *extra]
-    return script.run(argv)
+    return run("train", "--preset", "tiny", "--data-dir", data, "--out-dir", out, "--no-progress", *extra)
 
 
 def evals(out: Path) -> list[float]:
@@ -35,10 +38,13 @@ def test_every_encoding_trains_and_the_loss_drops(pe, data_dir, tmp_path):
     assert val[0] > 5.0 and val[-1] < val[0] - 0.5, val
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["pe"] == pe and summary["val_loss"] == val[-1]
+    variant = VARIANTS[pe]
+    assert summary["architecture"]["input_pe"] == variant.input_pe
+    assert [layer["pe"] for layer in summary["architecture"]["layers"]] == [variant.layer_pe[i % len(variant.layer_pe)] for i in range(4)]
 
 
 def test_outputs_a_comparison_script_can_read(data_dir, tmp_path, capsys):
-    assert train(tmp_path, data_dir, "--pe", "rnope", "--qk-norm", "--max-iters", "10", "--eval-interval", "5") == 0
+    assert train(tmp_path, data_dir, "--layer-pattern", "RRRN", "--qk-norm", "--max-iters", "10", "--eval-interval", "5") == 0
     for name in ("log.jsonl", "curves.png", "summary.json", "samples.txt", "checkpoints.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -50,6 +56,7 @@ def test_outputs_a_comparison_script_can_read(data_dir, tmp_path, capsys):
     assert summary["train_loss"] == pytest.approx(sum(train_losses[5:]) / 5, rel=1e-12)
     assert summary["tokens"] == 10 * 4 * 2 * 32
     assert summary["layer_codes"] == "RRRN" and summary["qk_norm"] is True
+    assert summary["pe"] is None and summary["architecture"]["qk_norm"] == "rms"  # what was built, not a default name
     assert len(summary["samples"]) == 3 and all(isinstance(s, str) and s for s in summary["samples"])
     for r in steps[1:]:
         assert {"step", "kind"} <= set(r)
@@ -60,22 +67,10 @@ def test_outputs_a_comparison_script_can_read(data_dir, tmp_path, capsys):
 
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        script.parse_args(["--help"])
+        run("train", "--help")
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    parser_actions = []
-    original = argparse.ArgumentParser.parse_args
-
-    def capture(self, args=None, namespace=None):
-        parser_actions.extend(self._actions)
-        return original(self, [], namespace)
-
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        script.parse_args([])
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    flags = [a for a in parser_actions if a.option_strings and "--help" not in a.option_strings]
+    flags = [a for a in train_parser()._actions if a.option_strings and "--help" not in a.option_strings]
     assert len(flags) >= 40
     for action in flags:
         assert action.help and len(action.help) > 10, action.option_strings
@@ -85,7 +80,7 @@ def test_help_documents_every_flag(capsys):
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--rnope-pattern", "RRXN"], "'X'"),
+        (["--layer-pattern", "RRXN"], "'X'"),
         (["--batch-size", "0"], "batch_size"),
         (["--dtype", "float64"], "float64"),  # argparse refuses: exit 2 with usage
         (["--rope-base", "-1"], "rope_base"),
@@ -107,13 +102,49 @@ def test_bad_input_ends_in_one_clear_line(extra, needle, data_dir, tmp_path, cap
 
 def test_resume_refuses_changed_configuration(data_dir, tmp_path, capsys):
     assert train(tmp_path, data_dir, "--max-iters", "4", "--stop-at", "2") == 0
-    assert script.run(["--resume", "--out-dir", str(tmp_path), "--lr", "1"]) == 2
+    assert run("train", "--resume", "--out-dir", tmp_path, "--lr", "1") == 2
     assert "--lr" in capsys.readouterr().err
-    assert script.run(["--resume", "--out-dir", str(tmp_path), "--no-progress"]) == 0
+    assert run("train", "--resume", "--out-dir", tmp_path, "--no-progress") == 0
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
 
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
-    assert script.run(["--resume", "--out-dir", str(tmp_path / "nothing"), "--no-progress"]) == 2
+    assert run("train", "--resume", "--out-dir", tmp_path / "nothing", "--no-progress") == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+def test_init_from_starts_a_longer_context_run_from_trained_weights(data_dir, tmp_path):
+    base, longer = tmp_path / "base", tmp_path / "longer"
+    assert train(base, data_dir, "--pe", "rope", "--max-iters", "20", "--eval-interval", "10") == 0
+    assert train(longer, data_dir, "--pe", "rope", "--init-from", base, "--block-size", "64", "--max-iters", "2",
+                 "--eval-interval", "2", "--warmup-iters", "0") == 0  # fmt: skip
+    trained = evals(base)[-1]
+    first = evals(longer)[0]  # before any step at the new context: the trained weights, not a fresh init
+    assert first < 5.0 and abs(first - trained) < 1.0, (first, trained)
+    summary = json.loads((longer / "summary.json").read_text())
+    assert summary["config"]["block_size"] == 64 and summary["train_config"]["init_from"] == str(base)
+    assert summary["steps"] == 2  # a fresh step count and optimizer
+
+
+def test_unknown_command_and_usage(capsys):
+    assert run("nonesuch") == 2
+    assert "unknown command 'nonesuch'" in capsys.readouterr().err
+    assert run() == 0
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("prepare", "train", "compare", "eval"))
+
+
+def test_eval_command_prints_the_extrapolation_of_a_run(data_dir, tmp_path, capsys):
+    assert train(tmp_path, data_dir, "--pe", "rope", "--max-iters", "2", "--eval-interval", "2") == 0
+    capsys.readouterr()
+    assert run("eval", tmp_path, "--multipliers", "1", "2", "--windows", "2", "--device", "cpu") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["extrapolation"]) == {"1", "2"} and all(v > 0 for v in result["extrapolation"].values())
+
+
+def test_python_dash_m_posenc_is_the_same_command(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "posenc", "prepare", "--dataset", "embedded", "--tokenizer", "bytes",
+                          "--out-dir", str(tmp_path / "d"), "--no-progress"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "d" / "meta.json").exists() and (tmp_path / "d" / "train.bin").stat().st_size > 0

@@ -1,7 +1,5 @@
-"""Pieces of the pretraining run that deserve tests: the validated run configuration, its presets,
-the learning-rate schedule, the step-indexed data order and the numerical guards.
-
-``examples/pretrain_owt.py`` is the straight-line script that uses them.
+"""The run configuration (everything but the model), its presets, device/dtype resolution, the
+learning-rate schedule and the numerical-guard error.
 """
 
 from __future__ import annotations
@@ -11,11 +9,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from posenc.config import PRESETS, GPTConfig
+from posenc.config import PRESETS, GPTConfig, dataclass_from_dict
 
+LOG_SINKS: tuple[str, ...] = ("tensorboard", "wandb")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: Run presets. ``owt-16m`` is the reference study: ~900M GPT-2 tokens (1717 steps of 524,288
@@ -42,6 +40,7 @@ class TrainConfig:
     """Everything about a run except the model (``GPTConfig``). Validated at construction."""
 
     out_dir: str = "out/run"
+    init_from: str | None = None  # a run folder whose final weights start this run (fresh optimizer)
     dataset: Literal["owt", "embedded", "files"] = "embedded"
     data_files: tuple[str, ...] = ()
     data_dir: str | None = None
@@ -69,6 +68,7 @@ class TrainConfig:
     num_samples: int = 3
     sample_tokens: int = 64
     world_size: int = 1
+    log_to: tuple[str, ...] = ()  # extra scalar sinks beside log.jsonl: "tensorboard", "wandb"
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -106,6 +106,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
             raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 disables), got {self.grad_clip!r}")
+        unknown_sinks = [s for s in self.log_to if s not in LOG_SINKS]
+        if isinstance(self.log_to, str) or unknown_sinks:
+            raise ValueError(f"TrainConfig.log_to must be a tuple of {LOG_SINKS}, got {self.log_to!r}")
         if self.batch_size % self.world_size:
             raise ValueError(
                 f"TrainConfig.batch_size={self.batch_size} (the global micro-batch) must be divisible by the "
@@ -123,7 +126,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["data_files"] = list(self.data_files)
+        d["log_to"] = list(self.log_to)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return dataclass_from_dict(cls, d, tuples=("data_files", "log_to"))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -171,26 +179,6 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
         return cfg.min_lr
     ratio = (step - cfg.warmup_iters) / max(1, cfg.decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def batch_offsets(n_tokens: int, block_size: int, batch_size: int, seed: int, step: int, micro: int = 0) -> np.ndarray:
-    """Start offsets of the ``batch_size`` rows of micro-step ``micro`` of optimizer step ``step``.
-
-    Drawn from a generator keyed by (seed, step, micro) alone: the data order needs no saved state,
-    a resumed run sees exactly the batches it would have seen, and every rank agrees on the global
-    batch (each then takes its own slice of rows).
-    """
-    if n_tokens < block_size + 1:
-        raise ValueError(f"a split of {n_tokens} tokens is shorter than block_size + 1 = {block_size + 1}")
-    rng = np.random.default_rng([seed, step, micro])
-    return rng.integers(0, n_tokens - block_size, size=batch_size, dtype=np.int64)
-
-
-def get_batch(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and next-token targets, (B, T) int64 each, from a flat token array."""
-    rows = np.stack([np.asarray(tokens[o : o + block_size + 1], dtype=np.int64) for o in offsets])  # (B, T + 1)
-    rows_t = torch.from_numpy(rows)
-    return rows_t[:, :-1], rows_t[:, 1:]
 
 
 EVAL_SEED = 0  # the validation batches are the same for every run and every encoding

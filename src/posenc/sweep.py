@@ -1,0 +1,330 @@
+"""Train every positional-encoding variant under identical conditions, evaluate, write results.json.
+
+Each (variant, seed) is one ``posenc train`` run -- the same data order, the same seeds and,
+wherever two architectures share a parameter name, the same initial values (the model seeds each
+weight by (seed, parameter name)) -- trained in this process or, with ``--jobs`` > 1, in worker
+processes. Each finished run is evaluated by :func:`posenc.evaluate.evaluate_checkpoint` (loss at
+1x-8x the context, per-position loss); :mod:`posenc.report` turns results.json into tables,
+figures and the docs page. A sweep that is interrupted continues where it stopped: finished runs
+(summary.json) are kept, unfinished runs with a checkpoint are resumed.
+
+Run folder: ``<out>/runs/<variant>-s<seed>/`` (a train run folder, plus ``compare_run.json``, the
+flags it was started with, and ``eval.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posenc.checkpoint import CheckpointError, read_manifest
+from posenc.config import VARIANTS
+from posenc.evaluate import MULTIPLIERS, evaluate_checkpoint
+from posenc.io import atomic_write
+from posenc.report import STUDY, aggregate, compare_pairs, render_page, study_table, write_outputs
+from posenc.train.config import resolve_device
+from posenc.train.runlog import read_log, read_summary
+
+RESULTS_FORMAT = 1
+
+#: The variants a sweep trains by default: the study's five and four controls (names of posenc.VARIANTS).
+DEFAULT_VARIANTS: tuple[str, ...] = (
+    "absolute", "nope", "rope", "qknorm", "rnope", "sinusoidal", "alibi", "absolute_qknorm", "nope_qknorm",
+)  # fmt: skip
+
+#: Sweep presets: a train preset, flags on top of it, the seeds, and the evaluation (``eval_windows``
+#: validation windows of max(multipliers) x block_size tokens). ``cpu``: 9 variants x 3 seeds in
+#: about half an hour on 2 cores; ``quick``: a smoke test in minutes; ``test``: the unit tests';
+#: ``owt-16m``: the study.
+SWEEP_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": dict(train_preset="cpu", train_args=("--max-iters", "800", "--batch-size", "16", "--eval-interval", "100",
+                                                "--eval-iters", "16"), seeds=(0, 1, 2), eval_windows=16),
+    "quick": dict(train_preset="cpu", train_args=("--max-iters", "100", "--batch-size", "16", "--eval-interval", "25",
+                                                  "--eval-iters", "8"), seeds=(0, 1), eval_windows=8),
+    "owt-16m": dict(train_preset="owt-16m", train_args=(), seeds=(0, 1, 2), eval_windows=16),
+    "test": dict(train_preset="tiny", train_args=("--max-iters", "6", "--batch-size", "4", "--grad-accum", "1",
+                                                  "--eval-interval", "3", "--eval-iters", "2", "--num-samples", "1",
+                                                  "--sample-tokens", "8"), seeds=(0, 1), eval_windows=2),
+}  # fmt: skip
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train every positional-encoding variant with the same data, seeds and initialisation; "
+        "write tables, plots and results.json; optionally render docs/results.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(SWEEP_PRESETS), default=None, help="sweep preset; default: owt-16m on CUDA, cpu otherwise")
+    p.add_argument("--quick", action="store_true", help="the 'quick' preset: a smoke test in minutes")
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None, help=f"default: {' '.join(DEFAULT_VARIANTS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
+    p.add_argument("--out", default=None, help="results folder; default: out/compare-<preset>")
+    p.add_argument("--device", default=None, help="device of the runs and of the evaluation")
+    p.add_argument("--data-dir", default=None, help="prepared shards, passed to every run")
+    p.add_argument("--data-files", nargs="+", default=None, help="local corpus files, passed to every run")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at once, each in its own process; default: 1 on CUDA, else min(4, CPUs). 1 trains in this process")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run; default: CPUs // jobs")
+    p.add_argument("--render", default=None, metavar="MD",
+                   help="write this markdown page (e.g. docs/results.md), its figures and a copy of results.json in <page stem>/ beside it")  # fmt: skip
+    p.add_argument("--from", dest="from_json", default=None, metavar="JSON",
+                   help="with --render: render an existing results.json instead of running a sweep")  # fmt: skip
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = parser(prog)
+    args = p.parse_args(argv)
+    if args.quick and args.preset not in (None, "quick"):
+        p.error(f"--quick is the 'quick' preset; drop --preset {args.preset}")
+    if args.from_json and not args.render:
+        p.error("--from needs --render")
+    for name in ("jobs", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+# -- planning: the train flags of every (variant, seed) ------------------------------------------
+
+
+def run_dir(out: Path, variant: str, seed: int) -> Path:
+    return out / "runs" / f"{variant}-s{seed}"
+
+
+def train_argv(preset: dict[str, Any], variant: str, seed: int, folder: Path, args: argparse.Namespace) -> list[str]:
+    argv = ["--preset", preset["train_preset"], *preset["train_args"], "--pe", variant, "--seed", str(seed),
+            "--out-dir", str(folder), "--no-progress"]  # fmt: skip
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    if args.data_files:
+        argv += ["--data-files", *args.data_files]
+    if args.device:
+        argv += ["--device", args.device]
+    return argv
+
+
+def _without_device(argv: list[str]) -> list[str]:
+    if "--device" not in argv:
+        return argv
+    i = argv.index("--device")
+    return argv[:i] + argv[i + 2 :]
+
+
+def plan_run(folder: Path, argv: list[str], device: str | None) -> list[str] | None:
+    """The train flags that bring ``folder`` to a finished run, or None when it is one. A folder
+    started with other settings is refused rather than mixed into the comparison."""
+    spec_path = folder / "compare_run.json"
+    if spec_path.exists():
+        saved = json.loads(spec_path.read_text())["argv"]
+        if _without_device(saved) != _without_device(argv):
+            raise ValueError(f"{folder} was trained with other settings ({shlex.join(saved)}); use another --out or remove it")
+    if read_summary(folder) is not None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(spec_path, json.dumps({"argv": argv}, indent=1))
+    try:
+        has_checkpoint = read_manifest(folder) is not None
+    except CheckpointError:
+        has_checkpoint = False
+    if has_checkpoint:
+        return ["--out-dir", str(folder), "--resume", "--no-progress"] + (["--device", device] if device else [])
+    return argv
+
+
+# -- training: in this process, or n_jobs worker processes -----------------------------------------
+
+
+class Stop(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def train_in_process(argv: list[str]) -> int:
+    from posenc.cli import run_train, train_parser
+
+    return run_train(train_parser().parse_args(argv))
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt  # SIGTERM stops the sweep like Ctrl-C: runs checkpoint, then exit
+
+
+def run_sweep(jobs: list[tuple[str, int, Path, list[str]]], n_jobs: int, threads: int | None, on_done: Callable[[str, int], None]) -> None:
+    """Train ``jobs`` (variant, seed, folder, argv), ``n_jobs`` at a time; ``on_done(variant, seed)``
+    after each. A run that fails or is stopped ends the sweep (its checkpoint is kept)."""
+    if n_jobs == 1:
+        for variant, seed, _, argv in jobs:
+            print(f"[compare] train {variant} seed {seed}: posenc train {shlex.join(argv)}", flush=True)
+            code = train_in_process(argv)
+            if code != 0:
+                raise Stop(code)
+            on_done(variant, seed)
+        return
+    env = dict(os.environ)
+    if threads is not None:  # small models scale poorly over threads: parallel runs use the cores better
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending, running = list(jobs), {}
+    try:
+        while pending or running:
+            while pending and len(running) < n_jobs:
+                variant, seed, folder, argv = pending.pop(0)
+                log = open(folder / "train.out", "ab")
+                proc = subprocess.Popen([sys.executable, "-m", "posenc", "train", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
+                running[proc] = (variant, seed, folder, log)
+                print(f"[compare] train {variant} seed {seed} (log {folder / 'train.out'}): posenc train {shlex.join(argv)}", flush=True)
+            time.sleep(0.5)
+            for proc in [p for p in running if p.poll() is not None]:
+                variant, seed, folder, log = running.pop(proc)
+                log.close()
+                if proc.returncode != 0:
+                    tail = (folder / "train.out").read_text(errors="replace").splitlines()[-5:]
+                    print(f"[compare] {variant} seed {seed} exited with {proc.returncode}:\n  " + "\n  ".join(tail), file=sys.stderr)
+                    raise Stop(proc.returncode)
+                on_done(variant, seed)
+    except (KeyboardInterrupt, Stop) as e:
+        # SIGTERM, not SIGINT: a run that already got the terminal's SIGINT would die at a second one
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, (_, _, _, log) in running.items():
+            proc.wait()
+            log.close()
+        raise e if isinstance(e, Stop) else Stop(130) from None
+
+
+# -- collection --------------------------------------------------------------------------------------
+
+
+def read_curve(folder: Path) -> list[dict[str, Any]]:
+    """The evaluation records of log.jsonl: step, tokens, interval-mean train loss, validation loss."""
+    return [{k: r[k] for k in ("step", "tokens", "train_loss", "val_loss")} for r in read_log(folder) if r.get("kind") == "eval"]
+
+
+def environment(device: torch.device, jobs: int, threads: int | None) -> dict[str, Any]:
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(["git", *cmd], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain")
+    return {
+        "git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "machine": platform.machine(), "processor": platform.processor() or None, "cpu_count": os.cpu_count(),
+        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "jobs": jobs, "threads_per_job": threads,
+    }  # fmt: skip
+
+
+def collect(folders: dict[tuple[str, int], Path], evals: dict[tuple[str, int], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for (v, s), folder in folders.items():
+        summary = read_summary(folder)
+        runs[f"{v}/s{s}"] = {
+            "variant": v, "seed": s, "folder": str(folder), "argv": json.loads((folder / "compare_run.json").read_text())["argv"],
+            **{k: summary[k] for k in ("train_loss", "val_loss", "tokens", "steps", "params", "wall_time_s", "train_time_s",
+                                       "samples", "pe", "layer_codes", "qk_norm")},
+            "curve": read_curve(folder), "eval": evals[(v, s)],
+        }  # fmt: skip
+    return runs
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
+    if args.from_json:
+        source = Path(args.from_json)
+        results = json.loads(source.read_text())
+        figures = render_page(results, Path(args.render), source)
+        print(f"[compare] wrote {args.render} from {source}" + ("" if figures else " (no figures: matplotlib is not installed)"))
+        return 0
+
+    device = resolve_device(args.device or "auto")
+    name = "quick" if args.quick else args.preset or ("owt-16m" if device.type == "cuda" else "cpu")
+    preset = SWEEP_PRESETS[name]
+    variants = args.variants or list(DEFAULT_VARIANTS)
+    seeds = args.seeds if args.seeds is not None else list(preset["seeds"])
+    out = Path(args.out or f"out/compare-{name}")
+    cpus = os.cpu_count() or 1
+    n_jobs = args.jobs or (1 if device.type == "cuda" else min(4, cpus))
+    threads = args.threads or (None if n_jobs == 1 else max(1, cpus // n_jobs))
+    if threads is not None:  # in-process training, or the evaluation that runs beside the training processes
+        torch.set_num_threads(threads)
+
+    jobs, folders = [], {}
+    for v in variants:
+        for s in seeds:
+            folders[(v, s)] = folder = run_dir(out, v, s)
+            todo = plan_run(folder, train_argv(preset, v, s, folder, args), args.device)
+            if todo is not None:
+                jobs.append((v, s, folder, todo))
+    print(f"[compare] preset {name}: {len(variants)} variants x {len(seeds)} seeds; {len(jobs)} run(s) to train, "
+          f"{n_jobs} at a time; results in {out}", flush=True)  # fmt: skip
+
+    evals: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def on_done(v: str, s: int) -> None:
+        evals[(v, s)] = evaluate_checkpoint(folders[(v, s)], windows=preset["eval_windows"], device=device)
+        ext = evals[(v, s)]["extrapolation"]
+        print(f"[compare] {v} seed {s}: val {read_summary(folders[(v, s)])['val_loss']:.4f}; by context "
+              + ", ".join(f"{m}x {'n/a' if x is None else f'{x:.4f}'}" for m, x in ext.items()), flush=True)  # fmt: skip
+
+    t0 = time.time()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_sweep(jobs, n_jobs, threads, on_done)
+    except (Stop, KeyboardInterrupt) as e:
+        code = e.code if isinstance(e, Stop) else 130
+        print(f"[compare] stopped (exit {code}); run the same command again to continue", file=sys.stderr)
+        return code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    wall = time.time() - t0
+
+    for key, folder in folders.items():
+        if key not in evals:
+            evals[key] = evaluate_checkpoint(folder, windows=preset["eval_windows"], device=device)
+    runs = collect(folders, evals)
+    first = read_summary(folders[(variants[0], seeds[0])])
+    e0 = evals[(variants[0], seeds[0])]
+    command = (prog or "python examples/compare.py") + (" " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
+    results = {
+        "format": RESULTS_FORMAT, "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command, "preset": name, "variants": variants, "seeds": seeds,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()} | {"multipliers": list(MULTIPLIERS)},
+        "train_config": first["train_config"], "model_config": first["config"],
+        "block_size": first["config"]["block_size"], "eval_tokens": e0["eval_tokens"],
+        "per_position_long_width": e0["per_position_long_width"], "environment": environment(device, n_jobs, threads),
+        "wall_time_s": wall, "runs_trained": len(jobs), "study": STUDY, "runs": runs,
+    }  # fmt: skip
+    results["aggregate"] = aggregate(runs, variants, seeds)
+    results["comparisons"] = compare_pairs(runs, variants, seeds)
+    atomic_write(out / "results.json", json.dumps(results, indent=1))
+    write_outputs(results, out)
+    print(f"[compare] wrote {out / 'results.json'}, table.md, report.md and figures in {wall / 60:.1f} min", flush=True)
+    print(study_table(results))
+    if args.render:
+        render_page(results, Path(args.render))
+        print(f"[compare] wrote {args.render}")
+    return 0
+
+
+def run(argv: list[str] | None = None, prog: str | None = None) -> int:
+    from posenc.cli import guarded
+
+    return guarded(lambda: main(argv, prog))

@@ -1,0 +1,40 @@
+"""Pretraining as a library: ``train(config, train_config)`` and what a run is made of.
+
+- :mod:`~posenc.train.config`: :class:`TrainConfig`, ``TRAIN_PRESETS``, device/dtype resolution, the lr schedule;
+- :mod:`~posenc.train.loop`: :func:`train`, :func:`resume_configs`, :func:`handle_stop_signals`;
+- :mod:`~posenc.train.state`: the checkpoint schema (save, restore, versioning);
+- :mod:`~posenc.train.runlog`: log.jsonl, scalar sinks, summary.json, curves.png;
+- :mod:`~posenc.train.distributed`: rank, world and the collectives the loop uses.
+"""
+
+from posenc.train.config import (
+    DTYPES,
+    EVAL_SEED,
+    TRAIN_PRESETS,
+    NonFiniteError,
+    TrainConfig,
+    get_lr,
+    model_config,
+    resolve_device,
+    resolve_dtype,
+)
+from posenc.train.loop import generate_samples, handle_stop_signals, resume_configs, train
+from posenc.train.runlog import read_log, read_summary
+
+__all__ = [
+    "DTYPES",
+    "EVAL_SEED",
+    "TRAIN_PRESETS",
+    "NonFiniteError",
+    "TrainConfig",
+    "get_lr",
+    "model_config",
+    "resolve_device",
+    "resolve_dtype",
+    "train",
+    "resume_configs",
+    "handle_stop_signals",
+    "generate_samples",
+    "read_log",
+    "read_summary",
+]
