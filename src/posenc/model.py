@@ -188,7 +188,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_layer)
+        return KVCache([block.attn.new_cache() for block in self.blocks])
 
     def configure_optimizers(
         self,

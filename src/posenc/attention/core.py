@@ -90,10 +90,14 @@ class LayerKVCache:
 
 
 class KVCache:
-    """Per-layer key/value caches of one generation; lives outside the modules (no state in ``forward``)."""
+    """Per-layer caches of one generation; lives outside the modules (no state in ``forward``).
 
-    def __init__(self, n_layer: int) -> None:
-        self.layers = [LayerKVCache() for _ in range(n_layer)]
+    ``KVCache(n_layer)`` holds a :class:`LayerKVCache` per layer; ``KVCache(layers)`` takes the
+    layers' own caches (``attn.new_cache()``: an attention variant decides what it keeps).
+    """
+
+    def __init__(self, layers: int | list) -> None:
+        self.layers = [LayerKVCache() for _ in range(layers)] if isinstance(layers, int) else list(layers)
 
     @property
     def length(self) -> int:
@@ -175,6 +179,10 @@ class CausalSelfAttention(nn.Module):
         self.window = window
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
+
+    def new_cache(self) -> LayerKVCache:
+        """An empty cache for this layer (rotated keys and values, with their positions)."""
+        return LayerKVCache()
 
     def forward(self, x: Tensor, positions: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T)."""

@@ -32,10 +32,13 @@ class ModelDims:
     n_head: int
     block_size: int
     n_layer: int = 1
+    #: size of the vectors an encoding of q/k acts on; None means n_embd // n_head (an attention
+    #: variant whose rotary part is narrower, like MLA's decoupled key, sets its own)
+    head_dim: int | None = None
 
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.n_embd // self.n_head)
 
 
 class PositionalEncoding(nn.Module):
