@@ -55,8 +55,11 @@ def test_every_variant_and_seed_ran_and_learned(swept):
         assert run["val_loss"] < curve[0]["val_loss"], f"{key}: validation loss did not fall"
     # the variants are what their names say
     runs = results["runs"]
-    assert (runs["absolute_qknorm/s0"]["pe"], runs["absolute_qknorm/s0"]["qk_norm"]) == ("absolute", True)
-    assert (runs["nope_qknorm/s0"]["pe"], runs["nope_qknorm/s0"]["qk_norm"]) == ("nope", True)
+    arch = {key: run["architecture"] for key, run in runs.items()}
+    assert (arch["absolute_qknorm/s0"]["input_pe"], arch["absolute_qknorm/s0"]["qk_norm"]) == ("absolute", "rms")
+    assert {layer["pe"] for layer in arch["absolute_qknorm/s0"]["layers"]} == {"nope"}
+    assert (arch["nope_qknorm/s0"]["input_pe"], arch["nope_qknorm/s0"]["qk_norm"]) == (None, "rms")
+    assert arch["rope/s0"]["qk_norm"] is None and arch["sinusoidal/s0"]["input_pe"] == "sinusoidal"
     assert runs["rnope/s0"]["layer_codes"] == "RRRN" and runs["qknorm/s0"]["qk_norm"] is True
     assert results["environment"]["torch"] == torch.__version__
 
@@ -91,7 +94,7 @@ def test_extrapolation_and_per_position(swept):
     for key, run in results["runs"].items():
         ext = run["eval"]["extrapolation"]
         assert list(ext) == ["1", "2", "4", "8"], key
-        if run["pe"] == "absolute":  # the learned table ends at the training context
+        if run["architecture"]["input_pe"] == "absolute":  # the learned table ends at the training context
             assert ext["1"] is not None and ext["2"] is ext["4"] is ext["8"] is None, key
         else:  # the sinusoidal table, RoPE, ALiBi and NoPE are all evaluated at every length
             assert all(x is not None and 0 < x < 10 for x in ext.values()), key

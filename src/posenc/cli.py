@@ -39,6 +39,9 @@ MODEL_FLAGS = {
     "pe": "pe", "qk_norm": "qk_norm", "qk_norm_type": "qk_norm_type", "layer_pattern": "layer_pattern",
     "sliding_window": "sliding_window", "rope_base": "rope_base", "rope_layout": "rope_layout",
     "rotary_dim": "rotary_dim", "block_size": "block_size", "dropout": "dropout", "attention": "attention",
+    "n_kv_head": "n_kv_head", "norm": "norm", "mlp": "mlp", "intermediate_size": "intermediate_size",
+    "kv_lora_rank": "kv_lora_rank", "q_lora_rank": "q_lora_rank", "qk_rope_head_dim": "qk_rope_head_dim",
+    "qk_nope_head_dim": "qk_nope_head_dim", "v_head_dim": "v_head_dim",
 }  # fmt: skip
 
 
@@ -77,7 +80,22 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--rope-base", type=float, default=None, help="RoPE base (default 10000)")
     g.add_argument("--rope-layout", default=None, choices=["half", "interleaved"], help="RoPE pair layout")
     g.add_argument("--rotary-dim", type=int, default=None, help="rotated channels per head (partial rotary)")
-    g.add_argument("--attention", default=None, help="attention variant (default mha)")
+    g.add_argument("--rope-scaling", default=None, metavar="TYPE_OR_JSON",
+                   help="RoPE frequency schedule: a rope_type (linear, dynamic, yarn, longrope, llama3, proportional) "
+                        "or a Hugging Face rope_scaling dict as JSON, e.g. '{\"rope_type\": \"yarn\", \"factor\": 4}'")  # fmt: skip
+    g.add_argument("--rope-factor", type=float, default=None, help="the schedule's 'factor' (context extension ratio)")
+    g.add_argument("--rope-original-context", type=int, default=None,
+                   help="the schedule's 'original_max_position_embeddings' (the context the model was trained at)")  # fmt: skip
+    g.add_argument("--attention", default=None, help="attention variant: mha (with --n-kv-head for GQA/MQA) or mla")
+    g.add_argument("--n-kv-head", type=int, default=None, help="key/value heads (grouped-query attention; 1 = multi-query)")
+    g.add_argument("--kv-lora-rank", type=int, default=None, help="MLA: rank of the joint key/value latent")
+    g.add_argument("--q-lora-rank", type=int, default=None, help="MLA: rank of the low-rank query (default: a full query projection)")
+    g.add_argument("--qk-rope-head-dim", type=int, default=None, help="MLA: width of the decoupled rotary query/key part")
+    g.add_argument("--qk-nope-head-dim", type=int, default=None, help="MLA: width of the query/key part without position")
+    g.add_argument("--v-head-dim", type=int, default=None, help="MLA: value head size")
+    g.add_argument("--norm", default=None, choices=["layernorm", "rmsnorm"], help="normalisation layers (GPT-2: layernorm; Llama: rmsnorm)")
+    g.add_argument("--mlp", default=None, choices=["gelu", "swiglu"], help="MLP (GPT-2: gelu; Llama: swiglu)")
+    g.add_argument("--intermediate-size", type=int, default=None, help="MLP hidden width (default 4C for gelu, 8C/3 for swiglu)")
     g.add_argument("--block-size", type=int, default=None, help="context length")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability")
 
@@ -117,7 +135,8 @@ def configs_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[GP
     from posenc.train import resume_configs
 
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in (*TRAIN_FLAGS, *MODEL_FLAGS, "model", "preset", "data_files", "log_to")
+        given = [f"--{k.replace('_', '-')}" for k in (*TRAIN_FLAGS, *MODEL_FLAGS, "model", "preset", "data_files", "log_to",
+                                                      "rope_scaling", "rope_factor", "rope_original_context")
                  if getattr(args, k) is not None and k != "device"]  # fmt: skip
         if given:
             raise ValueError(f"--resume continues with the saved configuration; drop {', '.join(given)}")
@@ -136,6 +155,9 @@ def configs_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[GP
     if args.log_to:
         values["log_to"] = tuple(args.log_to)
     model = {field: getattr(args, flag) for flag, field in MODEL_FLAGS.items() if getattr(args, flag) is not None}
+    scaling = rope_scaling_from_args(args)
+    if scaling is not None:
+        model["rope_scaling"] = scaling
     if "pe" not in model and "layer_pattern" not in model:
         model["pe"] = "rope"
     label = model.get("pe") or model["layer_pattern"]
@@ -146,6 +168,27 @@ def configs_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[GP
     if tokenizer_vocab > vocab:  # pad to a multiple of 64, as nanoGPT does for GPT-2
         vocab = 64 * math.ceil(tokenizer_vocab / 64)
     return model_config(model_preset, vocab_size=vocab, **model), cfg
+
+
+def rope_scaling_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--rope-scaling`` (a type name or a JSON dict), completed by ``--rope-factor`` and
+    ``--rope-original-context``; None when no schedule is asked for."""
+    extra = {k: v for k, v in (("factor", args.rope_factor), ("original_max_position_embeddings", args.rope_original_context)) if v is not None}
+    if args.rope_scaling is None:
+        if extra:
+            raise ValueError(f"--rope-factor / --rope-original-context need --rope-scaling (got {extra})")
+        return None
+    text = args.rope_scaling.strip()
+    if text.startswith("{"):
+        try:
+            scaling = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"--rope-scaling is not valid JSON: {e}") from None
+        if not isinstance(scaling, dict):
+            raise ValueError(f"--rope-scaling must be a JSON object, got {text!r}")
+    else:
+        scaling = {"rope_type": text}
+    return scaling | extra
 
 
 def run_train(args: argparse.Namespace, *, hooks: Any = None) -> int:

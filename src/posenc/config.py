@@ -52,6 +52,8 @@ VARIANTS: dict[str, Variant] = {name: _single(name) for name in ENCODINGS} | {
 }
 
 QK_NORM_TYPES: tuple[str, ...] = ("rms", "l2")
+NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
+MLPS: tuple[str, ...] = ("gelu", "swiglu")
 
 #: Model presets; ``GPTConfig.from_preset(name, **overrides)``.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -125,8 +127,24 @@ class GPTConfig:
     rope_base: float = 10000.0
     rope_layout: Literal["half", "interleaved"] = "half"
     rotary_dim: int | None = None
+    rope_scaling: Mapping[str, Any] | None = None
     pe_options: Mapping[str, Mapping[str, Any]] | None = None
     attention: str = "mha"
+    n_kv_head: int | None = None
+    kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+    qk_nope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    rope_interleave: bool = False
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    intermediate_size: int | None = None
+    qkv_bias: bool | None = None
+    proj_bias: bool | None = None
+    mlp_bias: bool | None = None
+    tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -150,6 +168,7 @@ class GPTConfig:
             _positive_int("sliding_window", self.sliding_window)
         if self.attention not in ATTENTIONS:
             raise ValueError(f"GPTConfig.attention must be one of {sorted(ATTENTIONS)}, got {self.attention!r}")
+        self._check_blocks()
         self._check_pe_options()
         input_pe, layers = self._resolve()
         self._check_layers(input_pe, layers)
@@ -243,6 +262,29 @@ class GPTConfig:
         elif self.rotary_dim is not None:
             raise ValueError(f"GPTConfig.rotary_dim={self.rotary_dim} is set but no layer uses RoPE")
 
+    def _check_blocks(self) -> None:
+        if self.n_kv_head is not None:
+            _positive_int("n_kv_head", self.n_kv_head)
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"GPTConfig.n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
+        for name in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "intermediate_size"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("qkv_bias", "proj_bias", "mlp_bias"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise TypeError(f"GPTConfig.{name} must be a bool or None (= bias), got {getattr(self, name)!r}")
+        for name in ("rope_interleave", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"GPTConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"GPTConfig.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"GPTConfig.mlp must be one of {MLPS}, got {self.mlp!r}")
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not 0 < self.norm_eps < 1:
+            raise ValueError(f"GPTConfig.norm_eps must be a number in (0, 1), got {self.norm_eps!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, Mapping):
+            raise TypeError(f"GPTConfig.rope_scaling must be a dict like Hugging Face's rope_scaling, got {self.rope_scaling!r}")
+
     def _check_pe_options(self) -> None:
         if self.pe_options is None:
             return
@@ -292,7 +334,21 @@ class GPTConfig:
 
     def rope_options(self) -> dict[str, Any]:
         """RoPE's constructor options, grouped: what every RoPE layer of this model is built with."""
-        return {"base": float(self.rope_base), "layout": self.rope_layout, "rotary_dim": self.rotary_dim}
+        options = {"base": float(self.rope_base), "layout": self.rope_layout, "rotary_dim": self.rotary_dim}
+        if self.rope_scaling is not None:  # the model's context stands in for HF's max_position_embeddings
+            options["scaling"] = {"max_position_embeddings": self.block_size} | dict(self.rope_scaling)
+        return options
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width: ``intermediate_size``, else 4 C (GELU) or 8 C / 3 rounded up to 64 (SwiGLU)."""
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        return 4 * self.n_embd if self.mlp == "gelu" else 64 * -(-8 * self.n_embd // (3 * 64))
 
     def encoding_options(self, name: str) -> dict[str, Any]:
         """Keyword arguments for encoding ``name`` beyond the model's sizes."""
@@ -309,7 +365,9 @@ class GPTConfig:
             "layer_codes": "".join(self.layer_codes),
             "qk_norm": self.qk_norm_type if self.use_qk_norm else None,
             "attention": self.attention,
+            "kv_heads": self.kv_heads,
             "rope": self.rope_options() if uses_rope else None,
+            "block": {"norm": self.norm, "mlp": self.mlp, "mlp_hidden": self.mlp_hidden, "tie_embeddings": self.tie_embeddings},
         }
 
     # -- construction --------------------------------------------------------------------------
@@ -327,6 +385,8 @@ class GPTConfig:
                 d[name] = list(d[name])
         if d["pe_options"] is not None:
             d["pe_options"] = {k: dict(v) for k, v in d["pe_options"].items()}
+        if d["rope_scaling"] is not None:
+            d["rope_scaling"] = dict(d["rope_scaling"])
         return d
 
     @classmethod

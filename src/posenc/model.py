@@ -23,15 +23,33 @@ from posenc.encodings.base import check_positions
 
 
 class MLP(nn.Module):
+    """GPT-2's MLP (``mlp="gelu"``: c_fc -> tanh GELU -> c_proj) or Llama's (``"swiglu"``:
+    c_proj(silu(w_gate x) * w_up x)), of width ``config.mlp_hidden``."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        C, H = config.n_embd, config.mlp_hidden
+        bias = config.bias if config.mlp_bias is None else config.mlp_bias
+        self.swiglu = config.mlp == "swiglu"
+        if self.swiglu:
+            self.w_gate = nn.Linear(C, H, bias=bias)
+            self.w_up = nn.Linear(C, H, bias=bias)
+        else:
+            self.c_fc = nn.Linear(C, H, bias=bias)
+            self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(H, C, bias=bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = F.silu(self.w_gate(x)) * self.w_up(x) if self.swiglu else self.gelu(self.c_fc(x))  # (B, T, H)
+        return self.dropout(self.c_proj(h))
+
+
+def norm_layer(config: GPTConfig) -> nn.Module:
+    """LayerNorm (bias as ``config.bias``) or RMSNorm, with ``config.norm_eps``."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class Block(nn.Module):
@@ -39,9 +57,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig, spec: LayerSpec) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm_layer(config)
         self.attn = build_attention(config, spec)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm_layer(config)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, positions: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
@@ -106,9 +124,10 @@ class GPT(nn.Module):
         self.wpe = build_input_encoding(config)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, spec) for spec in config.layers)
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = norm_layer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.wte.weight = self.lm_head.weight  # weight tying
+        if config.tie_embeddings:
+            self.wte.weight = self.lm_head.weight
         self.init_weights(init_seed)
 
     @torch.no_grad()

@@ -239,7 +239,7 @@ def collect(folders: dict[tuple[str, int], Path], evals: dict[tuple[str, int], d
         runs[f"{v}/s{s}"] = {
             "variant": v, "seed": s, "folder": str(folder), "argv": json.loads((folder / "compare_run.json").read_text())["argv"],
             **{k: summary[k] for k in ("train_loss", "val_loss", "tokens", "steps", "params", "wall_time_s", "train_time_s",
-                                       "samples", "pe", "layer_codes", "qk_norm")},
+                                       "samples", "pe", "layer_codes", "qk_norm", "architecture")},
             "curve": read_curve(folder), "eval": evals[(v, s)],
         }  # fmt: skip
     return runs

@@ -69,7 +69,7 @@ class LayerKVCache:
     """Keys, values and key positions of the tokens seen so far by one attention layer."""
 
     def __init__(self) -> None:
-        self.k: Tensor | None = None  # (B, nh, T_past, hs), after rotation
+        self.k: Tensor | None = None  # (B, nkv, T_past, hs), rotated unless the encoding is length-dependent
         self.v: Tensor | None = None
         self.positions: Tensor | None = None  # (T_past,) or (B, T_past)
 
@@ -115,21 +115,23 @@ def causal_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
 ) -> Tensor:
-    """Causal SDPA for q (B, nh, Tq, hs) against k, v (B, nh, Tk, hs); the queries are the last Tq keys.
+    """Causal SDPA for q (B, nh, Tq, hs) against k, v (B, nkv, Tk, hs); the queries are the last Tq keys
+    (nkv divides nh: grouped-query attention).
 
     ``bias``: additive float scores (nh, Tq, Tk) or (B, nh, Tq, Tk). ``window``: a query attends to
     the ``window`` most recent keys, itself included.
     """
     Tq, Tk = q.shape[-2], k.shape[-2]
+    gqa = q.shape[1] != k.shape[1]  # grouped-query attention: k, v carry n_kv_head heads
     if bias is None and window is None and Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=gqa)
     q_idx = torch.arange(Tk - Tq, Tk, device=q.device)[:, None]  # (Tq, 1)
     k_idx = torch.arange(Tk, device=q.device)[None, :]  # (1, Tk)
     allowed = k_idx <= q_idx  # (Tq, Tk)
     if window is not None:
         allowed = allowed & (q_idx - k_idx < window)
     mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
 
 
 class CausalSelfAttention(nn.Module):
@@ -142,12 +144,14 @@ class CausalSelfAttention(nn.Module):
         qk_norm: ``None``, ``"rms"`` or ``"l2"`` (see :class:`QKNorm`).
         window: sliding-window size in tokens, or ``None`` for full causal attention.
         dropout: attention-probability and residual dropout.
-        bias: biases in the q/k/v and output projections.
+        bias: biases in the q/k/v and output projections (``qkv_bias`` / ``proj_bias`` override it
+            per group: Qwen2 has q/k/v biases only).
         block_size: training length, used only to initialise the L2 QK-norm temperature.
+        n_kv_head: key/value heads (grouped-query attention; 1 = multi-query); ``None`` = n_head.
     """
 
     #: GPTConfig fields this variant takes beyond the common arguments (see posenc.attention).
-    config_fields: ClassVar[tuple[str, ...]] = ()
+    config_fields: ClassVar[tuple[str, ...]] = ("n_kv_head", "qkv_bias", "proj_bias")
 
     def __init__(
         self,
@@ -160,10 +164,16 @@ class CausalSelfAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         block_size: int = 1024,
+        n_kv_head: int | None = None,
+        qkv_bias: bool | None = None,
+        proj_bias: bool | None = None,
     ) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if not isinstance(n_kv_head, int) or n_kv_head <= 0 or n_head % n_kv_head:
+            raise ValueError(f"n_kv_head={n_kv_head!r} must be a positive int dividing n_head={n_head}")
         pe = NoPE() if pe is None else pe
         if pe.where == "input":
             raise ValueError(
@@ -171,9 +181,10 @@ class CausalSelfAttention(nn.Module):
             )
         if window is not None and (not isinstance(window, int) or window <= 0):
             raise ValueError(f"window must be a positive int or None, got {window!r}")
-        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.n_embd, self.n_head, self.n_kv_head, self.head_dim = n_embd, n_head, n_kv_head, n_embd // n_head
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=qkv_bias)  # q | k | v
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias if proj_bias is None else proj_bias)
         self.pe = pe
         self.qk_norm = None if qk_norm is None else QKNorm(self.head_dim, n_head, qk_norm, block_size=block_size)
         self.window = window
@@ -187,18 +198,29 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, positions: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (rearrange(t, "b t (nh hs) -> b nh t hs", nh=self.n_head) for t in (q, k, v))  # (B, nh, T, hs)
+        kv_width = self.n_kv_head * self.head_dim
+        q, k, v = self.c_attn(x).split((self.n_embd, kv_width, kv_width), dim=2)
+        q = rearrange(q, "b t (nh hs) -> b nh t hs", nh=self.n_head)  # (B, nh, T, hs)
+        k, v = (rearrange(t, "b t (nkv hs) -> b nkv t hs", nkv=self.n_kv_head) for t in (k, v))  # (B, nkv, T, hs)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
         past = 0 if cache is None else cache.length
         if positions is None and past:
             positions = torch.arange(past, past + T, device=x.device)
-        q, k = self.pe.rotate(q, k, positions)
         q_pos = torch.arange(T, device=x.device) if positions is None else positions
         k_pos = q_pos
-        if cache is not None:
-            k, v, k_pos = cache.update(k, v, q_pos)  # (B, nh, past + T, hs)
+        if getattr(self.pe, "length_dependent", False):
+            # the rotation depends on the total length (dynamic NTK, LongRoPE, xPos): the cache keeps
+            # un-rotated keys and every step rotates all of them with the current length, so cached
+            # decoding equals the uncached forward (at the price of re-rotating past + T keys per step)
+            if cache is not None:
+                k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), not rotated
+            q = self.pe.rotate_queries(q, positions)
+            k = self.pe.rotate_keys(k, None if cache is None else k_pos)
+        else:
+            q, k = self.pe.rotate(q, k, positions)
+            if cache is not None:
+                k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), rotated
         y = causal_attention(
             q,
             k,

@@ -72,7 +72,7 @@ def restore(
     """Load model, optimizer, scaler and this rank's RNG from ``state``; (step, stats)."""
     rng = state["rng"]
     if len(rng["torch"]) != dist.world:
-        raise CheckpointError(where, f"saved by {len(rng['torch'])} rank(s), resumed with {dist.world}")
+        raise CheckpointError(where, f"saved by {len(rng['torch'])} ranks, resumed with {dist.world}")
     model.load_state_dict(state["model"], strict=True)
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
