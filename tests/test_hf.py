@@ -128,3 +128,86 @@ def test_reorder_and_upcast_attn_is_accepted_and_matches(hf_model) -> None:
     with torch.no_grad():
         logits, _ = ours(tokens)
     torch.testing.assert_close(logits, hf_logits(other, tokens), **TOL)
+
+
+# -- Llama family: Llama, Qwen2, Mistral -----------------------------------------------------------
+
+import transformers  # noqa: E402
+
+LLAMA_BASE = dict(vocab_size=101, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+SCHEDULES = {
+    "default": None,
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8, "rope_theta": 500000.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "rope_theta": 10000.0},
+}  # fmt: skip
+FAMILIES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 7}),
+}
+
+
+def hf_causal_lm(family: str, **overrides):
+    config_cls, model_cls, extra = FAMILIES[family]
+    torch.manual_seed(0)
+    return model_cls(config_cls(**(LLAMA_BASE | extra | overrides))).eval()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_llama_family_logits_match_past_the_original_context(family, kv_heads, schedule) -> None:
+    overrides = {"num_key_value_heads": kv_heads}
+    if SCHEDULES[schedule] is not None:
+        overrides["rope_parameters"] = SCHEDULES[schedule]
+    hf = hf_causal_lm(family, **overrides)
+    ours = GPT.from_hf(hf).eval()
+    assert ours.config.kv_heads == kv_heads and ours.config.norm == "rmsnorm" and ours.config.mlp == "swiglu"
+    idx = torch.randint(0, 101, (2, 48), generator=torch.Generator().manual_seed(1))  # 48 > max_position_embeddings
+    with torch.no_grad():
+        expected = hf(idx).logits
+        got, _ = ours(idx)
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_llama_family_greedy_generation_equals_hf(family) -> None:
+    hf = hf_causal_lm(family, rope_parameters=SCHEDULES["yarn"])
+    ours = GPT.from_hf(hf).eval()
+    prompt = torch.randint(0, 101, (1, 5), generator=torch.Generator().manual_seed(2))
+    expected = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(prompt, 20, temperature=0), expected)
+
+
+def test_qwen2_has_qkv_biases_only_and_mistral_its_window() -> None:
+    qwen = GPT.from_hf(hf_causal_lm("qwen2"))
+    attn = qwen.blocks[0].attn
+    assert attn.c_attn.bias is not None and attn.c_proj.bias is None and qwen.blocks[0].mlp.c_proj.bias is None
+    mistral = GPT.from_hf(hf_causal_lm("mistral"))
+    assert [b.attn.window for b in mistral.blocks] == [7, 7]
+    tied = GPT.from_hf(hf_causal_lm("llama", tie_word_embeddings=True))
+    assert tied.lm_head.weight is tied.wte.weight
+
+
+@pytest.mark.parametrize(
+    "family, overrides, field",
+    [
+        ("llama", {"hidden_act": "gelu"}, "hidden_act"),
+        ("llama", {"head_dim": 16}, "head_dim"),
+        ("llama", {"pretraining_tp": 2}, "pretraining_tp"),
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 8}, "use_sliding_window"),
+    ],
+)
+def test_llama_family_configs_it_cannot_reproduce_are_refused(family, overrides, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        GPT.from_hf(hf_causal_lm(family, **overrides))
+
+
+def test_an_unsupported_model_type_is_refused() -> None:
+    torch.manual_seed(0)
+    hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                                  num_attention_heads=4, intermediate_size=64))  # fmt: skip
+    with pytest.raises(ValueError, match="model_type='gpt_neox'"):
+        GPT.from_hf(hf)

@@ -265,47 +265,12 @@ class GPT(nn.Module):
 
     @classmethod
     def from_hf(cls, model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> GPT:
-        """Load Hugging Face GPT-2 weights (a ``GPT2LMHeadModel`` or its state dict) into an
-        absolute-PE GPT that reproduces its logits. A bare state dict needs ``n_head``."""
-        if isinstance(model_or_state_dict, nn.Module):
-            hf_config: Any = model_or_state_dict.config
-            act = getattr(hf_config, "activation_function", "gelu_new")
-            if act not in ("gelu_new", "gelu_pytorch_tanh"):
-                raise ValueError(f"from_hf supports GPT-2's tanh GELU, got activation_function={act!r}")
-            # options that change the logits but that this architecture does not implement
-            defaults = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "layer_norm_epsilon": 1e-5}
-            differ = {k: getattr(hf_config, k) for k, v in defaults.items() if getattr(hf_config, k, v) != v}
-            if getattr(hf_config, "n_inner", None) not in (None, 4 * hf_config.n_embd):
-                differ["n_inner"] = hf_config.n_inner
-            if differ:
-                raise ValueError(f"from_hf supports GPT-2's default architecture; this config differs: {differ}")
-            n_head = hf_config.n_head
-            sd = model_or_state_dict.state_dict()
-        else:
-            sd = dict(model_or_state_dict)
-            if n_head is None:
-                raise ValueError("from_hf(state_dict) needs n_head=..., which weights alone do not determine")
-        sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-        missing = [k for k in ("wte.weight", "wpe.weight", "ln_f.weight") if k not in sd]
-        if missing:
-            raise ValueError(f"not a GPT-2 state dict: missing {missing}")
-        vocab_size, n_embd = sd["wte.weight"].shape
-        n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
-        config = GPTConfig(
-            block_size=sd["wpe.weight"].shape[0], vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-            n_embd=n_embd, bias=True, pe="absolute", dropout=0.0,
-        )  # fmt: skip
-        model = cls(config)
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        ours = {"wte.weight": sd["wte.weight"], "wpe.weight": sd["wpe.weight"], "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]}
-        for i in range(n_layer):
-            for name in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", "attn.c_attn.bias", "attn.c_proj.bias",
-                         "mlp.c_fc.bias", "mlp.c_proj.bias", *conv1d):  # fmt: skip
-                w = sd[f"h.{i}.{name}"]
-                ours[f"blocks.{i}.{name}"] = w.t() if name in conv1d else w  # HF Conv1D stores (in, out)
-        ours["lm_head.weight"] = ours["wte.weight"]
-        model.load_state_dict(ours, strict=True)
-        return model
+        """A GPT with the weights of a Hugging Face causal LM (``GPT2LMHeadModel``, ``LlamaForCausalLM``,
+        ``Qwen2ForCausalLM``, ``MistralForCausalLM``, ``DeepseekV3ForCausalLM`` with dense layers) that
+        reproduces its logits; a bare GPT-2 state dict needs ``n_head``. See :mod:`posenc.hf`."""
+        from posenc.hf import from_hf
+
+        return from_hf(model_or_state_dict, n_head=n_head)
 
 
 def _check_range(t: Tensor, lo: int, hi: int, message: str) -> None:
