@@ -41,13 +41,13 @@ def attention_paths(n_head: int, n_embd: int, block_size: int, window: int) -> d
     configs = {name: GPTConfig(n_layer=4, n_head=n_head, n_embd=n_embd, block_size=block_size, pe=name, bias=False)
                for name in VARIANTS}  # fmt: skip
     configs["rnope-swa"] = GPTConfig(
-        n_layer=4, n_head=n_head, n_embd=n_embd, block_size=block_size, pe="rnope", layer_pattern="rrrN",
+        n_layer=4, n_head=n_head, n_embd=n_embd, block_size=block_size, layer_pattern="rrrN",
         sliding_window=window, bias=False,
     )  # fmt: skip
     paths = {}
     for name, config in configs.items():
-        for code in dict.fromkeys(config.layer_codes):
-            paths[f"{name} [{code}]"] = Block(config, code).attn
+        for code, spec in dict(zip(config.layer_codes, config.layers)).items():
+            paths[f"{name} [{code}]"] = Block(config, spec).attn
     return paths
 
 

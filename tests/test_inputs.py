@@ -64,9 +64,6 @@ MALFORMED = {
 }
 
 
-def test_table_is_large_enough() -> None:
-    assert len(MALFORMED) >= 8
-
 
 @pytest.mark.parametrize("pe, kwargs, error, needles", list(MALFORMED.values()), ids=list(MALFORMED))
 def test_malformed_input_raises_a_named_error(models, pe: str, kwargs: dict, error: type[Exception], needles: tuple) -> None:

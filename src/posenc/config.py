@@ -27,6 +27,7 @@ from posenc.attention import ATTENTIONS
 from posenc.encodings import CODES, ENCODINGS
 from posenc.encodings.base import ModelDims
 from posenc.encodings.rope import LAYOUTS
+from posenc.encodings.rope_scaling import validate_scaling
 
 
 class Variant(NamedTuple):
@@ -282,8 +283,13 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.mlp must be one of {MLPS}, got {self.mlp!r}")
         if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not 0 < self.norm_eps < 1:
             raise ValueError(f"GPTConfig.norm_eps must be a number in (0, 1), got {self.norm_eps!r}")
-        if self.rope_scaling is not None and not isinstance(self.rope_scaling, Mapping):
-            raise TypeError(f"GPTConfig.rope_scaling must be a dict like Hugging Face's rope_scaling, got {self.rope_scaling!r}")
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, Mapping):
+                raise TypeError(f"GPTConfig.rope_scaling must be a dict like Hugging Face's rope_scaling, got {self.rope_scaling!r}")
+            try:
+                validate_scaling(self.rope_options()["scaling"])
+            except ValueError as e:
+                raise ValueError(f"GPTConfig.rope_scaling: {e}") from None
 
     def _check_pe_options(self) -> None:
         if self.pe_options is None:
