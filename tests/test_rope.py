@@ -134,7 +134,7 @@ def make(setup, **kwargs) -> RotaryEmbedding:
 def test_exact_dot_product_depends_only_on_relative_position(setup, m, n, s, seed):
     head_dim, rotary_dim, base, layout = setup
     q, k = randn((2, head_dim), seed)
-    dot = lambda a, b: (  # noqa: E731
+    dot = lambda a, b: (
         exact_rotate(q[None], torch.tensor([a], dtype=F64), rotary_dim, base, layout)
         * exact_rotate(k[None], torch.tensor([b], dtype=F64), rotary_dim, base, layout)
     ).sum()
@@ -154,7 +154,7 @@ def test_exact_rotation_preserves_norm(setup, m, seed):
 def test_exact_rotations_compose_and_invert(setup, a, b, seed):
     head_dim, rotary_dim, base, layout = setup
     x = randn((3, head_dim), seed)
-    rot = lambda v, p: exact_rotate(v, torch.full((3,), p, dtype=F64), rotary_dim, base, layout)  # noqa: E731
+    rot = lambda v, p: exact_rotate(v, torch.full((3,), p, dtype=F64), rotary_dim, base, layout)
     atol = 1e-10 * float(x.abs().max())
     torch.testing.assert_close(rot(rot(x, b), a), rot(x, a + b), rtol=0, atol=atol)  # R(a)R(b) = R(a+b)
     torch.testing.assert_close(rot(rot(x, a), -a), x, rtol=0, atol=atol)  # R(-a)R(a) = I
@@ -169,8 +169,8 @@ def test_exact_rotations_compose_and_invert(setup, a, b, seed):
 def test_module_dot_product_depends_only_on_relative_position(setup, m, n, s, seed):
     rope = make(setup, cache_len=16)
     q, k = randn((2, 1, 1, 1, setup[0]), seed)  # each (B=1, nh=1, T=1, hs)
-    rq = lambda p: rope(q, q, torch.tensor([p]))[0]  # noqa: E731
-    rk = lambda p: rope(k, k, torch.tensor([p]))[1]  # noqa: E731
+    rq = lambda p: rope(q, q, torch.tensor([p]))[0]
+    rk = lambda p: rope(k, k, torch.tensor([p]))[1]
     gap = float((rq(m) * rk(n)).sum() - (rq(m + s) * rk(n + s)).sum())
     assert abs(gap) <= 4 * angle_tol(max(m, n) + s) * float(q.norm() * k.norm())
 
@@ -231,7 +231,7 @@ def test_partial_rotary_passes_other_channels_bit_identical(dtype, setup, p, see
     # the rotated channels are plain RoPE of size rotary_dim
     full = RotaryEmbedding(rotary_dim, base=base, layout=layout, cache_len=8)
     fq, fk = full(q[..., :rotary_dim].contiguous(), k[..., :rotary_dim].contiguous(), pos)
-    tol = dict(rtol=0, atol=1e-12) if dtype == F64 else {}
+    tol = {"rtol": 0, "atol": 1e-12} if dtype == F64 else {}
     torch.testing.assert_close(rq[..., :rotary_dim], fq, **tol)
     torch.testing.assert_close(rk[..., :rotary_dim], fk, **tol)
 
@@ -264,7 +264,7 @@ def test_gradient_is_the_inverse_rotation(layout, rotary_dim):
     assert torch.autograd.gradcheck(lambda a, b: rope(a, b, positions), (q, k))
     grad = randn((2, 2, 5, 6), 7)
     (gq,) = torch.autograd.grad(rope(q, k, positions)[0], q, grad)
-    inv_freq = rope_inv_freq(rotary_dim, 10000.0)
+    inv_freq = rope.frequencies()  # the module's float64 frequencies
     back = apply_rotary(grad, *rope_cos_sin(-positions, inv_freq, layout), layout)
     torch.testing.assert_close(gq, back, rtol=0, atol=1e-12)
 

@@ -1,8 +1,10 @@
-"""Rotary position embedding (RoPE; Su et al. 2021, "RoFormer", arXiv:2104.09864).
+"""Rotary position embedding (RoPE; Su et al. 2021, "RoFormer", arXiv:2104.09864), with the long-context
+frequency schedules of :mod:`posenc.encodings.rope_scaling`, p-RoPE and xPos.
 
 Where it acts: on q and k inside every attention layer (``where = "qk"``). Channel pair i of a
-vector at position m is rotated by the angle ``m * base ** (-2i / rotary_dim)``; the dot product of
-a rotated query and key then depends on their positions only through m - n.
+vector at position m is rotated by the angle ``m * w_i``, with ``w_i = base ** (-2i / rotary_dim)``
+unless a schedule (``scaling``) says otherwise; the dot product of a rotated query and key then
+depends on their positions only through m - n.
 
 Conventions
 - ``layout="half"``: pairs are (i, i + rotary_dim/2) -- GPT-NeoX, Hugging Face Llama/Qwen
@@ -12,18 +14,57 @@ Conventions
 - Rotation sign: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos), i.e. counter-clockwise by +angle.
 - ``rotary_dim < head_dim`` (partial rotary, GPT-NeoX style): the first ``rotary_dim`` channels
   are rotated, the remaining ones pass through bit-identical.
-- Precision: inverse frequencies, angles and the cos/sin tables are always float32, computed with
-  autocast off, and stay float32 after ``.to(torch.bfloat16)`` / ``.half()``. They are cast to the
-  input dtype only for the final multiply.
+- Precision: frequencies are float64; angles ``m * w_i`` are formed in float64 and reduced to
+  [-pi, pi] there, then cos/sin are evaluated and stored in float32 (autocast off), so the tables
+  are within ~2e-7 of exact at any position (1e6 and beyond) and stay float32 after
+  ``.to(torch.bfloat16)`` / ``.half()``. They are cast to the input dtype only for the final multiply.
+  ``inv_freq`` is the float32 rounding of the frequencies, kept for inspection.
+- The schedule's attention factor multiplies cos and sin (as Hugging Face does), so q.k scales by
+  its square; passed-through channels are not scaled.
 - The cos/sin tables for positions < ``cache_len`` are built at construction (non-persistent
   buffers); other positions are computed on the fly, never clipped.
 
+Options
+- ``scaling``: a Hugging Face ``rope_parameters`` / ``rope_scaling`` dict (see
+  :func:`~posenc.encodings.rope_scaling.validate_scaling`); :meth:`RotaryEmbedding.from_hf_config`
+  reads it from a transformers config.
+- ``p_rope=p`` (Barbero et al. 2024, "Round and Round We Go", arXiv:2410.06205): keep the first
+  ``int(p * rotary_dim // 2)`` (highest) frequencies and set the others to 0, so those pairs carry
+  no position. Hugging Face's ``proportional`` schedule is the same thing for ``p =
+  partial_rotary_factor``.
+- ``xpos=True`` (Sun et al. 2022, "A Length-Extrapolatable Transformer", arXiv:2212.10554), as
+  rotary-embedding-torch's ``use_xpos``: pair i of a query at position m is also multiplied by
+  ``zeta_i ** ((m - c) / xpos_scale_base)`` and a key by its inverse, ``zeta_i = (2i + 0.4 d) / (1.4 d)``,
+  with the centre ``c = seq_len // 2``. q.k then decays like ``zeta ** ((m - n) / xpos_scale_base)``.
+
+Length-dependent encodings (``length_dependent``: ``dynamic``, ``longrope``, or xPos, whose centre
+moves) rotate by a function of the total sequence length ``seq_len`` (past + current tokens;
+default: max position + 1, or T without positions). A rotated key is then only valid for the
+``seq_len`` it was rotated with, so a KV cache must hold UN-rotated keys and rotate all of them
+again at every step with the current ``seq_len``:
+
+    k_all = cache.append(k_raw)                                   # (B, nh, S, hs), not rotated
+    q = rope.rotate_queries(q, positions_q, seq_len=S)            # (B, nh, T, hs)
+    k_all = rope.rotate_keys(k_all, positions_k, seq_len=S)       # (B, nh, S, hs)
+
+which makes cached decoding equal to the uncached forward. Static encodings may cache rotated keys
+and call ``rotate(q, k, positions)`` on the new tokens only.
+
+API: ``rotate(q, k, positions=None, *, seq_len=None)``, ``rotate_queries(q, positions=None, *,
+seq_len=None)``, ``rotate_keys(k, positions=None, *, seq_len=None)``, ``cos_sin(positions, T, device,
+*, seq_len=None)`` (float32 rotation tables), ``frequencies(seq_len=None)`` (float64 ``inv_freq``) and
+``attention_factor``.
+
 Golden tests: a per-pair 2x2 rotation written from the paper's formula, Hugging Face's
-``apply_rotary_pos_emb`` (half layout) and a GPT-J-style interleaved rotation (tests/test_rope.py).
+``apply_rotary_pos_emb`` (half layout) and a GPT-J-style interleaved rotation (tests/test_rope.py);
+Hugging Face's ``ROPE_INIT_FUNCTIONS``, a float64 rotation at positions up to 1e6, rotary-embedding-
+torch's xPos and a p-RoPE formula (tests/test_rope_scaling.py).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -31,44 +72,76 @@ from einops import rearrange
 from torch import Tensor
 
 from posenc.encodings.base import ModelDims, PositionalEncoding, check_positions
+from posenc.encodings.rope_scaling import (
+    LENGTH_DEPENDENT,
+    ROPE_SCALINGS,
+    default_inv_freq,
+    scaling_rotary_dim,
+    validate_scaling,
+)
 
 Layout = Literal["half", "interleaved"]
 LAYOUTS: tuple[str, ...] = ("half", "interleaved")
+TWO_PI = 2 * math.pi
 
 
-def rope_inv_freq(rotary_dim: int, base: float, device: torch.device | None = None) -> Tensor:
+def rope_inv_freq(
+    rotary_dim: int, base: float, device: torch.device | None = None
+) -> Tensor:
     """Inverse frequencies ``base ** (-2i / rotary_dim)``, i < rotary_dim/2, as float32 (computed in float64)."""
-    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=device) / rotary_dim
-    return (base ** -exponent).to(torch.float32)
+    return default_inv_freq(rotary_dim, base, device).to(torch.float32)
 
 
-def rope_cos_sin(positions: Tensor, inv_freq: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
-    """float32 cos/sin of shape (*positions.shape, rotary_dim), expanded to the pair layout."""
+def expand_pairs(per_pair: Tensor, layout: Layout) -> Tensor:
+    """(..., rd/2) -> (..., rd): pair i at (i, i + rd/2) for "half", (2i, 2i+1) for "interleaved"."""
+    if layout == "half":
+        return torch.cat((per_pair, per_pair), dim=-1)
+    return torch.repeat_interleave(per_pair, 2, dim=-1)
+
+
+def rope_cos_sin(
+    positions: Tensor, inv_freq: Tensor, layout: Layout, attention_factor: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """float32 cos/sin of shape (*positions.shape, rotary_dim), expanded to the pair layout.
+
+    The angles are formed in float64 (whatever inv_freq's dtype) and reduced to [-pi, pi] before
+    the float32 cos/sin, so the tables do not lose precision at large positions.
+    """
     with torch.autocast(device_type=positions.device.type, enabled=False):
-        angles = positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32)  # (..., T, rd/2)
-        if layout == "half":
-            angles = torch.cat((angles, angles), dim=-1)  # (..., T, rd): pair i sits at i and i + rd/2
-        else:
-            angles = torch.repeat_interleave(angles, 2, dim=-1)  # (..., T, rd): pair i at 2i, 2i+1
-        return angles.cos(), angles.sin()
+        angles = positions.to(torch.float64)[..., None] * inv_freq.to(
+            torch.float64
+        )  # (..., T, rd/2)
+        angles = (angles - TWO_PI * torch.round(angles / TWO_PI)).to(torch.float32)
+        cos, sin = angles.cos(), angles.sin()
+        if attention_factor != 1.0:
+            cos, sin = cos * attention_factor, sin * attention_factor
+        return expand_pairs(cos, layout), expand_pairs(sin, layout)
 
 
 def rotate_pairs(x: Tensor, layout: Layout) -> Tensor:
     """The 90-degree rotation of every pair: (x1, x2) -> (-x2, x1), in the given layout."""
     if layout == "half":
-        h = (x.shape[-1] + 1) // 2  # chunk(2)'s split, as slices: the compiler fuses slices, not chunk
+        h = (
+            x.shape[-1] + 1
+        ) // 2  # chunk(2)'s split, as slices: the compiler fuses slices, not chunk
         x1, x2 = x[..., :h], x[..., h:]
         return torch.cat((-x2, x1), dim=-1)
     pairs = rearrange(x, "... (d two) -> ... d two", two=2)
-    return rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)")
+    return rearrange(
+        torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)"
+    )
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -> Tensor:
+def apply_rotary(
+    x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half"
+) -> Tensor:
     """Rotate the first ``cos.shape[-1]`` channels of x (..., T, hs); the rest pass through.
 
     cos/sin: (T, rd) or (B, T, rd), any float dtype; they are cast to x.dtype for the multiply.
     """
-    if cos.dim() == 3:  # per-row positions (B, T, rd) -> (B, 1, T, rd) to broadcast over heads
+    if (
+        cos.dim() == 3
+    ):  # per-row positions (B, T, rd) -> (B, 1, T, rd) to broadcast over heads
         cos, sin = cos[:, None], sin[:, None]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     if (
@@ -76,7 +149,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -
         or cos.requires_grad
         or sin.requires_grad  # gradients for the tables come from the plain formula's autograd
         or torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1]) != x.shape[:-1]
-        or _is_func_transformed(x)  # torch.func (vmap, grad, jvp) wrappers refuse out= ops
+        or _is_func_transformed(
+            x
+        )  # torch.func (vmap, grad, jvp) wrappers refuse out= ops
     ):
         return _rotary_reference(x, cos, sin, layout)
     return _Rotary.apply(x, cos, sin, layout)
@@ -94,7 +169,9 @@ def _rotary_reference(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout) -> Te
     return torch.cat((x_rot * cos + rotate_pairs(x_rot, layout) * sin, x_pass), dim=-1)
 
 
-def _rotary_into(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, transpose: bool) -> Tensor:
+def _rotary_into(
+    x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, transpose: bool
+) -> Tensor:
     """``_rotary_reference`` (or, with ``transpose``, its adjoint: the rotation by -angle) in three
     ops on one fresh buffer: out = x * cos, then a fused multiply-add on each half of the pairs.
 
@@ -106,6 +183,20 @@ def _rotary_into(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, transpose:
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if rd < x.shape[-1]:
         out[..., rd:] = x[..., rd:]  # partial rotary: pass through bit-identical
+    if (
+        layout == "interleaved"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous()
+        and x.shape[-1] % 2 == 0
+    ):
+        # pairs (2i, 2i+1) are complex numbers: one complex multiply (by the conjugate for the adjoint)
+        # instead of three strided passes, ~1.6x faster on CPU
+        cis = torch.complex(
+            cos[..., 0::2], -sin[..., 0::2] if transpose else sin[..., 0::2]
+        )  # (..., T, rd/2)
+        pairs_of = lambda t: torch.view_as_complex(t[..., :rd].unflatten(-1, (-1, 2)))
+        torch.mul(pairs_of(x), cis, out=pairs_of(out))
+        return out
     if layout == "half":
         first, second = slice(0, rd // 2), slice(rd // 2, rd)
     else:
@@ -113,7 +204,11 @@ def _rotary_into(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, transpose:
     # forward:  o1 = x1 c1 - x2 s1,  o2 = x2 c2 + x1 s2
     # adjoint:  o1 = x1 c1 + x2 s2,  o2 = x2 c2 - x1 s1
     sign = -1.0 if transpose else 1.0
-    sin_a, sin_b = (sin[..., second], sin[..., first]) if transpose else (sin[..., first], sin[..., second])
+    sin_a, sin_b = (
+        (sin[..., second], sin[..., first])
+        if transpose
+        else (sin[..., first], sin[..., second])
+    )
     xs, os_ = x[..., :rd], out[..., :rd]
     torch.mul(xs, cos, out=os_)
     os_[..., first].addcmul_(xs[..., second], sin_a, value=-sign)
@@ -145,24 +240,35 @@ class _Rotary(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         cos, sin = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: stay differentiable for double backward
+        if (
+            torch.is_grad_enabled()
+        ):  # create_graph=True: stay differentiable for double backward
             rd = cos.shape[-1]
             g_rot = grad[..., :rd]
             g_rot = g_rot * cos - rotate_pairs(g_rot * sin, ctx.layout)
-            dx = g_rot if rd == grad.shape[-1] else torch.cat((g_rot, grad[..., rd:]), dim=-1)
+            dx = (
+                g_rot
+                if rd == grad.shape[-1]
+                else torch.cat((g_rot, grad[..., rd:]), dim=-1)
+            )
         else:
             dx = _rotary_into(grad, cos, sin, ctx.layout, transpose=True)
         return dx, None, None, None
 
 
 class RotaryEmbedding(PositionalEncoding):
-    """RoPE for q, k of shape (B, nh, T, hs): ``q, k = rope(q, k, positions=None)``.
+    """RoPE for q, k of shape (B, nh, T, hs): ``q, k = rope(q, k, positions=None, seq_len=None)``.
 
     Args:
         head_dim: size of each head (hs).
-        base: the rotary base (10000 in RoFormer/GPT-NeoX/Llama 2, 500000 in Llama 3).
+        base: the rotary base ``rope_base`` (10000 in RoFormer/GPT-NeoX/Llama 2, 500000 in Llama 3).
         layout: ``"half"`` (NeoX / Hugging Face) or ``"interleaved"`` (RoFormer / GPT-J / Meta).
-        rotary_dim: channels that are rotated (even, <= head_dim); ``None`` means all of them.
+        rotary_dim: channels that are rotated (even, <= head_dim); ``None`` means all of them, or
+            ``int(head_dim * partial_rotary_factor)`` when ``scaling`` has that key.
+        scaling: a Hugging Face RoPE dict (``rope_type`` and its keys); ``None`` is plain RoPE.
+            Its ``rope_theta``, if present, must equal ``base``.
+        p_rope: keep this fraction (0, 1] of the highest frequencies; the rest become 0.
+        xpos: xPos decay; ``xpos_scale_base`` is its length scale.
         cache_len: positions ``< cache_len`` use the cos/sin tables built here; others are computed.
     """
 
@@ -175,55 +281,323 @@ class RotaryEmbedding(PositionalEncoding):
         layout: Layout = "half",
         rotary_dim: int | None = None,
         *,
+        scaling: Mapping[str, Any] | None = None,
+        p_rope: float | None = None,
+        xpos: bool = False,
+        xpos_scale_base: float = 512.0,
         cache_len: int = 2048,
     ) -> None:
         super().__init__()
-        rotary_dim = head_dim if rotary_dim is None else rotary_dim
         if not isinstance(head_dim, int) or head_dim <= 0:
             raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
-        if not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        self.scaling = validate_scaling(scaling)
+        self.rope_type: str = self.scaling["rope_type"]
+        if "partial_rotary_factor" in self.scaling:
+            derived = scaling_rotary_dim(head_dim, self.scaling)
+            if rotary_dim is not None and rotary_dim != derived:
+                raise ValueError(
+                    f"rotary_dim={rotary_dim!r} disagrees with scaling partial_rotary_factor="
+                    f"{self.scaling['partial_rotary_factor']!r} (head_dim={head_dim} -> {derived})"
+                )
+            rotary_dim = derived
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        if (
+            not isinstance(rotary_dim, int)
+            or rotary_dim <= 0
+            or rotary_dim % 2
+            or rotary_dim > head_dim
+        ):
             raise ValueError(
                 f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}"
             )
         if not base > 0:
             raise ValueError(f"base must be > 0, got {base!r}")
+        theta = self.scaling.get("rope_theta")
+        if theta is not None and float(theta) != float(base):
+            raise ValueError(
+                f"scaling rope_theta={theta!r} disagrees with base={base!r}; pass base={theta!r}"
+            )
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if not isinstance(cache_len, int) or cache_len < 0:
             raise ValueError(f"cache_len must be an int >= 0, got {cache_len!r}")
+        if p_rope is not None:
+            if (
+                isinstance(p_rope, bool)
+                or not isinstance(p_rope, (int, float))
+                or not 0 < p_rope <= 1
+            ):
+                raise ValueError(
+                    f"p_rope must be a fraction in (0, 1], got p_rope={p_rope!r}"
+                )
+            if self.rope_type == "proportional":
+                raise ValueError(
+                    f"p_rope={p_rope!r} and rope_type 'proportional' both drop frequencies; use one of them"
+                )
+        if not isinstance(xpos, bool):
+            raise TypeError(f"xpos must be a bool, got xpos={xpos!r}")
+        if not xpos_scale_base > 0:
+            raise ValueError(
+                f"xpos_scale_base must be > 0, got xpos_scale_base={xpos_scale_base!r}"
+            )
         self.head_dim, self.rotary_dim, self.base = head_dim, rotary_dim, float(base)
         self.layout: Layout = layout
         self.cache_len = cache_len
+        self.p_rope = None if p_rope is None else float(p_rope)
+        self.xpos, self.xpos_scale_base = xpos, float(xpos_scale_base)
+        self._schedule = ROPE_SCALINGS[self.rope_type]
+        # at seq_len <= this, a length-dependent schedule equals its seq_len=None frequencies
+        self._short_len: int | None = (
+            self.scaling[LENGTH_DEPENDENT[self.rope_type]]
+            if self.rope_type in LENGTH_DEPENDENT
+            else None
+        )
         self._build_tables(device=None)
 
     @classmethod
     def build(cls, dims: ModelDims, **options: Any) -> RotaryEmbedding:
         return cls(dims.head_dim, **({"cache_len": dims.block_size} | options))
 
+    @classmethod
+    def from_hf_config(
+        cls, config: Any, layer_type: str | None = None, **options: Any
+    ) -> RotaryEmbedding:
+        """The RoPE of a transformers config (object or ``config.json`` dict): ``rope_theta``,
+        ``rope_parameters`` (v5) or ``rope_scaling`` (v4), ``partial_rotary_factor``, ``head_dim``
+        (or ``hidden_size // num_attention_heads``), ``max_position_embeddings`` and a top-level
+        ``original_max_position_embeddings`` (Phi-3), resolved as Hugging Face does. With per-layer
+        parameters (Gemma 3: ``{"full_attention": {...}, "sliding_attention": {...}}``) ``layer_type``
+        picks one. ``options`` go to the constructor (layout, cache_len, ...); the layout is
+        Hugging Face's ``"half"`` unless given.
+        """
+        get = (
+            config.get
+            if isinstance(config, Mapping)
+            else (lambda key, default=None: getattr(config, key, default))
+        )
+        sizes = get  # per-layer sizes: Gemma 4's global layers have their own head_dim
+        if (
+            layer_type is not None
+            and not isinstance(config, Mapping)
+            and hasattr(config, "per_layer_config")
+        ):
+            view = config.per_layer_config[layer_type]
+            sizes = lambda key, default=None: getattr(view, key, default)
+        params = get("rope_parameters") or get("rope_scaling") or {}
+        layer_types = set(get("layer_types") or ()) | {
+            k for k, v in params.items() if isinstance(v, Mapping)
+        }
+        nested = bool(params) and all(k in layer_types for k in params)
+        if nested:
+            if layer_type is None:
+                raise ValueError(
+                    f"this config has per-layer RoPE parameters; pass layer_type, one of {sorted(params)}"
+                )
+            if layer_type not in params:
+                raise ValueError(
+                    f"layer_type={layer_type!r} is not in the config's RoPE parameters {sorted(params)}"
+                )
+            params = params[layer_type]
+            if params is None:
+                raise ValueError(
+                    f"layer_type={layer_type!r} has no RoPE (its parameters are None)"
+                )
+        params = dict(params)
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        theta = params.pop("rope_theta", None) or get("rope_theta") or 10000.0
+        if (
+            "partial_rotary_factor" not in params
+            and get("partial_rotary_factor") is not None
+        ):
+            params["partial_rotary_factor"] = get("partial_rotary_factor")
+        mpe = get("max_position_embeddings")
+        if rope_type in ("llama3", "yarn", "longrope"):
+            if (
+                get("original_max_position_embeddings") is not None
+            ):  # Hugging Face gives it priority
+                params["original_max_position_embeddings"] = get(
+                    "original_max_position_embeddings"
+                )
+            elif mpe is not None:
+                params.setdefault("original_max_position_embeddings", mpe)
+        if mpe is not None:
+            params["max_position_embeddings"] = mpe
+        head_dim = sizes("head_dim") or sizes("hidden_size") // sizes(
+            "num_attention_heads"
+        )
+        return cls(head_dim, base=float(theta), scaling=params, **options)
+
+    @property
+    def length_dependent(self) -> bool:
+        """True when the rotation depends on the total sequence length (see the module docstring)."""
+        return self.rope_type in LENGTH_DEPENDENT or self.xpos
+
+    def frequencies(
+        self, seq_len: int | Tensor | None = None, device: torch.device | None = None
+    ) -> Tensor:
+        """float64 inverse frequencies (rotary_dim/2,) at total length ``seq_len``, p-RoPE applied."""
+        inv_freq, _ = self._schedule(
+            self.rotary_dim, self.base, self.scaling, seq_len, device=device
+        )
+        if self.p_rope is not None:
+            inv_freq = inv_freq.clone()
+            inv_freq[int(self.p_rope * self.rotary_dim // 2) :] = 0.0
+        return inv_freq
+
     def _build_tables(self, device: torch.device | None) -> None:
-        inv_freq = rope_inv_freq(self.rotary_dim, self.base, device)
-        cos, sin = rope_cos_sin(torch.arange(self.cache_len, device=device), inv_freq, self.layout)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("cos_cached", cos, persistent=False)  # (cache_len, rd) float32
+        inv_freq = self.frequencies(None, device)
+        _, self.attention_factor = self._schedule(
+            self.rotary_dim, self.base, self.scaling, None
+        )
+        cos, sin = rope_cos_sin(
+            torch.arange(self.cache_len, device=device),
+            inv_freq,
+            self.layout,
+            self.attention_factor,
+        )
+        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
+        self.register_buffer("inv_freq64", inv_freq, persistent=False)
+        self.register_buffer(
+            "cos_cached", cos, persistent=False
+        )  # (cache_len, rd) float32
         self.register_buffer("sin_cached", sin, persistent=False)
+        if self.xpos:
+            zeta = (
+                torch.arange(0, self.rotary_dim, 2, dtype=torch.float64, device=device)
+                + 0.4 * self.rotary_dim
+            )
+            self.register_buffer(
+                "xpos_zeta", zeta / (1.4 * self.rotary_dim), persistent=False
+            )
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # .to(dtype) / .half() would round the tables; re-derive them in float32 on the new device.
+        # .to(dtype) / .half() would round the tables; re-derive them (float64 / float32) on the new device.
         super()._apply(fn, recurse)
         self._build_tables(self.inv_freq.device)
         return self
 
-    def cos_sin(self, positions: Tensor | None, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """float32 cos/sin tables for ``positions`` (default ``arange(seq_len)``)."""
+    def _seq_len(
+        self, positions: Tensor | None, T: int, seq_len: int | Tensor | None
+    ) -> int | Tensor | None:
+        """The total length a length-dependent rotation uses; None for static ones (they ignore it)."""
+        if not self.length_dependent:
+            return None
         if positions is None:
-            if seq_len <= self.cache_len:
-                return self.cos_cached[:seq_len], self.sin_cached[:seq_len]
-            positions = torch.arange(seq_len, device=device)
-        else:
-            check_positions(positions, None)
-        return rope_cos_sin(positions, self.inv_freq, self.layout)
+            return T if seq_len is None else seq_len
+        if torch.compiler.is_compiling():
+            return positions.max() + 1 if seq_len is None else seq_len
+        needed = int(positions.max()) + 1 if positions.numel() else 0
+        if seq_len is None:
+            return needed
+        if isinstance(seq_len, int) and seq_len < needed:
+            raise ValueError(
+                f"seq_len={seq_len} is shorter than the largest position + 1 = {needed}"
+            )
+        return seq_len
 
-    def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def cos_sin(
+        self,
+        positions: Tensor | None,
+        T: int,
+        device: torch.device,
+        *,
+        seq_len: int | Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """float32 cos/sin tables (T, rd) or (B, T, rd) for ``positions`` (default ``arange(T)``), the
+        attention factor included; ``seq_len`` matters only when ``length_dependent``."""
+        if positions is not None:
+            check_positions(positions, None)
+        seq_len = self._seq_len(positions, T, seq_len)
+        if self.rope_type in LENGTH_DEPENDENT and not (
+            isinstance(seq_len, int) and seq_len <= self._short_len
+        ):
+            inv_freq = self.frequencies(seq_len, self.inv_freq64.device)
+        elif positions is None and T <= self.cache_len:
+            return self.cos_cached[:T], self.sin_cached[:T]
+        else:
+            inv_freq = self.inv_freq64
+        if positions is None:
+            positions = torch.arange(T, device=device)
+        return rope_cos_sin(positions, inv_freq, self.layout, self.attention_factor)
+
+    def xpos_scale(
+        self,
+        positions: Tensor | None,
+        T: int,
+        device: torch.device,
+        *,
+        seq_len: int | Tensor,
+    ) -> Tensor:
+        """float32 xPos factors (T, rd) or (B, T, rd) for queries; keys use the reciprocal."""
+        if positions is None:
+            positions = torch.arange(T, device=device)
+        with torch.autocast(device_type=positions.device.type, enabled=False):
+            power = (positions - seq_len // 2).to(torch.float64)[
+                ..., None
+            ] / self.xpos_scale_base  # (..., T, 1)
+            return expand_pairs(self.xpos_zeta**power, self.layout).to(torch.float32)
+
+    def _check(self, x: Tensor, positions: Tensor | None, name: str) -> None:
+        if x.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"{name} must have head size {self.head_dim} in its last dim, got {tuple(x.shape)}"
+            )
+        T = x.shape[-2]
+        if positions is not None and (
+            positions.dim() not in (1, 2) or positions.shape[-1] != T
+        ):
+            # a (1,) tensor would otherwise broadcast and put every token at one position
+            raise ValueError(
+                f"positions must have shape ({T},) or (B, {T}), got {tuple(positions.shape)}"
+            )
+
+    def _rotate_one(
+        self,
+        x: Tensor,
+        positions: Tensor | None,
+        seq_len: int | Tensor | None,
+        key: bool,
+    ) -> Tensor:
+        T = x.shape[-2]
+        cos, sin = self.cos_sin(positions, T, x.device, seq_len=seq_len)
+        if self.xpos:
+            scale = self.xpos_scale(
+                positions, T, x.device, seq_len=self._seq_len(positions, T, seq_len)
+            )
+            scale = scale.reciprocal() if key else scale
+            cos, sin = cos * scale, sin * scale
+        return apply_rotary(x, cos, sin, self.layout)
+
+    def rotate_queries(
+        self,
+        q: Tensor,
+        positions: Tensor | None = None,
+        *,
+        seq_len: int | Tensor | None = None,
+    ) -> Tensor:
+        """Rotate queries (B, nh, T, hs) at ``positions``; ``seq_len``: total length (past + current)."""
+        self._check(q, positions, "q")
+        return self._rotate_one(q, positions, seq_len, key=False)
+
+    def rotate_keys(
+        self,
+        k: Tensor,
+        positions: Tensor | None = None,
+        *,
+        seq_len: int | Tensor | None = None,
+    ) -> Tensor:
+        """Rotate keys (B, nh, T, hs) at ``positions``; ``seq_len``: total length (past + current)."""
+        self._check(k, positions, "k")
+        return self._rotate_one(k, positions, seq_len, key=True)
+
+    def rotate(
+        self,
+        q: Tensor,
+        k: Tensor,
+        positions: Tensor | None = None,
+        *,
+        seq_len: int | Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
             raise ValueError(
                 f"q and k must have head size {self.head_dim} in their last dim, "
@@ -231,17 +605,26 @@ class RotaryEmbedding(PositionalEncoding):
             )
         T = q.shape[-2]
         if k.shape[-2] != T:
-            raise ValueError(f"q and k must have the same length T, got {tuple(q.shape)} and {tuple(k.shape)}")
-        if positions is not None and (positions.dim() not in (1, 2) or positions.shape[-1] != T):
-            # a (1,) tensor would otherwise broadcast and put every token at one position
-            raise ValueError(f"positions must have shape ({T},) or (B, {T}), got {tuple(positions.shape)}")
-        cos, sin = self.cos_sin(positions, T, q.device)
-        return apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
+            raise ValueError(
+                f"q and k must have the same length T, got {tuple(q.shape)} and {tuple(k.shape)}"
+            )
+        self._check(q, positions, "q")
+        if self.xpos:
+            return self._rotate_one(q, positions, seq_len, key=False), self._rotate_one(
+                k, positions, seq_len, key=True
+            )
+        cos, sin = self.cos_sin(positions, T, q.device, seq_len=seq_len)
+        return apply_rotary(q, cos, sin, self.layout), apply_rotary(
+            k, cos, sin, self.layout
+        )
 
     forward = rotate
 
     def extra_repr(self) -> str:
+        extra = "" if self.rope_type == "default" else f", rope_type={self.rope_type!r}"
+        extra += "" if self.p_rope is None else f", p_rope={self.p_rope}"
+        extra += f", xpos_scale_base={self.xpos_scale_base}" if self.xpos else ""
         return (
             f"head_dim={self.head_dim}, base={self.base}, layout={self.layout!r}, "
-            f"rotary_dim={self.rotary_dim}, cache_len={self.cache_len}"
+            f"rotary_dim={self.rotary_dim}, cache_len={self.cache_len}{extra}"
         )
