@@ -9,9 +9,11 @@ Adding a variant: one file here, one line below, one test file.
 from torch import nn
 
 from posenc.attention.core import CausalSelfAttention, KVCache, LayerKVCache, QKNorm, QKNormAttention, causal_attention
+from posenc.attention.mla import MultiHeadLatentAttention
 
 ATTENTIONS: dict[str, type[nn.Module]] = {
     "mha": CausalSelfAttention,
+    "mla": MultiHeadLatentAttention,
 }
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "CausalSelfAttention",
     "KVCache",
     "LayerKVCache",
+    "MultiHeadLatentAttention",
     "QKNorm",
     "QKNormAttention",
     "causal_attention",

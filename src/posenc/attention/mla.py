@@ -1,0 +1,504 @@
+"""Multi-head latent attention (MLA; DeepSeek-AI 2024, "DeepSeek-V2", arXiv:2405.04434; DeepSeek-V3).
+
+Shapes: B batch, T new tokens, S = past + T keys, C = n_embd, nh heads, L = kv_lora_rank,
+r = qk_rope_head_dim, dn = qk_nope_head_dim, dv = v_head_dim.
+
+Keys and values are not projected from x directly. One projection ``kv_a_proj_with_mqa`` maps x to
+a latent c (L channels, RMS-normalised by ``kv_a_layernorm``) and ONE shared key k_pe (r channels,
+the same for every head); ``kv_b_proj`` expands c to per-head k_nope (dn) and v (dv). Queries are
+per head [q_nope (dn) | q_pe (r)], from ``q_proj`` or, with ``q_lora_rank``, the low-rank
+``q_a_proj -> q_a_layernorm -> q_b_proj``::
+
+    x -> kv_a_proj_with_mqa -> [ c | k_pe ] -> RMSNorm(c) -> kv_b_proj -> k_nope, v   (per head)
+                                      `-> pe.rotate (1 head, r channels)
+    x -> q_proj (or q_a -> norm -> q_b) -> [ q_nope | q_pe ]                            (per head)
+                                                     `-> pe.rotate (nh heads, r channels)
+    score_h = (q_nope_h . k_nope_h + q_pe_h . k_pe) * softmax_scale (+ pe.score_bias)
+
+Where the encoding acts: only on the decoupled part (q_pe, k_pe). RoPE cannot act on k_nope,
+because a position-dependent rotation between W_UK and the query would stop W_UK from being folded
+into the query (docs/mla.md). ``where="qk"`` rotates (q_pe, k_pe) with ``pe.rotate`` (its head size
+must be r); ``where="none"`` (NoPE) keeps the decoupled part, unrotated, so the weights and the
+Hugging Face mapping are the same for every encoding; ``where="scores"`` adds ``pe.score_bias``;
+input-level encodings are refused (they belong to the model).
+
+Conventions
+- Softmax scale as DeepSeek: ``(dn + r) ** -0.5``, times ``mscale(factor, mscale_all_dim) ** 2``
+  when the RoPE's ``scaling`` dict (YaRN as in DeepSeek-V2/V3 configs) sets ``mscale_all_dim``; the
+  RoPE's own ``attention_factor`` (``mscale / mscale_all_dim``) already multiplies cos and sin.
+  ``softmax_scale=`` overrides it.
+- ``rope_interleave=True`` (DeepSeek-V3 checkpoints): the r channels of q_pe and k_pe hold
+  interleaved pairs (2i, 2i+1); they are de-interleaved to (i, i + r/2) and then rotated in the
+  half layout, exactly as Hugging Face's ``apply_rotary_pos_emb_interleave``. It therefore needs a
+  ``layout="half"`` RoPE (``rope_interleave=False`` with ``layout="interleaved"`` gives the same
+  attention with the pairs left in place).
+- QK-norm is refused: a per-head norm of k_nope is not linear in c, so it would break the absorbed
+  decode below; c and the low-rank query already have their RMSNorms.
+- Biases (``bias=True``) as Hugging Face's ``attention_bias``: on q_a_proj, kv_a_proj_with_mqa and
+  the output projection ``c_proj`` (Hugging Face's ``o_proj``); never on q_proj, q_b_proj or
+  kv_b_proj (a bias there could not be absorbed).
+
+KV cache (:class:`MLACache`): per token only the row [c | k_pe] (L + r numbers, k_pe rotated), never
+per-head keys or values. Without a cache the forward is the naive one (expand c to per-head keys
+and values, then SDPA). With a cache it is the absorbed one: W_UK is folded into the query
+(q_nope W_UK: (B, nh, T, L)), attention runs against [c | k_pe] with c as the value, and W_UV is
+applied to the (B, nh, T, L) output. Both are the same function of x to rounding.
+Length-dependent RoPE schedules (``pe.length_dependent``: dynamic NTK, LongRoPE, xPos) rotate by a
+function of the total length, so for them the cache holds k_pe UN-rotated and re-rotates all of it
+at every step (cheap: one head of r channels).
+
+Golden test: tests/test_mla.py loads the same weights into Hugging Face's ``DeepseekV3Attention``
+(with ``DeepseekV3RotaryEmbedding``) and compares outputs, default RoPE and YaRN, with and without
+``q_lora_rank``, both ``rope_interleave`` values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from posenc.attention.core import causal_attention
+from posenc.encodings.base import ModelDims, PositionalEncoding
+from posenc.encodings.nope import NoPE
+from posenc.encodings.rope import RotaryEmbedding
+
+
+@dataclasses.dataclass(frozen=True)
+class MLADims:
+    """The sizes of one MLA layer (see :func:`mla_dims` for the defaults)."""
+
+    kv_lora_rank: int
+    q_lora_rank: int | None
+    qk_rope_head_dim: int
+    qk_nope_head_dim: int
+    v_head_dim: int
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+
+
+def mla_dims(
+    n_embd: int,
+    n_head: int,
+    *,
+    kv_lora_rank: int | None = None,
+    q_lora_rank: int | None = None,
+    qk_rope_head_dim: int | None = None,
+    qk_nope_head_dim: int | None = None,
+    v_head_dim: int | None = None,
+) -> MLADims:
+    """Resolve and check MLA sizes. With hs = n_embd // n_head, the defaults are DeepSeek-V2's ratios
+    (paper section 2.1.2: d_c = 4 d_h, d_h^R = d_h / 2; DeepSeek-V2-Lite has no query compression):
+    ``kv_lora_rank = 4 hs``, ``qk_rope_head_dim = hs / 2`` (rounded down to even, at least 2),
+    ``qk_nope_head_dim = v_head_dim = hs``, ``q_lora_rank = None`` (one full-rank q_proj)."""
+    _check_positive("n_embd", n_embd)
+    _check_positive("n_head", n_head)
+    needs_hs = None in (kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim)
+    if needs_hs and n_embd % n_head:
+        raise ValueError(
+            f"n_embd={n_embd} is not divisible by n_head={n_head}, so the MLA defaults (multiples of the "
+            f"head size) are undefined; set kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim and v_head_dim"
+        )
+    hs = n_embd // n_head
+    dims = MLADims(
+        kv_lora_rank=4 * hs if kv_lora_rank is None else kv_lora_rank,
+        q_lora_rank=q_lora_rank,
+        qk_rope_head_dim=max(2, hs // 4 * 2) if qk_rope_head_dim is None else qk_rope_head_dim,
+        qk_nope_head_dim=hs if qk_nope_head_dim is None else qk_nope_head_dim,
+        v_head_dim=hs if v_head_dim is None else v_head_dim,
+    )
+    for name in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+        _check_positive(name, getattr(dims, name))
+    if q_lora_rank is not None:
+        _check_positive("q_lora_rank", q_lora_rank)
+    if dims.qk_rope_head_dim % 2:
+        raise ValueError(
+            f"qk_rope_head_dim must be even (RoPE rotates pairs), got qk_rope_head_dim={dims.qk_rope_head_dim}"
+        )
+    return dims
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction ``0.1 * mscale * ln(factor) + 1`` (1 for factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def mla_softmax_scale(qk_head_dim: int, scaling: Mapping[str, Any] | None = None) -> float:
+    """DeepSeek's softmax scale: ``qk_head_dim ** -0.5``, times ``yarn_mscale(factor, mscale_all_dim) ** 2``
+    when ``scaling`` (a RoPE ``scaling`` / Hugging Face ``rope_parameters`` dict) is not ``default``
+    and sets ``mscale_all_dim`` (Hugging Face's ``yarn_apply_mscale``). A missing ``factor`` is
+    ``max_position_embeddings / original_max_position_embeddings``, as the YaRN schedule derives it."""
+    scale = qk_head_dim**-0.5
+    if not scaling or scaling.get("rope_type", scaling.get("type", "default")) == "default":
+        return scale
+    mscale_all_dim = scaling.get("mscale_all_dim") or 0
+    if mscale_all_dim:
+        factor = scaling.get("factor")
+        if factor is None:
+            factor = scaling["max_position_embeddings"] / scaling["original_max_position_embeddings"]
+        scale *= yarn_mscale(factor, mscale_all_dim) ** 2
+    return scale
+
+
+def cache_bytes_per_token(
+    attention: Literal["mha", "gqa", "mqa", "mla"],
+    n_embd: int,
+    n_head: int,
+    *,
+    n_kv_head: int | None = None,
+    dtype: torch.dtype = torch.float16,
+    n_layer: int = 1,
+    **mla_fields: Any,
+) -> int:
+    """KV-cache bytes one token adds, summed over ``n_layer`` layers (positions not counted).
+
+    mha: keys and values of every head, ``2 * n_head * hs``; gqa: of ``n_kv_head`` heads; mqa: of one
+    head; mla: the latent and the shared rotary key, ``kv_lora_rank + qk_rope_head_dim`` (the sizes
+    from ``mla_fields``, defaults as :func:`mla_dims`). Elements times ``dtype``'s size.
+    """
+    hs = n_embd // n_head
+    if attention == "mha":
+        elements = 2 * n_head * hs
+    elif attention == "gqa":
+        if n_kv_head is None or n_head % n_kv_head:
+            raise ValueError(f"gqa needs n_kv_head dividing n_head={n_head}, got n_kv_head={n_kv_head!r}")
+        elements = 2 * n_kv_head * hs
+    elif attention == "mqa":
+        elements = 2 * hs
+    elif attention == "mla":
+        d = mla_dims(n_embd, n_head, **mla_fields)
+        elements = d.kv_lora_rank + d.qk_rope_head_dim
+    else:
+        raise ValueError(f"attention must be one of 'mha', 'gqa', 'mqa', 'mla', got {attention!r}")
+    return n_layer * elements * torch.empty((), dtype=dtype).element_size()
+
+
+class MLACache:
+    """What one MLA layer keeps per token: the row [normalised latent c | shared key k_pe].
+
+    ``kv`` is (B, S, kv_lora_rank + qk_rope_head_dim); ``latent`` and ``k_pe`` are views of it. k_pe
+    is rotated, except under a length-dependent encoding (see the module docstring).
+    """
+
+    def __init__(self, kv_lora_rank: int) -> None:
+        self.kv_lora_rank = kv_lora_rank
+        self.kv: Tensor | None = None  # (B, S, L + r)
+        self.positions: Tensor | None = None  # (S,) or (B, S)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.kv is None else self.kv.shape[1]
+
+    @property
+    def latent(self) -> Tensor | None:
+        return None if self.kv is None else self.kv[..., : self.kv_lora_rank]  # (B, S, L)
+
+    @property
+    def k_pe(self) -> Tensor | None:
+        return None if self.kv is None else self.kv[..., self.kv_lora_rank :]  # (B, S, r)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the cached rows (positions not counted)."""
+        return 0 if self.kv is None else self.kv.numel() * self.kv.element_size()
+
+    def update(self, kv: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Append rows (B, T, L + r) at ``positions`` (T,) or (B, T); return all rows and positions."""
+        if self.kv is not None:
+            kv = torch.cat((self.kv, kv), dim=1)
+            past = self.positions
+            if past.dim() != positions.dim():  # (T,) next to (B, T): give both a batch dim
+                rows = kv.shape[0]
+                past, positions = past.expand(rows, -1), positions.expand(rows, -1)
+            positions = torch.cat((past, positions), dim=-1)
+        self.kv, self.positions = kv, positions
+        return kv, positions
+
+
+def _deinterleave(x: Tensor) -> Tensor:
+    """(..., r) pairs (2i, 2i+1) -> (i, i + r/2): Hugging Face's de-interleave before rotate_half."""
+    return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
+
+
+class MultiHeadLatentAttention(nn.Module):
+    """Multi-head latent attention with an injected positional encoding on its decoupled rotary part.
+
+    Args:
+        n_embd, n_head: model width and number of heads.
+        pe: the encoding (``where`` "qk" with head size ``qk_rope_head_dim``, "scores" or "none");
+            ``None`` means :class:`NoPE`.
+        qk_norm: must be ``None`` (see the module docstring).
+        window: sliding-window size in tokens, or ``None`` for full causal attention.
+        dropout: attention-probability and residual dropout.
+        bias: Hugging Face's ``attention_bias`` (module docstring).
+        block_size: accepted for the common signature; unused.
+        kv_lora_rank, q_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim: sizes, defaults
+            as :func:`mla_dims`.
+        rope_interleave: the rotary channels hold interleaved pairs (DeepSeek-V3 checkpoints).
+        softmax_scale: overrides :func:`mla_softmax_scale`.
+    """
+
+    #: GPTConfig fields this variant takes beyond the common arguments (see posenc.attention).
+    config_fields: ClassVar[tuple[str, ...]] = (
+        "kv_lora_rank",
+        "q_lora_rank",
+        "qk_rope_head_dim",
+        "qk_nope_head_dim",
+        "v_head_dim",
+        "rope_interleave",
+    )
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        *,
+        pe: PositionalEncoding | None = None,
+        qk_norm: str | None = None,
+        window: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = False,
+        block_size: int = 1024,
+        kv_lora_rank: int | None = None,
+        q_lora_rank: int | None = None,
+        qk_rope_head_dim: int | None = None,
+        qk_nope_head_dim: int | None = None,
+        v_head_dim: int | None = None,
+        rope_interleave: bool = False,
+        softmax_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        dims = mla_dims(
+            n_embd, n_head, kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, qk_rope_head_dim=qk_rope_head_dim,
+            qk_nope_head_dim=qk_nope_head_dim, v_head_dim=v_head_dim,
+        )  # fmt: skip
+        if not isinstance(rope_interleave, bool):
+            raise ValueError(f"rope_interleave must be a bool, got rope_interleave={rope_interleave!r}")
+        pe = NoPE() if pe is None else pe
+        _check_encoding(pe, dims, rope_interleave)
+        if qk_norm is not None:
+            raise ValueError(
+                f"MultiHeadLatentAttention does not take QK-norm (got qk_norm={qk_norm!r}): a per-head norm of the "
+                f"keys is not linear in the latent, so W_UK could no longer be folded into the query for decoding"
+            )
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
+        if softmax_scale is not None and not (isinstance(softmax_scale, (int, float)) and softmax_scale > 0):
+            raise ValueError(f"softmax_scale must be a number > 0 or None, got softmax_scale={softmax_scale!r}")
+        self.n_embd, self.n_head, self.dims = n_embd, n_head, dims
+        self.kv_lora_rank, self.q_lora_rank = dims.kv_lora_rank, dims.q_lora_rank
+        self.qk_rope_head_dim, self.qk_nope_head_dim, self.v_head_dim = (
+            dims.qk_rope_head_dim, dims.qk_nope_head_dim, dims.v_head_dim,
+        )  # fmt: skip
+        self.rope_interleave = rope_interleave
+        q_out = n_head * dims.qk_head_dim
+        if dims.q_lora_rank is None:
+            self.q_proj = nn.Linear(n_embd, q_out, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(n_embd, dims.q_lora_rank, bias=bias)
+            self.q_a_layernorm = nn.RMSNorm(dims.q_lora_rank, eps=1e-6)
+            self.q_b_proj = nn.Linear(dims.q_lora_rank, q_out, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(n_embd, dims.kv_lora_rank + dims.qk_rope_head_dim, bias=bias)
+        self.kv_a_layernorm = nn.RMSNorm(dims.kv_lora_rank, eps=1e-6)
+        self.kv_b_proj = nn.Linear(dims.kv_lora_rank, n_head * (dims.qk_nope_head_dim + dims.v_head_dim), bias=False)
+        self.c_proj = nn.Linear(n_head * dims.v_head_dim, n_embd, bias=bias)
+        self.pe = pe
+        scaling = getattr(pe, "scaling", None) if pe.where == "qk" else None
+        self.softmax_scale = (
+            float(softmax_scale) if softmax_scale is not None else mla_softmax_scale(dims.qk_head_dim, scaling)
+        )
+        self.window = window
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def encoding_dims(cls, dims: ModelDims, **fields: Any) -> ModelDims:
+        """The encoding acts on the decoupled rotary part: head size ``qk_rope_head_dim``."""
+        fields.pop("rope_interleave", None)
+        return dataclasses.replace(dims, head_dim=mla_dims(dims.n_embd, dims.n_head, **fields).qk_rope_head_dim)
+
+    @classmethod
+    def from_hf_config(cls, config: Any, **options: Any) -> MultiHeadLatentAttention:
+        """An MLA layer shaped like a transformers ``DeepseekV3Config`` (or V2, or a config.json dict),
+        with its RoPE built by :meth:`RotaryEmbedding.from_hf_config`; ``options`` override arguments."""
+        get = config.get if isinstance(config, Mapping) else (lambda key, default=None: getattr(config, key, default))
+        kwargs: dict[str, Any] = dict(
+            bias=bool(get("attention_bias", False)),
+            dropout=float(get("attention_dropout", 0.0) or 0.0),
+            kv_lora_rank=get("kv_lora_rank"),
+            q_lora_rank=get("q_lora_rank"),
+            qk_rope_head_dim=get("qk_rope_head_dim"),
+            qk_nope_head_dim=get("qk_nope_head_dim"),
+            v_head_dim=get("v_head_dim"),
+            rope_interleave=bool(get("rope_interleave", False)),
+        )
+        if "pe" not in options:
+            rope_config = dict(config) if isinstance(config, Mapping) else config.to_dict()
+            rope_config["head_dim"] = get("qk_rope_head_dim")  # DeepSeek's rotary acts on the decoupled part
+            cache_len = min(get("max_position_embeddings") or 2048, 8192)  # longer positions are computed on the fly
+            kwargs["pe"] = RotaryEmbedding.from_hf_config(rope_config, cache_len=cache_len)
+        return cls(get("hidden_size"), get("num_attention_heads"), **(kwargs | options))
+
+    def new_cache(self) -> MLACache:
+        """An empty cache for this layer (latent and shared rotary key per token)."""
+        return MLACache(self.kv_lora_rank)
+
+    def _queries(self, x: Tensor) -> Tensor:
+        if self.q_lora_rank is None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        return rearrange(q, "b t (nh d) -> b nh t d", nh=self.n_head)  # (B, nh, T, dn + r)
+
+    def forward(self, x: Tensor, positions: Tensor | None = None, cache: MLACache | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T)."""
+        B, T, C = x.shape
+        L, r = self.kv_lora_rank, self.qk_rope_head_dim
+        q_nope, q_pe = self._queries(x).split([self.qk_nope_head_dim, r], dim=-1)  # (B, nh, T, dn), (B, nh, T, r)
+        latent, k_pe = self.kv_a_proj_with_mqa(x).split([L, r], dim=-1)  # (B, T, L), (B, T, r)
+        latent = self.kv_a_layernorm(latent)
+        k_pe = k_pe[:, None]  # (B, 1, T, r): one key head shared by all query heads
+        if self.rope_interleave:
+            q_pe, k_pe = _deinterleave(q_pe), _deinterleave(k_pe)
+        past = 0 if cache is None else cache.length
+        if positions is None and past:
+            positions = torch.arange(past, past + T, device=x.device)
+        q_pos = torch.arange(T, device=x.device) if positions is None else positions
+        if cache is None:
+            q_pe, k_pe = self.pe.rotate(q_pe, k_pe, positions)
+            y = self._attend_naive(q_nope, q_pe, latent, k_pe, q_pos, q_pos)
+        elif getattr(self.pe, "length_dependent", False):
+            kv, k_pos = cache.update(torch.cat((latent, k_pe[:, 0]), dim=-1), q_pos)  # (B, S, L + r), k_pe raw
+            seq_len = int(k_pos.max()) + 1
+            q_pe = self.pe.rotate_queries(q_pe, q_pos, seq_len=seq_len)
+            k_pe_all = self.pe.rotate_keys(kv[:, None, :, L:], k_pos, seq_len=seq_len)  # (B, 1, S, r)
+            y = self._attend_absorbed(q_nope, q_pe, kv[..., :L], k_pe_all, q_pos, k_pos)
+        else:
+            q_pe, k_pe = self.pe.rotate(q_pe, k_pe, positions)
+            kv, k_pos = cache.update(torch.cat((latent, k_pe[:, 0]), dim=-1), q_pos)  # (B, S, L + r)
+            y = self._attend_absorbed(q_nope, q_pe, kv[..., :L], kv[:, None, :, L:], q_pos, k_pos)
+        y = rearrange(y, "b nh t dv -> b t (nh dv)")  # (B, T, nh * dv)
+        return self.resid_dropout(self.c_proj(y))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        return causal_attention(
+            q,
+            k,
+            v,
+            bias=self.pe.score_bias(q_pos, k_pos),
+            window=self.window,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.softmax_scale,
+        )
+
+    def _attend_naive(
+        self, q_nope: Tensor, q_pe: Tensor, latent: Tensor, k_pe: Tensor, q_pos: Tensor, k_pos: Tensor
+    ) -> Tensor:
+        """Expand the latent to per-head keys and values, then attend: -> (B, nh, T, dv)."""
+        kv = rearrange(self.kv_b_proj(latent), "b s (nh d) -> b nh s d", nh=self.n_head)  # (B, nh, S, dn + dv)
+        k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+        k = torch.cat((k_nope, k_pe.expand(-1, self.n_head, -1, -1)), dim=-1)  # (B, nh, S, dn + r)
+        q = torch.cat((q_nope, q_pe), dim=-1)  # (B, nh, T, dn + r)
+        return self._attend(q, k, v, q_pos, k_pos)
+
+    def _attend_absorbed(
+        self, q_nope: Tensor, q_pe: Tensor, latent: Tensor, k_pe: Tensor, q_pos: Tensor, k_pos: Tensor
+    ) -> Tensor:
+        """Attend in latent space: q_nope . (W_UK c) = (q_nope W_UK) . c, and W_UV after the
+        weighted sum, so no per-head key or value is formed: -> (B, nh, T, dv)."""
+        w = self.kv_b_proj.weight.view(self.n_head, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        w_uk, w_uv = w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]  # (nh, dn, L), (nh, dv, L)
+        q_lat = torch.einsum("bhtd,hdl->bhtl", q_nope, w_uk)  # (B, nh, T, L)
+        q = torch.cat((q_lat, q_pe), dim=-1)  # (B, nh, T, L + r)
+        k = torch.cat((latent[:, None], k_pe), dim=-1).expand(-1, self.n_head, -1, -1)  # (B, nh, S, L + r)
+        v = latent[:, None].expand(-1, self.n_head, -1, -1)  # (B, nh, S, L)
+        o_lat = self._attend(q, k, v, q_pos, k_pos)  # (B, nh, T, L)
+        return torch.einsum("bhtl,hvl->bhtv", o_lat, w_uv)  # (B, nh, T, dv)
+
+    def extra_repr(self) -> str:
+        d = self.dims
+        return (
+            f"n_head={self.n_head}, kv_lora_rank={d.kv_lora_rank}, q_lora_rank={d.q_lora_rank}, "
+            f"qk_rope_head_dim={d.qk_rope_head_dim}, qk_nope_head_dim={d.qk_nope_head_dim}, "
+            f"v_head_dim={d.v_head_dim}, rope_interleave={self.rope_interleave}, "
+            f"softmax_scale={self.softmax_scale:.6g}, window={self.window}"
+        )
+
+
+def _check_encoding(pe: PositionalEncoding, dims: MLADims, rope_interleave: bool) -> None:
+    name = type(pe).__name__
+    if pe.where == "input":
+        raise ValueError(f"{name} acts at the model input (where='input'); pass it to the model, not to attention")
+    if pe.where not in ("qk", "scores", "none"):
+        raise ValueError(
+            f"MultiHeadLatentAttention takes encodings with where 'qk', 'scores' or 'none'; {name} has where={pe.where!r}"
+        )
+    if pe.where != "qk":
+        return
+    head_dim = getattr(pe, "head_dim", None)
+    if head_dim is not None and head_dim != dims.qk_rope_head_dim:
+        raise ValueError(
+            f"{name} has head_dim={head_dim}, but MLA rotates only its decoupled part of "
+            f"qk_rope_head_dim={dims.qk_rope_head_dim} channels; build it with head_dim={dims.qk_rope_head_dim}"
+        )
+    if rope_interleave and getattr(pe, "layout", "half") != "half":
+        raise ValueError(
+            f"rope_interleave=True de-interleaves the rotary channels into the half layout, so it needs a "
+            f"layout='half' {name}, got layout={pe.layout!r} (rope_interleave=False with layout='interleaved' "
+            f"is the same attention)"
+        )
+
+
+#: Hugging Face ``DeepseekV3Attention`` parameter prefix -> this module's, where they differ.
+_HF_RENAMES = {"o_proj.": "c_proj."}
+
+
+def load_hf_attention_weights(
+    module: MultiHeadLatentAttention, hf_attn_state_dict: Mapping[str, Tensor], *, prefix: str = ""
+) -> MultiHeadLatentAttention:
+    """Copy a Hugging Face ``DeepseekV3Attention`` (or V2) state dict into ``module``, in place.
+
+    Keys are the attention's own (``kv_b_proj.weight``, ...); with ``prefix`` (e.g.
+    ``"model.layers.0.self_attn."``) only keys under it are read, so a whole model's state dict
+    works. Every parameter of ``module`` must be present with its shape; otherwise ``ValueError``.
+    The weights need no permutation for either ``rope_interleave``: it only changes how the rotary
+    channels are read.
+    """
+    mapped: dict[str, Tensor] = {}
+    for key, tensor in hf_attn_state_dict.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        for old, new in _HF_RENAMES.items():
+            if name.startswith(old):
+                name = new + name[len(old) :]
+        mapped[name] = tensor
+    own = dict(module.named_parameters())
+    missing = sorted(set(own) - set(mapped))
+    unexpected = sorted(set(mapped) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"Hugging Face MLA weights do not match the module: missing {missing}, unexpected {unexpected} "
+            f"(q_lora_rank={module.q_lora_rank}, bias={module.c_proj.bias is not None})"
+        )
+    for name, tensor in mapped.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise ValueError(
+                f"{prefix}{name}: shape {tuple(tensor.shape)} does not fit the module's {tuple(own[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, tensor in mapped.items():
+            own[name].copy_(tensor)
+    return module
