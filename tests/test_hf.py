@@ -132,8 +132,6 @@ def test_reorder_and_upcast_attn_is_accepted_and_matches(hf_model) -> None:
 
 # -- Llama family: Llama, Qwen2, Mistral -----------------------------------------------------------
 
-import transformers  # noqa: E402
-
 LLAMA_BASE = dict(vocab_size=101, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
 SCHEDULES = {
@@ -211,3 +209,45 @@ def test_an_unsupported_model_type_is_refused() -> None:
                                                                   num_attention_heads=4, intermediate_size=64))  # fmt: skip
     with pytest.raises(ValueError, match="model_type='gpt_neox'"):
         GPT.from_hf(hf)
+
+
+# -- DeepSeek-V3 (dense layers, multi-head latent attention) ---------------------------------------
+
+DEEPSEEK_BASE = dict(vocab_size=101, hidden_size=32, intermediate_size=72, moe_intermediate_size=16, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+                     qk_nope_head_dim=8, v_head_dim=8, first_k_dense_replace=2, n_routed_experts=4, n_shared_experts=1,
+                     num_experts_per_tok=2, n_group=1, topk_group=1, max_position_embeddings=32)  # fmt: skip
+DEEPSEEK_CASES = {
+    "default": {},
+    "q_lora": {"q_lora_rank": 12},
+    "interleave": {"rope_interleave": True},
+    "yarn": {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
+                                 "rope_theta": 10000.0, "mscale": 1.0, "mscale_all_dim": 1.0}},
+    "yarn_q_lora": {"q_lora_rank": 12, "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "mscale": 0.707,
+                                                            "original_max_position_embeddings": 8, "mscale_all_dim": 0.707}},
+}  # fmt: skip
+
+
+def hf_deepseek(**overrides):
+    torch.manual_seed(0)
+    return transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(**(DEEPSEEK_BASE | overrides))).eval()
+
+
+@pytest.mark.parametrize("case", sorted(DEEPSEEK_CASES))
+def test_deepseek_v3_logits_and_greedy_generation_match(case) -> None:
+    hf = hf_deepseek(**DEEPSEEK_CASES[case])
+    ours = GPT.from_hf(hf).eval()
+    assert ours.config.attention == "mla" and ours.config.kv_lora_rank == 16
+    idx = torch.randint(0, 101, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        got, _ = ours(idx)
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-4)
+    prompt = idx[:1, :5]
+    assert torch.equal(ours.generate(prompt, 16, temperature=0),
+                       hf.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0))  # fmt: skip
+
+
+def test_deepseek_v3_with_moe_layers_is_refused() -> None:
+    with pytest.raises(ValueError, match="first_k_dense_replace"):
+        GPT.from_hf(hf_deepseek(first_k_dense_replace=1))
