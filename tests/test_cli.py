@@ -148,3 +148,13 @@ def test_python_dash_m_posenc_is_the_same_command(tmp_path):
                           "--out-dir", str(tmp_path / "d"), "--no-progress"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "d" / "meta.json").exists() and (tmp_path / "d" / "train.bin").stat().st_size > 0
+
+
+def test_init_from_weights_that_do_not_fit_is_refused_by_name(data_dir, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert train(base, data_dir, "--pe", "absolute", "--max-iters", "1", "--eval-interval", "1") == 0
+    capsys.readouterr()
+    # a learned absolute table of 32 positions cannot become one of 64
+    assert train(tmp_path / "longer", data_dir, "--pe", "absolute", "--init-from", base, "--block-size", "64") == 2
+    err = capsys.readouterr().err
+    assert "init_from" in err and "wpe.weight" in err and "Traceback" not in err

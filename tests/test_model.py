@@ -303,3 +303,46 @@ def test_rnope_block_refuses_other_codes(pattern: str, bad: list[str]) -> None:
     with pytest.raises(ValueError) as err:
         RNoPEBlock(32, 4, pattern)
     assert repr(pattern) in str(err.value) and f"bad: {bad}" in str(err.value)
+
+
+# -- RoPE frequency schedules through the whole model --------------------------------------------
+
+SCHEDULES = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0, "max_position_embeddings": 8},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8},
+    "longrope": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0 + i / 4 for i in range(8)],
+                 "original_max_position_embeddings": 8},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0},
+    "proportional": {"rope_type": "proportional", "partial_rotary_factor": 0.5},
+}  # fmt: skip
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_every_rope_schedule_decodes_with_the_cache_as_the_uncached_forward(schedule: str) -> None:
+    """Each cached step equals the uncached forward over the same tokens -- also for the
+    length-dependent schedules (dynamic, longrope), whose keys the cache keeps un-rotated."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", pe="rope", rope_scaling=SCHEDULES[schedule])).double().eval()
+    idx = tokens(1, 24)  # past every schedule's original context (8)
+    cache = model.new_cache()
+    for i in range(24):
+        step, _ = model(idx[:, i : i + 1], cache=cache)
+        alone, _ = model(idx[:, : i + 1])
+        torch.testing.assert_close(step[:, -1], alone[:, -1], rtol=0, atol=1e-4)
+    prompt = idx[:, :3]
+    assert torch.equal(model.generate(prompt, 20, temperature=0), model.generate(prompt, 20, temperature=0, use_cache=False))
+
+
+@torch.no_grad()
+def test_a_length_dependent_schedule_changes_the_logits_past_its_context() -> None:
+    # the control of the test above: dynamic NTK really does change with the length
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig.from_preset("tiny", pe="rope")).double().eval()
+    torch.manual_seed(0)
+    dynamic = GPT(GPTConfig.from_preset("tiny", pe="rope", rope_scaling=SCHEDULES["dynamic"])).double().eval()
+    idx = tokens(1, 24)
+    torch.testing.assert_close(dynamic(idx[:, :8])[0], plain(idx[:, :8])[0], rtol=0, atol=1e-6)  # within its context
+    assert (dynamic(idx)[0] - plain(idx)[0]).abs().max() > 1e-3

@@ -45,6 +45,12 @@ DEFAULT_VARIANTS: tuple[str, ...] = (
     "absolute", "nope", "rope", "qknorm", "rnope", "sinusoidal", "alibi", "absolute_qknorm", "nope_qknorm",
 )  # fmt: skip
 
+#: Variants that are not encodings but attention choices (with RoPE): their train flags.
+ATTENTION_VARIANTS: dict[str, tuple[str, ...]] = {
+    "gqa": ("--pe", "rope", "--n-kv-head", "2"),  # 2 KV heads for 4 query heads at the cpu and owt-16m widths
+    "mla": ("--pe", "rope", "--attention", "mla"),  # MLA + decoupled RoPE, default ranks
+}
+
 #: Sweep presets: a train preset, flags on top of it, the seeds, and the evaluation (``eval_windows``
 #: validation windows of max(multipliers) x block_size tokens). ``cpu``: 9 variants x 3 seeds in
 #: about half an hour on 2 cores; ``quick``: a smoke test in minutes; ``test``: the unit tests';
@@ -70,7 +76,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=sorted(SWEEP_PRESETS), default=None, help="sweep preset; default: owt-16m on CUDA, cpu otherwise")
     p.add_argument("--quick", action="store_true", help="the 'quick' preset: a smoke test in minutes")
-    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None, help=f"default: {' '.join(DEFAULT_VARIANTS)}")
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS) + sorted(ATTENTION_VARIANTS), default=None,
+                   help=f"default: {' '.join(DEFAULT_VARIANTS)}")  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
     p.add_argument("--out", default=None, help="results folder; default: out/compare-<preset>")
     p.add_argument("--device", default=None, help="device of the runs and of the evaluation")
@@ -107,7 +114,8 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
 
 
 def train_argv(preset: dict[str, Any], variant: str, seed: int, folder: Path, args: argparse.Namespace) -> list[str]:
-    argv = ["--preset", preset["train_preset"], *preset["train_args"], "--pe", variant, "--seed", str(seed),
+    flags = ATTENTION_VARIANTS.get(variant, ("--pe", variant))
+    argv = ["--preset", preset["train_preset"], *preset["train_args"], *flags, "--seed", str(seed),
             "--out-dir", str(folder), "--no-progress"]  # fmt: skip
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]

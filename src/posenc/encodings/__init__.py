@@ -10,8 +10,11 @@ from __future__ import annotations
 from posenc.encodings.absolute import AbsolutePE, SinusoidalPE
 from posenc.encodings.alibi import ALiBi
 from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.fire import FIRE
+from posenc.encodings.kerple import KerpleLog
 from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
+from posenc.encodings.t5 import T5RelativeBias
 
 #: name -> (layer-pattern code, class). Codes are upper-case letters; in a layer pattern the
 #: lower-case letter means the same encoding with a sliding attention window.
@@ -21,6 +24,9 @@ ENCODINGS: dict[str, tuple[str, type[PositionalEncoding]]] = {
     "nope": ("N", NoPE),
     "rope": ("R", RotaryEmbedding),
     "alibi": ("B", ALiBi),
+    "t5": ("T", T5RelativeBias),
+    "kerple": ("K", KerpleLog),
+    "fire": ("F", FIRE),
 }
 
 CODES: dict[str, str] = {code: name for name, (code, _) in ENCODINGS.items()}
@@ -34,4 +40,7 @@ __all__ = [
     "NoPE",
     "RotaryEmbedding",
     "ALiBi",
+    "T5RelativeBias",
+    "KerpleLog",
+    "FIRE",
 ]

@@ -17,7 +17,8 @@ import numpy as np
 LABELS: dict[str, str] = {
     "absolute": "GPT", "nope": "GPT NOPE", "rope": "GPT ROPE", "qknorm": "GPT QK Norm", "rnope": "GPT RNOPE",
     "sinusoidal": "GPT Sinusoidal", "alibi": "GPT ALiBi", "absolute_qknorm": "GPT + QK Norm",
-    "nope_qknorm": "GPT NOPE + QK Norm",
+    "nope_qknorm": "GPT NOPE + QK Norm", "t5": "GPT T5 bias", "kerple": "GPT KERPLE", "fire": "GPT FIRE",
+    "mla": "GPT MLA", "gqa": "GPT GQA",
 }  # fmt: skip
 DESCRIPTIONS: dict[str, str] = {
     "absolute": "learned absolute position table (GPT-2)",
@@ -29,6 +30,11 @@ DESCRIPTIONS: dict[str, str] = {
     "alibi": "ALiBi distance bias on every layer",
     "absolute_qknorm": "learned absolute table + QK-norm (RMS)",
     "nope_qknorm": "NoPE + QK-norm (RMS)",
+    "t5": "T5 bucketed relative bias on every layer",
+    "kerple": "KERPLE logarithmic bias on every layer",
+    "fire": "FIRE learned distance function on every layer",
+    "mla": "multi-head latent attention with decoupled RoPE",
+    "gqa": "RoPE with grouped-query attention (half as many KV heads)",
 }
 
 #: The reference study's published table (one run each; ~16.03M parameters, ~900M OpenWebText

@@ -121,7 +121,10 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
     torch.manual_seed(cfg.seed)
     model = GPT(config).to(device)
     if init is not None:
-        model.load_state_dict(init, strict=True)
+        try:
+            model.load_state_dict(init, strict=True)
+        except RuntimeError as e:  # other widths, layers or tables: name what does not fit
+            raise ValueError(f"TrainConfig.init_from={cfg.init_from!r}: its weights do not fit this model: {e}") from None
         del init
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

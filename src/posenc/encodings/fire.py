@@ -1,0 +1,95 @@
+"""FIRE: functional interpolation for relative positions (Li et al. 2023, "Functional
+Interpolation for Relative Positions Improves Long Context Transformers", arXiv:2310.04418).
+
+Where it acts: on the attention scores (``where = "scores"``): the score of query position i and
+key position j gets, for every head at once,
+
+    f_theta( psi(i - j) / psi(max(L, i)) ),    psi(x) = log(|c * x| + 1),
+
+where f_theta is an MLP 1 -> ``mlp_width`` (32) -> nh with a ReLU, c is a learnable scale and L a
+learnable threshold, L = |L_multiplier * init_threshold| (the paper's parametrisation: a fixed
+initial value times a learnable multiplier initialised to 1). Defaults are the paper's: c = 0.1,
+init_threshold = 512, and eps = 1e-6 added to the denominator.
+
+Invariance: while the query position i stays below L the denominator is the constant psi(L), so
+the bias depends on i - j only (translation invariant). Beyond L the input is psi(i - j) / psi(i),
+which lies in [0, 1] for 0 <= j <= i: distances are interpolated progressively into the range
+seen in training, the farthest key (j = 0) always maps to 1 and the query itself to 0.
+
+Convention: positions enter as absolute values (the normaliser reads the query's own position),
+so FIRE, unlike ALiBi or T5, is not invariant to a common offset once i >= L.
+
+Precision: evaluated in float32 (parameters upcast) whatever dtype the model is cast to; the bias
+is float32.
+
+Golden test (tests/test_fire.py): the bias against the paper's formula evaluated in float64 with
+the module's parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posenc.encodings.base import ModelDims, PositionalEncoding
+
+
+class FIRE(PositionalEncoding):
+    """Learned function of the progressively normalised log distance, one output per head."""
+
+    where = "scores"
+
+    def __init__(
+        self,
+        n_head: int,
+        *,
+        mlp_width: int = 32,
+        init_c: float = 0.1,
+        init_threshold: float = 512.0,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if not isinstance(n_head, int) or n_head <= 0:
+            raise ValueError(f"n_head must be a positive int, got {n_head!r}")
+        if not isinstance(mlp_width, int) or mlp_width <= 0:
+            raise ValueError(f"mlp_width must be a positive int, got {mlp_width!r}")
+        if not init_threshold > 0:
+            raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
+        if not init_c > 0:
+            raise ValueError(f"init_c must be > 0, got {init_c!r}")
+        self.n_head, self.mlp_width, self.eps = n_head, mlp_width, eps
+        self.mlp_in = nn.Linear(1, mlp_width)
+        self.mlp_out = nn.Linear(mlp_width, n_head)
+        self.c = nn.Parameter(torch.tensor(float(init_c)))
+        self.register_buffer("init_threshold", torch.tensor(float(init_threshold)))
+        self.threshold_multiplier = nn.Parameter(torch.tensor(1.0))
+
+    @classmethod
+    def build(cls, dims: ModelDims, **options: Any) -> FIRE:
+        return cls(dims.n_head, **options)
+
+    @property
+    def threshold(self) -> Tensor:
+        """L, the query position below which the bias is translation invariant (float32 scalar)."""
+        return (self.threshold_multiplier.float() * self.init_threshold.float()).abs()
+
+    def _psi(self, x: Tensor) -> Tensor:
+        return torch.log((self.c.float() * x).abs() + 1.0)
+
+    def normalized_distance(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        """The MLP's input psi(i - j) / psi(max(L, i)): (Tq, Tk) or (B, Tq, Tk), float32."""
+        distance = (q_positions[..., :, None] - k_positions[..., None, :]).to(torch.float32)
+        i = q_positions.to(torch.float32)[..., :, None]  # (Tq, 1) or (B, Tq, 1)
+        return self._psi(distance) / (self._psi(torch.maximum(i, self.threshold)) + self.eps)
+
+    def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        x = self.normalized_distance(q_positions, k_positions)[..., None]  # (..., Tq, Tk, 1)
+        h = F.relu(F.linear(x, self.mlp_in.weight.float(), self.mlp_in.bias.float()))  # (..., Tq, Tk, width)
+        bias = F.linear(h, self.mlp_out.weight.float(), self.mlp_out.bias.float())  # (..., Tq, Tk, nh)
+        return bias.movedim(-1, -3)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def extra_repr(self) -> str:
+        return f"n_head={self.n_head}, mlp_width={self.mlp_width}"

@@ -1,0 +1,76 @@
+"""KERPLE, logarithmic variant (Chi, Fan, Ramadge & Rudnicky 2022, "KERPLE: Kernelized Relative
+Positional Embedding for Length Extrapolation", arXiv:2205.09921).
+
+Where it acts: on the attention scores (``where = "scores"``): head h adds
+
+    -r1_h * log(1 + r2_h * |i - j|)
+
+to the score of query position i and key position j, a conditionally positive definite kernel
+of the distance with two learnable parameters per head, r1, r2 > 0. The bias depends on
+positions only through |i - j|, so it is translation invariant at any offset.
+
+Positivity: the paper clamps r1, r2 at 1e-2 by writing into the parameters during ``forward``.
+Here they are parametrised instead: r = softplus(raw), positive for every raw value, with no
+state changed in ``forward`` and a gradient everywhere. Initialisation follows the paper's code:
+r1 ~ U(0, 2), r2 ~ U(0, 1), each at least 1e-2.
+
+Precision: the kernel is evaluated in float32 (parameters upcast) whatever dtype the model is
+cast to; the bias is float32.
+
+Golden test (tests/test_kerple.py): the bias against the paper's formula evaluated in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posenc.encodings.base import ModelDims, PositionalEncoding
+
+_MIN_INIT = 1e-2  # the paper's clamp
+
+
+def _inverse_softplus(r: Tensor) -> Tensor:
+    return r + torch.log(-torch.expm1(-r))
+
+
+class KerpleLog(PositionalEncoding):
+    """Per-head logarithmic distance kernel -r1 * log(1 + r2 * |i - j|)."""
+
+    where = "scores"
+
+    def __init__(self, n_head: int) -> None:
+        super().__init__()
+        if not isinstance(n_head, int) or n_head <= 0:
+            raise ValueError(f"n_head must be a positive int, got {n_head!r}")
+        self.n_head = n_head
+        r1 = (2.0 * torch.rand(n_head)).clamp_min(_MIN_INIT)
+        r2 = torch.rand(n_head).clamp_min(_MIN_INIT)
+        self.raw_r1 = nn.Parameter(_inverse_softplus(r1))
+        self.raw_r2 = nn.Parameter(_inverse_softplus(r2))
+
+    @classmethod
+    def build(cls, dims: ModelDims, **options: Any) -> KerpleLog:
+        return cls(dims.n_head, **options)
+
+    @property
+    def r1(self) -> Tensor:
+        """Kernel amplitude per head (nh,), float32, > 0."""
+        return F.softplus(self.raw_r1.float())
+
+    @property
+    def r2(self) -> Tensor:
+        """Kernel distance scale per head (nh,), float32, > 0."""
+        return F.softplus(self.raw_r2.float())
+
+    def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        distance = (q_positions[..., :, None] - k_positions[..., None, :]).abs()  # (Tq, Tk) or (B, Tq, Tk)
+        distance = distance.to(torch.float32)[..., None, :, :]  # (1, Tq, Tk) or (B, 1, Tq, Tk)
+        r1, r2 = self.r1.view(-1, 1, 1), self.r2.view(-1, 1, 1)  # (nh, 1, 1)
+        return -r1 * torch.log1p(r2 * distance)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def extra_repr(self) -> str:
+        return f"n_head={self.n_head}"
