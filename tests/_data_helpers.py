@@ -1,6 +1,7 @@
-"""Fixtures and helpers shared by the posenc.data tests (tokenizers, corpora, shards, the CLI).
+"""Helpers shared by the posenc.data tests (tokenizers, corpora, shards, the CLI); their fixtures
+(``docs``, ``jsonl``, ``datasets_cache``, ``gpt2_cache``) are in conftest.py.
 
-Fixtures are generated here (small jsonl files in tmp_path); nothing binary is committed. The
+Data is generated here (small jsonl files in tmp_path); nothing binary is committed. The
 expected split order is recomputed independently from the documented rule
 (``np.random.default_rng(seed).permutation(n)``).
 """
@@ -8,11 +9,9 @@ expected split order is recomputed independently from the documented rule
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from posenc.data import prepare
 
@@ -61,36 +60,3 @@ def split_at_eot(tokens: np.ndarray, eot: int) -> list[np.ndarray]:
 
 def no_network(*args, **kwargs):
     raise OSError("network disabled by the test")
-
-
-@pytest.fixture
-def datasets_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keeps datasets' arrow cache out of the home folder (skips without datasets); one folder for
-    the session so that the same jsonl is converted once."""
-    datasets = pytest.importorskip("datasets")
-    cache = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
-def gpt2_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Points TIKTOKEN_CACHE_DIR at an existing copy of the GPT-2 ranks, or skips."""
-    env = os.environ.get("TIKTOKEN_CACHE_DIR")
-    for candidate in ([Path(env)] if env else []) + [SHARED_TIKTOKEN_CACHE]:
-        if candidate.is_dir() and any(candidate.iterdir()):
-            monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(candidate.resolve()))
-            return candidate
-    pytest.skip(f"no offline GPT-2 BPE ranks (TIKTOKEN_CACHE_DIR unset, {SHARED_TIKTOKEN_CACHE} absent)")
-
-
-@pytest.fixture
-def docs() -> list[str]:
-    return make_documents()
-
-
-@pytest.fixture
-def jsonl(tmp_path: Path, docs: list[str], datasets_cache: Path) -> Path:
-    """The 40 documents of ``docs`` as a jsonl file (reading it needs datasets: skips without)."""
-    return write_jsonl(tmp_path / "corpus.jsonl", docs)

@@ -19,6 +19,7 @@ if "torch" in sys.modules:
     sys.modules["torch"].set_num_threads(1)
 
 from collections.abc import Iterator  # noqa: E402
+from _data_helpers import SHARED_TIKTOKEN_CACHE, make_documents, write_jsonl  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -46,3 +47,36 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def datasets_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keeps datasets' arrow cache out of the home folder (skips without datasets); one folder for
+    the session so that the same jsonl is converted once."""
+    datasets = pytest.importorskip("datasets")
+    cache = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def gpt2_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Points TIKTOKEN_CACHE_DIR at an existing copy of the GPT-2 ranks, or skips."""
+    env = os.environ.get("TIKTOKEN_CACHE_DIR")
+    for candidate in ([Path(env)] if env else []) + [SHARED_TIKTOKEN_CACHE]:
+        if candidate.is_dir() and any(candidate.iterdir()):
+            monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(candidate.resolve()))
+            return candidate
+    pytest.skip(f"no offline GPT-2 BPE ranks (TIKTOKEN_CACHE_DIR unset, {SHARED_TIKTOKEN_CACHE} absent)")
+
+
+@pytest.fixture
+def docs() -> list[str]:
+    return make_documents()
+
+
+@pytest.fixture
+def jsonl(tmp_path: Path, docs: list[str], datasets_cache: Path) -> Path:
+    """The 40 documents of ``docs`` as a jsonl file (reading it needs datasets: skips without)."""
+    return write_jsonl(tmp_path / "corpus.jsonl", docs)

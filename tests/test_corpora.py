@@ -10,17 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _data_helpers import (  # noqa: F401  (fixtures)
-    SEED,
-    datasets_cache,
-    docs,
-    jsonl,
-    make_documents,
-    no_network,
-    prep,
-    split_at_eot,
-    write_jsonl,
-)
+from _data_helpers import SEED, make_documents, no_network, prep, split_at_eot, write_jsonl
 
 from posenc.data import (
     DataError,

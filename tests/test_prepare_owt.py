@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from _data_helpers import REPO, datasets_cache, docs, jsonl  # noqa: F401  (fixtures)
+from _data_helpers import REPO
 from _scripts import load_script
 
 

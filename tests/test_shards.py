@@ -15,18 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _data_helpers import (  # noqa: F401  (fixtures)
-    EOT_TEXT,
-    SEED,
-    datasets_cache,
-    docs,
-    gpt2_cache,
-    jsonl,
-    make_documents,
-    prep,
-    split_at_eot,
-    write_jsonl,
-)
+from _data_helpers import EOT_TEXT, SEED, make_documents, prep, split_at_eot, write_jsonl
 
 from posenc.data import (
     DataError,

@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from _data_helpers import gpt2_cache, no_network  # noqa: F401  (fixture)
+from _data_helpers import no_network
 
 from posenc.data import ByteTokenizer, TokenizerError, _net, get_tokenizer, prepare
 

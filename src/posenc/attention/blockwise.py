@@ -27,8 +27,8 @@ Three paths, chosen by :func:`attend` (see docs/attention.md):
   with the bias as ``score_mod`` and the mask as a ``BlockMask`` built once per shape (cached) or
   passed in. Not chosen automatically: see docs/attention.md for what has been verified.
 
-Scores and the softmax run in float32 whatever the input dtype; the probabilities are cast back
-to the dtype of ``v`` for the value product.
+Scores and the softmax run in float32 for half-precision inputs (float64 inputs stay float64); the
+probabilities are cast back to the dtype of ``v`` for the value product.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def _tile(
     g = nh // n_kv
     # grouped-query attention without repeating K/V: the g query heads of a group share one matmul
     qg = q.reshape(B, n_kv, g * bq, hs)  # (B, n_kv, g*bq, hs)
-    s = torch.matmul(qg, k.transpose(-1, -2)).view(B, nh, bq, span).float() * scale  # (B, nh, bq, span)
+    s = torch.matmul(qg, k.transpose(-1, -2)).view(B, nh, bq, span)  # (B, nh, bq, span)
+    s = s.to(torch.promote_types(s.dtype, torch.float32)) * scale  # at least float32; float64 stays float64
     if score_bias is not None:
         bias = score_bias(q_pos, k_pos)  # (nh, bq, span) or (B, nh, bq, span)
         if bias is not None:

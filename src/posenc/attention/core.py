@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from posenc.attention.blockwise import attend
 from posenc.encodings.base import PositionalEncoding
 from posenc.encodings.nope import NoPE
 
@@ -195,8 +196,15 @@ class CausalSelfAttention(nn.Module):
         """An empty cache for this layer (rotated keys and values, with their positions)."""
         return LayerKVCache()
 
-    def forward(self, x: Tensor, positions: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
-        """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T)."""
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor | None = None,
+        cache: LayerKVCache | None = None,
+        segments: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T).
+        ``segments``: (query ids (B, T), key ids (B, past + T)); a query attends only to keys of its id."""
         B, T, C = x.shape
         kv_width = self.n_kv_head * self.head_dim
         q, k, v = self.c_attn(x).split((self.n_embd, kv_width, kv_width), dim=2)
@@ -221,15 +229,17 @@ class CausalSelfAttention(nn.Module):
             q, k = self.pe.rotate(q, k, positions)
             if cache is not None:
                 k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), rotated
-        y = causal_attention(
-            q,
-            k,
-            v,
-            bias=self.pe.score_bias(q_pos, k_pos),
-            window=self.window,
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=None if self.qk_norm is None else self.qk_norm.scale,
-        )  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        scale = None if self.qk_norm is None else self.qk_norm.scale
+        if self.pe.where == "scores" or self.window is not None or segments is not None:
+            # exact, linear in memory: query blocks against the key blocks they can see (attention.md)
+            y = attend(
+                q, k, v, score_bias=self.pe.score_bias if self.pe.where == "scores" else None, q_positions=q_pos,
+                k_positions=k_pos, window=self.window, q_segments=None if segments is None else segments[0],
+                k_segments=None if segments is None else segments[1], scale=scale, dropout_p=dropout_p,
+            )  # fmt: skip
+        else:
+            y = causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)  # (B, nh, T, hs)
         y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
