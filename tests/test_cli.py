@@ -158,3 +158,14 @@ def test_init_from_weights_that_do_not_fit_is_refused_by_name(data_dir, tmp_path
     assert train(tmp_path / "longer", data_dir, "--pe", "absolute", "--init-from", base, "--block-size", "64") == 2
     err = capsys.readouterr().err
     assert "init_from" in err and "wpe.weight" in err and "Traceback" not in err
+
+
+def test_pack_documents_trains_with_document_segments(data_dir, tmp_path):
+    packed, plain = tmp_path / "packed", tmp_path / "plain"
+    assert train(packed, data_dir, "--pe", "rope", "--pack-documents", "--max-iters", "20", "--eval-interval", "10") == 0
+    assert train(plain, data_dir, "--pe", "rope", "--max-iters", "20", "--eval-interval", "10") == 0
+    val = evals(packed)
+    assert val[-1] < val[0] - 0.5
+    assert json.loads((packed / "summary.json").read_text())["train_config"]["pack_documents"] is True
+    steps = lambda out: [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines() if '"train"' in line]  # noqa: E731
+    assert steps(packed) != steps(plain)  # the segments change the training (the embedded corpus has many documents)

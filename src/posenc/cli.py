@@ -32,7 +32,7 @@ TRAIN_FLAGS = {
     "grad_clip": "grad_clip", "eval_interval": "eval_interval", "eval_iters": "eval_iters",
     "log_interval": "log_interval", "ckpt_interval": "ckpt_interval", "dtype": "dtype", "compile": "compile",
     "device": "device", "seed": "seed", "max_skipped_steps": "max_skipped_steps", "num_samples": "num_samples",
-    "sample_tokens": "sample_tokens", "init_from": "init_from",
+    "sample_tokens": "sample_tokens", "init_from": "init_from", "pack_documents": "pack_documents",
 }  # fmt: skip
 #: flag -> GPTConfig field
 MODEL_FLAGS = {
@@ -108,6 +108,8 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=None, help="rows per micro-step, over all ranks together")
+    g.add_argument("--pack-documents", default=None, action="store_true",
+                   help="the documents in a row (delimited by end-of-text) attend only to themselves, positions restart at each")  # fmt: skip
     g.add_argument("--grad-accum", type=int, default=None, help="micro-steps per optimizer step")
     g.add_argument("--max-iters", type=int, default=None, help="optimizer steps")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate")

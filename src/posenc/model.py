@@ -20,6 +20,7 @@ from posenc.attention import KVCache, LayerKVCache
 from posenc.build import build_attention, build_input_encoding
 from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.base import check_positions
+from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
 
 
 class MLP(nn.Module):
@@ -62,8 +63,15 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, positions: Tensor | None = None, cache: LayerKVCache | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), positions, cache)
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor | None = None,
+        cache: LayerKVCache | None = None,
+        segments: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        extra = {} if segments is None else {"segments": segments}  # only attention that takes them sees them
+        x = x + self.attn(self.ln_1(x), positions, cache, **extra)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -187,11 +195,19 @@ class GPT(nn.Module):
         *,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """``document_ids`` (B, T), non-decreasing per row, packs several documents in a row: a token
+        attends only to its own document and its position restarts at 0 there (unless ``positions``
+        is given). With a ``cache`` the ids of past tokens are kept in it (see :mod:`posenc.packing`)."""
         if not torch.compiler.is_compiling():
             self._check_inputs(idx, targets, positions)
         B, T = idx.shape
         past = 0 if cache is None else cache.length
+        segments = None
+        if document_ids is not None or (cache is not None and cache.segments is not None):
+            segments, doc_positions = self._segments(idx, document_ids, cache)
+            positions = doc_positions if positions is None else positions
         if positions is None and past:
             positions = torch.arange(past, past + T, device=idx.device)
         x = self.wte(idx)  # (B, T, C)
@@ -199,12 +215,29 @@ class GPT(nn.Module):
             x = x + self.wpe.embed(torch.arange(T, device=idx.device) if positions is None else positions)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, positions, None if cache is None else cache.layers[i])
+            x = block(x, positions, None if cache is None else cache.layers[i], segments)
+        if segments is not None and cache is not None:
+            cache.segments = segments[1]
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _segments(self, idx: Tensor, document_ids: Tensor | None, cache: KVCache | None) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """(query ids, key ids) and the positions within documents of the T new tokens."""
+        if not getattr(self.blocks[0].attn, "supports_segments", False):
+            raise ValueError(f"document_ids need an attention that takes document segments; attention={self.config.attention!r} does not")
+        past = None if cache is None else cache.segments
+        if document_ids is None:  # new tokens continue the last document of the cache
+            document_ids = past[:, -1:].expand(-1, idx.shape[1])
+        if torch.compiler.is_compiling():  # the checks need the host; the trainer's ids are valid by construction
+            ids = document_ids.long()
+            keys = ids if past is None else torch.cat((past, ids), dim=1)
+        else:
+            ids = check_document_ids(document_ids, tuple(idx.shape))
+            keys = ids if past is None else check_document_ids(torch.cat((past, ids), dim=1), (idx.shape[0], past.shape[1] + idx.shape[1]))
+        return (ids, keys), positions_in_documents(keys)[:, -idx.shape[1] :]
 
     def new_cache(self) -> KVCache:
         return KVCache([block.attn.new_cache() for block in self.blocks])
@@ -235,12 +268,17 @@ class GPT(nn.Module):
         *,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        attention_mask: Tensor | None = None,
     ) -> Tensor:
         """Extend idx (B, T) by ``max_new_tokens`` sampled tokens; ``temperature=0`` is greedy.
 
         With ``use_cache`` past keys/values are kept in a :class:`KVCache`; once the context would
         exceed ``block_size`` the cache restarts from the last ``block_size`` tokens, exactly as
         the uncached path crops its context, so both paths see the same tokens.
+
+        ``attention_mask`` (B, T), 1 for real tokens and 0 for left padding, batches prompts of
+        different lengths: each row's real tokens start at position 0 and never see the padding, so
+        every row generates what it would generate alone.
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -249,18 +287,21 @@ class GPT(nn.Module):
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
         block = self.config.block_size
+        ids = None if attention_mask is None else check_attention_mask(attention_mask, tuple(idx.shape)).to(idx.device)
         cache = self.new_cache() if use_cache else None
-        pending = idx  # tokens not yet seen by the cache
+        start = 0  # first token not yet seen by the cache
         for _ in range(max_new_tokens):
-            if cache is None:
-                logits, _ = self(idx[:, -block:])
-            else:
-                if cache.length + pending.shape[1] > block:  # context full: restart from the last block tokens
-                    cache, pending = self.new_cache(), idx[:, -block:]
-                logits, _ = self(pending, cache=cache)
+            if cache is not None and cache.length + idx.shape[1] - start > block:  # context full: restart
+                cache, start = self.new_cache(), idx.shape[1] - block
+            lo = max(start, idx.shape[1] - block) if cache is None else start
+            docs = None if ids is None else ids[:, lo:]
+            logits, _ = self(idx[:, lo:], cache=cache, document_ids=docs)
             next_id = sample(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
-            pending = next_id
+            if ids is not None:
+                ids = torch.cat((ids, ids[:, -1:]), dim=1)  # a new token continues the row's document
+            if cache is not None:
+                start = idx.shape[1] - 1
         return idx
 
     @classmethod

@@ -99,6 +99,7 @@ class KVCache:
 
     def __init__(self, layers: int | list) -> None:
         self.layers = [LayerKVCache() for _ in range(layers)] if isinstance(layers, int) else list(layers)
+        self.segments: Tensor | None = None  # (B, T_past) document ids, when the model packs documents
 
     @property
     def length(self) -> int:
@@ -153,6 +154,8 @@ class CausalSelfAttention(nn.Module):
 
     #: GPTConfig fields this variant takes beyond the common arguments (see posenc.attention).
     config_fields: ClassVar[tuple[str, ...]] = ("n_kv_head", "qkv_bias", "proj_bias")
+    #: forward takes ``segments`` (packed documents, left padding)
+    supports_segments: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ Modules, in the order data flows through them:
 Every failure is a :class:`DataError` naming the path (where there is one) and the reason.
 """
 
-from posenc.data.batches import batch_offsets, get_batch
+from posenc.data.batches import batch_offsets, document_ids, get_batch
 from posenc.data.corpora import (
     DEFAULT_FRACTIONS,
     EMBEDDED_MIN_BYTES,

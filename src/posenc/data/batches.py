@@ -29,3 +29,11 @@ def get_batch(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple
     rows = np.stack([np.asarray(tokens[o : o + block_size + 1], dtype=np.int64) for o in offsets])  # (B, T + 1)
     rows_t = torch.from_numpy(rows)
     return rows_t[:, :-1], rows_t[:, 1:]
+
+
+def document_ids(x: torch.Tensor, eot: int) -> torch.Tensor:
+    """Packed-document ids of input rows (B, T): every document ends with ``eot``, so a token's id
+    is the number of ``eot`` tokens before it in its row (the ``eot`` itself closes its document).
+    Non-decreasing along T, as ``GPT.forward(document_ids=...)`` requires."""
+    ends = (x == eot).long()
+    return torch.cumsum(ends, dim=1) - ends

@@ -69,6 +69,7 @@ class TrainConfig:
     sample_tokens: int = 64
     world_size: int = 1
     log_to: tuple[str, ...] = ()  # extra scalar sinks beside log.jsonl: "tensorboard", "wandb"
+    pack_documents: bool = False  # EOT-delimited documents in a row attend only to themselves
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -106,6 +107,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
             raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 disables), got {self.grad_clip!r}")
+        if not isinstance(self.pack_documents, bool):
+            raise ValueError(f"TrainConfig.pack_documents must be a bool, got {self.pack_documents!r}")
         unknown_sinks = [s for s in self.log_to if s not in LOG_SINKS]
         if isinstance(self.log_to, str) or unknown_sinks:
             raise ValueError(f"TrainConfig.log_to must be a tuple of {LOG_SINKS}, got {self.log_to!r}")

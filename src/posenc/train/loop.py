@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from posenc.checkpoint import save_checkpoint
 from posenc.config import GPTConfig
-from posenc.data import batch_offsets, get_batch, get_tokenizer, load_split, prepare
+from posenc.data import batch_offsets, document_ids, get_batch, get_tokenizer, load_split, prepare
 from posenc.evaluate import validation_loss
 from posenc.io import atomic_write
 from posenc.model import GPT
@@ -199,8 +199,9 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if dist.enabled:
                     model.require_backward_grad_sync = micro == cfg.grad_accum - 1
+                docs = {"document_ids": document_ids(x, tokenizer.eot)} if cfg.pack_documents else {}
                 with autocast:
-                    _, loss = model(x, y)
+                    _, loss = model(x, y, **docs)
                 if on_loss is not None:
                     loss = on_loss(step, micro, loss)
                 loss = loss / cfg.grad_accum
