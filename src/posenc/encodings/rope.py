@@ -63,197 +63,24 @@ torch's xPos and a p-RoPE formula (tests/test_rope_scaling.py).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
 from posenc.encodings.base import ModelDims, PositionalEncoding, check_positions
 from posenc.encodings.rope_scaling import (
     LENGTH_DEPENDENT,
     ROPE_SCALINGS,
-    default_inv_freq,
     scaling_rotary_dim,
     validate_scaling,
 )
+from posenc.encodings.rotation import LAYOUTS, Layout, apply_rotary, expand_pairs, rope_cos_sin, rope_inv_freq, rotate_pairs
 
-Layout = Literal["half", "interleaved"]
-LAYOUTS: tuple[str, ...] = ("half", "interleaved")
-TWO_PI = 2 * math.pi
-
-
-def rope_inv_freq(
-    rotary_dim: int, base: float, device: torch.device | None = None
-) -> Tensor:
-    """Inverse frequencies ``base ** (-2i / rotary_dim)``, i < rotary_dim/2, as float32 (computed in float64)."""
-    return default_inv_freq(rotary_dim, base, device).to(torch.float32)
-
-
-def expand_pairs(per_pair: Tensor, layout: Layout) -> Tensor:
-    """(..., rd/2) -> (..., rd): pair i at (i, i + rd/2) for "half", (2i, 2i+1) for "interleaved"."""
-    if layout == "half":
-        return torch.cat((per_pair, per_pair), dim=-1)
-    return torch.repeat_interleave(per_pair, 2, dim=-1)
-
-
-def rope_cos_sin(
-    positions: Tensor, inv_freq: Tensor, layout: Layout, attention_factor: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """float32 cos/sin of shape (*positions.shape, rotary_dim), expanded to the pair layout.
-
-    The angles are formed in float64 (whatever inv_freq's dtype) and reduced to [-pi, pi] before
-    the float32 cos/sin, so the tables do not lose precision at large positions.
-    """
-    with torch.autocast(device_type=positions.device.type, enabled=False):
-        angles = positions.to(torch.float64)[..., None] * inv_freq.to(
-            torch.float64
-        )  # (..., T, rd/2)
-        angles = (angles - TWO_PI * torch.round(angles / TWO_PI)).to(torch.float32)
-        cos, sin = angles.cos(), angles.sin()
-        if attention_factor != 1.0:
-            cos, sin = cos * attention_factor, sin * attention_factor
-        return expand_pairs(cos, layout), expand_pairs(sin, layout)
-
-
-def rotate_pairs(x: Tensor, layout: Layout) -> Tensor:
-    """The 90-degree rotation of every pair: (x1, x2) -> (-x2, x1), in the given layout."""
-    if layout == "half":
-        h = (
-            x.shape[-1] + 1
-        ) // 2  # chunk(2)'s split, as slices: the compiler fuses slices, not chunk
-        x1, x2 = x[..., :h], x[..., h:]
-        return torch.cat((-x2, x1), dim=-1)
-    pairs = rearrange(x, "... (d two) -> ... d two", two=2)
-    return rearrange(
-        torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)"
-    )
-
-
-def apply_rotary(
-    x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half"
-) -> Tensor:
-    """Rotate the first ``cos.shape[-1]`` channels of x (..., T, hs); the rest pass through.
-
-    cos/sin: (T, rd) or (B, T, rd), any float dtype; they are cast to x.dtype for the multiply.
-    """
-    if (
-        cos.dim() == 3
-    ):  # per-row positions (B, T, rd) -> (B, 1, T, rd) to broadcast over heads
-        cos, sin = cos[:, None], sin[:, None]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    if (
-        torch.compiler.is_compiling()  # the compiler fuses the plain formula into one kernel
-        or cos.requires_grad
-        or sin.requires_grad  # gradients for the tables come from the plain formula's autograd
-        or torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1]) != x.shape[:-1]
-        or _is_func_transformed(
-            x
-        )  # torch.func (vmap, grad, jvp) wrappers refuse out= ops
-    ):
-        return _rotary_reference(x, cos, sin, layout)
-    return _Rotary.apply(x, cos, sin, layout)
-
-
-def _is_func_transformed(x: Tensor) -> bool:
-    return torch._C._functorch.is_functorch_wrapped_tensor(x)
-
-
-def _rotary_reference(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout) -> Tensor:
-    rd = cos.shape[-1]
-    if rd == x.shape[-1]:
-        return x * cos + rotate_pairs(x, layout) * sin
-    x_rot, x_pass = x[..., :rd], x[..., rd:]
-    return torch.cat((x_rot * cos + rotate_pairs(x_rot, layout) * sin, x_pass), dim=-1)
-
-
-def _rotary_into(
-    x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, transpose: bool
-) -> Tensor:
-    """``_rotary_reference`` (or, with ``transpose``, its adjoint: the rotation by -angle) in three
-    ops on one fresh buffer: out = x * cos, then a fused multiply-add on each half of the pairs.
-
-    Eager PyTorch runs every op as a separate pass over memory; the plain formula takes five ops
-    and four temporaries (neg, cat, two products) and its autograd graph as many again backward.
-    Few large ops also matter on a busy CPU, where every op is a thread barrier.
-    """
-    rd = cos.shape[-1]
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if rd < x.shape[-1]:
-        out[..., rd:] = x[..., rd:]  # partial rotary: pass through bit-identical
-    if (
-        layout == "interleaved"
-        and x.dtype in (torch.float32, torch.float64)
-        and x.is_contiguous()
-        and x.shape[-1] % 2 == 0
-    ):
-        # pairs (2i, 2i+1) are complex numbers: one complex multiply (by the conjugate for the adjoint)
-        # instead of three strided passes, ~1.6x faster on CPU
-        cis = torch.complex(
-            cos[..., 0::2], -sin[..., 0::2] if transpose else sin[..., 0::2]
-        )  # (..., T, rd/2)
-        pairs_of = lambda t: torch.view_as_complex(t[..., :rd].unflatten(-1, (-1, 2)))
-        torch.mul(pairs_of(x), cis, out=pairs_of(out))
-        return out
-    if layout == "half":
-        first, second = slice(0, rd // 2), slice(rd // 2, rd)
-    else:
-        first, second = slice(0, rd, 2), slice(1, rd, 2)
-    # forward:  o1 = x1 c1 - x2 s1,  o2 = x2 c2 + x1 s2
-    # adjoint:  o1 = x1 c1 + x2 s2,  o2 = x2 c2 - x1 s1
-    sign = -1.0 if transpose else 1.0
-    sin_a, sin_b = (
-        (sin[..., second], sin[..., first])
-        if transpose
-        else (sin[..., first], sin[..., second])
-    )
-    xs, os_ = x[..., :rd], out[..., :rd]
-    torch.mul(xs, cos, out=os_)
-    os_[..., first].addcmul_(xs[..., second], sin_a, value=-sign)
-    os_[..., second].addcmul_(xs[..., first], sin_b, value=sign)
-    return out
-
-
-class _Rotary(torch.autograd.Function):
-    """apply_rotary with a hand-written backward: the gradient of a rotation is the rotation by
-    -angle, computed like the forward, instead of autograd replaying the plain formula's five ops."""
-
-    @staticmethod
-    def forward(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout) -> Tensor:
-        return _rotary_into(x, cos, sin, layout, transpose=False)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        _, cos, sin, layout = inputs
-        ctx.save_for_backward(cos, sin)
-        ctx.save_for_forward(cos, sin)
-        ctx.layout = layout
-
-    @staticmethod
-    def jvp(ctx, x_tangent: Tensor, cos_tangent, sin_tangent, _layout) -> Tensor:  # type: ignore[override]
-        # forward-mode AD: the rotation is linear in x (the tables carry no tangent on this path)
-        cos, sin = ctx.saved_tensors
-        return _rotary_reference(x_tangent, cos, sin, ctx.layout)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        cos, sin = ctx.saved_tensors
-        if (
-            torch.is_grad_enabled()
-        ):  # create_graph=True: stay differentiable for double backward
-            rd = cos.shape[-1]
-            g_rot = grad[..., :rd]
-            g_rot = g_rot * cos - rotate_pairs(g_rot * sin, ctx.layout)
-            dx = (
-                g_rot
-                if rd == grad.shape[-1]
-                else torch.cat((g_rot, grad[..., rd:]), dim=-1)
-            )
-        else:
-            dx = _rotary_into(grad, cos, sin, ctx.layout, transpose=True)
-        return dx, None, None, None
+__all__ = [
+    "LAYOUTS", "Layout", "RotaryEmbedding", "apply_rotary", "expand_pairs", "rope_cos_sin", "rope_inv_freq", "rotate_pairs",
+]  # fmt: skip
 
 
 class RotaryEmbedding(PositionalEncoding):
