@@ -38,12 +38,19 @@ from posenc.model import Block  # noqa: E402
 
 def attention_paths(n_head: int, n_embd: int, block_size: int, window: int) -> dict[str, torch.nn.Module]:
     """label -> the attention module ``GPT`` builds for that layer; one per distinct layer code."""
-    configs = {name: GPTConfig(n_layer=4, n_head=n_head, n_embd=n_embd, block_size=block_size, pe=name, bias=False)
-               for name in VARIANTS}  # fmt: skip
+    configs = {
+        name: GPTConfig(n_layer=4, n_head=n_head, n_embd=n_embd, block_size=block_size, pe=name, bias=False)
+        for name in VARIANTS
+    }
     configs["rnope-swa"] = GPTConfig(
-        n_layer=4, n_head=n_head, n_embd=n_embd, block_size=block_size, layer_pattern="rrrN",
-        sliding_window=window, bias=False,
-    )  # fmt: skip
+        n_layer=4,
+        n_head=n_head,
+        n_embd=n_embd,
+        block_size=block_size,
+        layer_pattern="rrrN",
+        sliding_window=window,
+        bias=False,
+    )
     paths = {}
     for name, config in configs.items():
         for code, spec in dict(zip(config.layer_codes, config.layers)).items():
@@ -109,7 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         seq_lens, B, nh, C, window = args.seq_lens or [16, 32], 1, 2, 16, 8
     else:
-        seq_lens, B, nh, C, window = args.seq_lens or ([256, 1024] if args.quick else [256, 1024, 4096]), args.batch, args.n_head, args.n_embd, args.window
+        seq_lens, B, nh, C, window = (
+            args.seq_lens or ([256, 1024] if args.quick else [256, 1024, 4096]),
+            args.batch,
+            args.n_head,
+            args.n_embd,
+            args.window,
+        )
     repeats = args.repeats or (1 if args.smoke else 3 if args.quick else 5)
     hs = C // nh
     cuda = device.type == "cuda"
@@ -124,17 +137,25 @@ def main(argv: list[str] | None = None) -> dict:
             mode = "fwd+bwd" if backward else "fwd"
 
             def make_x(bw):
-                return (torch.randn(B, T, C, device=device, requires_grad=bw),)
+                return (torch.randn(B, T, C, device=device, requires_grad=bw),)  # noqa: B023 -- called in this iteration
 
-            times, memory = measure({n: m for n, m in paths.items()}, backward=backward, make_inputs=make_x,
-                                    repeats=reps, device=device, amp=amp)  # fmt: skip
+            times, memory = measure(
+                dict(paths),
+                backward=backward,
+                make_inputs=make_x,
+                repeats=reps,
+                device=device,
+                amp=amp,
+            )
             for name, ts in times.items():
                 s = common.stats(ts)
-                results.append({"part": "encodings", "path": name, "T": T, "mode": mode, **s, "peak_bytes": memory[name]})
+                results.append(
+                    {"part": "encodings", "path": name, "T": T, "mode": mode, **s, "peak_bytes": memory[name]}
+                )
                 rows1.append([name, T, mode, s["median_ms"], common.mib(memory[name])])
 
             def make_qkv(bw):
-                return tuple(torch.randn(B, nh, T, hs, device=device, requires_grad=bw) for _ in range(3))
+                return tuple(torch.randn(B, nh, T, hs, device=device, requires_grad=bw) for _ in range(3))  # noqa: B023
 
             alibi = ALiBi(nh).to(device)
             pos = torch.arange(T, device=device)
@@ -143,18 +164,20 @@ def main(argv: list[str] | None = None) -> dict:
             calls = {}
             for mask_name, (b, w) in masks.items():
                 for backend in ("default", "math"):
-                    calls[(mask_name, f"sdpa {backend}")] = (
-                        lambda q, k, v, b=b, w=w, backend=backend: _with(backend, causal_attention, q, k, v, bias=b, window=w)
+                    calls[(mask_name, f"sdpa {backend}")] = lambda q, k, v, b=b, w=w, backend=backend: _with(
+                        backend, causal_attention, q, k, v, bias=b, window=w
                     )
                 calls[(mask_name, "naive")] = lambda q, k, v, b=b, w=w: naive_attention(q, k, v, b, w)
             labelled = {f"{m} / {impl}": f for (m, impl), f in calls.items()}
-            times, memory = measure(labelled, backward=backward, make_inputs=make_qkv, repeats=reps,
-                                    device=device, amp=amp)  # fmt: skip
-            for (m, impl) in calls:
+            times, memory = measure(
+                labelled, backward=backward, make_inputs=make_qkv, repeats=reps, device=device, amp=amp
+            )
+            for m, impl in calls:
                 label = f"{m} / {impl}"
                 s = common.stats(times[label])
-                results.append({"part": "kernels", "mask": m, "impl": impl, "T": T, "mode": mode, **s,
-                                "peak_bytes": memory[label]})  # fmt: skip
+                results.append(
+                    {"part": "kernels", "mask": m, "impl": impl, "T": T, "mode": mode, **s, "peak_bytes": memory[label]}
+                )
                 rows2.append([m, impl, T, mode, s["median_ms"], common.mib(memory[label])])
             print(f"done T={T} {mode}", file=sys.stderr, flush=True)
 
@@ -167,10 +190,15 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n## Peak memory growth between the two longest T (fwd+bwd)\n")
     print(common.markdown_table(["row", "T", "memory ratio", "growth"], growth))
     payload = {
-        "benchmark": "bench_attention", "machine": common.machine_info(device), "argv": sys.argv[1:] if argv is None else argv,
-        "dtype": dtype, "shape": {"B": B, "nh": nh, "hs": hs, "C": C, "window": window, "T": seq_lens},
-        "repeats": repeats, "results": results, "memory_growth": growth,
-    }  # fmt: skip
+        "benchmark": "bench_attention",
+        "machine": common.machine_info(device),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "dtype": dtype,
+        "shape": {"B": B, "nh": nh, "hs": hs, "C": C, "window": window, "T": seq_lens},
+        "repeats": repeats,
+        "results": results,
+        "memory_growth": growth,
+    }
     common.write_json(args.out, payload)
     return payload
 

@@ -138,27 +138,52 @@ def main(argv: list[str] | None = None) -> dict:
                 common.sync(device)
                 warm_s[name] = time.perf_counter() - t0
                 fns[name] = f
-            times = run_setting(fns, q, k, backward=backward, repeats=repeats, device=device,
-                                inner=10 if device.type == "cuda" else 1)  # fmt: skip
+            times = run_setting(
+                fns, q, k, backward=backward, repeats=repeats, device=device, inner=10 if device.type == "cuda" else 1
+            )
             n_bytes = (8 if backward else 4) * q.numel() * q.element_size()  # read q, k + write 2; twice for bwd
             floor = common.stats(times["copy floor"])["median_ms"]
             ours = common.stats(times["posenc"])["median_ms"]
             for name, ts in times.items():
                 s = common.stats(ts)
                 row = {
-                    "dtype": dname, "mode": mode, "candidate": name, **s,
+                    "dtype": dname,
+                    "mode": mode,
+                    "candidate": name,
+                    **s,
                     "GB_s": n_bytes / (s["median_ms"] * 1e-3) / 1e9,
                     "x_copy_floor": s["median_ms"] / floor,
                     "posenc_speedup": s["median_ms"] / ours,
                     "compile_warmup_s": warm_s.get(name),
-                }  # fmt: skip
+                }
                 results.append(row)
-                rows.append([dname, mode, name, s["median_ms"], s["min_ms"], s["max_ms"], row["GB_s"],
-                             row["x_copy_floor"], row["posenc_speedup"]])  # fmt: skip
+                rows.append(
+                    [
+                        dname,
+                        mode,
+                        name,
+                        s["median_ms"],
+                        s["min_ms"],
+                        s["max_ms"],
+                        row["GB_s"],
+                        row["x_copy_floor"],
+                        row["posenc_speedup"],
+                    ]
+                )
             print(f"done {dname} {mode}", file=sys.stderr, flush=True)
 
     table = common.markdown_table(
-        ["dtype", "mode", "candidate", "median ms", "min ms", "max ms", "GB/s", "x copy floor", "its time / posenc eager"],
+        [
+            "dtype",
+            "mode",
+            "candidate",
+            "median ms",
+            "min ms",
+            "max ms",
+            "GB/s",
+            "x copy floor",
+            "its time / posenc eager",
+        ],
         rows,
     )
     print(f"\nRoPE on q, k of shape (B={B}, nh={nh}, T={T}, hs={hs}), {device}, {repeats} interleaved repeats\n")
@@ -167,9 +192,14 @@ def main(argv: list[str] | None = None) -> dict:
     for line in bars:
         print(line)
     payload = {
-        "benchmark": "bench_rope", "machine": common.machine_info(device), "argv": sys.argv[1:] if argv is None else argv,
-        "shape": {"B": B, "nh": nh, "T": T, "hs": hs}, "repeats": repeats, "results": results, "bars": bars,
-    }  # fmt: skip
+        "benchmark": "bench_rope",
+        "machine": common.machine_info(device),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "shape": {"B": B, "nh": nh, "T": T, "hs": hs},
+        "repeats": repeats,
+        "results": results,
+        "bars": bars,
+    }
     common.write_json(args.out, payload)
     return payload
 
@@ -184,14 +214,18 @@ def bar_check(results: list[dict]) -> list[str]:
     hf = r.get(("fp32", "fwd+bwd", "transformers")) or r.get(("fp32", "fwd+bwd", "rotate-half formula"))
     if hf is not None:
         ratio = hf["median_ms"] / ours["median_ms"]
-        out.append(f"bar: posenc eager fwd+bwd fp32 is {ratio:.2f}x faster than {hf['candidate']} (need >= 3): "
-                   f"{'PASS' if ratio >= 3 else 'MISS'}")  # fmt: skip
+        out.append(
+            f"bar: posenc eager fwd+bwd fp32 is {ratio:.2f}x faster than {hf['candidate']} (need >= 3): "
+            f"{'PASS' if ratio >= 3 else 'MISS'}"
+        )
     x = ours["x_copy_floor"]
     out.append(f"bar: posenc eager fwd+bwd fp32 = {x:.2f}x copy floor (need <= 1.5): {'PASS' if x <= 1.5 else 'MISS'}")
     comp = r.get(("fp32", "fwd+bwd", "posenc (compiled)"))
     if comp is not None:
         x = comp["x_copy_floor"]
-        out.append(f"bar: posenc compiled fwd+bwd fp32 = {x:.2f}x copy floor (need <= 1.2): {'PASS' if x <= 1.2 else 'MISS'}")
+        out.append(
+            f"bar: posenc compiled fwd+bwd fp32 = {x:.2f}x copy floor (need <= 1.2): {'PASS' if x <= 1.2 else 'MISS'}"
+        )
     return out
 
 

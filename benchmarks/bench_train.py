@@ -73,7 +73,9 @@ class NanoCausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -108,13 +110,15 @@ class NanoGPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([NanoBlock(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
-        ))  # fmt: skip
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([NanoBlock(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -173,8 +177,16 @@ SETTINGS = {
 
 def build_models(preset: str, device) -> dict[str, nn.Module]:
     base = GPTConfig.from_preset(preset)
-    models: dict[str, nn.Module] = {"nanoGPT baseline": NanoGPT(NanoGPTConfig(**{
-        k: getattr(base, k) for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}))}  # fmt: skip
+    models: dict[str, nn.Module] = {
+        "nanoGPT baseline": NanoGPT(
+            NanoGPTConfig(
+                **{
+                    k: getattr(base, k)
+                    for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+                }
+            )
+        )
+    }
     for name in VARIANTS:
         models[name] = GPT(base.replace(pe=name))
     window = max(1, base.block_size // 4)
@@ -202,11 +214,19 @@ def make_step(model, batch, device, amp_dtype):
 def main(argv: list[str] | None = None) -> dict:
     p = common.base_parser("bench_train", __doc__.splitlines()[0])
     p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=None)
-    p.add_argument("--compile-settings", nargs="*", default=None,
-                   help="settings that also run compiled (default: all on CUDA, cpu-small on CPU)")
-    p.add_argument("--compile-models", nargs="*", default=None,
-                   help="models that run compiled besides the baseline (default: all on CUDA; on CPU "
-                        "absolute, rope, nope, qknorm, rnope; with --quick rope)")  # fmt: skip
+    p.add_argument(
+        "--compile-settings",
+        nargs="*",
+        default=None,
+        help="settings that also run compiled (default: all on CUDA, cpu-small on CPU)",
+    )
+    p.add_argument(
+        "--compile-models",
+        nargs="*",
+        default=None,
+        help="models that run compiled besides the baseline (default: all on CUDA; on CPU "
+        "absolute, rope, nope, qknorm, rnope; with --quick rope)",
+    )
     args = p.parse_args(argv)
     device = common.setup(args)
     cuda = device.type == "cuda"
@@ -216,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
         settings = args.settings or (["cpu-small"] if args.quick else ["cpu-small", "owt-16m"])
         if cuda and args.settings is None:
             settings = ["owt-16m"]
-        compiled_in = args.compile_settings if args.compile_settings is not None else (settings if cuda else ["cpu-small"])
+        compiled_in = (
+            args.compile_settings if args.compile_settings is not None else (settings if cuda else ["cpu-small"])
+        )
         repeats = args.repeats or (3 if args.quick else 5)
     amp_dtype = torch.float16 if cuda else None
     results, rows = [], []
@@ -258,29 +280,66 @@ def main(argv: list[str] | None = None) -> dict:
                 s = common.stats(ts)
                 tps = B * T / (s["median_ms"] * 1e-3)
                 row = {
-                    "setting": setting, "preset": preset, "B": B, "T": T, "mode": mode, "model": name, **s,
-                    "tokens_per_s": tps, "x_baseline": base_ms / s["median_ms"],
+                    "setting": setting,
+                    "preset": preset,
+                    "B": B,
+                    "T": T,
+                    "mode": mode,
+                    "model": name,
+                    **s,
+                    "tokens_per_s": tps,
+                    "x_baseline": base_ms / s["median_ms"],
                     "x_absolute": abs_ms / s["median_ms"] if abs_ms else None,
-                    "peak_bytes": memory[name], "compile_warmup_s": warm[name] if mode == "compiled" else None,
+                    "peak_bytes": memory[name],
+                    "compile_warmup_s": warm[name] if mode == "compiled" else None,
                     "params": sum(p.numel() for p in models[name].parameters()),
-                }  # fmt: skip
+                }
                 results.append(row)
-                rows.append([setting, mode, name, s["median_ms"], tps, row["x_baseline"], row["x_absolute"],
-                             common.mib(memory[name]), row["compile_warmup_s"]])  # fmt: skip
+                rows.append(
+                    [
+                        setting,
+                        mode,
+                        name,
+                        s["median_ms"],
+                        tps,
+                        row["x_baseline"],
+                        row["x_absolute"],
+                        common.mib(memory[name]),
+                        row["compile_warmup_s"],
+                    ]
+                )
             print(f"done {setting} {mode}", file=sys.stderr, flush=True)
             del models, steps
 
     print(f"\n## Training step ({device}, {'fp16 autocast' if cuda else 'fp32'}, {repeats} interleaved repeats)\n")
-    print(common.markdown_table(
-        ["setting", "mode", "model", "median ms/step", "tokens/s", "x nanoGPT baseline", "x absolute", "peak MiB",
-         "compile warm-up s"], rows))  # fmt: skip
+    print(
+        common.markdown_table(
+            [
+                "setting",
+                "mode",
+                "model",
+                "median ms/step",
+                "tokens/s",
+                "x nanoGPT baseline",
+                "x absolute",
+                "peak MiB",
+                "compile warm-up s",
+            ],
+            rows,
+        )
+    )
     bars = bar_check(results)
     for line in bars:
         print(line)
     payload = {
-        "benchmark": "bench_train", "machine": common.machine_info(device), "argv": sys.argv[1:] if argv is None else argv,
-        "dtype": "fp16 autocast" if cuda else "fp32", "repeats": repeats, "results": results, "bars": bars,
-    }  # fmt: skip
+        "benchmark": "bench_train",
+        "machine": common.machine_info(device),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "dtype": "fp16 autocast" if cuda else "fp32",
+        "repeats": repeats,
+        "results": results,
+        "bars": bars,
+    }
     common.write_json(args.out, payload)
     return payload
 
@@ -291,10 +350,14 @@ def bar_check(results: list[dict]) -> list[str]:
         tag = f"{r['setting']} {r['mode']}"
         if r["model"] == "absolute":
             ok = r["x_baseline"] >= 1.0
-            out.append(f"bar: {tag}: absolute = {r['x_baseline']:.3f}x nanoGPT baseline tokens/s (need >= 1.0): {'PASS' if ok else 'MISS'}")
+            out.append(
+                f"bar: {tag}: absolute = {r['x_baseline']:.3f}x nanoGPT baseline tokens/s (need >= 1.0): {'PASS' if ok else 'MISS'}"
+            )
         elif r["model"] in ("rope", "nope", "qknorm", "rnope", "rnope-swa") and r["x_absolute"] is not None:
             ok = r["x_absolute"] >= 0.95
-            out.append(f"bar: {tag}: {r['model']} = {r['x_absolute']:.3f}x absolute tokens/s (need >= 0.95): {'PASS' if ok else 'MISS'}")
+            out.append(
+                f"bar: {tag}: {r['model']} = {r['x_absolute']:.3f}x absolute tokens/s (need >= 0.95): {'PASS' if ok else 'MISS'}"
+            )
     return out
 
 

@@ -9,6 +9,7 @@ medians measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import json
@@ -99,7 +100,7 @@ def time_interleaved(
     sync(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             if before is not None:
                 before()
             sync(device)
@@ -125,11 +126,10 @@ def stats(seconds: Sequence[float]) -> dict[str, float]:
 
 # -- peak memory ----------------------------------------------------------------------------------
 
+
 def _malloc_trim() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _rss_kib(field: str) -> int | None:
@@ -172,6 +172,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
 
 
 # -- output ---------------------------------------------------------------------------------------
+
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:

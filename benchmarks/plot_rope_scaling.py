@@ -19,9 +19,7 @@ import matplotlib.pyplot as plt
 
 from posenc.encodings.rope import RotaryEmbedding
 
-OUT = (
-    Path(__file__).resolve().parent.parent / "docs" / "rope_scaling" / "wavelengths.png"
-)
+OUT = Path(__file__).resolve().parent.parent / "docs" / "rope_scaling" / "wavelengths.png"
 HEAD_DIM = 128
 L0, FACTOR = 8192, 8.0
 
@@ -80,12 +78,8 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, (options, seq_len) in SCHEDULES.items():
         base = 500000.0
-        inv_freq = RotaryEmbedding(
-            HEAD_DIM, base=base, cache_len=0, **options
-        ).frequencies(seq_len)
-        pairs = [
-            i for i, w in enumerate(inv_freq.tolist()) if w > 0
-        ]  # p-RoPE's dropped pairs have no wavelength
+        inv_freq = RotaryEmbedding(HEAD_DIM, base=base, cache_len=0, **options).frequencies(seq_len)
+        pairs = [i for i, w in enumerate(inv_freq.tolist()) if w > 0]  # p-RoPE's dropped pairs have no wavelength
         ax.plot(
             pairs,
             [2 * math.pi / inv_freq[i].item() for i in pairs],
@@ -93,9 +87,7 @@ def main() -> None:
             lw=1.5,
         )
     ax.axhline(L0, ls="--", c="k", lw=1, label=f"trained context L0 = {L0}")
-    ax.axhline(
-        L0 * FACTOR, ls=":", c="k", lw=1, label=f"extended context {int(L0 * FACTOR)}"
-    )
+    ax.axhline(L0 * FACTOR, ls=":", c="k", lw=1, label=f"extended context {int(L0 * FACTOR)}")
     ax.set_yscale("log")
     ax.set_xlabel("pair index i (rotary_dim / 2 = 64 pairs)")
     ax.set_ylabel("wavelength 2 pi / w_i (tokens)")

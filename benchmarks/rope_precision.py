@@ -71,9 +71,7 @@ def configs() -> dict[str, object]:
     }
 
 
-def rotate64(
-    x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, factor: float
-) -> torch.Tensor:
+def rotate64(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, factor: float) -> torch.Tensor:
     angles = expand_pairs(positions.to(F64)[:, None] * inv_freq, "half")  # (T, hs)
     x = x.double()
     h = x.shape[-1] // 2
@@ -89,13 +87,9 @@ def precision_table() -> None:
         hf = LlamaRotaryEmbedding(config)
         for centre in CENTRES:
             positions = torch.arange(centre - 63, centre + 1)
-            q = torch.randn(
-                1, 4, 64, rope.head_dim, generator=torch.Generator().manual_seed(centre)
-            )
+            q = torch.randn(1, 4, 64, rope.head_dim, generator=torch.Generator().manual_seed(centre))
             seq_len = centre + 1  # both sides rotate the sequence 0..centre
-            ref = rotate64(
-                q, positions, rope.frequencies(seq_len), rope.attention_factor
-            )
+            ref = rotate64(q, positions, rope.frequencies(seq_len), rope.attention_factor)
             ours = rope(q, q, positions)[0]
             # HF picks long/short or grows dynamic frequencies from max(position_ids) + 1: the same length
             cos, sin = hf(q, positions[None])
@@ -136,9 +130,7 @@ def cost_table() -> None:
         a = timed(lambda p=positions: float32_expanded(p))
         b = timed(lambda p=positions: float32_per_pair(p))
         c = timed(lambda p=positions: rope_cos_sin(p, inv_freq, "half"))
-        print(
-            f"| cos/sin tables, hs=128, T={T} | {a:.3f} | {b:.3f} | {c:.3f} | {c / b:.2f} |"
-        )
+        print(f"| cos/sin tables, hs=128, T={T} | {a:.3f} | {b:.3f} | {c:.3f} | {c / b:.2f} |")
     rope = RotaryEmbedding(128, cache_len=2048)
     q, k = torch.randn(2, 4, 16, 2048, 128)
     with torch.no_grad():

@@ -37,10 +37,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="local .jsonl/.json/.parquet files with a 'text' field, or .txt files (one document per file)",
     )
-    parser.add_argument("--tokenizer", choices=["gpt2", "bytes"], default="gpt2", help="gpt2: GPT-2 BPE (default); bytes: UTF-8 bytes, vocab 256, no files needed")
-    parser.add_argument("--out-dir", type=Path, default=None, help="output folder (default: data/<dataset>-<tokenizer>)")
-    parser.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: CPU count, at most 8)")
-    parser.add_argument("--seed", type=int, default=2357, help="seed of the document shuffle that defines the split (default: 2357)")
+    parser.add_argument(
+        "--tokenizer",
+        choices=["gpt2", "bytes"],
+        default="gpt2",
+        help="gpt2: GPT-2 BPE (default); bytes: UTF-8 bytes, vocab 256, no files needed",
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="output folder (default: data/<dataset>-<tokenizer>)"
+    )
+    parser.add_argument(
+        "--num-proc", type=int, default=None, help="tokenizer processes (default: CPU count, at most 8)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=2357, help="seed of the document shuffle that defines the split (default: 2357)"
+    )
     parser.add_argument(
         "--train-fraction",
         type=float,
@@ -57,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + ", ".join(f"{k} {v[1]:g}" for k, v in DEFAULT_FRACTIONS.items())
         + ")",
     )
-    parser.add_argument("--dtype", choices=["auto", "uint16", "uint32"], default="auto", help="shard dtype (default auto: uint16 when every id fits, else uint32)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "uint16", "uint32"],
+        default="auto",
+        help="shard dtype (default auto: uint16 when every id fits, else uint32)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     args = parser.parse_args(argv)
     if args.dataset is None:
@@ -102,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{out}: train {train['tokens']:,} tokens ({train['documents']:,} docs), "
         f"val {val['tokens']:,} tokens ({val['documents']:,} docs), {meta['tokenizer']} "
-        f"vocab {meta['vocab_size']} {meta['dtype']}, "
-        + ("already up to date" if unchanged else f"{elapsed:.1f}s")
+        f"vocab {meta['vocab_size']} {meta['dtype']}, " + ("already up to date" if unchanged else f"{elapsed:.1f}s")
     )
     return 0
 

@@ -45,8 +45,15 @@ def write_jsonl(path: Path, docs: list[str]) -> Path:
 
 def prep(out: Path, files: list[Path], **kw) -> Path:
     """``prepare`` on local files with the byte tokenizer, in-process, an 80/20 split."""
-    opts = dict(source="files", data_files=[str(f) for f in files], tokenizer="bytes", train_fraction=0.8,
-                val_fraction=0.2, num_proc=1, progress=False)  # fmt: skip
+    opts = dict(
+        source="files",
+        data_files=[str(f) for f in files],
+        tokenizer="bytes",
+        train_fraction=0.8,
+        val_fraction=0.2,
+        num_proc=1,
+        progress=False,
+    )
     opts.update(kw)
     return prepare(out, **opts)
 

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 import posenc.train.runlog
@@ -41,6 +40,7 @@ FAULTY_SCRIPT = ROOT / "tests" / "_faulty_train.py"
 
 # Fields of log.jsonl that are measurements of the run itself (wall time), not of the numerics.
 TIMING_FIELDS = frozenset({"tokens_per_s", "time_s"})
+
 
 class Faults:
     """Trainer hooks that make failures on purpose: ``"inf-grad@S1,S2;nan-loss@S"`` sets the
@@ -67,9 +67,19 @@ def tiny_argv(out_dir: Path, data_dir: Path, *extra: str, **flags: Any) -> list[
     """Arguments of a tiny CPU run. ``flags`` override the defaults (``max_iters=40`` ->
     ``--max-iters 40``; ``None`` drops a flag); ``extra`` is appended verbatim."""
     values: dict[str, Any] = dict(
-        preset="tiny", device="cpu", data_dir=data_dir, out_dir=out_dir, num_samples=0, batch_size=2,
-        grad_accum=1, max_iters=20, log_interval=1000, eval_interval=10, eval_iters=1, ckpt_interval=1000,
-    )  # fmt: skip
+        preset="tiny",
+        device="cpu",
+        data_dir=data_dir,
+        out_dir=out_dir,
+        num_samples=0,
+        batch_size=2,
+        grad_accum=1,
+        max_iters=20,
+        log_interval=1000,
+        eval_interval=10,
+        eval_iters=1,
+        ckpt_interval=1000,
+    )
     values |= flags
     argv = ["--no-progress"]
     for key, value in values.items():
@@ -129,8 +139,11 @@ def max_abs_diff(a: dict, b: dict) -> float:
 
 def env(**extra: str) -> dict[str, str]:
     """Environment of a child interpreter: one thread, no inherited torchrun variables."""
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}  # fmt: skip
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
+    }
     e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     e.update(extra)
     return e
@@ -143,8 +156,12 @@ def run_script(
     script = [str(FAULTY_SCRIPT), faults] if faults else [str(SCRIPT)]
     return subprocess.run(
         [sys.executable, *python_flags, *script, *map(str, argv)],
-        env=env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        env=env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def fork_train(argv: list[str], output: Path) -> int:
@@ -214,8 +231,15 @@ def free_port() -> int:
 
 def torchrun(nproc: int, argv: list[str], **popen: Any) -> subprocess.Popen:
     """``python -m torch.distributed.run --standalone --nproc_per_node=N script argv`` (gloo on CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(SCRIPT), *map(str, argv)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(SCRIPT),
+        *map(str, argv),
+    ]
     return subprocess.Popen(cmd, env=env(), cwd=ROOT, **popen)
 
 

@@ -19,11 +19,11 @@ if "torch" in sys.modules:
     sys.modules["torch"].set_num_threads(1)
 
 from collections.abc import Iterator  # noqa: E402
-from _data_helpers import SHARED_TIKTOKEN_CACHE, make_documents, write_jsonl  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _data_helpers import SHARED_TIKTOKEN_CACHE, make_documents, write_jsonl  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("posenc", deadline=None, max_examples=25, print_blob=True)
@@ -36,7 +36,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded corpus, byte-tokenized, prepared once per session."""
     from posenc.data import prepare
 
-    return prepare(tmp_path_factory.mktemp("data") / "embedded-bytes", source="embedded", tokenizer="bytes", progress=False)
+    return prepare(
+        tmp_path_factory.mktemp("data") / "embedded-bytes", source="embedded", tokenizer="bytes", progress=False
+    )
 
 
 @pytest.fixture

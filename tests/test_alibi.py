@@ -145,7 +145,9 @@ def test_alibi_changes_attention():
 
 
 @pytest.mark.parametrize(
-    "cast", [lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double()], ids=["to-bf16", "half", "double"]
+    "cast",
+    [lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double()],
+    ids=["to-bf16", "half", "double"],
 )
 def test_slopes_stay_exact_float32_after_a_dtype_cast(cast):
     alibi = cast(ALiBi(12))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posenc import ALiBi, AbsolutePE, CausalSelfAttention, NoPE, QKNormAttention, RotaryEmbedding, SinusoidalPE
+from posenc import AbsolutePE, ALiBi, CausalSelfAttention, NoPE, QKNormAttention, RotaryEmbedding, SinusoidalPE
 from posenc.attention import LayerKVCache, causal_attention
 
 C, NH = 32, 4
@@ -266,8 +266,9 @@ def test_l2_qk_norm_temperature_init_and_unit_sdpa_scale(block_size: int) -> Non
     assert isinstance(norm.temperature, torch.nn.Parameter) and norm.temperature.requires_grad
     assert norm.temperature.shape == (NH,)
     expected = math.log2(block_size**2 - block_size)
-    torch.testing.assert_close(norm.temperature.detach(), torch.full((NH,), expected, dtype=torch.float64),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        norm.temperature.detach(), torch.full((NH,), expected, dtype=torch.float64), rtol=1e-6, atol=0
+    )
     assert norm.scale == 1.0
     assert make_attn(qk_norm="rms").qk_norm.scale is None  # RMS keeps 1/sqrt(hs)
 

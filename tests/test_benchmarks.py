@@ -8,9 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-
 from _scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -71,8 +69,12 @@ def test_rope_candidates_agree():
     fns = bench.candidates(B, nh, T, hs, torch.float32, torch.device("cpu"))
     half = fns["posenc"](q, k)
     interleaved = fns["posenc interleaved"](q, k)
-    for name, want in [("rotate-half formula", half), ("transformers", half), ("complex multiply", interleaved),
-                       ("rotary-embedding-torch", interleaved)]:  # fmt: skip
+    for name, want in [
+        ("rotate-half formula", half),
+        ("transformers", half),
+        ("complex multiply", interleaved),
+        ("rotary-embedding-torch", interleaved),
+    ]:
         if name not in fns:
             continue
         got = fns[name](q, k)

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -34,15 +33,34 @@ import pytest
 import torch
 import torch.distributed as dist
 from _train_helpers import (
-    SCRIPT, assert_states_equal, env, fork_train, free_port, latest, logged_steps, numerics, read_log, resume_argv, run_script, tiny_argv, train, wait_for, wait_pid,
-)  # fmt: skip
+    SCRIPT,
+    assert_states_equal,
+    env,
+    fork_train,
+    free_port,
+    latest,
+    logged_steps,
+    numerics,
+    read_log,
+    resume_argv,
+    run_script,
+    tiny_argv,
+    train,
+    wait_for,
+    wait_pid,
+)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from posenc import GPT, GPTConfig
 from posenc.checkpoint import (
-    MANIFEST, REQUIRED_KEYS, CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint, unwrap,
-)  # fmt: skip
-
+    MANIFEST,
+    REQUIRED_KEYS,
+    CheckpointError,
+    clean_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+    unwrap,
+)
 
 
 def tiny_gpt() -> GPT:
@@ -52,8 +70,16 @@ def tiny_gpt() -> GPT:
 
 def minimal_state(model_state: dict) -> dict:
     """A checkpoint with every required key; only the model is realistic."""
-    return {"model": model_state, "optimizer": {}, "scaler": {}, "step": 3, "rng": {"torch": [], "cuda": []},
-            "config": {}, "train_config": {}, "stats": {}}  # fmt: skip
+    return {
+        "model": model_state,
+        "optimizer": {},
+        "scaler": {},
+        "step": 3,
+        "rng": {"torch": [], "cuda": []},
+        "config": {},
+        "train_config": {},
+        "stats": {},
+    }
 
 
 def latest_path(run_dir: Path) -> Path:
@@ -140,11 +166,11 @@ def test_sigkill_at_random_moments_never_loses_the_latest_checkpoint(data_dir, t
             if moment == "after launch":
                 time.sleep(rnd.uniform(0, 0.6))
             else:
-                wait_for(lambda: logged_steps(out) > start and (out / MANIFEST).exists(), 60, "training to start")
+                wait_for(lambda: logged_steps(out) > start and (out / MANIFEST).exists(), 60, "training to start")  # noqa: B023
                 if moment == "during training":
                     time.sleep(rnd.uniform(0, 0.1))
                 else:
-                    wait_for(lambda: temp_files(out) - stale, 30, "a checkpoint write", poll=0.0001)
+                    wait_for(lambda: temp_files(out) - stale, 30, "a checkpoint write", poll=0.0001)  # noqa: B023
             os.kill(pid, signal.SIGKILL)
         finally:
             rc = wait_pid(pid)
@@ -302,8 +328,14 @@ def test_resume_from_a_damaged_checkpoint_exits_with_one_line_and_starts_nothing
         shutil.copytree(finished_run, run_dir)
         path = damage(run_dir, kind)
         before = folder_snapshot(run_dir)
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), *resume_argv(run_dir)], env=env(), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), *resume_argv(run_dir)],
+            env=env(),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         runs[kind] = (run_dir, path, before, proc)
     for kind, (run_dir, path, before, proc) in runs.items():
         stdout, stderr = proc.communicate(timeout=120)

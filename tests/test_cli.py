@@ -40,11 +40,16 @@ def test_every_encoding_trains_and_the_loss_drops(pe, data_dir, tmp_path):
     assert summary["pe"] == pe and summary["val_loss"] == val[-1]
     variant = VARIANTS[pe]
     assert summary["architecture"]["input_pe"] == variant.input_pe
-    assert [layer["pe"] for layer in summary["architecture"]["layers"]] == [variant.layer_pe[i % len(variant.layer_pe)] for i in range(4)]
+    assert [layer["pe"] for layer in summary["architecture"]["layers"]] == [
+        variant.layer_pe[i % len(variant.layer_pe)] for i in range(4)
+    ]
 
 
 def test_outputs_a_comparison_script_can_read(data_dir, tmp_path, capsys):
-    assert train(tmp_path, data_dir, "--layer-pattern", "RRRN", "--qk-norm", "--max-iters", "10", "--eval-interval", "5") == 0
+    assert (
+        train(tmp_path, data_dir, "--layer-pattern", "RRRN", "--qk-norm", "--max-iters", "10", "--eval-interval", "5")
+        == 0
+    )
     for name in ("log.jsonl", "curves.png", "summary.json", "samples.txt", "checkpoints.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -117,8 +122,25 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
 def test_init_from_starts_a_longer_context_run_from_trained_weights(data_dir, tmp_path):
     base, longer = tmp_path / "base", tmp_path / "longer"
     assert train(base, data_dir, "--pe", "rope", "--max-iters", "20", "--eval-interval", "10") == 0
-    assert train(longer, data_dir, "--pe", "rope", "--init-from", base, "--block-size", "64", "--max-iters", "2",
-                 "--eval-interval", "2", "--warmup-iters", "0") == 0  # fmt: skip
+    assert (
+        train(
+            longer,
+            data_dir,
+            "--pe",
+            "rope",
+            "--init-from",
+            base,
+            "--block-size",
+            "64",
+            "--max-iters",
+            "2",
+            "--eval-interval",
+            "2",
+            "--warmup-iters",
+            "0",
+        )
+        == 0
+    )
     trained = evals(base)[-1]
     first = evals(longer)[0]  # before any step at the new context: the trained weights, not a fresh init
     assert first < 5.0 and abs(first - trained) < 1.0, (first, trained)
@@ -144,8 +166,24 @@ def test_eval_command_prints_the_extrapolation_of_a_run(data_dir, tmp_path, caps
 
 
 def test_python_dash_m_posenc_is_the_same_command(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "posenc", "prepare", "--dataset", "embedded", "--tokenizer", "bytes",
-                          "--out-dir", str(tmp_path / "d"), "--no-progress"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "posenc",
+            "prepare",
+            "--dataset",
+            "embedded",
+            "--tokenizer",
+            "bytes",
+            "--out-dir",
+            str(tmp_path / "d"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "d" / "meta.json").exists() and (tmp_path / "d" / "train.bin").stat().st_size > 0
 
@@ -162,10 +200,14 @@ def test_init_from_weights_that_do_not_fit_is_refused_by_name(data_dir, tmp_path
 
 def test_pack_documents_trains_with_document_segments(data_dir, tmp_path):
     packed, plain = tmp_path / "packed", tmp_path / "plain"
-    assert train(packed, data_dir, "--pe", "rope", "--pack-documents", "--max-iters", "20", "--eval-interval", "10") == 0
+    assert (
+        train(packed, data_dir, "--pe", "rope", "--pack-documents", "--max-iters", "20", "--eval-interval", "10") == 0
+    )
     assert train(plain, data_dir, "--pe", "rope", "--max-iters", "20", "--eval-interval", "10") == 0
     val = evals(packed)
     assert val[-1] < val[0] - 0.5
     assert json.loads((packed / "summary.json").read_text())["train_config"]["pack_documents"] is True
-    steps = lambda out: [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines() if '"train"' in line]  # noqa: E731
+    steps = lambda out: [
+        json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines() if '"train"' in line
+    ]  # noqa: E731
     assert steps(packed) != steps(plain)  # the segments change the training (the embedded corpus has many documents)

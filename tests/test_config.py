@@ -53,11 +53,27 @@ INVALID: dict[str, tuple[dict, type[Exception], tuple[str, ...]]] = {
     "bias-not-bool": (dict(bias=1), TypeError, ("bias", "1")),
     "sliding-window-zero": (dict(layer_pattern="rN", sliding_window=0), ValueError, ("sliding_window", "0")),
     "sliding-window-negative": (dict(layer_pattern="rN", sliding_window=-4), ValueError, ("sliding_window", "-4")),
-    "lower-case-without-window": (dict(layer_pattern="rrrN"), ValueError, ("layer_pattern", "'rrrN'", "sliding_window")),
-    "window-on-no-layer-pattern": (dict(layer_pattern="RRRN", sliding_window=8), ValueError, ("sliding_window", "8", "'RRRN'")),
+    "lower-case-without-window": (
+        dict(layer_pattern="rrrN"),
+        ValueError,
+        ("layer_pattern", "'rrrN'", "sliding_window"),
+    ),
+    "window-on-no-layer-pattern": (
+        dict(layer_pattern="RRRN", sliding_window=8),
+        ValueError,
+        ("sliding_window", "8", "'RRRN'"),
+    ),
     "window-on-no-layer-nope": (dict(pe="nope", sliding_window=8), ValueError, ("sliding_window", "8", "['nope']")),
-    "window-on-no-layer-absolute": (dict(pe="absolute", sliding_window=8), ValueError, ("sliding_window", "8", "['nope']")),
-    "two-input-encodings": (dict(layer_pattern="PS"), ValueError, ("layer_pattern", "'PS'", "['absolute', 'sinusoidal']")),
+    "window-on-no-layer-absolute": (
+        dict(pe="absolute", sliding_window=8),
+        ValueError,
+        ("sliding_window", "8", "['nope']"),
+    ),
+    "two-input-encodings": (
+        dict(layer_pattern="PS"),
+        ValueError,
+        ("layer_pattern", "'PS'", "['absolute', 'sinusoidal']"),
+    ),
 }
 
 
@@ -71,7 +87,6 @@ def check_row(overrides: dict, error: type[Exception], needles: tuple[str, ...])
     except Exception as e:  # noqa: BLE001 - reported as a failure below
         return f"raised {type(e).__name__}: {e}"
     return "accepted"
-
 
 
 def test_base_is_valid() -> None:
@@ -175,7 +190,10 @@ def test_config_is_frozen_and_replace_revalidates() -> None:
         (dict(pe="rnope"), dict(layer_pattern="RRRN")),
         (dict(pe="rnope"), dict(layer_pe=("rope", "rope", "rope", "nope"))),
         (dict(pe="sinusoidal"), dict(input_pe="sinusoidal")),
-        (dict(layer_pattern="rrrN", sliding_window=8), dict(layer_pe=("rope", "rope", "rope", "nope"), layer_window=(8, 8, 8, None))),
+        (
+            dict(layer_pattern="rrrN", sliding_window=8),
+            dict(layer_pe=("rope", "rope", "rope", "nope"), layer_window=(8, 8, 8, None)),
+        ),
         (dict(pe="qknorm"), dict(pe="rope", qk_norm=True)),
     ],
 )

@@ -26,13 +26,26 @@ import textwrap
 import pytest
 import torch
 from _train_helpers import (
-    ROOT, SCRIPT, assert_states_equal, env, latest, logged_steps, max_abs_diff, numerics, children, read_log, reaped, resume_argv, tiny_argv, torchrun, train, wait_for,
-)  # fmt: skip
+    ROOT,
+    assert_states_equal,
+    children,
+    env,
+    latest,
+    logged_steps,
+    max_abs_diff,
+    numerics,
+    read_log,
+    reaped,
+    resume_argv,
+    tiny_argv,
+    torchrun,
+    train,
+    wait_for,
+)
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from posenc import GPT, GPTConfig
 from posenc.checkpoint import MANIFEST, load_checkpoint
-
 
 STEPS = 30
 # global batch: 4 rows x 2 micro-steps; each of 2 ranks trains 2 of the 4 rows. No dropout: a
@@ -70,8 +83,16 @@ def ddp_run(tmp_path_factory, data_dir):
     dump.mkdir()
     wrapper = base / "wrapper.py"
     wrapper.write_text(WRAPPER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper),
-           str(dump), *tiny_argv(out, data_dir, **FLAGS)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(wrapper),
+        str(dump),
+        *tiny_argv(out, data_dir, **FLAGS),
+    ]
     result = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return out, [torch.load(dump / f"rank{r}.pt") for r in range(2)]
@@ -124,19 +145,23 @@ def test_a_two_rank_checkpoint_refuses_a_one_process_resume(ddp_run, tmp_path, c
 def test_killed_two_process_run_resumes_exactly_with_two_processes(ddp_run, data_dir, tmp_path):
     reference = ddp_run[0]
     out = tmp_path / "run"
-    with open(tmp_path / "killed.txt", "w") as log:
-        with reaped(torchrun(2, tiny_argv(out, data_dir, ckpt_interval=1, **FLAGS), stdout=log, stderr=log)) as launcher:
-            wait_for(lambda: logged_steps(out) >= STEPS // 3 and (out / MANIFEST).exists(), 180, "the run to progress")
-            workers = children(launcher.pid)
-            assert len(workers) == 2, workers
-            for pid in workers:
-                os.kill(pid, signal.SIGKILL)
-            assert launcher.wait(timeout=60) != 0
+    with (
+        open(tmp_path / "killed.txt", "w") as log,
+        reaped(torchrun(2, tiny_argv(out, data_dir, ckpt_interval=1, **FLAGS), stdout=log, stderr=log)) as launcher,
+    ):
+        wait_for(lambda: logged_steps(out) >= STEPS // 3 and (out / MANIFEST).exists(), 180, "the run to progress")
+        workers = children(launcher.pid)
+        assert len(workers) == 2, workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        assert launcher.wait(timeout=60) != 0
     killed_at = load_checkpoint(out)["step"]
     assert 0 < killed_at < STEPS, (tmp_path / "killed.txt").read_text()[-3000:]
 
-    with open(tmp_path / "resumed.txt", "w") as log:
-        with reaped(torchrun(2, resume_argv(out), stdout=log, stderr=log)) as launcher:
-            assert launcher.wait(timeout=300) == 0, (tmp_path / "resumed.txt").read_text()[-3000:]
+    with (
+        open(tmp_path / "resumed.txt", "w") as log,
+        reaped(torchrun(2, resume_argv(out), stdout=log, stderr=log)) as launcher,
+    ):
+        assert launcher.wait(timeout=300) == 0, (tmp_path / "resumed.txt").read_text()[-3000:]
     assert numerics(read_log(out)) == numerics(read_log(reference))
     assert_states_equal(latest(out)["model"], latest(reference)["model"], "final parameters")

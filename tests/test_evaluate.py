@@ -170,8 +170,9 @@ def test_validation_loss_is_the_trainers_fixed_batch_loop():
             half += model(x, y)[1].double()
     assert validation_loss(model, tokens, block_size=T, batch_size=4, iters=3, rows=slice(2, None)) == (half / 3).item()
     seen = []
-    doubled = validation_loss(model, tokens, block_size=T, batch_size=4, iters=3,
-                              reduce=lambda t: seen.append(t.dtype) or t * 2)  # fmt: skip
+    doubled = validation_loss(
+        model, tokens, block_size=T, batch_size=4, iters=3, reduce=lambda t: seen.append(t.dtype) or t * 2
+    )
     assert seen == [torch.float64] and doubled == pytest.approx(2 * got, rel=1e-12)
 
 
@@ -181,8 +182,17 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     data = prepare(root / "data", source="embedded", tokenizer="bytes", progress=False)
     model = tiny("rope")
-    state = {"model": model.state_dict(), "optimizer": {}, "scaler": {}, "step": 6, "rng": {}, "stats": {},
-             "config": model.config.to_dict(), "train_config": {"dtype": "float32"}, "data": {"data_dir": str(data)}}  # fmt: skip
+    state = {
+        "model": model.state_dict(),
+        "optimizer": {},
+        "scaler": {},
+        "step": 6,
+        "rng": {},
+        "stats": {},
+        "config": model.config.to_dict(),
+        "train_config": {"dtype": "float32"},
+        "data": {"data_dir": str(data)},
+    }
     save_checkpoint(state, root / "run")
     return {"folder": root / "run", "data": data, "model": model}
 
@@ -192,11 +202,23 @@ def test_evaluate_checkpoint_evaluates_the_checkpoint_and_caches_it(run_dir):
 
     folder, model = run_dir["folder"], run_dir["model"]
     result = evaluate_checkpoint(folder, windows=2)
-    assert list(result) == ["settings", "block_size", "eval_tokens", "extrapolation", "per_position",
-                            "per_position_long", "per_position_long_width", "eval_time_s"]  # fmt: skip
+    assert list(result) == [
+        "settings",
+        "block_size",
+        "eval_tokens",
+        "extrapolation",
+        "per_position",
+        "per_position_long",
+        "per_position_long_width",
+        "eval_time_s",
+    ]
     manifest = json.loads((folder / "checkpoints.json").read_text())
-    assert result["settings"] == {"eval_windows": 2, "multipliers": [1, 2, 4, 8], "buckets": 64,
-                                  "checkpoint_sha256": manifest["sha256"]}  # fmt: skip
+    assert result["settings"] == {
+        "eval_windows": 2,
+        "multipliers": [1, 2, 4, 8],
+        "buckets": 64,
+        "checkpoint_sha256": manifest["sha256"],
+    }
     val = load_split(run_dir["data"], "val")
     direct = length_extrapolation(model, val, block_size=T, windows=2, multipliers=(1, 2, 4, 8))
     assert {k: result[k] for k in direct} == direct

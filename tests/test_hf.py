@@ -21,9 +21,18 @@ TOL = dict(rtol=0.0, atol=1e-5)
 def hf_model():
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=97, n_positions=24, n_embd=32, n_layer=3, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2, bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
+        vocab_size=97,
+        n_positions=24,
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # HF zero-initialises biases and sets unit LayerNorms: perturb them so each is tested
         for name, p in model.named_parameters():
@@ -93,9 +102,15 @@ def test_non_gpt2_state_dict_is_refused() -> None:
 
 def test_unsupported_activation_is_refused() -> None:
     config = transformers.GPT2Config(
-        vocab_size=10, n_positions=8, n_embd=8, n_layer=1, n_head=2, activation_function="relu",
-        bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
+        vocab_size=10,
+        n_positions=8,
+        n_embd=8,
+        n_layer=1,
+        n_head=2,
+        activation_function="relu",
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     with pytest.raises(ValueError, match="'relu'"):
         GPT.from_hf(transformers.GPT2LMHeadModel(config))
 
@@ -132,14 +147,27 @@ def test_reorder_and_upcast_attn_is_accepted_and_matches(hf_model) -> None:
 
 # -- Llama family: Llama, Qwen2, Mistral -----------------------------------------------------------
 
-LLAMA_BASE = dict(vocab_size=101, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+LLAMA_BASE = dict(
+    vocab_size=101,
+    hidden_size=32,
+    intermediate_size=72,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32,
+)
 SCHEDULES = {
     "default": None,
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8, "rope_theta": 500000.0},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8,
+        "rope_theta": 500000.0,
+    },
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8, "rope_theta": 10000.0},
-}  # fmt: skip
+}
 FAMILIES = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
@@ -205,27 +233,63 @@ def test_llama_family_configs_it_cannot_reproduce_are_refused(family, overrides,
 
 def test_an_unsupported_model_type_is_refused() -> None:
     torch.manual_seed(0)
-    hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
-                                                                  num_attention_heads=4, intermediate_size=64))  # fmt: skip
+    hf = transformers.GPTNeoXForCausalLM(
+        transformers.GPTNeoXConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+        )
+    )
     with pytest.raises(ValueError, match="model_type='gpt_neox'"):
         GPT.from_hf(hf)
 
 
 # -- DeepSeek-V3 (dense layers, multi-head latent attention) ---------------------------------------
 
-DEEPSEEK_BASE = dict(vocab_size=101, hidden_size=32, intermediate_size=72, moe_intermediate_size=16, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
-                     qk_nope_head_dim=8, v_head_dim=8, first_k_dense_replace=2, n_routed_experts=4, n_shared_experts=1,
-                     num_experts_per_tok=2, n_group=1, topk_group=1, max_position_embeddings=32)  # fmt: skip
+DEEPSEEK_BASE = dict(
+    vocab_size=101,
+    hidden_size=32,
+    intermediate_size=72,
+    moe_intermediate_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    kv_lora_rank=16,
+    q_lora_rank=None,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=8,
+    first_k_dense_replace=2,
+    n_routed_experts=4,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    n_group=1,
+    topk_group=1,
+    max_position_embeddings=32,
+)
 DEEPSEEK_CASES = {
     "default": {},
     "q_lora": {"q_lora_rank": 12},
     "interleave": {"rope_interleave": True},
-    "yarn": {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
-                                 "rope_theta": 10000.0, "mscale": 1.0, "mscale_all_dim": 1.0}},
-    "yarn_q_lora": {"q_lora_rank": 12, "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "mscale": 0.707,
-                                                            "original_max_position_embeddings": 8, "mscale_all_dim": 0.707}},
-}  # fmt: skip
+    "yarn": {
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+            "rope_theta": 10000.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        }
+    },
+    "yarn_q_lora": {
+        "q_lora_rank": 12,
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "mscale": 0.707,
+            "original_max_position_embeddings": 8,
+            "mscale_all_dim": 0.707,
+        },
+    },
+}
 
 
 def hf_deepseek(**overrides):
@@ -244,8 +308,10 @@ def test_deepseek_v3_logits_and_greedy_generation_match(case) -> None:
         got, _ = ours(idx)
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-4)
     prompt = idx[:1, :5]
-    assert torch.equal(ours.generate(prompt, 16, temperature=0),
-                       hf.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0))  # fmt: skip
+    assert torch.equal(
+        ours.generate(prompt, 16, temperature=0),
+        hf.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0),
+    )
 
 
 def test_deepseek_v3_with_moe_layers_is_refused() -> None:

@@ -36,37 +36,87 @@ MALFORMED = {
     "float-ids": ("rope", dict(idx=ids(B, T).float()), TypeError, ("idx", "torch.float32")),
     "bool-ids": ("rope", dict(idx=ids(B, T) > 3), TypeError, ("idx", "torch.bool")),
     "ids-not-a-tensor": ("rope", dict(idx=[[1, 2, 3]]), TypeError, ("idx", "list")),
-    "id-equal-to-vocab": ("rope", dict(idx=with_value(ids(B, T), (1, 2), V)), ValueError, ("vocab_size=256", "max 256")),
-    "id-far-above-vocab": ("alibi", dict(idx=with_value(ids(B, T), (0, 0), 70000)), ValueError, ("vocab_size", "70000")),
+    "id-equal-to-vocab": (
+        "rope",
+        dict(idx=with_value(ids(B, T), (1, 2), V)),
+        ValueError,
+        ("vocab_size=256", "max 256"),
+    ),
+    "id-far-above-vocab": (
+        "alibi",
+        dict(idx=with_value(ids(B, T), (0, 0), 70000)),
+        ValueError,
+        ("vocab_size", "70000"),
+    ),
     "negative-id": ("rope", dict(idx=with_value(ids(B, T), (0, 3), -1)), ValueError, ("token ids", "min -1")),
     "one-dimensional-ids": ("rope", dict(idx=ids(T)), ValueError, ("(B, T)", "(6,)")),
     "three-dimensional-ids": ("rope", dict(idx=ids(B, T, 1)), ValueError, ("(B, T)", "(2, 6, 1)")),
     "empty-batch": ("rope", dict(idx=ids(0, T)), ValueError, ("B > 0", "(0, 6)")),
     "empty-sequence": ("absolute", dict(idx=ids(B, 0)), ValueError, ("T > 0", "(2, 0)")),
-    "targets-wrong-shape": ("rope", dict(idx=ids(B, T), targets=ids(B, T - 1)), ValueError, ("targets", "(2, 5)", "(2, 6)")),
+    "targets-wrong-shape": (
+        "rope",
+        dict(idx=ids(B, T), targets=ids(B, T - 1)),
+        ValueError,
+        ("targets", "(2, 5)", "(2, 6)"),
+    ),
     "targets-flattened": ("rope", dict(idx=ids(B, T), targets=ids(B * T)), ValueError, ("targets", "(12,)")),
     "targets-float": ("rope", dict(idx=ids(B, T), targets=ids(B, T).float()), TypeError, ("targets", "torch.float32")),
     "target-equal-to-vocab": (
-        "rope", dict(idx=ids(B, T), targets=with_value(ids(B, T), (0, 1), V)), ValueError, ("targets", "max 256"),
+        "rope",
+        dict(idx=ids(B, T), targets=with_value(ids(B, T), (0, 1), V)),
+        ValueError,
+        ("targets", "max 256"),
     ),
     "target-below-ignore-index": (
-        "rope", dict(idx=ids(B, T), targets=with_value(ids(B, T), (0, 1), -2)), ValueError, ("targets", "min -2"),
+        "rope",
+        dict(idx=ids(B, T), targets=with_value(ids(B, T), (0, 1), -2)),
+        ValueError,
+        ("targets", "min -2"),
     ),
     "positions-beyond-table": (
-        "absolute", dict(idx=ids(B, T), positions=torch.arange(T) + 30), ValueError, ("positions", "35", "32"),
+        "absolute",
+        dict(idx=ids(B, T), positions=torch.arange(T) + 30),
+        ValueError,
+        ("positions", "35", "32"),
     ),
     "negative-positions": ("rope", dict(idx=ids(B, T), positions=torch.arange(T) - 3), ValueError, ("positions", "-3")),
-    "negative-positions-alibi": ("alibi", dict(idx=ids(B, T), positions=torch.arange(T) - 1), ValueError, ("positions", "-1")),
-    "positions-wrong-length": ("rope", dict(idx=ids(B, T), positions=torch.arange(T + 1)), ValueError, ("positions", "(7,)")),
-    "positions-wrong-batch": ("rope", dict(idx=ids(B, T), positions=torch.arange(T).expand(3, T)), ValueError, ("positions", "(3, 6)")),
-    "positions-3d": ("rope", dict(idx=ids(B, T), positions=torch.arange(T).view(1, 1, T)), ValueError, ("positions", "(1, 1, 6)")),
-    "positions-float": ("rope", dict(idx=ids(B, T), positions=torch.arange(T).float()), TypeError, ("positions", "torch.float32")),
+    "negative-positions-alibi": (
+        "alibi",
+        dict(idx=ids(B, T), positions=torch.arange(T) - 1),
+        ValueError,
+        ("positions", "-1"),
+    ),
+    "positions-wrong-length": (
+        "rope",
+        dict(idx=ids(B, T), positions=torch.arange(T + 1)),
+        ValueError,
+        ("positions", "(7,)"),
+    ),
+    "positions-wrong-batch": (
+        "rope",
+        dict(idx=ids(B, T), positions=torch.arange(T).expand(3, T)),
+        ValueError,
+        ("positions", "(3, 6)"),
+    ),
+    "positions-3d": (
+        "rope",
+        dict(idx=ids(B, T), positions=torch.arange(T).view(1, 1, T)),
+        ValueError,
+        ("positions", "(1, 1, 6)"),
+    ),
+    "positions-float": (
+        "rope",
+        dict(idx=ids(B, T), positions=torch.arange(T).float()),
+        TypeError,
+        ("positions", "torch.float32"),
+    ),
 }
 
 
-
 @pytest.mark.parametrize("pe, kwargs, error, needles", list(MALFORMED.values()), ids=list(MALFORMED))
-def test_malformed_input_raises_a_named_error(models, pe: str, kwargs: dict, error: type[Exception], needles: tuple) -> None:
+def test_malformed_input_raises_a_named_error(
+    models, pe: str, kwargs: dict, error: type[Exception], needles: tuple
+) -> None:
     with pytest.raises(error) as info:
         models[pe](**kwargs)
     for needle in needles:

@@ -22,7 +22,7 @@ def temp_files(folder: Path) -> list[str]:
     "data, expected",
     [
         (b"\x00\xffbinary", b"\x00\xffbinary"),
-        ("Ünïcödé 🙂\n", "Ünïcödé 🙂\n".encode("utf-8")),
+        ("Ünïcödé 🙂\n", "Ünïcödé 🙂\n".encode()),
         (lambda f: (f.write(b"piece one, "), f.write(b"piece two")), b"piece one, piece two"),
     ],
     ids=["bytes", "str", "callable"],

@@ -116,7 +116,9 @@ def test_control_low_precision_angles_exceed_the_bound(config_and_reference, con
 
 
 @pytest.mark.parametrize(
-    "layout, cast", [("half", lambda m: m.to(torch.bfloat16)), ("interleaved", lambda m: m.half())], ids=["to-bf16", "half"]
+    "layout, cast",
+    [("half", lambda m: m.to(torch.bfloat16)), ("interleaved", lambda m: m.half())],
+    ids=["to-bf16", "half"],
 )
 def test_tiny_gpt_with_rope_keeps_float32_tables_after_cast(layout, cast):
     config = GPTConfig.from_preset("tiny", pe="rope", rope_layout=layout)

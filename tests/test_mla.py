@@ -134,8 +134,18 @@ def test_refusals():
 
 def test_encoding_dims_is_the_rotary_part():
     dims = ModelDims(n_embd=256, n_head=4, block_size=128)
-    assert MultiHeadLatentAttention.encoding_dims(dims, kv_lora_rank=None, q_lora_rank=None, qk_rope_head_dim=None,
-                                                  qk_nope_head_dim=None, v_head_dim=None, rope_interleave=False).head_dim == 32  # fmt: skip
+    assert (
+        MultiHeadLatentAttention.encoding_dims(
+            dims,
+            kv_lora_rank=None,
+            q_lora_rank=None,
+            qk_rope_head_dim=None,
+            qk_nope_head_dim=None,
+            v_head_dim=None,
+            rope_interleave=False,
+        ).head_dim
+        == 32
+    )
     assert MultiHeadLatentAttention.encoding_dims(dims, qk_rope_head_dim=16).head_dim == 16
 
 
@@ -326,9 +336,15 @@ def test_gradients_reach_every_parameter():
 # Hugging Face parity
 
 YARN = {
-    "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
-    "mscale": 0.9, "mscale_all_dim": 0.8, "beta_fast": 32.0, "beta_slow": 1.0,
-}  # fmt: skip
+    "rope_type": "yarn",
+    "rope_theta": 10000.0,
+    "factor": 4.0,
+    "original_max_position_embeddings": 16,
+    "mscale": 0.9,
+    "mscale_all_dim": 0.8,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+}
 DEFAULT = {"rope_type": "default", "rope_theta": 10000.0}
 
 
@@ -337,11 +353,25 @@ def hf_pair(*, q_lora_rank, rope_interleave, rope_parameters, attention_bias=Fal
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention, DeepseekV3RotaryEmbedding
 
     config = transformers.DeepseekV3Config(
-        vocab_size=32, hidden_size=C, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=1,
-        num_attention_heads=NH, num_key_value_heads=NH, q_lora_rank=q_lora_rank, rope_interleave=rope_interleave,
-        max_position_embeddings=64, rope_parameters=dict(rope_parameters), first_k_dense_replace=1,
-        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, attention_bias=attention_bias, **DIMS,
-    )  # fmt: skip
+        vocab_size=32,
+        hidden_size=C,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=NH,
+        num_key_value_heads=NH,
+        q_lora_rank=q_lora_rank,
+        rope_interleave=rope_interleave,
+        max_position_embeddings=64,
+        rope_parameters=dict(rope_parameters),
+        first_k_dense_replace=1,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        attention_bias=attention_bias,
+        **DIMS,
+    )
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     hf = DeepseekV3Attention(config, layer_idx=0).eval()
@@ -364,8 +394,9 @@ def hf_forward(hf, rotary, x):
 @pytest.mark.parametrize("q_lora_rank", [None, 20])
 @pytest.mark.parametrize("rope_interleave", [False, True])
 def test_matches_hugging_face(rope, q_lora_rank, rope_interleave):
-    hf, rotary, ours = hf_pair(q_lora_rank=q_lora_rank, rope_interleave=rope_interleave,
-                               rope_parameters=YARN if rope == "yarn" else DEFAULT)  # fmt: skip
+    hf, rotary, ours = hf_pair(
+        q_lora_rank=q_lora_rank, rope_interleave=rope_interleave, rope_parameters=YARN if rope == "yarn" else DEFAULT
+    )
     assert ours.softmax_scale == pytest.approx(hf.scaling, rel=1e-12)
     if rope == "yarn":
         assert ours.pe.attention_factor == pytest.approx(rotary.attention_scaling, rel=1e-6)
@@ -407,8 +438,18 @@ def _tiny_model(**fields):
     from posenc.config import GPTConfig
     from posenc.model import GPT
 
-    config = GPTConfig(n_layer=2, n_head=NH, n_embd=C, block_size=16, vocab_size=16, dropout=0.0, bias=False,
-                       attention="mla", pe="rope", **fields)  # fmt: skip
+    config = GPTConfig(
+        n_layer=2,
+        n_head=NH,
+        n_embd=C,
+        block_size=16,
+        vocab_size=16,
+        dropout=0.0,
+        bias=False,
+        attention="mla",
+        pe="rope",
+        **fields,
+    )
     torch.manual_seed(0)
     return GPT(config)
 

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from posenc import ENCODINGS, VARIANTS, ALiBi, GPT, GPTConfig, NoPE, RNoPEBlock, RotaryEmbedding
+from posenc import ENCODINGS, GPT, VARIANTS, ALiBi, GPTConfig, NoPE, RNoPEBlock, RotaryEmbedding
 
 CLOSE = dict(rtol=0.0, atol=1e-10)
 
@@ -111,7 +111,9 @@ def test_kv_cached_forward_with_a_sliding_window(variant: str) -> None:
     # explicit per-layer windows put a window on every layer, whatever the encoding acts on
     v = VARIANTS[variant]
     torch.manual_seed(0)
-    config = GPTConfig.from_preset("tiny", input_pe=v.input_pe, layer_pe=v.layer_pe, layer_window=(3,), qk_norm=v.qk_norm)
+    config = GPTConfig.from_preset(
+        "tiny", input_pe=v.input_pe, layer_pe=v.layer_pe, layer_window=(3,), qk_norm=v.qk_norm
+    )
     model = GPT(config).double().eval()
     assert all(b.attn.window == 3 for b in model.blocks)
     idx = tokens(1, 10)
@@ -311,12 +313,21 @@ SCHEDULES = {
     "linear": {"rope_type": "linear", "factor": 2.0},
     "dynamic": {"rope_type": "dynamic", "factor": 2.0, "max_position_embeddings": 8},
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8},
-    "longrope": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.0 + i / 4 for i in range(8)],
-                 "original_max_position_embeddings": 8},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0},
+    "longrope": {
+        "rope_type": "longrope",
+        "short_factor": [1.0] * 8,
+        "long_factor": [1.0 + i / 4 for i in range(8)],
+        "original_max_position_embeddings": 8,
+    },
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "original_max_position_embeddings": 8,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+    },
     "proportional": {"rope_type": "proportional", "partial_rotary_factor": 0.5},
-}  # fmt: skip
+}
 
 
 @torch.no_grad()
@@ -333,7 +344,9 @@ def test_every_rope_schedule_decodes_with_the_cache_as_the_uncached_forward(sche
         alone, _ = model(idx[:, : i + 1])
         torch.testing.assert_close(step[:, -1], alone[:, -1], rtol=0, atol=1e-4)
     prompt = idx[:, :3]
-    assert torch.equal(model.generate(prompt, 20, temperature=0), model.generate(prompt, 20, temperature=0, use_cache=False))
+    assert torch.equal(
+        model.generate(prompt, 20, temperature=0), model.generate(prompt, 20, temperature=0, use_cache=False)
+    )
 
 
 @torch.no_grad()

@@ -24,14 +24,23 @@ import time
 import pytest
 import torch
 from _train_helpers import (
-    FAULTY_SCRIPT, assert_states_equal, env, free_port, latest, logged_steps, read_log, resume_argv, run_script, tiny_argv, train, train_losses,
-)  # fmt: skip
-
+    FAULTY_SCRIPT,
+    assert_states_equal,
+    env,
+    free_port,
+    latest,
+    logged_steps,
+    read_log,
+    resume_argv,
+    run_script,
+    tiny_argv,
+    train,
+    train_losses,
+)
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from posenc.checkpoint import load_checkpoint
 from posenc.train import TrainConfig, get_lr
-
 
 
 class StepCounter:
@@ -58,8 +67,9 @@ def test_fp16_inf_gradient_skips_the_step_halves_the_scale_and_training_goes_on(
     out = tmp_path / "run"
     # checkpoints keep the newest two: stopping after step SKIP_AT leaves exactly the states
     # before (ckpt SKIP_AT) and after (ckpt SKIP_AT + 1) the skipped step
-    argv = tiny_argv(out, data_dir, pe="rope", dtype="float16", max_iters=12, ckpt_interval=1, stop_at=SKIP_AT + 1,
-                     dropout=0.1)  # fmt: skip
+    argv = tiny_argv(
+        out, data_dir, pe="rope", dtype="float16", max_iters=12, ckpt_interval=1, stop_at=SKIP_AT + 1, dropout=0.1
+    )
     with StepCounter() as counter:
         assert train(argv, faults=f"inf-grad@{SKIP_AT}") == 0
     before = load_checkpoint(out / f"ckpt-{SKIP_AT:07d}.pt")
@@ -122,8 +132,12 @@ def test_non_finite_loss_exits_3_with_one_line_in_a_fresh_interpreter(data_dir, 
     assert lines[0].startswith(f"error: step {FAULT_AT}: "), lines[0]
 
 
-@pytest.mark.parametrize("inf_steps, limit, stops_at", [("3,4,5", 2, 5), ("3,4", 2, None), ("2,3", 1, 3), ("2,4,6", 1, None)])
-def test_too_many_consecutive_fp16_skips_stop_the_run(inf_steps, limit, stops_at, data_dir, tmp_path, capsys, one_thread):
+@pytest.mark.parametrize(
+    "inf_steps, limit, stops_at", [("3,4,5", 2, 5), ("3,4", 2, None), ("2,3", 1, 3), ("2,4,6", 1, None)]
+)
+def test_too_many_consecutive_fp16_skips_stop_the_run(
+    inf_steps, limit, stops_at, data_dir, tmp_path, capsys, one_thread
+):
     out = tmp_path / "run"
     argv = tiny_argv(out, data_dir, pe="rope", dtype="float16", max_iters=8, max_skipped_steps=limit)
     rc = train(argv, faults=f"inf-grad@{inf_steps}")
@@ -146,10 +160,20 @@ def test_nan_on_rank_0_stops_both_ddp_ranks(data_dir, tmp_path):
     argv = [f"nan-loss@{FAULT_AT}", *tiny_argv(out, data_dir, pe="rope", max_iters=50)]
     procs, logs = [], []
     for rank in range(2):
-        logs.append(open(tmp_path / f"rank{rank}.txt", "w+"))
-        rank_env = env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, str(FAULTY_SCRIPT), *argv], env=rank_env, stdout=logs[rank], stderr=logs[rank]))
+        logs.append(open(tmp_path / f"rank{rank}.txt", "w+"))  # noqa: SIM115 -- closed in the finally below
+        rank_env = env(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(FAULTY_SCRIPT), *argv], env=rank_env, stdout=logs[rank], stderr=logs[rank]
+            )
+        )
     try:
         deadline = time.monotonic() + 180  # start-up of two interpreters on 2 busy cores
         while logged_steps(out) < FAULT_AT and time.monotonic() < deadline and all(p.poll() is None for p in procs):

@@ -207,11 +207,21 @@ def test_one_seed_and_missing_variants():
         def one(x: float) -> dict:
             return {"mean": x, "std": None, "n": 1}
 
-        return {"val_loss": one(mean), "tokens": 1000, "params": 2e6, "extrapolation": {"1": one(mean), "2": None},
-                "early_loss": one(2.0), "late_loss": one(late)}  # fmt: skip
+        return {
+            "val_loss": one(mean),
+            "tokens": 1000,
+            "params": 2e6,
+            "extrapolation": {"1": one(mean), "2": None},
+            "early_loss": one(2.0),
+            "late_loss": one(late),
+        }
 
-    r = {"seeds": [0], "block_size": 16, "comparisons": [],
-         "aggregate": {"absolute": agg(2.0, 1.0), "alibi": agg(1.5, 3.0)}}  # fmt: skip
+    r = {
+        "seeds": [0],
+        "block_size": 16,
+        "comparisons": [],
+        "aggregate": {"absolute": agg(2.0, 1.0), "alibi": agg(1.5, 3.0)},
+    }
     lines = discussion(r)
     assert lines[0] == claims.seed_spread(r) and "One seed per variant" in lines[0]
     assert claims.pair_verdict(r, "rope", "nope") is None and claims.beyond_context(r) is None

@@ -27,12 +27,24 @@ import time
 import pytest
 import torch
 from _train_helpers import (
-    SCRIPT, assert_states_equal, env, fork_train, latest, logged_steps, numerics, read_log, resume_argv, tiny_argv, train, train_losses, wait_for, wait_pid,
-)  # fmt: skip
+    SCRIPT,
+    assert_states_equal,
+    env,
+    fork_train,
+    latest,
+    logged_steps,
+    numerics,
+    read_log,
+    resume_argv,
+    tiny_argv,
+    train,
+    train_losses,
+    wait_for,
+    wait_pid,
+)
 
 from posenc import VARIANTS
 from posenc.checkpoint import save_checkpoint
-
 
 N = 40
 KS = (1, 7, 39)
@@ -126,14 +138,14 @@ def test_sigterm_and_sigint_stop_at_a_step_boundary_with_a_checkpoint(data_dir, 
         args = argv if trial == 0 else resume_argv(out)
         start = logged_steps(out) if trial else 0
         if trial in FRESH_INTERPRETER_TRIALS:
-            log = open(tmp_path / f"trial-{trial}.txt", "w")
+            log = open(tmp_path / f"trial-{trial}.txt", "w")  # noqa: SIM115 -- the child writes it until it exits
             proc = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], env=env(), stdout=log, stderr=log)
             pid = proc.pid
         else:
             pid = fork_train(args, tmp_path / f"trial-{trial}.txt")
         try:
             # signal only once training runs (before that the interpreter's default handler applies)
-            wait_for(lambda: logged_steps(out) > start, 60, f"trial {trial}: training to start")
+            wait_for(lambda: logged_steps(out) > start, 60, f"trial {trial}: training to start")  # noqa: B023
             time.sleep(rnd.uniform(0, 0.08))
             before = logged_steps(out)
             os.kill(pid, sig)

@@ -297,8 +297,12 @@ def test_matches_paper_per_pair_rotation(data, setup, seed):
     q, k = randn((2, B, nh, T, head_dim), seed)
     rq, rk = rope(q, k, positions)
     ref_pos = torch.arange(T) if positions is None else positions
-    torch.testing.assert_close(rq, paper_rotation(q, ref_pos, rotary_dim, base, layout), rtol=0, atol=rope_atol(q, max_pos))
-    torch.testing.assert_close(rk, paper_rotation(k, ref_pos, rotary_dim, base, layout), rtol=0, atol=rope_atol(k, max_pos))
+    torch.testing.assert_close(
+        rq, paper_rotation(q, ref_pos, rotary_dim, base, layout), rtol=0, atol=rope_atol(q, max_pos)
+    )
+    torch.testing.assert_close(
+        rk, paper_rotation(k, ref_pos, rotary_dim, base, layout), rtol=0, atol=rope_atol(k, max_pos)
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -261,16 +261,12 @@ SEQ_LENS = [None, 1, 4096, 4097, 8192, 32769, 200_000, 1_000_001]
 
 
 def hf_inv_freq(config, layer_type, seq_len):
-    params = (
-        config.rope_parameters[layer_type] if layer_type else config.rope_parameters
-    )
+    params = config.rope_parameters[layer_type] if layer_type else config.rope_parameters
     rope_type = params["rope_type"]
     if rope_type == "default":
         head_dim = config.head_dim
         base = params["rope_theta"]
-        return 1.0 / (
-            base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)
-        ), 1.0
+        return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)), 1.0
     kwargs = {"layer_type": layer_type} if layer_type else {}
     return ROPE_INIT_FUNCTIONS[rope_type](config, None, seq_len=seq_len, **kwargs)
 
@@ -279,9 +275,7 @@ def test_every_hugging_face_type_is_covered():
     # the installed transformers has every type posenc implements, so none is tested by formula alone
     assert set(ROPE_SCALINGS) - {"default"} <= set(ROPE_INIT_FUNCTIONS)
     types = {
-        hf_configs()[n][0].rope_parameters.get(
-            hf_configs()[n][1], hf_configs()[n][0].rope_parameters
-        )["rope_type"]
+        hf_configs()[n][0].rope_parameters.get(hf_configs()[n][1], hf_configs()[n][0].rope_parameters)["rope_type"]
         for n in HF_CASES
     }
     assert types == set(ROPE_SCALINGS)
@@ -299,9 +293,7 @@ def test_frequencies_and_attention_factor_match_hugging_face(name, seq_len):
     assert rope.attention_factor == pytest.approx(float(hf_factor), rel=1e-6)
     # the same from the config.json-style dict
     again = RotaryEmbedding.from_hf_config(config.to_dict(), layer_type, cache_len=0)
-    if (
-        name != "gemma4-global"
-    ):  # its per-layer head_dim lives on the config object only
+    if name != "gemma4-global":  # its per-layer head_dim lives on the config object only
         torch.testing.assert_close(again.frequencies(seq_len), ours, rtol=0, atol=0)
 
 
@@ -311,9 +303,7 @@ def test_length_dependent_schedules_really_change_with_the_length():
         assert rope.length_dependent
         assert torch.equal(rope.frequencies(short_len), rope.frequencies(None))
         assert not torch.equal(rope.frequencies(short_len + 1), rope.frequencies(None))
-        assert (
-            rope.frequencies(2 * short_len) - rope.frequencies(None)
-        ).abs().max() > 1e-3
+        assert (rope.frequencies(2 * short_len) - rope.frequencies(None)).abs().max() > 1e-3
     static = RotaryEmbedding.from_hf_config(hf_configs()["llama3.1-8b"][0], cache_len=0)
     assert not static.length_dependent
 
@@ -336,9 +326,7 @@ def test_phi3_v4_config_json_reads_top_level_original_length():
     config = hf_configs()["phi3.5-mini"][0]
     for seq_len in (None, 4097):
         hf, factor = ROPE_INIT_FUNCTIONS["longrope"](config, None, seq_len=seq_len)
-        torch.testing.assert_close(
-            rope.frequencies(seq_len), hf.double(), rtol=1e-6, atol=0
-        )
+        torch.testing.assert_close(rope.frequencies(seq_len), hf.double(), rtol=1e-6, atol=0)
         assert rope.attention_factor == pytest.approx(factor, rel=1e-6) and factor > 1.1
 
 
@@ -350,16 +338,12 @@ def test_per_layer_configs_need_a_layer_type():
         RotaryEmbedding.from_hf_config(config, "chunked")
 
 
-@pytest.mark.parametrize(
-    "name", ["qwen2.5-7b-yarn", "phi3.5-mini", "llama3.1-8b", "gemma4-global"]
-)
+@pytest.mark.parametrize("name", ["qwen2.5-7b-yarn", "phi3.5-mini", "llama3.1-8b", "gemma4-global"])
 def test_tables_match_hugging_face_rotary_module_with_attention_factor(name):
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     config, layer_type = hf_configs()[name]
-    positions = torch.arange(0, 4000, 7)[
-        None
-    ]  # (1, T): small enough for float32 angles
+    positions = torch.arange(0, 4000, 7)[None]  # (1, T): small enough for float32 angles
     rope = RotaryEmbedding.from_hf_config(config, layer_type, cache_len=0)
     if layer_type is None:
         hf_cos, hf_sin = LlamaRotaryEmbedding(config)(torch.zeros(1), positions)
@@ -381,11 +365,7 @@ def test_tables_match_hugging_face_rotary_module_with_attention_factor(name):
 
 def pairs(rotary_dim: int, layout: str) -> list[tuple[int, int]]:
     h = rotary_dim // 2
-    return (
-        [(i, i + h) for i in range(h)]
-        if layout == "half"
-        else [(2 * i, 2 * i + 1) for i in range(h)]
-    )
+    return [(i, i + h) for i in range(h)] if layout == "half" else [(2 * i, 2 * i + 1) for i in range(h)]
 
 
 def rotate64(
@@ -475,9 +455,7 @@ far_positions = torch.cat(
 
 
 def unit_inputs(T: int, head_dim: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(
-        2, 2, T, head_dim, generator=torch.Generator().manual_seed(seed)
-    )  # (B, nh, T, hs) float32
+    return torch.randn(2, 2, T, head_dim, generator=torch.Generator().manual_seed(seed))  # (B, nh, T, hs) float32
 
 
 def max_error(
@@ -487,9 +465,7 @@ def max_error(
     positions: torch.Tensor,
     seq_len: int,
 ) -> float:
-    ref = rotate64(
-        x, positions, rope.frequencies(seq_len), rope.attention_factor, rope.layout
-    )
+    ref = rotate64(x, positions, rope.frequencies(seq_len), rope.attention_factor, rope.layout)
     return float((out.double() - ref).abs().max())
 
 
@@ -505,9 +481,7 @@ MODES = {
 @pytest.mark.parametrize("name", PRECISION)
 def test_rotation_within_1e_5_of_float64_up_to_a_million(name, layout, mode):
     head_dim, base, scaling = PRECISION[name]
-    rope = RotaryEmbedding(
-        head_dim, base=base, layout=layout, scaling=scaling, cache_len=64
-    )
+    rope = RotaryEmbedding(head_dim, base=base, layout=layout, scaling=scaling, cache_len=64)
     if MODES[mode] != "autocast":
         rope = MODES[mode](rope)
     q, k = (
@@ -533,20 +507,14 @@ def test_cached_tables_within_1e_5_of_float64_up_to_a_million(name):
             "long_factor": scaling["long_factor"][:4],
         }
     head_dim = 8
-    rope = RotaryEmbedding(
-        head_dim, base=base, scaling=scaling, cache_len=MAX_POS + 1
-    ).to(torch.bfloat16)
+    rope = RotaryEmbedding(head_dim, base=base, scaling=scaling, cache_len=MAX_POS + 1).to(torch.bfloat16)
     assert rope.cos_cached.dtype == torch.float32
-    x = torch.randn(
-        1, 1, MAX_POS + 1, head_dim, generator=torch.Generator().manual_seed(3)
-    )
+    x = torch.randn(1, 1, MAX_POS + 1, head_dim, generator=torch.Generator().manual_seed(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = rope.rotate_queries(x)
     rows = far_positions
     # a length-dependent schedule at T = 1e6 + 1 is past its short regime: computed, not cached
-    assert (
-        max_error(rope, x[..., rows, :], out[..., rows, :], rows, MAX_POS + 1) <= BOUND
-    )
+    assert max_error(rope, x[..., rows, :], out[..., rows, :], rows, MAX_POS + 1) <= BOUND
 
 
 def test_control_float32_angles_miss_the_bound():
@@ -564,11 +532,7 @@ def test_control_float32_angles_miss_the_bound():
 # properties
 
 
-STATIC = {
-    n: v
-    for n, v in PRECISION.items()
-    if v[2] is None or v[2]["rope_type"] not in LENGTH_DEPENDENT
-}
+STATIC = {n: v for n, v in PRECISION.items() if v[2] is None or v[2]["rope_type"] not in LENGTH_DEPENDENT}
 positions_st = st.integers(0, MAX_POS)
 
 
@@ -582,19 +546,12 @@ positions_st = st.integers(0, MAX_POS)
 )
 def test_dot_product_depends_only_on_relative_position(name, layout, m, n, s, seed):
     head_dim, base, scaling = STATIC[name]
-    rope = RotaryEmbedding(
-        head_dim, base=base, layout=layout, scaling=scaling, cache_len=0
-    )
+    rope = RotaryEmbedding(head_dim, base=base, layout=layout, scaling=scaling, cache_len=0)
     g = torch.Generator().manual_seed(seed)
     q, k = torch.randn(2, 1, 1, 1, head_dim, dtype=F64, generator=g)
 
     def dot(a: int, b: int) -> float:
-        return float(
-            (
-                rope.rotate_queries(q, torch.tensor([a]))
-                * rope.rotate_keys(k, torch.tensor([b]))
-            ).sum()
-        )
+        return float((rope.rotate_queries(q, torch.tensor([a])) * rope.rotate_keys(k, torch.tensor([b]))).sum())
 
     # each float32 table entry is within ~3e-7 of exact at any position (angles reduced in float64)
     tol = 4 * 1e-6 * rope.attention_factor**2 * float(q.norm() * k.norm())
@@ -642,16 +599,10 @@ def test_scaling_factor_one_is_no_scaling(rope_type, base, start, seq_len, seed)
     plain = RotaryEmbedding(16, base=base, cache_len=0)
     scaled = RotaryEmbedding(16, base=base, scaling=FACTOR_ONE[rope_type], cache_len=0)
     assert scaled.attention_factor == 1.0
-    torch.testing.assert_close(
-        scaled.frequencies(seq_len), plain.frequencies(), rtol=1e-15, atol=0
-    )
-    x = torch.randn(
-        1, 2, 4, 16, dtype=F64, generator=torch.Generator().manual_seed(seed)
-    )
+    torch.testing.assert_close(scaled.frequencies(seq_len), plain.frequencies(), rtol=1e-15, atol=0)
+    x = torch.randn(1, 2, 4, 16, dtype=F64, generator=torch.Generator().manual_seed(seed))
     pos = torch.arange(start, start + 4)
-    a = scaled(x, x, pos, seq_len=seq_len if seq_len and seq_len > start + 4 else None)[
-        0
-    ]
+    a = scaled(x, x, pos, seq_len=seq_len if seq_len and seq_len > start + 4 else None)[0]
     torch.testing.assert_close(a, plain(x, x, pos)[0], rtol=0, atol=1e-6)
 
 
@@ -665,9 +616,7 @@ def test_a_real_factor_is_not_the_identity():
         if rope_type == "proportional":
             params["partial_rotary_factor"] = 0.5
         scaled = RotaryEmbedding(16, scaling=params, cache_len=0)
-        assert (
-            (scaled.frequencies() - plain.frequencies()).abs() / plain.frequencies()
-        ).max() > 0.4, rope_type
+        assert ((scaled.frequencies() - plain.frequencies()).abs() / plain.frequencies()).max() > 0.4, rope_type
 
 
 # ---------------------------------------------------------------------------------------------
@@ -701,13 +650,9 @@ def test_rerotated_cache_equals_uncached_forward(name, layout):
     assert rope.length_dependent
     q, k = unit_inputs(24, 8, 1).double(), unit_inputs(24, 8, 2).double()
     stale = []
-    for S in range(
-        1, 25
-    ):  # decode step S: one new query, all S raw keys re-rotated with seq_len=S
+    for S in range(1, 25):  # decode step S: one new query, all S raw keys re-rotated with seq_len=S
         full_q, full_k = rope(q[..., :S, :], k[..., :S, :])
-        step_q = rope.rotate_queries(
-            q[..., S - 1 : S, :], torch.tensor([S - 1]), seq_len=S
-        )
+        step_q = rope.rotate_queries(q[..., S - 1 : S, :], torch.tensor([S - 1]), seq_len=S)
         step_k = rope.rotate_keys(k[..., :S, :], torch.arange(S), seq_len=S)
         torch.testing.assert_close(
             step_q @ step_k.transpose(-1, -2),
@@ -717,22 +662,11 @@ def test_rerotated_cache_equals_uncached_forward(name, layout):
         )
         # keys rotated once at their own step (a cache of rotated keys) give other scores
         old = torch.cat(
-            [
-                rope.rotate_keys(k[..., j : j + 1, :], torch.tensor([j]), seq_len=j + 1)
-                for j in range(S)
-            ],
+            [rope.rotate_keys(k[..., j : j + 1, :], torch.tensor([j]), seq_len=j + 1) for j in range(S)],
             -2,
         )
-        stale.append(
-            float(
-                (step_q @ old.transpose(-1, -2) - step_q @ step_k.transpose(-1, -2))
-                .abs()
-                .max()
-            )
-        )
-    if (
-        name != "xpos"
-    ):  # xPos's centre shift cancels in q.k; the schedules' frequency change does not
+        stale.append(float((step_q @ old.transpose(-1, -2) - step_q @ step_k.transpose(-1, -2)).abs().max()))
+    if name != "xpos":  # xPos's centre shift cancels in q.k; the schedules' frequency change does not
         assert max(stale) > 1e-3
 
 
@@ -740,9 +674,7 @@ def test_seq_len_defaults_to_largest_position_plus_one_and_refuses_less():
     rope = RotaryEmbedding(8, scaling=LENGTH_CASES["dynamic"], cache_len=4)
     x = unit_inputs(3, 8).double()
     pos = torch.tensor([[0, 1, 2], [30, 31, 32]])
-    torch.testing.assert_close(
-        rope(x, x, pos)[0], rope(x, x, pos, seq_len=33)[0], rtol=0, atol=0
-    )
+    torch.testing.assert_close(rope(x, x, pos)[0], rope(x, x, pos, seq_len=33)[0], rtol=0, atol=0)
     assert (rope(x, x, pos, seq_len=100)[0] - rope(x, x, pos)[0]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="seq_len=20"):
         rope(x, x, pos, seq_len=20)
@@ -763,9 +695,7 @@ def test_static_schedules_ignore_seq_len():
     [(16, 16, 512.0, 64), (12, 8, 16.0, 37), (8, 8, 4.0, 10)],
 )
 def test_xpos_matches_rotary_embedding_torch(head_dim, rotary_dim, scale_base, T):
-    reference = rotary_embedding_torch.RotaryEmbedding(
-        dim=rotary_dim, use_xpos=True, xpos_scale_base=scale_base
-    )
+    reference = rotary_embedding_torch.RotaryEmbedding(dim=rotary_dim, use_xpos=True, xpos_scale_base=scale_base)
     q, k = unit_inputs(T, head_dim, 1), unit_inputs(T, head_dim, 2)
     ref_q, ref_k = reference.rotate_queries_and_keys(q, k)
     rope = RotaryEmbedding(
@@ -779,15 +709,11 @@ def test_xpos_matches_rotary_embedding_torch(head_dim, rotary_dim, scale_base, T
     rq, rk = rope(q, k)
     torch.testing.assert_close(rq, ref_q, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rk, ref_k, rtol=1e-5, atol=1e-5)
-    plain_q = RotaryEmbedding(
-        head_dim, layout="interleaved", rotary_dim=rotary_dim, cache_len=T
-    )(q, k)[0]
+    plain_q = RotaryEmbedding(head_dim, layout="interleaved", rotary_dim=rotary_dim, cache_len=T)(q, k)[0]
     assert (plain_q - ref_q).abs().max() > 1e-2  # xPos really scales
 
 
-def p_rope_reference(
-    x: torch.Tensor, positions: torch.Tensor, p: float, base: float, rotary_dim: int
-) -> torch.Tensor:
+def p_rope_reference(x: torch.Tensor, positions: torch.Tensor, p: float, base: float, rotary_dim: int) -> torch.Tensor:
     """Barbero et al. 2024: g_i = base^(-2i/d) for i < floor(p d / 2), else 0; half layout, python floats."""
     out = x.double().clone()
     kept = math.floor(p * rotary_dim / 2)
@@ -806,14 +732,10 @@ def test_p_rope_matches_formula_and_proportional(p):
     pos = torch.tensor([0, 5, 77, 4096, 123_456, MAX_POS])
     rope = RotaryEmbedding(16, base=10000.0, p_rope=p, cache_len=0)
     out = rope(x, x, pos)[0]
-    torch.testing.assert_close(
-        out, p_rope_reference(x, pos, p, 10000.0, 16), rtol=0, atol=1e-6
-    )
+    torch.testing.assert_close(out, p_rope_reference(x, pos, p, 10000.0, 16), rtol=0, atol=1e-6)
     kept = int(p * 16 // 2)
     dropped = [c for i, pair in enumerate(pairs(16, "half")) if i >= kept for c in pair]
-    assert torch.equal(
-        out[..., dropped], x[..., dropped]
-    )  # the dropped pairs carry no position
+    assert torch.equal(out[..., dropped], x[..., dropped])  # the dropped pairs carry no position
     proportional = RotaryEmbedding(
         16,
         scaling={"rope_type": "proportional", "partial_rotary_factor": p},
@@ -821,9 +743,7 @@ def test_p_rope_matches_formula_and_proportional(p):
     )
     assert torch.equal(proportional.frequencies(), rope.frequencies())
     if p < 1:
-        assert not torch.allclose(
-            out, RotaryEmbedding(16, cache_len=0)(x, x, pos)[0], atol=1e-2
-        )
+        assert not torch.allclose(out, RotaryEmbedding(16, cache_len=0)(x, x, pos)[0], atol=1e-2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -980,9 +900,7 @@ def test_bad_scaling_dicts_raise_naming_key_and_value(params, key, value):
 
 
 def test_good_dicts_normalise_with_hugging_face_defaults():
-    out = validate_scaling(
-        {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
-    )
+    out = validate_scaling({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})
     assert out == {
         "rope_type": "yarn",
         "factor": 4.0,
@@ -1060,9 +978,7 @@ def test_wrong_types_raise_type_error():
 def test_partial_rotary_factor_sets_rotary_dim_and_build_forwards_options():
     from posenc.encodings.base import ModelDims
 
-    rope = RotaryEmbedding(
-        16, scaling={"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}
-    )
+    rope = RotaryEmbedding(16, scaling={"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5})
     assert rope.rotary_dim == 8
     built = RotaryEmbedding.build(
         ModelDims(n_embd=64, n_head=4, block_size=32),
@@ -1115,6 +1031,4 @@ def test_no_graph_break_when_T_changes(name, with_positions):
         positions = torch.arange(4090, 4090 + T) if with_positions else None
         explanation = torch._dynamo.explain(model)(q, k, positions)
         assert explanation.graph_break_count == 0, explanation.break_reasons
-        torch.testing.assert_close(
-            compiled(q, k, positions), model(q, k, positions), rtol=1e-5, atol=1e-6
-        )
+        torch.testing.assert_close(compiled(q, k, positions), model(q, k, positions), rtol=1e-5, atol=1e-6)

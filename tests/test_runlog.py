@@ -12,8 +12,20 @@ from posenc.train.runlog import RunLog, read_log, read_summary, write_summary
 
 
 def records(n: int, start: int = 0) -> list[dict]:
-    return [{"step": s, "kind": "train", "loss": 5.0 - 0.1 * s, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 10.0,
-             "loss_scale": 1.0, "tokens": s, "skipped": False} for s in range(start, n)]  # fmt: skip
+    return [
+        {
+            "step": s,
+            "kind": "train",
+            "loss": 5.0 - 0.1 * s,
+            "lr": 1e-3,
+            "grad_norm": 1.0,
+            "tokens_per_s": 10.0,
+            "loss_scale": 1.0,
+            "tokens": s,
+            "skipped": False,
+        }
+        for s in range(start, n)
+    ]
 
 
 def test_a_resumed_log_drops_what_came_after_the_checkpoint(tmp_path: Path) -> None:
@@ -50,6 +62,7 @@ def test_summary_round_trip_and_a_missing_one(tmp_path: Path) -> None:
 
 def test_tensorboard_receives_the_same_scalars(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing import event_accumulator as accumulator  # a dev dependency
+
     log = RunLog(tmp_path, start_step=0, sinks=("tensorboard",))
     written = records(5) + [{"step": 5, "kind": "eval", "val_loss": 4.2, "train_loss": 4.4, "tokens": 5, "time_s": 1.0}]
     for r in written:

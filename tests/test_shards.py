@@ -234,7 +234,9 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigkill_during_preparation_leaves_a_refused_folder_that_a_rerun_completes(tmp_path, jsonl, datasets_cache, monkeypatch):
+def test_sigkill_during_preparation_leaves_a_refused_folder_that_a_rerun_completes(
+    tmp_path, jsonl, datasets_cache, monkeypatch
+):
     hook = Interrupt()
     monkeypatch.setattr(shards, "_step_hook", hook)
     ref = prep(tmp_path / "ref", [jsonl])
@@ -245,8 +247,13 @@ def test_sigkill_during_preparation_leaves_a_refused_folder_that_a_rerun_complet
     env = dict(os.environ, HF_DATASETS_CACHE=str(datasets_cache))
     for at in points:
         folder = tmp_path / f"kill{at}"
-        proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(folder), str(jsonl), str(at)],
-                              env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", KILL_SCRIPT, str(folder), str(jsonl), str(at)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         assert list(folder.glob(".*.tmp")), "a SIGKILL leaves the temporary file"
         with pytest.raises(DataError, match="interrupted"):

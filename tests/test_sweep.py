@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from posenc import GPT, sweep as compare
+from posenc import GPT
+from posenc import sweep as compare
 from posenc.config import GPTConfig
 from posenc.data import prepare
 from posenc.report import LABELS
@@ -39,10 +40,28 @@ def swept(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("compare")
     data = prepare(root / "data", source="embedded", tokenizer="bytes", progress=False)
     out = root / "out"
-    argv = ["--preset", "test", "--jobs", "1", "--threads", "1", "--out", str(out), "--data-dir", str(data),
-            "--render", str(root / "docs" / "results.md")]  # fmt: skip
+    argv = [
+        "--preset",
+        "test",
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--render",
+        str(root / "docs" / "results.md"),
+    ]
     assert compare.run(argv) == 0
-    return {"root": root, "out": out, "data": data, "argv": argv, "results": json.loads((out / "results.json").read_text())}
+    return {
+        "root": root,
+        "out": out,
+        "data": data,
+        "argv": argv,
+        "results": json.loads((out / "results.json").read_text()),
+    }
 
 
 def test_every_variant_and_seed_ran_and_learned(swept):
@@ -151,8 +170,20 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(swept, one_thr
 
 
 def test_a_folder_trained_with_other_settings_is_refused(swept, capsys):
-    argv = ["--preset", "quick", "--variants", "rope", "--seeds", "0", "--jobs", "1", "--out", str(swept["out"]),
-            "--data-dir", str(swept["data"])]  # fmt: skip
+    argv = [
+        "--preset",
+        "quick",
+        "--variants",
+        "rope",
+        "--seeds",
+        "0",
+        "--jobs",
+        "1",
+        "--out",
+        str(swept["out"]),
+        "--data-dir",
+        str(swept["data"]),
+    ]
     assert compare.run(argv) == 2
     assert "trained with other settings" in capsys.readouterr().err
 
@@ -165,7 +196,18 @@ def test_from_needs_render():
 def test_the_example_script_renders_the_committed_results(tmp_path):
     """examples/compare.py is the same command: it renders docs/results/results.json into a page."""
     page = tmp_path / "results.md"
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "compare.py"), "--render", str(page), "--from",
-                          str(ROOT / "docs" / "results" / "results.json")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "compare.py"),
+            "--render",
+            str(page),
+            "--from",
+            str(ROOT / "docs" / "results" / "results.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| GPT ROPE |" in page.read_text() and (tmp_path / "results" / "extrapolation.png").stat().st_size > 1000

@@ -41,7 +41,11 @@ TRAIN_CONFIG_CASES: list[tuple[str, dict, tuple[str, ...]]] = [
     ("max_skipped_steps negative", dict(max_skipped_steps=-1), ("TrainConfig.max_skipped_steps", "-1")),
     ("seed negative", dict(seed=-1), ("TrainConfig.seed", "-1")),
     ("world_size zero", dict(world_size=0), ("TrainConfig.world_size", "got 0")),
-    ("batch not divisible by world size", dict(batch_size=5, world_size=2), ("TrainConfig.batch_size=5", "world size 2")),
+    (
+        "batch not divisible by world size",
+        dict(batch_size=5, world_size=2),
+        ("TrainConfig.batch_size=5", "world size 2"),
+    ),
     ("unknown dataset", dict(dataset="imagenet"), ("TrainConfig.dataset", "'imagenet'")),
     ("files without data_files", dict(dataset="files"), ("TrainConfig.data_files",)),
     ("unknown tokenizer", dict(tokenizer="sentencepiece"), ("TrainConfig.tokenizer", "'sentencepiece'")),
@@ -50,7 +54,11 @@ TRAIN_CONFIG_CASES: list[tuple[str, dict, tuple[str, ...]]] = [
     ("learning_rate negative", dict(learning_rate=-1e-3), ("TrainConfig.learning_rate", "-0.001")),
     ("learning_rate nan", dict(learning_rate=math.nan), ("TrainConfig.learning_rate", "nan")),
     ("learning_rate inf", dict(learning_rate=math.inf), ("TrainConfig.learning_rate", "inf")),
-    ("min_lr above learning_rate", dict(learning_rate=1e-3, min_lr=1e-2), ("TrainConfig.min_lr=0.01", "learning_rate=0.001")),
+    (
+        "min_lr above learning_rate",
+        dict(learning_rate=1e-3, min_lr=1e-2),
+        ("TrainConfig.min_lr=0.01", "learning_rate=0.001"),
+    ),
     ("weight_decay negative", dict(weight_decay=-0.1), ("TrainConfig.weight_decay", "-0.1")),
     ("beta1 one", dict(beta1=1.0), ("TrainConfig.beta1", "1.0")),
     ("beta2 negative", dict(beta2=-0.5), ("TrainConfig.beta2", "-0.5")),
@@ -61,8 +69,18 @@ TRAIN_CONFIG_CASES: list[tuple[str, dict, tuple[str, ...]]] = [
 # (id, function name, arguments, words the message must contain); devices are given by name
 RESOLVE_CASES: list[tuple[str, str, tuple, tuple[str, ...]]] = [
     ("dtype float64", "resolve_dtype", ("float64", "cpu"), ("TrainConfig.dtype", "'float64'")),
-    ("fp16 on a device without autocast", "resolve_dtype", ("float16", "meta"), ("TrainConfig.dtype='float16'", "meta")),
-    ("bf16 on a device without autocast", "resolve_dtype", ("bfloat16", "meta"), ("TrainConfig.dtype='bfloat16'", "meta")),
+    (
+        "fp16 on a device without autocast",
+        "resolve_dtype",
+        ("float16", "meta"),
+        ("TrainConfig.dtype='float16'", "meta"),
+    ),
+    (
+        "bf16 on a device without autocast",
+        "resolve_dtype",
+        ("bfloat16", "meta"),
+        ("TrainConfig.dtype='bfloat16'", "meta"),
+    ),
     ("device not a torch device", "resolve_device", ("gpu",), ("TrainConfig.device='gpu'",)),
     # refused with CUDA (no device 99) and without it (CUDA not available)
     ("device cuda index out of range", "resolve_device", ("cuda:99",), ("TrainConfig.device='cuda:99'",)),
@@ -85,8 +103,11 @@ SCRIPT_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("--resume with a flag", ["--resume", "--batch-size", "8"], ("--resume", "--batch-size")),
 ]
 
-ALL_CASES = ([("TrainConfig", *c) for c in TRAIN_CONFIG_CASES] + [("resolve", *c) for c in RESOLVE_CASES]
-             + [("script", *c) for c in SCRIPT_CASES])  # fmt: skip
+ALL_CASES = (
+    [("TrainConfig", *c) for c in TRAIN_CONFIG_CASES]
+    + [("resolve", *c) for c in RESOLVE_CASES]
+    + [("script", *c) for c in SCRIPT_CASES]
+)
 
 
 def _message_problem(message: str, needles: tuple[str, ...]) -> str | None:
@@ -122,8 +143,16 @@ def check(case: tuple, workdir: Path) -> str | None:
     sys.path.insert(0, str(HERE))
     from _train_helpers import train
 
-    argv = ["--preset", "tiny", "--no-progress", "--out-dir", str(workdir / "out"),
-            "--data-dir", str(workdir / "no-data"), *flags]  # fmt: skip
+    argv = [
+        "--preset",
+        "tiny",
+        "--no-progress",
+        "--out-dir",
+        str(workdir / "out"),
+        "--data-dir",
+        str(workdir / "no-data"),
+        *flags,
+    ]
     if "--device" not in flags:
         argv += ["--device", "cpu"]
     err = io.StringIO()
@@ -157,7 +186,7 @@ def test_defaults_and_presets_are_accepted():
     from posenc.train import TRAIN_PRESETS
 
     TrainConfig()
-    for name, values in TRAIN_PRESETS.items():
+    for values in TRAIN_PRESETS.values():
         TrainConfig(**{k: v for k, v in values.items() if k != "model"})
     TrainConfig(batch_size=6, world_size=3, dataset="files", data_files=("a.jsonl",), seed=0)
     assert resolve_dtype("float32", torch.device("cpu")) is torch.float32
@@ -185,8 +214,13 @@ print(json.dumps({{"checked": len(t.ALL_CASES), "problems": problems}}))
 @pytest.mark.slow
 def test_every_case_is_refused_under_python_O(tmp_path):
     code = _UNDER_O.format(here=str(HERE), tmp=str(tmp_path))
-    result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-O", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["checked"] == len(ALL_CASES)

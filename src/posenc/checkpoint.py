@@ -83,7 +83,12 @@ def save_checkpoint(state: Mapping[str, Any], run_dir: str | os.PathLike, *, kee
         leftover.unlink(missing_ok=True)
     path = run_dir / f"ckpt-{int(state['step']):07d}.pt"
     atomic_write(path, lambda f: torch.save(dict(state), f))
-    manifest = {"latest": path.name, "step": int(state["step"]), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    manifest = {
+        "latest": path.name,
+        "step": int(state["step"]),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
     atomic_write(run_dir / MANIFEST, json.dumps(manifest, indent=1))
     old = sorted(run_dir.glob("ckpt-*.pt"))[:-keep] if keep > 0 else []
     for stale in old:
@@ -120,10 +125,14 @@ def load_checkpoint(
         raise CheckpointError(path, "file is empty (0 bytes)")
     if expected is not None:
         if size != expected["bytes"]:
-            raise CheckpointError(path, f"size is {size} bytes, the manifest recorded {expected['bytes']} (truncated or partial write)")
+            raise CheckpointError(
+                path, f"size is {size} bytes, the manifest recorded {expected['bytes']} (truncated or partial write)"
+            )
         digest = sha256_file(path)
         if digest != expected["sha256"]:
-            raise CheckpointError(path, f"sha256 {digest[:12]}... does not match the manifest's {expected['sha256'][:12]}... (corrupted)")
+            raise CheckpointError(
+                path, f"sha256 {digest[:12]}... does not match the manifest's {expected['sha256'][:12]}... (corrupted)"
+            )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip reader / unpickler errors: report them as a damaged file

@@ -152,7 +152,11 @@ class GPTConfig:
             _positive_int(name, getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0.0 <= self.dropout < 1.0
+        ):
             raise ValueError(f"GPTConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
         for name in ("bias", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
@@ -179,10 +183,16 @@ class GPTConfig:
 
     def _resolve(self) -> tuple[str | None, tuple[LayerSpec, ...]]:
         explicit = [f for f in ("input_pe", "layer_pe", "layer_window") if getattr(self, f) is not None]
-        sources = [name for name, given in (("pe", self.pe is not None), ("layer_pattern", self.layer_pattern is not None)) if given]
+        sources = [
+            name
+            for name, given in (("pe", self.pe is not None), ("layer_pattern", self.layer_pattern is not None))
+            if given
+        ]
         if len(sources + explicit[:1]) > 1:
             chosen = ", ".join(f"{f}={getattr(self, f)!r}" for f in sources + explicit)
-            raise ValueError(f"GPTConfig: {chosen} each choose the encodings; give only one of pe, layer_pattern or the explicit fields")
+            raise ValueError(
+                f"GPTConfig: {chosen} each choose the encodings; give only one of pe, layer_pattern or the explicit fields"
+            )
         if self.layer_pattern is not None:
             return self._from_pattern(self.layer_pattern)
         if explicit:
@@ -229,7 +239,9 @@ class GPTConfig:
         codes = _tile(tuple(pattern), self.n_layer)
         windowed = any(c.islower() for c in codes)
         if windowed and self.sliding_window is None:
-            raise ValueError(f"GPTConfig.layer_pattern={pattern!r} has windowed (lower-case) layers but sliding_window is None")
+            raise ValueError(
+                f"GPTConfig.layer_pattern={pattern!r} has windowed (lower-case) layers but sliding_window is None"
+            )
         if self.sliding_window is not None and not windowed:
             raise ValueError(
                 f"GPTConfig.sliding_window={self.sliding_window} applies to no layer: "
@@ -238,7 +250,9 @@ class GPTConfig:
         names = [CODES[c.upper()] for c in codes]
         inputs = sorted({n for n in names if ENCODINGS[n][1].where == "input"})
         if len(inputs) > 1:
-            raise ValueError(f"GPTConfig.layer_pattern={pattern!r} mixes input encodings {inputs}; a model has one input table")
+            raise ValueError(
+                f"GPTConfig.layer_pattern={pattern!r} mixes input encodings {inputs}; a model has one input table"
+            )
         layers = tuple(
             LayerSpec("nope" if ENCODINGS[n][1].where == "input" else n, self.sliding_window if c.islower() else None)
             for n, c in zip(names, codes)
@@ -268,7 +282,14 @@ class GPTConfig:
             _positive_int("n_kv_head", self.n_kv_head)
             if self.n_head % self.n_kv_head:
                 raise ValueError(f"GPTConfig.n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
-        for name in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "intermediate_size"):
+        for name in (
+            "kv_lora_rank",
+            "q_lora_rank",
+            "qk_rope_head_dim",
+            "qk_nope_head_dim",
+            "v_head_dim",
+            "intermediate_size",
+        ):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         for name in ("qkv_bias", "proj_bias", "mlp_bias"):
@@ -285,7 +306,9 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.norm_eps must be a number in (0, 1), got {self.norm_eps!r}")
         if self.rope_scaling is not None:
             if not isinstance(self.rope_scaling, Mapping):
-                raise TypeError(f"GPTConfig.rope_scaling must be a dict like Hugging Face's rope_scaling, got {self.rope_scaling!r}")
+                raise TypeError(
+                    f"GPTConfig.rope_scaling must be a dict like Hugging Face's rope_scaling, got {self.rope_scaling!r}"
+                )
             try:
                 validate_scaling(self.rope_options()["scaling"])
             except ValueError as e:
@@ -295,7 +318,9 @@ class GPTConfig:
         if self.pe_options is None:
             return
         if not isinstance(self.pe_options, Mapping):
-            raise TypeError(f"GPTConfig.pe_options must be a mapping of encoding name -> options, got {self.pe_options!r}")
+            raise TypeError(
+                f"GPTConfig.pe_options must be a mapping of encoding name -> options, got {self.pe_options!r}"
+            )
         for name, options in self.pe_options.items():
             if name not in ENCODINGS:
                 raise ValueError(f"GPTConfig.pe_options has unknown encoding {name!r}; known: {sorted(ENCODINGS)}")
@@ -373,7 +398,12 @@ class GPTConfig:
             "attention": self.attention,
             "kv_heads": self.kv_heads,
             "rope": self.rope_options() if uses_rope else None,
-            "block": {"norm": self.norm, "mlp": self.mlp, "mlp_hidden": self.mlp_hidden, "tie_embeddings": self.tie_embeddings},
+            "block": {
+                "norm": self.norm,
+                "mlp": self.mlp,
+                "mlp_hidden": self.mlp_hidden,
+                "tie_embeddings": self.tie_embeddings,
+            },
         }
 
     # -- construction --------------------------------------------------------------------------

@@ -226,9 +226,13 @@ def length_extrapolation(
         if m == max(mults):
             per_position_long = _bucket_means(losses, width)
     return {
-        "block_size": T, "eval_tokens": int(win.shape[0] * longest), "extrapolation": extrapolation,
-        "per_position": per_position, "per_position_long": per_position_long, "per_position_long_width": width,
-    }  # fmt: skip
+        "block_size": T,
+        "eval_tokens": int(win.shape[0] * longest),
+        "extrapolation": extrapolation,
+        "per_position": per_position,
+        "per_position_long": per_position_long,
+        "per_position_long_width": width,
+    }
 
 
 def evaluate_checkpoint(
@@ -257,8 +261,12 @@ def evaluate_checkpoint(
     folder = Path(run_dir)
     device = torch.device(device)
     manifest = read_manifest(folder)
-    settings = {"eval_windows": windows, "multipliers": list(multipliers), "buckets": buckets,
-                "checkpoint_sha256": manifest["sha256"] if manifest else None}  # fmt: skip
+    settings = {
+        "eval_windows": windows,
+        "multipliers": list(multipliers),
+        "buckets": buckets,
+        "checkpoint_sha256": manifest["sha256"] if manifest else None,
+    }
     cache = folder / "eval.json"
     if cache.exists():
         try:
@@ -278,9 +286,16 @@ def evaluate_checkpoint(
     source = ckpt["data"]["data_dir"] if data_dir is None else data_dir
     val = load_split(source, "val", vocab_size=config.vocab_size, block_size=longest)
     result = length_extrapolation(
-        model, val, block_size=config.block_size, windows=windows, multipliers=multipliers, buckets=buckets,
-        batch_tokens=batch_tokens, device=device, dtype=dtype,
-    )  # fmt: skip
+        model,
+        val,
+        block_size=config.block_size,
+        windows=windows,
+        multipliers=multipliers,
+        buckets=buckets,
+        batch_tokens=batch_tokens,
+        device=device,
+        dtype=dtype,
+    )
     result = {"settings": settings, **result, "eval_time_s": time.time() - t0}
     atomic_write(cache, json.dumps(result))
     return result

@@ -73,12 +73,27 @@ def _gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int) -> Any:
     vocab_size, n_embd = sd["wte.weight"].shape
     n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
     config = GPTConfig(
-        block_size=sd["wpe.weight"].shape[0], vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-        bias=True, pe="absolute", dropout=0.0,
-    )  # fmt: skip
+        block_size=sd["wpe.weight"].shape[0],
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        bias=True,
+        pe="absolute",
+        dropout=0.0,
+    )
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    per_layer = ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", "attn.c_attn.bias", "attn.c_proj.bias",
-                 "mlp.c_fc.bias", "mlp.c_proj.bias", *conv1d)  # fmt: skip
+    per_layer = (
+        "ln_1.weight",
+        "ln_1.bias",
+        "ln_2.weight",
+        "ln_2.bias",
+        "attn.c_attn.bias",
+        "attn.c_proj.bias",
+        "mlp.c_fc.bias",
+        "mlp.c_proj.bias",
+        *conv1d,
+    )
     ours = {k: sd[k] for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
     for i in range(n_layer):
         for name in per_layer:
@@ -112,11 +127,20 @@ def _common_llama_fields(c: Any, model_type: str) -> dict[str, Any]:
         differ["pretraining_tp"] = c.pretraining_tp
     _refuse(model_type, differ)
     return dict(
-        vocab_size=c.vocab_size, n_embd=c.hidden_size, n_layer=c.num_hidden_layers, n_head=c.num_attention_heads,
-        n_kv_head=getattr(c, "num_key_value_heads", None) or c.num_attention_heads, block_size=c.max_position_embeddings,
-        norm="rmsnorm", norm_eps=c.rms_norm_eps, mlp="swiglu", intermediate_size=c.intermediate_size,
-        tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)), dropout=0.0, **_rope_fields(c),
-    )  # fmt: skip
+        vocab_size=c.vocab_size,
+        n_embd=c.hidden_size,
+        n_layer=c.num_hidden_layers,
+        n_head=c.num_attention_heads,
+        n_kv_head=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+        block_size=c.max_position_embeddings,
+        norm="rmsnorm",
+        norm_eps=c.rms_norm_eps,
+        mlp="swiglu",
+        intermediate_size=c.intermediate_size,
+        tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        dropout=0.0,
+        **_rope_fields(c),
+    )
 
 
 def _llama(model: nn.Module) -> Any:
@@ -124,7 +148,9 @@ def _llama(model: nn.Module) -> Any:
     model_type = c.model_type
     fields = _common_llama_fields(c, model_type)
     attention_bias = bool(getattr(c, "attention_bias", False))
-    fields |= dict(bias=False, qkv_bias=attention_bias, proj_bias=attention_bias, mlp_bias=bool(getattr(c, "mlp_bias", False)))
+    fields |= dict(
+        bias=False, qkv_bias=attention_bias, proj_bias=attention_bias, mlp_bias=bool(getattr(c, "mlp_bias", False))
+    )
     if model_type == "qwen2":  # q/k/v biases, none elsewhere
         fields |= dict(qkv_bias=True, proj_bias=False, mlp_bias=False)
         if getattr(c, "use_sliding_window", False):
@@ -136,8 +162,10 @@ def _llama(model: nn.Module) -> Any:
 
 
 def _mha_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-    out = {f"{dst}.c_attn.weight": torch.cat([sd[f"{src}.{p}_proj.weight"] for p in "qkv"]),
-           f"{dst}.c_proj.weight": sd[f"{src}.o_proj.weight"]}  # fmt: skip
+    out = {
+        f"{dst}.c_attn.weight": torch.cat([sd[f"{src}.{p}_proj.weight"] for p in "qkv"]),
+        f"{dst}.c_proj.weight": sd[f"{src}.o_proj.weight"],
+    }
     if f"{src}.q_proj.bias" in sd:
         out[f"{dst}.c_attn.bias"] = torch.cat([sd[f"{src}.{p}_proj.bias"] for p in "qkv"])
     if f"{src}.o_proj.bias" in sd:
@@ -149,8 +177,11 @@ def _llama_weights(
     sd: dict[str, Tensor], n_layer: int, attention: Callable[[dict[str, Tensor], str, str], dict[str, Tensor]]
 ) -> dict[str, Tensor]:
     """posenc names for a Llama-style state dict (``model.layers.{i}...``); ``attention`` maps one layer's attention."""
-    ours = {"wte.weight": sd["model.embed_tokens.weight"], "ln_f.weight": sd["model.norm.weight"],
-            "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}  # fmt: skip
+    ours = {
+        "wte.weight": sd["model.embed_tokens.weight"],
+        "ln_f.weight": sd["model.norm.weight"],
+        "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"]),
+    }
     for i in range(n_layer):
         src, dst = f"model.layers.{i}", f"blocks.{i}"
         ours[f"{dst}.ln_1.weight"] = sd[f"{src}.input_layernorm.weight"]
@@ -172,12 +203,24 @@ def _deepseek_v3(model: nn.Module) -> Any:
     c = model.config
     dense = getattr(c, "first_k_dense_replace", 0)
     if (getattr(c, "n_routed_experts", None) or 0) > 0 and dense < c.num_hidden_layers:
-        _refuse("deepseek_v3", {"first_k_dense_replace": dense, "num_hidden_layers": c.num_hidden_layers,
-                                "n_routed_experts": c.n_routed_experts, "why": "layers past first_k_dense_replace are MoE"})  # fmt: skip
+        _refuse(
+            "deepseek_v3",
+            {
+                "first_k_dense_replace": dense,
+                "num_hidden_layers": c.num_hidden_layers,
+                "n_routed_experts": c.n_routed_experts,
+                "why": "layers past first_k_dense_replace are MoE",
+            },
+        )
     fields = _common_llama_fields(c, "deepseek_v3") | {name: getattr(c, name) for name in MLA_FIELDS}
     attention_bias = bool(getattr(c, "attention_bias", False))
-    fields |= dict(attention="mla", rope_interleave=bool(getattr(c, "rope_interleave", False)), bias=attention_bias,
-                   mlp_bias=False, pe="rope")  # fmt: skip
+    fields |= dict(
+        attention="mla",
+        rope_interleave=bool(getattr(c, "rope_interleave", False)),
+        bias=attention_bias,
+        mlp_bias=False,
+        pe="rope",
+    )
     fields.pop("n_kv_head")  # MLA has one latent, not key/value heads
     return _gpt(GPTConfig(**fields), _llama_weights(model.state_dict(), c.num_hidden_layers, attention=_mla_weights))
 
@@ -188,7 +231,7 @@ def _mla_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]
     for key, value in sd.items():
         if key.startswith(src + "."):
             name = key[len(src) + 1 :]
-            out[f"{dst}.{'c_proj' + name[len('o_proj'):] if name.startswith('o_proj') else name}"] = value
+            out[f"{dst}.{'c_proj' + name[len('o_proj') :] if name.startswith('o_proj') else name}"] = value
     return out
 
 

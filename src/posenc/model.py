@@ -10,7 +10,6 @@ import inspect
 import math
 import zlib
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,9 +99,17 @@ class RNoPEBlock(nn.Module):
         if bad or not pattern:
             raise ValueError(f"RNoPEBlock pattern must use only R, r, N, n; got {pattern!r} (bad: {bad})")
         config = GPTConfig(
-            n_layer=len(pattern), n_head=n_head, n_embd=n_embd, block_size=block_size, layer_pattern=pattern,
-            sliding_window=sliding_window, rope_base=rope_base, qk_norm=qk_norm, dropout=dropout, bias=bias,
-        )  # fmt: skip
+            n_layer=len(pattern),
+            n_head=n_head,
+            n_embd=n_embd,
+            block_size=block_size,
+            layer_pattern=pattern,
+            sliding_window=sliding_window,
+            rope_base=rope_base,
+            qk_norm=qk_norm,
+            dropout=dropout,
+            bias=bias,
+        )
         self.pattern = pattern
         self.blocks = nn.ModuleList(Block(config, spec) for spec in config.layers)
 
@@ -186,7 +193,9 @@ class GPT(nn.Module):
             check_positions(positions, None)
             T = idx.shape[1]
             if positions.shape[-1] != T or (positions.dim() == 2 and positions.shape[0] != idx.shape[0]):
-                raise ValueError(f"positions must have shape ({T},) or {tuple(idx.shape)}, got {tuple(positions.shape)}")
+                raise ValueError(
+                    f"positions must have shape ({T},) or {tuple(idx.shape)}, got {tuple(positions.shape)}"
+                )
 
     def forward(
         self,
@@ -224,10 +233,14 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def _segments(self, idx: Tensor, document_ids: Tensor | None, cache: KVCache | None) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    def _segments(
+        self, idx: Tensor, document_ids: Tensor | None, cache: KVCache | None
+    ) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """(query ids, key ids) and the positions within documents of the T new tokens."""
         if not getattr(self.blocks[0].attn, "supports_segments", False):
-            raise ValueError(f"document_ids need an attention that takes document segments; attention={self.config.attention!r} does not")
+            raise ValueError(
+                f"document_ids need an attention that takes document segments; attention={self.config.attention!r} does not"
+            )
         past = None if cache is None else cache.segments
         if document_ids is None:  # new tokens continue the last document of the cache
             document_ids = past[:, -1:].expand(-1, idx.shape[1])
@@ -236,7 +249,11 @@ class GPT(nn.Module):
             keys = ids if past is None else torch.cat((past, ids), dim=1)
         else:
             ids = check_document_ids(document_ids, tuple(idx.shape))
-            keys = ids if past is None else check_document_ids(torch.cat((past, ids), dim=1), (idx.shape[0], past.shape[1] + idx.shape[1]))
+            keys = (
+                ids
+                if past is None
+                else check_document_ids(torch.cat((past, ids), dim=1), (idx.shape[0], past.shape[1] + idx.shape[1]))
+            )
         return (ids, keys), positions_in_documents(keys)[:, -idx.shape[1] :]
 
     def new_cache(self) -> KVCache:
@@ -255,7 +272,11 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        extra = {"fused": True} if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
+        extra = (
+            {"fused": True}
+            if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+            else {}
+        )
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     @torch.no_grad()
@@ -325,7 +346,9 @@ def _check_range(t: Tensor, lo: int, hi: int, message: str) -> None:
         raise ValueError(f"{message}, got min {got_lo}, max {got_hi}")
 
 
-def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+def sample(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     """Next token ids (B, 1) from last-position logits (B, V); temperature 0 means argmax."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)

@@ -42,8 +42,16 @@ RESULTS_FORMAT = 1
 
 #: The variants a sweep trains by default: the study's five and four controls (names of posenc.VARIANTS).
 DEFAULT_VARIANTS: tuple[str, ...] = (
-    "absolute", "nope", "rope", "qknorm", "rnope", "sinusoidal", "alibi", "absolute_qknorm", "nope_qknorm",
-)  # fmt: skip
+    "absolute",
+    "nope",
+    "rope",
+    "qknorm",
+    "rnope",
+    "sinusoidal",
+    "alibi",
+    "absolute_qknorm",
+    "nope_qknorm",
+)
 
 #: Variants that are not encodings but attention choices (with RoPE): their train flags.
 ATTENTION_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -56,15 +64,41 @@ ATTENTION_VARIANTS: dict[str, tuple[str, ...]] = {
 #: about half an hour on 2 cores; ``quick``: a smoke test in minutes; ``test``: the unit tests';
 #: ``owt-16m``: the study.
 SWEEP_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": dict(train_preset="cpu", train_args=("--max-iters", "800", "--batch-size", "16", "--eval-interval", "100",
-                                                "--eval-iters", "16"), seeds=(0, 1, 2), eval_windows=16),
-    "quick": dict(train_preset="cpu", train_args=("--max-iters", "100", "--batch-size", "16", "--eval-interval", "25",
-                                                  "--eval-iters", "8"), seeds=(0, 1), eval_windows=8),
+    "cpu": dict(
+        train_preset="cpu",
+        train_args=("--max-iters", "800", "--batch-size", "16", "--eval-interval", "100", "--eval-iters", "16"),
+        seeds=(0, 1, 2),
+        eval_windows=16,
+    ),
+    "quick": dict(
+        train_preset="cpu",
+        train_args=("--max-iters", "100", "--batch-size", "16", "--eval-interval", "25", "--eval-iters", "8"),
+        seeds=(0, 1),
+        eval_windows=8,
+    ),
     "owt-16m": dict(train_preset="owt-16m", train_args=(), seeds=(0, 1, 2), eval_windows=16),
-    "test": dict(train_preset="tiny", train_args=("--max-iters", "6", "--batch-size", "4", "--grad-accum", "1",
-                                                  "--eval-interval", "3", "--eval-iters", "2", "--num-samples", "1",
-                                                  "--sample-tokens", "8"), seeds=(0, 1), eval_windows=2),
-}  # fmt: skip
+    "test": dict(
+        train_preset="tiny",
+        train_args=(
+            "--max-iters",
+            "6",
+            "--batch-size",
+            "4",
+            "--grad-accum",
+            "1",
+            "--eval-interval",
+            "3",
+            "--eval-iters",
+            "2",
+            "--num-samples",
+            "1",
+            "--sample-tokens",
+            "8",
+        ),
+        seeds=(0, 1),
+        eval_windows=2,
+    ),
+}
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -74,22 +108,45 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         "write tables, plots and results.json; optionally render docs/results.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--preset", choices=sorted(SWEEP_PRESETS), default=None, help="sweep preset; default: owt-16m on CUDA, cpu otherwise")
+    p.add_argument(
+        "--preset",
+        choices=sorted(SWEEP_PRESETS),
+        default=None,
+        help="sweep preset; default: owt-16m on CUDA, cpu otherwise",
+    )
     p.add_argument("--quick", action="store_true", help="the 'quick' preset: a smoke test in minutes")
-    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS) + sorted(ATTENTION_VARIANTS), default=None,
-                   help=f"default: {' '.join(DEFAULT_VARIANTS)}")  # fmt: skip
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=sorted(VARIANTS) + sorted(ATTENTION_VARIANTS),
+        default=None,
+        help=f"default: {' '.join(DEFAULT_VARIANTS)}",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
     p.add_argument("--out", default=None, help="results folder; default: out/compare-<preset>")
     p.add_argument("--device", default=None, help="device of the runs and of the evaluation")
     p.add_argument("--data-dir", default=None, help="prepared shards, passed to every run")
     p.add_argument("--data-files", nargs="+", default=None, help="local corpus files, passed to every run")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="runs trained at once, each in its own process; default: 1 on CUDA, else min(4, CPUs). 1 trains in this process")  # fmt: skip
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at once, each in its own process; default: 1 on CUDA, else min(4, CPUs). 1 trains in this process",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads per run; default: CPUs // jobs")
-    p.add_argument("--render", default=None, metavar="MD",
-                   help="write this markdown page (e.g. docs/results.md), its figures and a copy of results.json in <page stem>/ beside it")  # fmt: skip
-    p.add_argument("--from", dest="from_json", default=None, metavar="JSON",
-                   help="with --render: render an existing results.json instead of running a sweep")  # fmt: skip
+    p.add_argument(
+        "--render",
+        default=None,
+        metavar="MD",
+        help="write this markdown page (e.g. docs/results.md), its figures and a copy of results.json in <page stem>/ beside it",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_json",
+        default=None,
+        metavar="JSON",
+        help="with --render: render an existing results.json instead of running a sweep",
+    )
     return p
 
 
@@ -115,8 +172,17 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
 
 def train_argv(preset: dict[str, Any], variant: str, seed: int, folder: Path, args: argparse.Namespace) -> list[str]:
     flags = ATTENTION_VARIANTS.get(variant, ("--pe", variant))
-    argv = ["--preset", preset["train_preset"], *preset["train_args"], *flags, "--seed", str(seed),
-            "--out-dir", str(folder), "--no-progress"]  # fmt: skip
+    argv = [
+        "--preset",
+        preset["train_preset"],
+        *preset["train_args"],
+        *flags,
+        "--seed",
+        str(seed),
+        "--out-dir",
+        str(folder),
+        "--no-progress",
+    ]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     if args.data_files:
@@ -140,7 +206,9 @@ def plan_run(folder: Path, argv: list[str], device: str | None) -> list[str] | N
     if spec_path.exists():
         saved = json.loads(spec_path.read_text())["argv"]
         if _without_device(saved) != _without_device(argv):
-            raise ValueError(f"{folder} was trained with other settings ({shlex.join(saved)}); use another --out or remove it")
+            raise ValueError(
+                f"{folder} was trained with other settings ({shlex.join(saved)}); use another --out or remove it"
+            )
     if read_summary(folder) is not None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,7 +240,9 @@ def _interrupt(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt  # SIGTERM stops the sweep like Ctrl-C: runs checkpoint, then exit
 
 
-def run_sweep(jobs: list[tuple[str, int, Path, list[str]]], n_jobs: int, threads: int | None, on_done: Callable[[str, int], None]) -> None:
+def run_sweep(
+    jobs: list[tuple[str, int, Path, list[str]]], n_jobs: int, threads: int | None, on_done: Callable[[str, int], None]
+) -> None:
     """Train ``jobs`` (variant, seed, folder, argv), ``n_jobs`` at a time; ``on_done(variant, seed)``
     after each. A run that fails or is stopped ends the sweep (its checkpoint is kept)."""
     if n_jobs == 1:
@@ -191,17 +261,25 @@ def run_sweep(jobs: list[tuple[str, int, Path, list[str]]], n_jobs: int, threads
         while pending or running:
             while pending and len(running) < n_jobs:
                 variant, seed, folder, argv = pending.pop(0)
-                log = open(folder / "train.out", "ab")
-                proc = subprocess.Popen([sys.executable, "-m", "posenc", "train", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
+                log = open(folder / "train.out", "ab")  # noqa: SIM115 -- the worker writes it until it exits
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "posenc", "train", *argv], stdout=log, stderr=subprocess.STDOUT, env=env
+                )
                 running[proc] = (variant, seed, folder, log)
-                print(f"[compare] train {variant} seed {seed} (log {folder / 'train.out'}): posenc train {shlex.join(argv)}", flush=True)
+                print(
+                    f"[compare] train {variant} seed {seed} (log {folder / 'train.out'}): posenc train {shlex.join(argv)}",
+                    flush=True,
+                )
             time.sleep(0.5)
             for proc in [p for p in running if p.poll() is not None]:
                 variant, seed, folder, log = running.pop(proc)
                 log.close()
                 if proc.returncode != 0:
                     tail = (folder / "train.out").read_text(errors="replace").splitlines()[-5:]
-                    print(f"[compare] {variant} seed {seed} exited with {proc.returncode}:\n  " + "\n  ".join(tail), file=sys.stderr)
+                    print(
+                        f"[compare] {variant} seed {seed} exited with {proc.returncode}:\n  " + "\n  ".join(tail),
+                        file=sys.stderr,
+                    )
                     raise Stop(proc.returncode)
                 on_done(variant, seed)
     except (KeyboardInterrupt, Stop) as e:
@@ -220,7 +298,11 @@ def run_sweep(jobs: list[tuple[str, int, Path, list[str]]], n_jobs: int, threads
 
 def read_curve(folder: Path) -> list[dict[str, Any]]:
     """The evaluation records of log.jsonl: step, tokens, interval-mean train loss, validation loss."""
-    return [{k: r[k] for k in ("step", "tokens", "train_loss", "val_loss")} for r in read_log(folder) if r.get("kind") == "eval"]
+    return [
+        {k: r[k] for k in ("step", "tokens", "train_loss", "val_loss")}
+        for r in read_log(folder)
+        if r.get("kind") == "eval"
+    ]
 
 
 def environment(device: torch.device, jobs: int, threads: int | None) -> dict[str, Any]:
@@ -232,24 +314,52 @@ def environment(device: torch.device, jobs: int, threads: int | None) -> dict[st
 
     status = git("status", "--porcelain")
     return {
-        "git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "machine": platform.machine(), "processor": platform.processor() or None, "cpu_count": os.cpu_count(),
-        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "jobs": jobs, "threads_per_job": threads,
-    }  # fmt: skip
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "jobs": jobs,
+        "threads_per_job": threads,
+    }
 
 
-def collect(folders: dict[tuple[str, int], Path], evals: dict[tuple[str, int], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def collect(
+    folders: dict[tuple[str, int], Path], evals: dict[tuple[str, int], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
     runs = {}
     for (v, s), folder in folders.items():
         summary = read_summary(folder)
         runs[f"{v}/s{s}"] = {
-            "variant": v, "seed": s, "folder": str(folder), "argv": json.loads((folder / "compare_run.json").read_text())["argv"],
-            **{k: summary[k] for k in ("train_loss", "val_loss", "tokens", "steps", "params", "wall_time_s", "train_time_s",
-                                       "samples", "pe", "layer_codes", "qk_norm", "architecture")},
-            "curve": read_curve(folder), "eval": evals[(v, s)],
-        }  # fmt: skip
+            "variant": v,
+            "seed": s,
+            "folder": str(folder),
+            "argv": json.loads((folder / "compare_run.json").read_text())["argv"],
+            **{
+                k: summary[k]
+                for k in (
+                    "train_loss",
+                    "val_loss",
+                    "tokens",
+                    "steps",
+                    "params",
+                    "wall_time_s",
+                    "train_time_s",
+                    "samples",
+                    "pe",
+                    "layer_codes",
+                    "qk_norm",
+                    "architecture",
+                )
+            },
+            "curve": read_curve(folder),
+            "eval": evals[(v, s)],
+        }
     return runs
 
 
@@ -259,7 +369,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         source = Path(args.from_json)
         results = json.loads(source.read_text())
         figures = render_page(results, Path(args.render), source)
-        print(f"[compare] wrote {args.render} from {source}" + ("" if figures else " (no figures: matplotlib is not installed)"))
+        print(
+            f"[compare] wrote {args.render} from {source}"
+            + ("" if figures else " (no figures: matplotlib is not installed)")
+        )
         return 0
 
     device = resolve_device(args.device or "auto")
@@ -281,16 +394,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             todo = plan_run(folder, train_argv(preset, v, s, folder, args), args.device)
             if todo is not None:
                 jobs.append((v, s, folder, todo))
-    print(f"[compare] preset {name}: {len(variants)} variants x {len(seeds)} seeds; {len(jobs)} run(s) to train, "
-          f"{n_jobs} at a time; results in {out}", flush=True)  # fmt: skip
+    print(
+        f"[compare] preset {name}: {len(variants)} variants x {len(seeds)} seeds; {len(jobs)} run(s) to train, "
+        f"{n_jobs} at a time; results in {out}",
+        flush=True,
+    )
 
     evals: dict[tuple[str, int], dict[str, Any]] = {}
 
     def on_done(v: str, s: int) -> None:
         evals[(v, s)] = evaluate_checkpoint(folders[(v, s)], windows=preset["eval_windows"], device=device)
         ext = evals[(v, s)]["extrapolation"]
-        print(f"[compare] {v} seed {s}: val {read_summary(folders[(v, s)])['val_loss']:.4f}; by context "
-              + ", ".join(f"{m}x {'n/a' if x is None else f'{x:.4f}'}" for m, x in ext.items()), flush=True)  # fmt: skip
+        print(
+            f"[compare] {v} seed {s}: val {read_summary(folders[(v, s)])['val_loss']:.4f}; by context "
+            + ", ".join(f"{m}x {'n/a' if x is None else f'{x:.4f}'}" for m, x in ext.items()),
+            flush=True,
+        )
 
     t0 = time.time()
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -310,16 +429,29 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     runs = collect(folders, evals)
     first = read_summary(folders[(variants[0], seeds[0])])
     e0 = evals[(variants[0], seeds[0])]
-    command = (prog or "python examples/compare.py") + (" " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
+    command = (prog or "python examples/compare.py") + (
+        " " + shlex.join(argv if argv is not None else sys.argv[1:])
+    ).rstrip()
     results = {
-        "format": RESULTS_FORMAT, "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command, "preset": name, "variants": variants, "seeds": seeds,
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()} | {"multipliers": list(MULTIPLIERS)},
-        "train_config": first["train_config"], "model_config": first["config"],
-        "block_size": first["config"]["block_size"], "eval_tokens": e0["eval_tokens"],
-        "per_position_long_width": e0["per_position_long_width"], "environment": environment(device, n_jobs, threads),
-        "wall_time_s": wall, "runs_trained": len(jobs), "study": STUDY, "runs": runs,
-    }  # fmt: skip
+        "format": RESULTS_FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "preset": name,
+        "variants": variants,
+        "seeds": seeds,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()}
+        | {"multipliers": list(MULTIPLIERS)},
+        "train_config": first["train_config"],
+        "model_config": first["config"],
+        "block_size": first["config"]["block_size"],
+        "eval_tokens": e0["eval_tokens"],
+        "per_position_long_width": e0["per_position_long_width"],
+        "environment": environment(device, n_jobs, threads),
+        "wall_time_s": wall,
+        "runs_trained": len(jobs),
+        "study": STUDY,
+        "runs": runs,
+    }
     results["aggregate"] = aggregate(runs, variants, seeds)
     results["comparisons"] = compare_pairs(runs, variants, seeds)
     atomic_write(out / "results.json", json.dumps(results, indent=1))

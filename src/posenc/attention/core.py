@@ -237,10 +237,18 @@ class CausalSelfAttention(nn.Module):
         if self.pe.where == "scores" or self.window is not None or segments is not None:
             # exact, linear in memory: query blocks against the key blocks they can see (attention.md)
             y = attend(
-                q, k, v, score_bias=self.pe.score_bias if self.pe.where == "scores" else None, q_positions=q_pos,
-                k_positions=k_pos, window=self.window, q_segments=None if segments is None else segments[0],
-                k_segments=None if segments is None else segments[1], scale=scale, dropout_p=dropout_p,
-            )  # fmt: skip
+                q,
+                k,
+                v,
+                score_bias=self.pe.score_bias if self.pe.where == "scores" else None,
+                q_positions=q_pos,
+                k_positions=k_pos,
+                window=self.window,
+                q_segments=None if segments is None else segments[0],
+                k_segments=None if segments is None else segments[1],
+                scale=scale,
+                dropout_p=dropout_p,
+            )
         else:
             y = causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)  # (B, nh, T, hs)
         y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, C)

@@ -69,9 +69,15 @@ from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
 
 __all__ = [
-    "MLACache", "MLADims", "MultiHeadLatentAttention", "cache_bytes_per_token", "load_hf_attention_weights", "mla_dims",
-    "mla_softmax_scale", "yarn_mscale",
-]  # fmt: skip
+    "MLACache",
+    "MLADims",
+    "MultiHeadLatentAttention",
+    "cache_bytes_per_token",
+    "load_hf_attention_weights",
+    "mla_dims",
+    "mla_softmax_scale",
+    "yarn_mscale",
+]
 
 
 class MLACache:
@@ -170,9 +176,14 @@ class MultiHeadLatentAttention(nn.Module):
     ) -> None:
         super().__init__()
         dims = mla_dims(
-            n_embd, n_head, kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, qk_rope_head_dim=qk_rope_head_dim,
-            qk_nope_head_dim=qk_nope_head_dim, v_head_dim=v_head_dim,
-        )  # fmt: skip
+            n_embd,
+            n_head,
+            kv_lora_rank=kv_lora_rank,
+            q_lora_rank=q_lora_rank,
+            qk_rope_head_dim=qk_rope_head_dim,
+            qk_nope_head_dim=qk_nope_head_dim,
+            v_head_dim=v_head_dim,
+        )
         if not isinstance(rope_interleave, bool):
             raise ValueError(f"rope_interleave must be a bool, got rope_interleave={rope_interleave!r}")
         pe = NoPE() if pe is None else pe
@@ -189,8 +200,10 @@ class MultiHeadLatentAttention(nn.Module):
         self.n_embd, self.n_head, self.dims = n_embd, n_head, dims
         self.kv_lora_rank, self.q_lora_rank = dims.kv_lora_rank, dims.q_lora_rank
         self.qk_rope_head_dim, self.qk_nope_head_dim, self.v_head_dim = (
-            dims.qk_rope_head_dim, dims.qk_nope_head_dim, dims.v_head_dim,
-        )  # fmt: skip
+            dims.qk_rope_head_dim,
+            dims.qk_nope_head_dim,
+            dims.v_head_dim,
+        )
         self.rope_interleave = rope_interleave
         q_out = n_head * dims.qk_head_dim
         if dims.q_lora_rank is None:

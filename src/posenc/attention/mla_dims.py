@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 
+
 @dataclasses.dataclass(frozen=True)
 class MLADims:
     """The sizes of one MLA layer (see :func:`mla_dims` for the defaults)."""

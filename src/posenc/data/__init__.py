@@ -62,6 +62,7 @@ __all__ = [
     "batch_offsets",
     "embedded_documents",
     "get_batch",
+    "document_ids",
     "get_tokenizer",
     "load_split",
     "prepare",

@@ -366,11 +366,15 @@ def load_split(
         tokens, expected_bytes, max_id = int(record["tokens"]), int(record["bytes"]), int(record["max_id"])
         meta_vocab = int(meta["vocab_size"])
     except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{meta_path}: malformed metadata ({type(e).__name__}: {e}); prepare the folder again") from None
+        raise DataError(
+            f"{meta_path}: malformed metadata ({type(e).__name__}: {e}); prepare the folder again"
+        ) from None
     if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
         raise DataError(f"{meta_path}: dtype {dtype.name!r}, expected uint16 or uint32")
     if dtype == np.uint16 and (meta_vocab > 2**16 or max_id >= 2**16):
-        raise DataError(f"{meta_path}: uint16 shards for vocab_size {meta_vocab} (max id {max_id}) cannot hold every id")
+        raise DataError(
+            f"{meta_path}: uint16 shards for vocab_size {meta_vocab} (max id {max_id}) cannot hold every id"
+        )
     if expected_bytes != tokens * dtype.itemsize:
         raise DataError(f"{meta_path}: {split} records {tokens} tokens but {expected_bytes} bytes")
     if not path.is_file():
@@ -396,5 +400,7 @@ def load_split(
     if verify:
         actual = sha256_file(path)
         if actual != record.get("sha256"):
-            raise DataError(f"{path}: sha256 {actual} does not match meta.json ({record.get('sha256')}): the shard changed")
+            raise DataError(
+                f"{path}: sha256 {actual} does not match meta.json ({record.get('sha256')}): the shard changed"
+            )
     return np.memmap(path, dtype=dtype, mode="r", shape=(tokens,))

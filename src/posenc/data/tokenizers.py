@@ -137,15 +137,11 @@ def _gpt2_encoding() -> Any:
     )
     if (cache_file is None or not cache_file.is_file()) and not _net.reachable(_TIKTOKEN_HOST):
         where = f"not in the cache ({cache_file})" if cache_file else "not cached (TIKTOKEN_CACHE_DIR is empty)"
-        raise TokenizerError(
-            f"GPT-2 BPE ranks are {where} and {_TIKTOKEN_HOST} cannot be reached; {hint}"
-        ) from None
+        raise TokenizerError(f"GPT-2 BPE ranks are {where} and {_TIKTOKEN_HOST} cannot be reached; {hint}") from None
     try:
         return tiktoken.get_encoding(_TIKTOKEN_ENCODING)  # tiktoken keeps it for the next call
     except Exception as e:  # a download or hash failure: report it, not the HTTP stack
-        raise TokenizerError(
-            f"could not load the GPT-2 BPE ranks ({type(e).__name__}: {e}); {hint}"
-        ) from None
+        raise TokenizerError(f"could not load the GPT-2 BPE ranks ({type(e).__name__}: {e}); {hint}") from None
 
 
 def get_tokenizer(name: TokenizerName) -> Tokenizer:

@@ -76,11 +76,26 @@ from posenc.encodings.rope_scaling import (
     scaling_rotary_dim,
     validate_scaling,
 )
-from posenc.encodings.rotation import LAYOUTS, Layout, apply_rotary, expand_pairs, rope_cos_sin, rope_inv_freq, rotate_pairs
+from posenc.encodings.rotation import (
+    LAYOUTS,
+    Layout,
+    apply_rotary,
+    expand_pairs,
+    rope_cos_sin,
+    rope_inv_freq,
+    rotate_pairs,
+)
 
 __all__ = [
-    "LAYOUTS", "Layout", "RotaryEmbedding", "apply_rotary", "expand_pairs", "rope_cos_sin", "rope_inv_freq", "rotate_pairs",
-]  # fmt: skip
+    "LAYOUTS",
+    "Layout",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "expand_pairs",
+    "rope_cos_sin",
+    "rope_inv_freq",
+    "rotate_pairs",
+]
 
 
 class RotaryEmbedding(PositionalEncoding):
@@ -128,35 +143,20 @@ class RotaryEmbedding(PositionalEncoding):
                 )
             rotary_dim = derived
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
-        if (
-            not isinstance(rotary_dim, int)
-            or rotary_dim <= 0
-            or rotary_dim % 2
-            or rotary_dim > head_dim
-        ):
-            raise ValueError(
-                f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}"
-            )
+        if not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
+            raise ValueError(f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}")
         if not base > 0:
             raise ValueError(f"base must be > 0, got {base!r}")
         theta = self.scaling.get("rope_theta")
         if theta is not None and float(theta) != float(base):
-            raise ValueError(
-                f"scaling rope_theta={theta!r} disagrees with base={base!r}; pass base={theta!r}"
-            )
+            raise ValueError(f"scaling rope_theta={theta!r} disagrees with base={base!r}; pass base={theta!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if not isinstance(cache_len, int) or cache_len < 0:
             raise ValueError(f"cache_len must be an int >= 0, got {cache_len!r}")
         if p_rope is not None:
-            if (
-                isinstance(p_rope, bool)
-                or not isinstance(p_rope, (int, float))
-                or not 0 < p_rope <= 1
-            ):
-                raise ValueError(
-                    f"p_rope must be a fraction in (0, 1], got p_rope={p_rope!r}"
-                )
+            if isinstance(p_rope, bool) or not isinstance(p_rope, (int, float)) or not 0 < p_rope <= 1:
+                raise ValueError(f"p_rope must be a fraction in (0, 1], got p_rope={p_rope!r}")
             if self.rope_type == "proportional":
                 raise ValueError(
                     f"p_rope={p_rope!r} and rope_type 'proportional' both drop frequencies; use one of them"
@@ -164,9 +164,7 @@ class RotaryEmbedding(PositionalEncoding):
         if not isinstance(xpos, bool):
             raise TypeError(f"xpos must be a bool, got xpos={xpos!r}")
         if not xpos_scale_base > 0:
-            raise ValueError(
-                f"xpos_scale_base must be > 0, got xpos_scale_base={xpos_scale_base!r}"
-            )
+            raise ValueError(f"xpos_scale_base must be > 0, got xpos_scale_base={xpos_scale_base!r}")
         self.head_dim, self.rotary_dim, self.base = head_dim, rotary_dim, float(base)
         self.layout: Layout = layout
         self.cache_len = cache_len
@@ -175,9 +173,7 @@ class RotaryEmbedding(PositionalEncoding):
         self._schedule = ROPE_SCALINGS[self.rope_type]
         # at seq_len <= this, a length-dependent schedule equals its seq_len=None frequencies
         self._short_len: int | None = (
-            self.scaling[LENGTH_DEPENDENT[self.rope_type]]
-            if self.rope_type in LENGTH_DEPENDENT
-            else None
+            self.scaling[LENGTH_DEPENDENT[self.rope_type]] if self.rope_type in LENGTH_DEPENDENT else None
         )
         self._build_tables(device=None)
 
@@ -186,9 +182,7 @@ class RotaryEmbedding(PositionalEncoding):
         return cls(dims.head_dim, **({"cache_len": dims.block_size} | options))
 
     @classmethod
-    def from_hf_config(
-        cls, config: Any, layer_type: str | None = None, **options: Any
-    ) -> RotaryEmbedding:
+    def from_hf_config(cls, config: Any, layer_type: str | None = None, **options: Any) -> RotaryEmbedding:
         """The RoPE of a transformers config (object or ``config.json`` dict): ``rope_theta``,
         ``rope_parameters`` (v5) or ``rope_scaling`` (v4), ``partial_rotary_factor``, ``head_dim``
         (or ``hidden_size // num_attention_heads``), ``max_position_embeddings`` and a top-level
@@ -197,61 +191,36 @@ class RotaryEmbedding(PositionalEncoding):
         picks one. ``options`` go to the constructor (layout, cache_len, ...); the layout is
         Hugging Face's ``"half"`` unless given.
         """
-        get = (
-            config.get
-            if isinstance(config, Mapping)
-            else (lambda key, default=None: getattr(config, key, default))
-        )
+        get = config.get if isinstance(config, Mapping) else (lambda key, default=None: getattr(config, key, default))
         sizes = get  # per-layer sizes: Gemma 4's global layers have their own head_dim
-        if (
-            layer_type is not None
-            and not isinstance(config, Mapping)
-            and hasattr(config, "per_layer_config")
-        ):
+        if layer_type is not None and not isinstance(config, Mapping) and hasattr(config, "per_layer_config"):
             view = config.per_layer_config[layer_type]
             sizes = lambda key, default=None: getattr(view, key, default)
         params = get("rope_parameters") or get("rope_scaling") or {}
-        layer_types = set(get("layer_types") or ()) | {
-            k for k, v in params.items() if isinstance(v, Mapping)
-        }
+        layer_types = set(get("layer_types") or ()) | {k for k, v in params.items() if isinstance(v, Mapping)}
         nested = bool(params) and all(k in layer_types for k in params)
         if nested:
             if layer_type is None:
-                raise ValueError(
-                    f"this config has per-layer RoPE parameters; pass layer_type, one of {sorted(params)}"
-                )
+                raise ValueError(f"this config has per-layer RoPE parameters; pass layer_type, one of {sorted(params)}")
             if layer_type not in params:
-                raise ValueError(
-                    f"layer_type={layer_type!r} is not in the config's RoPE parameters {sorted(params)}"
-                )
+                raise ValueError(f"layer_type={layer_type!r} is not in the config's RoPE parameters {sorted(params)}")
             params = params[layer_type]
             if params is None:
-                raise ValueError(
-                    f"layer_type={layer_type!r} has no RoPE (its parameters are None)"
-                )
+                raise ValueError(f"layer_type={layer_type!r} has no RoPE (its parameters are None)")
         params = dict(params)
         rope_type = params.get("rope_type", params.get("type", "default"))
         theta = params.pop("rope_theta", None) or get("rope_theta") or 10000.0
-        if (
-            "partial_rotary_factor" not in params
-            and get("partial_rotary_factor") is not None
-        ):
+        if "partial_rotary_factor" not in params and get("partial_rotary_factor") is not None:
             params["partial_rotary_factor"] = get("partial_rotary_factor")
         mpe = get("max_position_embeddings")
         if rope_type in ("llama3", "yarn", "longrope"):
-            if (
-                get("original_max_position_embeddings") is not None
-            ):  # Hugging Face gives it priority
-                params["original_max_position_embeddings"] = get(
-                    "original_max_position_embeddings"
-                )
+            if get("original_max_position_embeddings") is not None:  # Hugging Face gives it priority
+                params["original_max_position_embeddings"] = get("original_max_position_embeddings")
             elif mpe is not None:
                 params.setdefault("original_max_position_embeddings", mpe)
         if mpe is not None:
             params["max_position_embeddings"] = mpe
-        head_dim = sizes("head_dim") or sizes("hidden_size") // sizes(
-            "num_attention_heads"
-        )
+        head_dim = sizes("head_dim") or sizes("hidden_size") // sizes("num_attention_heads")
         return cls(head_dim, base=float(theta), scaling=params, **options)
 
     @property
@@ -259,13 +228,9 @@ class RotaryEmbedding(PositionalEncoding):
         """True when the rotation depends on the total sequence length (see the module docstring)."""
         return self.rope_type in LENGTH_DEPENDENT or self.xpos
 
-    def frequencies(
-        self, seq_len: int | Tensor | None = None, device: torch.device | None = None
-    ) -> Tensor:
+    def frequencies(self, seq_len: int | Tensor | None = None, device: torch.device | None = None) -> Tensor:
         """float64 inverse frequencies (rotary_dim/2,) at total length ``seq_len``, p-RoPE applied."""
-        inv_freq, _ = self._schedule(
-            self.rotary_dim, self.base, self.scaling, seq_len, device=device
-        )
+        inv_freq, _ = self._schedule(self.rotary_dim, self.base, self.scaling, seq_len, device=device)
         if self.p_rope is not None:
             inv_freq = inv_freq.clone()
             inv_freq[int(self.p_rope * self.rotary_dim // 2) :] = 0.0
@@ -273,9 +238,7 @@ class RotaryEmbedding(PositionalEncoding):
 
     def _build_tables(self, device: torch.device | None) -> None:
         inv_freq = self.frequencies(None, device)
-        _, self.attention_factor = self._schedule(
-            self.rotary_dim, self.base, self.scaling, None
-        )
+        _, self.attention_factor = self._schedule(self.rotary_dim, self.base, self.scaling, None)
         cos, sin = rope_cos_sin(
             torch.arange(self.cache_len, device=device),
             inv_freq,
@@ -284,18 +247,11 @@ class RotaryEmbedding(PositionalEncoding):
         )
         self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
         self.register_buffer("inv_freq64", inv_freq, persistent=False)
-        self.register_buffer(
-            "cos_cached", cos, persistent=False
-        )  # (cache_len, rd) float32
+        self.register_buffer("cos_cached", cos, persistent=False)  # (cache_len, rd) float32
         self.register_buffer("sin_cached", sin, persistent=False)
         if self.xpos:
-            zeta = (
-                torch.arange(0, self.rotary_dim, 2, dtype=torch.float64, device=device)
-                + 0.4 * self.rotary_dim
-            )
-            self.register_buffer(
-                "xpos_zeta", zeta / (1.4 * self.rotary_dim), persistent=False
-            )
+            zeta = torch.arange(0, self.rotary_dim, 2, dtype=torch.float64, device=device) + 0.4 * self.rotary_dim
+            self.register_buffer("xpos_zeta", zeta / (1.4 * self.rotary_dim), persistent=False)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # .to(dtype) / .half() would round the tables; re-derive them (float64 / float32) on the new device.
@@ -303,9 +259,7 @@ class RotaryEmbedding(PositionalEncoding):
         self._build_tables(self.inv_freq.device)
         return self
 
-    def _seq_len(
-        self, positions: Tensor | None, T: int, seq_len: int | Tensor | None
-    ) -> int | Tensor | None:
+    def _seq_len(self, positions: Tensor | None, T: int, seq_len: int | Tensor | None) -> int | Tensor | None:
         """The total length a length-dependent rotation uses; None for static ones (they ignore it)."""
         if not self.length_dependent:
             return None
@@ -317,9 +271,7 @@ class RotaryEmbedding(PositionalEncoding):
         if seq_len is None:
             return needed
         if isinstance(seq_len, int) and seq_len < needed:
-            raise ValueError(
-                f"seq_len={seq_len} is shorter than the largest position + 1 = {needed}"
-            )
+            raise ValueError(f"seq_len={seq_len} is shorter than the largest position + 1 = {needed}")
         return seq_len
 
     def cos_sin(
@@ -335,11 +287,9 @@ class RotaryEmbedding(PositionalEncoding):
         if positions is not None:
             check_positions(positions, None)
         seq_len = self._seq_len(positions, T, seq_len)
-        if self.rope_type in LENGTH_DEPENDENT and not (
-            isinstance(seq_len, int) and seq_len <= self._short_len
-        ):
+        if self.rope_type in LENGTH_DEPENDENT and not (isinstance(seq_len, int) and seq_len <= self._short_len):
             inv_freq = self.frequencies(seq_len, self.inv_freq64.device)
-        elif positions is None and T <= self.cache_len:
+        elif positions is None and self.cache_len >= T:
             return self.cos_cached[:T], self.sin_cached[:T]
         else:
             inv_freq = self.inv_freq64
@@ -359,24 +309,16 @@ class RotaryEmbedding(PositionalEncoding):
         if positions is None:
             positions = torch.arange(T, device=device)
         with torch.autocast(device_type=positions.device.type, enabled=False):
-            power = (positions - seq_len // 2).to(torch.float64)[
-                ..., None
-            ] / self.xpos_scale_base  # (..., T, 1)
+            power = (positions - seq_len // 2).to(torch.float64)[..., None] / self.xpos_scale_base  # (..., T, 1)
             return expand_pairs(self.xpos_zeta**power, self.layout).to(torch.float32)
 
     def _check(self, x: Tensor, positions: Tensor | None, name: str) -> None:
         if x.shape[-1] != self.head_dim:
-            raise ValueError(
-                f"{name} must have head size {self.head_dim} in its last dim, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"{name} must have head size {self.head_dim} in its last dim, got {tuple(x.shape)}")
         T = x.shape[-2]
-        if positions is not None and (
-            positions.dim() not in (1, 2) or positions.shape[-1] != T
-        ):
+        if positions is not None and (positions.dim() not in (1, 2) or positions.shape[-1] != T):
             # a (1,) tensor would otherwise broadcast and put every token at one position
-            raise ValueError(
-                f"positions must have shape ({T},) or (B, {T}), got {tuple(positions.shape)}"
-            )
+            raise ValueError(f"positions must have shape ({T},) or (B, {T}), got {tuple(positions.shape)}")
 
     def _rotate_one(
         self,
@@ -388,9 +330,7 @@ class RotaryEmbedding(PositionalEncoding):
         T = x.shape[-2]
         cos, sin = self.cos_sin(positions, T, x.device, seq_len=seq_len)
         if self.xpos:
-            scale = self.xpos_scale(
-                positions, T, x.device, seq_len=self._seq_len(positions, T, seq_len)
-            )
+            scale = self.xpos_scale(positions, T, x.device, seq_len=self._seq_len(positions, T, seq_len))
             scale = scale.reciprocal() if key else scale
             cos, sin = cos * scale, sin * scale
         return apply_rotary(x, cos, sin, self.layout)
@@ -432,18 +372,12 @@ class RotaryEmbedding(PositionalEncoding):
             )
         T = q.shape[-2]
         if k.shape[-2] != T:
-            raise ValueError(
-                f"q and k must have the same length T, got {tuple(q.shape)} and {tuple(k.shape)}"
-            )
+            raise ValueError(f"q and k must have the same length T, got {tuple(q.shape)} and {tuple(k.shape)}")
         self._check(q, positions, "q")
         if self.xpos:
-            return self._rotate_one(q, positions, seq_len, key=False), self._rotate_one(
-                k, positions, seq_len, key=True
-            )
+            return self._rotate_one(q, positions, seq_len, key=False), self._rotate_one(k, positions, seq_len, key=True)
         cos, sin = self.cos_sin(positions, T, q.device, seq_len=seq_len)
-        return apply_rotary(q, cos, sin, self.layout), apply_rotary(
-            k, cos, sin, self.layout
-        )
+        return apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
 
     forward = rotate
 

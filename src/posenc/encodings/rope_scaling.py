@@ -35,27 +35,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-RopeType = Literal[
-    "default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional"
-]
+RopeType = Literal["default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional"]
 ScalingFn = Callable[..., tuple[Tensor, float]]
 F64 = torch.float64
 
 
-def default_inv_freq(
-    rotary_dim: int, rope_base: float, device: torch.device | None = None
-) -> Tensor:
+def default_inv_freq(rotary_dim: int, rope_base: float, device: torch.device | None = None) -> Tensor:
     """``rope_base ** (-2i / rotary_dim)`` for i < rotary_dim/2, float64 (RoFormer)."""
-    return rope_base ** -(
-        torch.arange(0, rotary_dim, 2, dtype=F64, device=device) / rotary_dim
-    )
+    return rope_base ** -(torch.arange(0, rotary_dim, 2, dtype=F64, device=device) / rotary_dim)
 
 
 def _check_dim(rotary_dim: int, rope_type: str) -> None:
     if not isinstance(rotary_dim, int) or rotary_dim < 2 or rotary_dim % 2:
-        raise ValueError(
-            f"rope_type {rope_type!r}: rotary_dim must be an even int >= 2, got {rotary_dim!r}"
-        )
+        raise ValueError(f"rope_type {rope_type!r}: rotary_dim must be an even int >= 2, got {rotary_dim!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,23 +100,17 @@ def dynamic_schedule(
     """
     _check_dim(rotary_dim, "dynamic")
     if rotary_dim == 2:
-        raise ValueError(
-            "rope_type 'dynamic': rotary_dim must be > 2 (the exponent is d / (d - 2)), got 2"
-        )
+        raise ValueError("rope_type 'dynamic': rotary_dim must be > 2 (the exponent is d / (d - 2)), got 2")
     factor, L0 = float(params["factor"]), params["max_position_embeddings"]
     exponent = torch.arange(0, rotary_dim, 2, dtype=F64, device=device) / rotary_dim
     if seq_len is None:
         seq_len = L0
     if isinstance(seq_len, Tensor):  # traceable: no host sync, no branch on the value
         L = torch.clamp(seq_len.to(device=exponent.device, dtype=F64), min=L0)
-        log_base = math.log(rope_base) + rotary_dim / (rotary_dim - 2) * torch.log(
-            factor * L / L0 - (factor - 1)
-        )
+        log_base = math.log(rope_base) + rotary_dim / (rotary_dim - 2) * torch.log(factor * L / L0 - (factor - 1))
         return torch.exp(-exponent * log_base), 1.0
     L = max(int(seq_len), L0)
-    base = rope_base * (factor * L / L0 - (factor - 1)) ** (
-        rotary_dim / (rotary_dim - 2)
-    )
+    base = rope_base * (factor * L / L0 - (factor - 1)) ** (rotary_dim / (rotary_dim - 2))
     return base**-exponent, 1.0
 
 
@@ -161,18 +147,12 @@ def yarn_schedule(
     if attention_factor is None:
         mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
         if mscale and mscale_all_dim:
-            attention_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(
-                factor, mscale_all_dim
-            )
+            attention_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
         else:
             attention_factor = _yarn_mscale(factor)
 
     def correction_dim(turns: float) -> float:
-        return (
-            rotary_dim
-            * math.log(L0 / (turns * 2 * math.pi))
-            / (2 * math.log(rope_base))
-        )
+        return rotary_dim * math.log(L0 / (turns * 2 * math.pi)) / (2 * math.log(rope_base))
 
     low, high = correction_dim(params["beta_fast"]), correction_dim(params["beta_slow"])
     if params["truncate"]:
@@ -180,12 +160,8 @@ def yarn_schedule(
     low, high = max(low, 0), min(high, rotary_dim - 1)
     if low == high:
         high += 0.001  # Hugging Face's guard against a zero-width ramp
-    ramp = (
-        (torch.arange(rotary_dim // 2, dtype=F64, device=device) - low) / (high - low)
-    ).clamp(0, 1)
-    extrapolation = default_inv_freq(
-        rotary_dim, rope_base, device
-    )  # (d/2,): the trained frequencies
+    ramp = ((torch.arange(rotary_dim // 2, dtype=F64, device=device) - low) / (high - low)).clamp(0, 1)
+    extrapolation = default_inv_freq(rotary_dim, rope_base, device)  # (d/2,): the trained frequencies
     interpolation = extrapolation / factor
     inv_freq = interpolation * ramp + extrapolation * (1 - ramp)
     return inv_freq, float(attention_factor)
@@ -221,21 +197,13 @@ def longrope_schedule(
         factor = params["max_position_embeddings"] / L0
     attention_factor = params.get("attention_factor")
     if attention_factor is None:
-        attention_factor = (
-            1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(L0))
-        )
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(L0))
     base = default_inv_freq(rotary_dim, rope_base, device)
     short = base / torch.tensor(params["short_factor"], dtype=F64, device=device)
     long = base / torch.tensor(params["long_factor"], dtype=F64, device=device)
-    if isinstance(
-        seq_len, Tensor
-    ):  # traceable: Hugging Face's torch.where on a 0-dim length
-        return torch.where(seq_len.to(short.device) > L0, long, short), float(
-            attention_factor
-        )
-    return (long if seq_len is not None and seq_len > L0 else short), float(
-        attention_factor
-    )
+    if isinstance(seq_len, Tensor):  # traceable: Hugging Face's torch.where on a 0-dim length
+        return torch.where(seq_len.to(short.device) > L0, long, short), float(attention_factor)
+    return (long if seq_len is not None and seq_len > L0 else short), float(attention_factor)
 
 
 def llama3_schedule(
@@ -358,9 +326,7 @@ def _is_number(v: Any) -> bool:
 
 
 def _bad(rope_type: str, key: str, value: Any, must: str) -> ValueError:
-    return ValueError(
-        f"rope scaling {rope_type!r}: {key} must be {must}, got {key}={value!r}"
-    )
+    return ValueError(f"rope scaling {rope_type!r}: {key} must be {must}, got {key}={value!r}")
 
 
 def validate_scaling(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -380,13 +346,9 @@ def validate_scaling(params: Mapping[str, Any] | None) -> dict[str, Any]:
     legacy = params.pop("type", None)
     rope_type = params.get("rope_type", legacy if legacy is not None else "default")
     if legacy is not None and legacy != rope_type:
-        raise ValueError(
-            f"rope scaling: rope_type={rope_type!r} and type={legacy!r} disagree"
-        )
+        raise ValueError(f"rope scaling: rope_type={rope_type!r} and type={legacy!r} disagree")
     if rope_type not in _KEYS:
-        raise ValueError(
-            f"rope scaling: unknown rope_type={rope_type!r}; known: {sorted(_KEYS)}"
-        )
+        raise ValueError(f"rope scaling: unknown rope_type={rope_type!r}; known: {sorted(_KEYS)}")
     params["rope_type"] = rope_type
     required, optional = _KEYS[rope_type]
     for key in params:
@@ -397,18 +359,14 @@ def validate_scaling(params: Mapping[str, Any] | None) -> dict[str, Any]:
             )
     for key in sorted(required):
         if key not in params:
-            raise ValueError(
-                f"rope scaling {rope_type!r}: missing required key {key!r} in {params!r}"
-            )
+            raise ValueError(f"rope scaling {rope_type!r}: missing required key {key!r} in {params!r}")
     out = {**optional, **params}
     _check_values(rope_type, out)
     return out
 
 
 def _check_values(rope_type: str, p: dict[str, Any]) -> None:
-    def number(
-        key: str, must: str, ok: Callable[[float], bool], allow_none: bool = False
-    ) -> None:
+    def number(key: str, must: str, ok: Callable[[float], bool], allow_none: bool = False) -> None:
         if key not in p or (allow_none and p[key] is None):
             return
         if not _is_number(p[key]) or not ok(p[key]):
@@ -434,9 +392,7 @@ def _check_values(rope_type: str, p: dict[str, Any]) -> None:
     number("beta_fast", "a number > 0", lambda v: v > 0)
     number("beta_slow", "a number > 0", lambda v: v > 0)
     if rope_type == "yarn" and p["beta_fast"] < p["beta_slow"]:
-        raise _bad(
-            rope_type, "beta_fast", p["beta_fast"], f">= beta_slow={p['beta_slow']!r}"
-        )
+        raise _bad(rope_type, "beta_fast", p["beta_fast"], f">= beta_slow={p['beta_slow']!r}")
     number("mscale", "a number >= 0", lambda v: v >= 0, allow_none=True)
     number("mscale_all_dim", "a number >= 0", lambda v: v >= 0, allow_none=True)
     if "truncate" in p and not isinstance(p["truncate"], bool):
@@ -461,11 +417,7 @@ def _check_values(rope_type: str, p: dict[str, Any]) -> None:
             )
     for key in ("short_factor", "long_factor"):
         v = p.get(key)
-        if key in p and not (
-            isinstance(v, (list, tuple))
-            and len(v) > 0
-            and all(_is_number(x) and x > 0 for x in v)
-        ):
+        if key in p and not (isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_number(x) and x > 0 for x in v)):
             raise _bad(rope_type, key, v, "a non-empty list of numbers > 0")
     if rope_type == "longrope" and len(p["short_factor"]) != len(p["long_factor"]):
         raise _bad(

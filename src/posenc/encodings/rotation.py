@@ -20,9 +20,7 @@ LAYOUTS: tuple[str, ...] = ("half", "interleaved")
 TWO_PI = 2 * math.pi
 
 
-def rope_inv_freq(
-    rotary_dim: int, base: float, device: torch.device | None = None
-) -> Tensor:
+def rope_inv_freq(rotary_dim: int, base: float, device: torch.device | None = None) -> Tensor:
     """Inverse frequencies ``base ** (-2i / rotary_dim)``, i < rotary_dim/2, as float32 (computed in float64)."""
     return default_inv_freq(rotary_dim, base, device).to(torch.float32)
 
@@ -43,9 +41,7 @@ def rope_cos_sin(
     the float32 cos/sin, so the tables do not lose precision at large positions.
     """
     with torch.autocast(device_type=positions.device.type, enabled=False):
-        angles = positions.to(torch.float64)[..., None] * inv_freq.to(
-            torch.float64
-        )  # (..., T, rd/2)
+        angles = positions.to(torch.float64)[..., None] * inv_freq.to(torch.float64)  # (..., T, rd/2)
         angles = (angles - TWO_PI * torch.round(angles / TWO_PI)).to(torch.float32)
         cos, sin = angles.cos(), angles.sin()
         if attention_factor != 1.0:
@@ -56,27 +52,19 @@ def rope_cos_sin(
 def rotate_pairs(x: Tensor, layout: Layout) -> Tensor:
     """The 90-degree rotation of every pair: (x1, x2) -> (-x2, x1), in the given layout."""
     if layout == "half":
-        h = (
-            x.shape[-1] + 1
-        ) // 2  # chunk(2)'s split, as slices: the compiler fuses slices, not chunk
+        h = (x.shape[-1] + 1) // 2  # chunk(2)'s split, as slices: the compiler fuses slices, not chunk
         x1, x2 = x[..., :h], x[..., h:]
         return torch.cat((-x2, x1), dim=-1)
     pairs = rearrange(x, "... (d two) -> ... d two", two=2)
-    return rearrange(
-        torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)"
-    )
+    return rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... d two -> ... (d two)")
 
 
-def apply_rotary(
-    x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half"
-) -> Tensor:
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -> Tensor:
     """Rotate the first ``cos.shape[-1]`` channels of x (..., T, hs); the rest pass through.
 
     cos/sin: (T, rd) or (B, T, rd), any float dtype; they are cast to x.dtype for the multiply.
     """
-    if (
-        cos.dim() == 3
-    ):  # per-row positions (B, T, rd) -> (B, 1, T, rd) to broadcast over heads
+    if cos.dim() == 3:  # per-row positions (B, T, rd) -> (B, 1, T, rd) to broadcast over heads
         cos, sin = cos[:, None], sin[:, None]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     if (
@@ -84,9 +72,7 @@ def apply_rotary(
         or cos.requires_grad
         or sin.requires_grad  # gradients for the tables come from the plain formula's autograd
         or torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1]) != x.shape[:-1]
-        or _is_func_transformed(
-            x
-        )  # torch.func (vmap, grad, jvp) wrappers refuse out= ops
+        or _is_func_transformed(x)  # torch.func (vmap, grad, jvp) wrappers refuse out= ops
     ):
         return _rotary_reference(x, cos, sin, layout)
     return _Rotary.apply(x, cos, sin, layout)
@@ -104,9 +90,7 @@ def _rotary_reference(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout) -> Te
     return torch.cat((x_rot * cos + rotate_pairs(x_rot, layout) * sin, x_pass), dim=-1)
 
 
-def _rotary_into(
-    x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, transpose: bool
-) -> Tensor:
+def _rotary_into(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout, transpose: bool) -> Tensor:
     """``_rotary_reference`` (or, with ``transpose``, its adjoint: the rotation by -angle) in three
     ops on one fresh buffer: out = x * cos, then a fused multiply-add on each half of the pairs.
 
@@ -126,9 +110,7 @@ def _rotary_into(
     ):
         # pairs (2i, 2i+1) are complex numbers: one complex multiply (by the conjugate for the adjoint)
         # instead of three strided passes, ~1.6x faster on CPU
-        cis = torch.complex(
-            cos[..., 0::2], -sin[..., 0::2] if transpose else sin[..., 0::2]
-        )  # (..., T, rd/2)
+        cis = torch.complex(cos[..., 0::2], -sin[..., 0::2] if transpose else sin[..., 0::2])  # (..., T, rd/2)
         pairs_of = lambda t: torch.view_as_complex(t[..., :rd].unflatten(-1, (-1, 2)))
         torch.mul(pairs_of(x), cis, out=pairs_of(out))
         return out
@@ -139,11 +121,7 @@ def _rotary_into(
     # forward:  o1 = x1 c1 - x2 s1,  o2 = x2 c2 + x1 s2
     # adjoint:  o1 = x1 c1 + x2 s2,  o2 = x2 c2 - x1 s1
     sign = -1.0 if transpose else 1.0
-    sin_a, sin_b = (
-        (sin[..., second], sin[..., first])
-        if transpose
-        else (sin[..., first], sin[..., second])
-    )
+    sin_a, sin_b = (sin[..., second], sin[..., first]) if transpose else (sin[..., first], sin[..., second])
     xs, os_ = x[..., :rd], out[..., :rd]
     torch.mul(xs, cos, out=os_)
     os_[..., first].addcmul_(xs[..., second], sin_a, value=-sign)
@@ -175,17 +153,11 @@ class _Rotary(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         cos, sin = ctx.saved_tensors
-        if (
-            torch.is_grad_enabled()
-        ):  # create_graph=True: stay differentiable for double backward
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable for double backward
             rd = cos.shape[-1]
             g_rot = grad[..., :rd]
             g_rot = g_rot * cos - rotate_pairs(g_rot * sin, ctx.layout)
-            dx = (
-                g_rot
-                if rd == grad.shape[-1]
-                else torch.cat((g_rot, grad[..., rd:]), dim=-1)
-            )
+            dx = g_rot if rd == grad.shape[-1] else torch.cat((g_rot, grad[..., rd:]), dim=-1)
         else:
             dx = _rotary_into(grad, cos, sin, ctx.layout, transpose=True)
         return dx, None, None, None

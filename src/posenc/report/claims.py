@@ -21,11 +21,15 @@ def seed_spread(results: dict[str, Any]) -> str:
     stds = [a["val_loss"]["std"] for a in results["aggregate"].values() if a["val_loss"]["std"] is not None]
     n_seeds = len(results["seeds"])
     if not stds:
-        return ("- **Seed spread.** One seed per variant: no spread can be estimated, so no difference below "
-                "can be called larger than seed noise.")  # fmt: skip
-    return (f"- **Seed spread.** Over {n_seeds} seeds the standard deviation of the final validation loss "
-            f"is {min(stds):.4f} to {max(stds):.4f} (median {statistics.median(stds):.4f}) across variants. "
-            f"With {n_seeds} seeds these spreads are themselves rough estimates.")  # fmt: skip
+        return (
+            "- **Seed spread.** One seed per variant: no spread can be estimated, so no difference below "
+            "can be called larger than seed noise."
+        )
+    return (
+        f"- **Seed spread.** Over {n_seeds} seeds the standard deviation of the final validation loss "
+        f"is {min(stds):.4f} to {max(stds):.4f} (median {statistics.median(stds):.4f}) across variants. "
+        f"With {n_seeds} seeds these spreads are themselves rough estimates."
+    )
 
 
 def pair_verdict(results: dict[str, Any], a: str, b: str) -> str | None:
@@ -34,11 +38,17 @@ def pair_verdict(results: dict[str, Any], a: str, b: str) -> str | None:
     if c is None:
         return None
     d = c["diff"]
-    verdict = ("larger than the seed spread (every seed separated)" if c["separated"]
-               else "not larger than the seed spread (the per-seed ranges overlap)" if d["n"] > 1
-               else "of unknown significance (one seed)")  # fmt: skip
-    return (f"- **{LABELS[a]} vs {LABELS[b]}.** Validation loss {LABELS[a]} − {LABELS[b]} = "
-            f"{fmt_diff(d)} (paired over {d['n']} seed(s)): {verdict}.")  # fmt: skip
+    verdict = (
+        "larger than the seed spread (every seed separated)"
+        if c["separated"]
+        else "not larger than the seed spread (the per-seed ranges overlap)"
+        if d["n"] > 1
+        else "of unknown significance (one seed)"
+    )
+    return (
+        f"- **{LABELS[a]} vs {LABELS[b]}.** Validation loss {LABELS[a]} − {LABELS[b]} = "
+        f"{fmt_diff(d)} (paired over {d['n']} seed(s)): {verdict}."
+    )
 
 
 def study_agreement(sc: dict[str, Any]) -> str | None:
@@ -51,9 +61,11 @@ def study_agreement(sc: dict[str, Any]) -> str | None:
         return " < ".join(LABELS[v] for v in sorted(rank, key=rank.get))
 
     disagreements = ", ".join(f"{LABELS[a]} vs {LABELS[b]}" for a, b in sc["disagree"])
-    return (f"- **Agreement with the study.** By validation loss the study orders its models "
-            f"{order(sc['study_rank'])}; here: {order(sc['our_rank'])}. {len(sc['agree'])} of {sc['pairs']} "
-            f"pairwise orderings agree" + (f": disagreements {disagreements}" if sc["disagree"] else "") + ".")  # fmt: skip
+    return (
+        f"- **Agreement with the study.** By validation loss the study orders its models "
+        f"{order(sc['study_rank'])}; here: {order(sc['our_rank'])}. {len(sc['agree'])} of {sc['pairs']} "
+        f"pairwise orderings agree" + (f": disagreements {disagreements}" if sc["disagree"] else "") + "."
+    )
 
 
 def qk_norm_meaning(results: dict[str, Any], study: dict[str, Any] = STUDY) -> str | None:
@@ -66,17 +78,23 @@ def qk_norm_meaning(results: dict[str, Any], study: dict[str, Any] = STUDY) -> s
     cands = [v for v in ("qknorm", "absolute_qknorm", "nope_qknorm") if v in agg]
     parts = [f"{LABELS[v]} ({v}) {agg[v]['val_loss']['mean'] - base:+.4f}" for v in cands]
     same = [v for v in cands if (agg[v]["val_loss"]["mean"] - base > 0) == (study_gap > 0)]
-    return (f"- **What \"QK Norm\" was.** The study's QK Norm model is {study_gap:+.4f} from its GPT (absolute) "
-            f"model. Here, relative to {LABELS['absolute']}: " + "; ".join(parts)
-            + f". Same sign as the study: {', '.join(LABELS[v] for v in same) or 'none'}.")  # fmt: skip
+    return (
+        f'- **What "QK Norm" was.** The study\'s QK Norm model is {study_gap:+.4f} from its GPT (absolute) '
+        f"model. Here, relative to {LABELS['absolute']}: "
+        + "; ".join(parts)
+        + f". Same sign as the study: {', '.join(LABELS[v] for v in same) or 'none'}."
+    )
 
 
 def extrapolation_growth(results: dict[str, Any]) -> dict[str, float]:
     """Per variant evaluated at every context: mean loss at the largest context minus at 1x."""
     agg = results["aggregate"]
     mults = list(next(iter(agg.values()))["extrapolation"])
-    return {v: a["extrapolation"][mults[-1]]["mean"] - a["extrapolation"][mults[0]]["mean"]
-            for v, a in agg.items() if a["extrapolation"][mults[-1]] is not None}  # fmt: skip
+    return {
+        v: a["extrapolation"][mults[-1]]["mean"] - a["extrapolation"][mults[0]]["mean"]
+        for v, a in agg.items()
+        if a["extrapolation"][mults[-1]] is not None
+    }
 
 
 def beyond_context(results: dict[str, Any]) -> str | None:
@@ -88,24 +106,38 @@ def beyond_context(results: dict[str, Any]) -> str | None:
         return None
     ranked = sorted(growth, key=growth.get)
     better = [v for v in ranked if growth[v] < 0]
-    return (f"- **Beyond the training context** ({mults[-1]}x − 1x, same target tokens): "
-            + ", ".join(f"{LABELS[v]} {growth[v]:+.4f}" for v in ranked) + ". "
-            + (f"Loss falls with the longer context for {', '.join(LABELS[v] for v in better)}; "
-               if better else "No variant gains from the longer context; ")
-            + f"it rises most for {LABELS[ranked[-1]]}. The study measured no context but its own."
-            + (f" {LABELS['absolute']}'s learned table cannot be evaluated past {results['block_size']} positions."
-               if "absolute" in agg and "absolute" not in growth else ""))  # fmt: skip
+    return (
+        f"- **Beyond the training context** ({mults[-1]}x − 1x, same target tokens): "
+        + ", ".join(f"{LABELS[v]} {growth[v]:+.4f}" for v in ranked)
+        + ". "
+        + (
+            f"Loss falls with the longer context for {', '.join(LABELS[v] for v in better)}; "
+            if better
+            else "No variant gains from the longer context; "
+        )
+        + f"it rises most for {LABELS[ranked[-1]]}. The study measured no context but its own."
+        + (
+            f" {LABELS['absolute']}'s learned table cannot be evaluated past {results['block_size']} positions."
+            if "absolute" in agg and "absolute" not in growth
+            else ""
+        )
+    )
 
 
 def position_in_context(results: dict[str, Any]) -> str:
     """For how many variants late positions have lower loss than early ones."""
     agg = results["aggregate"]
     falls = [v for v, a in agg.items() if a["late_loss"]["mean"] < a["early_loss"]["mean"]]
-    return (f"- **Position within the context.** Late positions have lower loss than early ones for "
-            f"{len(falls)} of {len(agg)} variants"
-            + (f" (not for {', '.join(LABELS[v] for v in agg if v not in falls)})" if len(falls) < len(agg) else "")
-            + (": more history makes prediction easier, as it should." if len(falls) == len(agg)
-               else "; where loss does not fall with position, the model uses its history poorly."))  # fmt: skip
+    return (
+        f"- **Position within the context.** Late positions have lower loss than early ones for "
+        f"{len(falls)} of {len(agg)} variants"
+        + (f" (not for {', '.join(LABELS[v] for v in agg if v not in falls)})" if len(falls) < len(agg) else "")
+        + (
+            ": more history makes prediction easier, as it should."
+            if len(falls) == len(agg)
+            else "; where loss does not fall with position, the model uses its history poorly."
+        )
+    )
 
 
 def scale(results: dict[str, Any], study: dict[str, Any] = STUDY) -> str:
@@ -113,16 +145,25 @@ def scale(results: dict[str, Any], study: dict[str, Any] = STUDY) -> str:
     agg = results["aggregate"]
     tok = max(a["tokens"] for a in agg.values())
     params = max(a["params"] for a in agg.values())
-    return (f"- **Scale.** These runs use {params / 1e6:.2f}M parameters and {tok:,} tokens each, "
-            f"{study['params'] / params:.0f}x fewer parameters and {study['tokens'] / tok:,.0f}x fewer tokens "
-            "than the study, on a different corpus and tokenizer; orderings that hold here need not hold at its "
-            "scale, and the reverse.")  # fmt: skip
+    return (
+        f"- **Scale.** These runs use {params / 1e6:.2f}M parameters and {tok:,} tokens each, "
+        f"{study['params'] / params:.0f}x fewer parameters and {study['tokens'] / tok:,.0f}x fewer tokens "
+        "than the study, on a different corpus and tokenizer; orderings that hold here need not hold at its "
+        "scale, and the reverse."
+    )
 
 
 def discussion(results: dict[str, Any], sc: dict[str, Any] | None = None) -> list[str]:
     """The discussion bullets, in order; ``sc`` is :func:`~posenc.report.stats.study_comparison`
     of ``results`` (computed when not given)."""
     sc = study_comparison(results) if sc is None else sc
-    claims = [seed_spread(results), *(pair_verdict(results, a, b) for a, b in KEY_PAIRS), study_agreement(sc),
-              qk_norm_meaning(results), beyond_context(results), position_in_context(results), scale(results)]  # fmt: skip
+    claims = [
+        seed_spread(results),
+        *(pair_verdict(results, a, b) for a, b in KEY_PAIRS),
+        study_agreement(sc),
+        qk_norm_meaning(results),
+        beyond_context(results),
+        position_in_context(results),
+        scale(results),
+    ]
     return [c for c in claims if c is not None]

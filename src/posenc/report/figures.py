@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from posenc.report.stats import LABELS
-
 from posenc.io import atomic_write
+from posenc.report.stats import LABELS
 
 #: The files :func:`plot_all` writes, in order.
 FIGURES: tuple[str, ...] = ("curves.png", "extrapolation.png", "per_position.png")
@@ -84,8 +83,16 @@ def plot_extrapolation(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for v, a in agg.items():
         pts = [(int(m), s) for m, s in a["extrapolation"].items() if s is not None]
-        axes[0].errorbar([m for m, _ in pts], [s["mean"] for _, s in pts], yerr=[s["std"] or 0.0 for _, s in pts],
-                         fmt="o-", ms=4, capsize=3, color=colors[v], label=LABELS[v])  # fmt: skip
+        axes[0].errorbar(
+            [m for m, _ in pts],
+            [s["mean"] for _, s in pts],
+            yerr=[s["std"] or 0.0 for _, s in pts],
+            fmt="o-",
+            ms=4,
+            capsize=3,
+            color=colors[v],
+            label=LABELS[v],
+        )
         if a["per_position_long"]:
             xs = (np.arange(len(a["per_position_long"])) + 0.5) * width
             axes[1].plot(xs, a["per_position_long"], color=colors[v], label=LABELS[v])

@@ -32,10 +32,13 @@ def study_table(results: dict[str, Any]) -> str:
         lines.append(f"| {LABELS[v]} | {fmt_spread(a['train_loss'])} | {fmt_spread(a['val_loss'])} |")
     tokens = {a["tokens"] for a in agg.values()}
     params = sorted({a["params"] for a in agg.values()})
-    lines += ["", f"Mean ± sample standard deviation over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-              f"{'/'.join(f'{t:,}' for t in sorted(tokens))} training tokens per run; "
-              f"{' to '.join(sorted({f'{p / 1e6:.2f}M' for p in (params[0], params[-1])}))} parameters (non-embedding, as nanoGPT counts); "
-              "train loss = mean over the last evaluation interval, validation loss = the final evaluation."]  # fmt: skip
+    lines += [
+        "",
+        f"Mean ± sample standard deviation over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
+        f"{'/'.join(f'{t:,}' for t in sorted(tokens))} training tokens per run; "
+        f"{' to '.join(sorted({f'{p / 1e6:.2f}M' for p in (params[0], params[-1])}))} parameters (non-embedding, as nanoGPT counts); "
+        "train loss = mean over the last evaluation interval, validation loss = the final evaluation.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -47,10 +50,13 @@ def _setup(results: dict[str, Any]) -> list[str]:
     cfg, env, tc, mc = results["config"], results["environment"], results["train_config"], results["model_config"]
     out: list[str] = []
     if results["preset"] not in ("cpu", "owt-16m"):
-        out += [f"> **This page comes from the `{results['preset']}` preset: a smoke test with short runs, "
-                "not the comparison.** Regenerate it from the full CPU sweep "
-                "(`python examples/compare.py --preset cpu --render docs/results.md`); "
-                "until then read no conclusion into the numbers below.", ""]  # fmt: skip
+        out += [
+            f"> **This page comes from the `{results['preset']}` preset: a smoke test with short runs, "
+            "not the comparison.** Regenerate it from the full CPU sweep "
+            "(`python examples/compare.py --preset cpu --render docs/results.md`); "
+            "until then read no conclusion into the numbers below.",
+            "",
+        ]
     return out + [
         "Every number on this page is read from the results JSON written by `examples/compare.py`; "
         "only the study's published table is typed in (the constant `STUDY` in that script). "
@@ -71,7 +77,7 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f"batch {tc['batch_size']} x {tc['grad_accum']}, {tc['max_iters']} steps, lr {tc['learning_rate']} "
         f"(cosine to {tc['min_lr']}). Same data order, seeds and shared initial weights for every variant.",
         "",
-    ]  # fmt: skip
+    ]
 
 
 def _beside_study(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
@@ -79,17 +85,23 @@ def _beside_study(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         return []
     agg, tc = results["aggregate"], results["train_config"]
     ref = "rope" if "rope" in sc["variants"] else sc["variants"][0]
-    out = ["## Beside the study", "",
-           f"The study: {STUDY['setting']} ({STUDY['source']}). Its losses are per GPT-2 token on "
-           f"OpenWebText; these are per {UNITS.get(tc['tokenizer'], 'token')} on the "
-           f"{tc['dataset']} corpus, so only orderings and signs compare, not values.", "",
-           f"| Model | Study train | Study val | Study val − {LABELS[ref]} | Study rank | Val here | "
-           f"Val here − {LABELS[ref]} (paired) | Rank here |",
-           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "## Beside the study",
+        "",
+        f"The study: {STUDY['setting']} ({STUDY['source']}). Its losses are per GPT-2 token on "
+        f"OpenWebText; these are per {UNITS.get(tc['tokenizer'], 'token')} on the "
+        f"{tc['dataset']} corpus, so only orderings and signs compare, not values.",
+        "",
+        f"| Model | Study train | Study val | Study val − {LABELS[ref]} | Study rank | Val here | "
+        f"Val here − {LABELS[ref]} (paired) | Rank here |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v in sc["variants"]:
         st, sv = STUDY["rows"][v]
-        out.append(f"| {LABELS[v]} | {st:.4f} | {sv:.4f} | {sv - STUDY['rows'][ref][1]:+.4f} | {sc['study_rank'][v]} | "
-                   f"{fmt_spread(agg[v]['val_loss'])} | {_paired(results, v, ref)} | {sc['our_rank'][v]} |")  # fmt: skip
+        out.append(
+            f"| {LABELS[v]} | {st:.4f} | {sv:.4f} | {sv - STUDY['rows'][ref][1]:+.4f} | {sc['study_rank'][v]} | "
+            f"{fmt_spread(agg[v]['val_loss'])} | {_paired(results, v, ref)} | {sc['our_rank'][v]} |"
+        )
     return out + [""]
 
 
@@ -97,29 +109,40 @@ def _paired_differences(results: dict[str, Any]) -> list[str]:
     comps = results["comparisons"]
     if not comps:
         return []
-    out = ["## Paired differences", "",
-           "Validation loss of A minus B, per seed (both trained on the same batches from the same shared "
-           "initial weights), then mean ± std over seeds. *Separated*: every seed of one variant is below "
-           "every seed of the other, i.e. the difference is larger than the seed spread.", "",
-           "| A − B | Δ val (mean ± std) | seeds | std of A / std of B | separated |", "|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "## Paired differences",
+        "",
+        "Validation loss of A minus B, per seed (both trained on the same batches from the same shared "
+        "initial weights), then mean ± std over seeds. *Separated*: every seed of one variant is below "
+        "every seed of the other, i.e. the difference is larger than the seed spread.",
+        "",
+        "| A − B | Δ val (mean ± std) | seeds | std of A / std of B | separated |",
+        "|---|---|---|---|---|",
+    ]
     for c in comps:
         sa = "n/a" if c["std_a"] is None else f"{c['std_a']:.4f}"
         sb = "n/a" if c["std_b"] is None else f"{c['std_b']:.4f}"
-        out.append(f"| {LABELS[c['a']]} − {LABELS[c['b']]} | {fmt_diff(c['diff'])} | {len(c['seeds'])} | {sa} / {sb} | "
-                   f"{'yes' if c['separated'] else 'no'} |")  # fmt: skip
+        out.append(
+            f"| {LABELS[c['a']]} − {LABELS[c['b']]} | {fmt_diff(c['diff'])} | {len(c['seeds'])} | {sa} / {sb} | "
+            f"{'yes' if c['separated'] else 'no'} |"
+        )
     return out + [""]
 
 
 def _extrapolation(results: dict[str, Any], link: Any, figures: list[str]) -> list[str]:
     agg, T = results["aggregate"], results["block_size"]
     mults = list(next(iter(agg.values()))["extrapolation"])
-    out = ["## Length extrapolation", "",
-           f"Validation loss with contexts of 1x to {mults[-1]}x the training context ({T} tokens), each row one "
-           f"KV-free forward from position 0 over the same {results['eval_tokens']:,} validation tokens "
-           f"({results['config']['eval_windows']} fixed windows): a longer context sees the same targets with more "
-           "history. n/a: the learned absolute table has no vectors beyond its length.", "",
-           "| Model | " + " | ".join(f"{m}x ({int(m) * T})" for m in mults) + f" | {mults[-1]}x − 1x |",
-           "|---|" + "---|" * (len(mults) + 1)]  # fmt: skip
+    out = [
+        "## Length extrapolation",
+        "",
+        f"Validation loss with contexts of 1x to {mults[-1]}x the training context ({T} tokens), each row one "
+        f"KV-free forward from position 0 over the same {results['eval_tokens']:,} validation tokens "
+        f"({results['config']['eval_windows']} fixed windows): a longer context sees the same targets with more "
+        "history. n/a: the learned absolute table has no vectors beyond its length.",
+        "",
+        "| Model | " + " | ".join(f"{m}x ({int(m) * T})" for m in mults) + f" | {mults[-1]}x − 1x |",
+        "|---|" + "---|" * (len(mults) + 1),
+    ]
     for v, a in agg.items():
         e = a["extrapolation"]
         growth = "n/a" if e[mults[-1]] is None else f"{e[mults[-1]]['mean'] - e[mults[0]]['mean']:+.4f}"
@@ -133,13 +156,20 @@ def _extrapolation(results: dict[str, Any], link: Any, figures: list[str]) -> li
 def _per_position(results: dict[str, Any], link: Any, figures: list[str]) -> list[str]:
     agg, T = results["aggregate"], results["block_size"]
     k = max(1, T // 8)
-    out = ["## Loss by position within the training context", "",
-           f"Mean validation loss at each position of the 1x rows, averaged over windows and seeds; early = "
-           f"positions 1-{k}, late = positions {T - k + 1}-{T}.", "",
-           "| Model | early | late | late − early |", "|---|---|---|---|"]  # fmt: skip
+    out = [
+        "## Loss by position within the training context",
+        "",
+        f"Mean validation loss at each position of the 1x rows, averaged over windows and seeds; early = "
+        f"positions 1-{k}, late = positions {T - k + 1}-{T}.",
+        "",
+        "| Model | early | late | late − early |",
+        "|---|---|---|---|",
+    ]
     for v, a in agg.items():
-        out.append(f"| {LABELS[v]} | {fmt_spread(a['early_loss'])} | {fmt_spread(a['late_loss'])} | "
-                   f"{a['late_loss']['mean'] - a['early_loss']['mean']:+.4f} |")  # fmt: skip
+        out.append(
+            f"| {LABELS[v]} | {fmt_spread(a['early_loss'])} | {fmt_spread(a['late_loss'])} | "
+            f"{a['late_loss']['mean'] - a['early_loss']['mean']:+.4f} |"
+        )
     out.append("")
     if "per_position.png" in figures:
         out += [f"![per-position loss]({link('per_position.png')})", ""]
@@ -149,14 +179,25 @@ def _per_position(results: dict[str, Any], link: Any, figures: list[str]) -> lis
 
 
 def _samples(results: dict[str, Any]) -> list[str]:
-    out = ["## Samples", "", "From the final checkpoint of the first seed, with the KV cache, temperature 0.8, "
-           "top-k 200, the same prompts and sampling seed for every variant.", ""]  # fmt: skip
+    out = [
+        "## Samples",
+        "",
+        "From the final checkpoint of the first seed, with the KV cache, temperature 0.8, "
+        "top-k 200, the same prompts and sampling seed for every variant.",
+        "",
+    ]
     first = results["seeds"][0]
     for v in results["aggregate"]:
         r = results["runs"].get(f"{v}/s{first}")
         if r and r["samples"]:
-            out += [f"**{LABELS[v]}**", "", "````text", *[printable(s).replace("````", "'```") for s in r["samples"]],
-                    "````", ""]  # fmt: skip
+            out += [
+                f"**{LABELS[v]}**",
+                "",
+                "````text",
+                *[printable(s).replace("````", "'```") for s in r["samples"]],
+                "````",
+                "",
+            ]
     return out
 
 

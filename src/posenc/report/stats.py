@@ -15,11 +15,21 @@ import numpy as np
 
 #: The study's row names, extended in its style to the variants it did not run.
 LABELS: dict[str, str] = {
-    "absolute": "GPT", "nope": "GPT NOPE", "rope": "GPT ROPE", "qknorm": "GPT QK Norm", "rnope": "GPT RNOPE",
-    "sinusoidal": "GPT Sinusoidal", "alibi": "GPT ALiBi", "absolute_qknorm": "GPT + QK Norm",
-    "nope_qknorm": "GPT NOPE + QK Norm", "t5": "GPT T5 bias", "kerple": "GPT KERPLE", "fire": "GPT FIRE",
-    "mla": "GPT MLA", "gqa": "GPT GQA",
-}  # fmt: skip
+    "absolute": "GPT",
+    "nope": "GPT NOPE",
+    "rope": "GPT ROPE",
+    "qknorm": "GPT QK Norm",
+    "rnope": "GPT RNOPE",
+    "sinusoidal": "GPT Sinusoidal",
+    "alibi": "GPT ALiBi",
+    "absolute_qknorm": "GPT + QK Norm",
+    "nope_qknorm": "GPT NOPE + QK Norm",
+    "t5": "GPT T5 bias",
+    "kerple": "GPT KERPLE",
+    "fire": "GPT FIRE",
+    "mla": "GPT MLA",
+    "gqa": "GPT GQA",
+}
 DESCRIPTIONS: dict[str, str] = {
     "absolute": "learned absolute position table (GPT-2)",
     "nope": "no positional encoding",
@@ -55,9 +65,16 @@ STUDY: dict[str, Any] = {
 #: Pairs (a, b) whose paired difference a - b is reported; the first two are the acceptance
 #: criterion (differences larger than the seed spread).
 PAIRS: tuple[tuple[str, str], ...] = (
-    ("rope", "nope"), ("rope", "absolute"), ("rnope", "rope"), ("qknorm", "rope"), ("alibi", "rope"),
-    ("sinusoidal", "absolute"), ("absolute_qknorm", "absolute"), ("nope_qknorm", "nope"), ("absolute", "nope"),
-)  # fmt: skip
+    ("rope", "nope"),
+    ("rope", "absolute"),
+    ("rnope", "rope"),
+    ("qknorm", "rope"),
+    ("alibi", "rope"),
+    ("sinusoidal", "absolute"),
+    ("absolute_qknorm", "absolute"),
+    ("nope_qknorm", "nope"),
+    ("absolute", "nope"),
+)
 
 
 def spread(values: list[float | None]) -> dict[str, Any] | None:
@@ -66,8 +83,14 @@ def spread(values: list[float | None]) -> dict[str, Any] | None:
     vals = [v for v in values if v is not None]
     if not vals:
         return None
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
-            "n": len(vals), "min": min(vals), "max": max(vals), "values": vals}  # fmt: skip
+    return {
+        "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else None,
+        "n": len(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "values": vals,
+    }
 
 
 def fmt_spread(s: dict[str, Any] | None, digits: int = 4) -> str:
@@ -105,9 +128,14 @@ def aggregate(runs: dict[str, dict[str, Any]], variants: list[str], seeds: list[
         curve = []
         for step in curve_steps:
             pts = [p for r in rs for p in r["curve"] if p["step"] == step]
-            curve.append({"step": step, "tokens": pts[0]["tokens"],
-                          "train_loss": spread([p["train_loss"] for p in pts]),
-                          "val_loss": spread([p["val_loss"] for p in pts])})  # fmt: skip
+            curve.append(
+                {
+                    "step": step,
+                    "tokens": pts[0]["tokens"],
+                    "train_loss": spread([p["train_loss"] for p in pts]),
+                    "val_loss": spread([p["val_loss"] for p in pts]),
+                }
+            )
         ext = {m: spread([r["eval"]["extrapolation"][m] for r in rs]) for m in rs[0]["eval"]["extrapolation"]}
         pp = np.mean([r["eval"]["per_position"] for r in rs], axis=0).tolist()
         ppl = (
@@ -117,12 +145,18 @@ def aggregate(runs: dict[str, dict[str, Any]], variants: list[str], seeds: list[
         )
         el = [early_late(r["eval"]["per_position"]) for r in rs]
         agg[v] = {
-            "train_loss": spread([r["train_loss"] for r in rs]), "val_loss": spread([r["val_loss"] for r in rs]),
-            "tokens": rs[0]["tokens"], "params": rs[0]["params"], "seeds": [r["seed"] for r in rs],
-            "extrapolation": ext, "per_position": pp, "per_position_long": ppl,
-            "early_loss": spread([e for e, _ in el]), "late_loss": spread([lt for _, lt in el]),
+            "train_loss": spread([r["train_loss"] for r in rs]),
+            "val_loss": spread([r["val_loss"] for r in rs]),
+            "tokens": rs[0]["tokens"],
+            "params": rs[0]["params"],
+            "seeds": [r["seed"] for r in rs],
+            "extrapolation": ext,
+            "per_position": pp,
+            "per_position_long": ppl,
+            "early_loss": spread([e for e, _ in el]),
+            "late_loss": spread([lt for _, lt in el]),
             "curve": curve,
-        }  # fmt: skip
+        }
     return agg
 
 
@@ -142,8 +176,17 @@ def compare_pairs(
         vb = [runs[f"{b}/s{s}"]["val_loss"] for s in common]
         diff = spread([x - y for x, y in zip(va, vb)])
         separated = max(va) < min(vb) or max(vb) < min(va)
-        out.append({"a": a, "b": b, "seeds": common, "diff": diff, "separated": len(common) > 1 and separated,
-                    "std_a": spread(va)["std"], "std_b": spread(vb)["std"]})  # fmt: skip
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "seeds": common,
+                "diff": diff,
+                "separated": len(common) > 1 and separated,
+                "std_a": spread(va)["std"],
+                "std_b": spread(vb)["std"],
+            }
+        )
     return out
 
 
@@ -167,6 +210,11 @@ def study_comparison(results: dict[str, Any], study: dict[str, Any] = STUDY) -> 
     ours_val = {v: agg[v]["val_loss"]["mean"] for v in common}
     pairs = [(a, b) for i, a in enumerate(common) for b in common[i + 1 :]]
     agree = [(a, b) for a, b in pairs if (study_val[a] < study_val[b]) == (ours_val[a] < ours_val[b])]
-    return {"variants": common, "study_rank": _rank(study_val), "our_rank": _rank(ours_val),
-            "pairs": len(pairs), "agree": agree,
-            "disagree": [p for p in pairs if p not in agree]}  # fmt: skip
+    return {
+        "variants": common,
+        "study_rank": _rank(study_val),
+        "our_rank": _rank(ours_val),
+        "pairs": len(pairs),
+        "agree": agree,
+        "disagree": [p for p in pairs if p not in agree],
+    }

@@ -21,18 +21,48 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 #: embedded corpus; ``tiny`` is for tests.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "owt-16m": dict(
-        model="owt-16m", dataset="owt", tokenizer="gpt2", batch_size=32, grad_accum=16, max_iters=1717,
-        learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, eval_interval=250, eval_iters=100, log_interval=10,
+        model="owt-16m",
+        dataset="owt",
+        tokenizer="gpt2",
+        batch_size=32,
+        grad_accum=16,
+        max_iters=1717,
+        learning_rate=1e-3,
+        min_lr=1e-4,
+        warmup_iters=100,
+        eval_interval=250,
+        eval_iters=100,
+        log_interval=10,
     ),
     "cpu": dict(
-        model="cpu-small", dataset="embedded", tokenizer="bytes", batch_size=32, grad_accum=1, max_iters=1000,
-        learning_rate=2e-3, min_lr=2e-4, warmup_iters=50, eval_interval=100, eval_iters=16, log_interval=10,
+        model="cpu-small",
+        dataset="embedded",
+        tokenizer="bytes",
+        batch_size=32,
+        grad_accum=1,
+        max_iters=1000,
+        learning_rate=2e-3,
+        min_lr=2e-4,
+        warmup_iters=50,
+        eval_interval=100,
+        eval_iters=16,
+        log_interval=10,
     ),
     "tiny": dict(
-        model="tiny", dataset="embedded", tokenizer="bytes", batch_size=4, grad_accum=2, max_iters=20,
-        learning_rate=3e-3, min_lr=3e-4, warmup_iters=2, eval_interval=10, eval_iters=2, log_interval=1,
+        model="tiny",
+        dataset="embedded",
+        tokenizer="bytes",
+        batch_size=4,
+        grad_accum=2,
+        max_iters=20,
+        learning_rate=3e-3,
+        min_lr=3e-4,
+        warmup_iters=2,
+        eval_interval=10,
+        eval_iters=2,
+        log_interval=1,
     ),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -78,7 +108,15 @@ class TrainConfig:
                 bound = ">= 0" if allow_zero else ">= 1"
                 raise ValueError(f"TrainConfig.{name} must be an int {bound}, got {value!r}")
 
-        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval", "world_size"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_iters",
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+            "world_size",
+        ):
             positive(name)
         for name in ("warmup_iters", "max_skipped_steps", "num_samples", "sample_tokens", "seed"):
             positive(name, allow_zero=True)

@@ -82,7 +82,9 @@ def train(
     stop = [] if stop is None else stop
     dist = Dist.from_env(cfg.device)
     try:
-        return _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log if dist.master else _quiet, t_start)
+        return _train(
+            config, cfg, dist, resume, stop, stop_at, progress, hooks, log if dist.master else _quiet, t_start
+        )
     finally:
         dist.close()
 
@@ -109,7 +111,13 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
     # -- data: prepared once (a no-op when the shards exist), then memory-mapped
     data_dir = data_dir_of(cfg)
     if dist.master:
-        prepare(data_dir, source=cfg.dataset, data_files=list(cfg.data_files) or None, tokenizer=cfg.tokenizer, progress=progress)
+        prepare(
+            data_dir,
+            source=cfg.dataset,
+            data_files=list(cfg.data_files) or None,
+            tokenizer=cfg.tokenizer,
+            progress=progress,
+        )
     dist.barrier()
     T = config.block_size
     train_data = load_split(data_dir, "train", vocab_size=config.vocab_size, block_size=T)
@@ -124,13 +132,17 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
         try:
             model.load_state_dict(init, strict=True)
         except RuntimeError as e:  # other widths, layers or tables: name what does not fit
-            raise ValueError(f"TrainConfig.init_from={cfg.init_from!r}: its weights do not fit this model: {e}") from None
+            raise ValueError(
+                f"TrainConfig.init_from={cfg.init_from!r}: its weights do not fit this model: {e}"
+            ) from None
         del init
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step, stats = 0, state.new_stats()
     if ckpt is not None:
-        step, stats = state.restore(ckpt, model=model, optimizer=optimizer, scaler=scaler, device=device, dist=dist, where=out_dir)
+        step, stats = state.restore(
+            ckpt, model=model, optimizer=optimizer, scaler=scaler, device=device, dist=dist, where=out_dir
+        )
         del ckpt
     raw_model = model
     if use_compile:
@@ -142,28 +154,48 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
     params = [p for p in raw_model.parameters() if p.requires_grad]
     arch = config.architecture()
 
-    log(f"posenc | {arch['layer_codes']} (input {arch['input_pe']}, attention {arch['attention']}"
+    log(
+        f"posenc | {arch['layer_codes']} (input {arch['input_pe']}, attention {arch['attention']}"
         f"{', qk-norm ' + arch['qk_norm'] if arch['qk_norm'] else ''}) | {raw_model.num_params() / 1e6:.2f}M params | "
         f"{device} {str(dtype).removeprefix('torch.')}{' compiled' if use_compile else ''} | world {dist.world} | "
         f"{tokens_per_step:,} tokens/step x {cfg.max_iters} steps | data {data_dir} "
-        f"({len(train_data):,} train / {len(val_data):,} val tokens) | out {out_dir}")  # fmt: skip
+        f"({len(train_data):,} train / {len(val_data):,} val tokens) | out {out_dir}"
+    )
 
     run_log = runlog.RunLog(out_dir, start_step=step, enabled=dist.master, sinks=cfg.log_to)
 
     def evaluate() -> float:
         world = dist.world
-        return validation_loss(eval_model, val_data, block_size=T, batch_size=cfg.batch_size, iters=cfg.eval_iters,
-                               seed=EVAL_SEED, rows=rows, reduce=lambda t: dist.sum_(t) / world, device=device,
-                               dtype=dtype)  # fmt: skip
+        return validation_loss(
+            eval_model,
+            val_data,
+            block_size=T,
+            batch_size=cfg.batch_size,
+            iters=cfg.eval_iters,
+            seed=EVAL_SEED,
+            rows=rows,
+            reduce=lambda t: dist.sum_(t) / world,
+            device=device,
+            dtype=dtype,
+        )
 
     def checkpoint() -> None:
         rng = state.gather_rng(device, dist)  # a collective: every rank's RNG, so dropout resumes exactly
         if dist.master:
-            save_checkpoint(state.capture(
-                model=raw_model, optimizer=optimizer, scaler=scaler, step=step, rng=rng, config=config.to_dict(),
-                train_config=cfg.to_dict(), stats=stats,
-                data={"data_dir": str(data_dir), "seed": cfg.seed, "next_step": step, "eval_seed": EVAL_SEED},
-            ), out_dir)  # fmt: skip
+            save_checkpoint(
+                state.capture(
+                    model=raw_model,
+                    optimizer=optimizer,
+                    scaler=scaler,
+                    step=step,
+                    rng=rng,
+                    config=config.to_dict(),
+                    train_config=cfg.to_dict(),
+                    stats=stats,
+                    data={"data_dir": str(data_dir), "seed": cfg.seed, "next_step": step, "eval_seed": EVAL_SEED},
+                ),
+                out_dir,
+            )
         dist.barrier()
 
     bar = _progress_bar(cfg.max_iters, step) if dist.master and progress else None
@@ -182,9 +214,19 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
                 stats.update(interval_loss_sum=0.0, interval_steps=0, last_val_loss=val_loss)
                 if train_avg is not None:
                     stats["last_train_loss"] = train_avg
-                run_log.write({"step": step, "kind": "eval", "val_loss": val_loss, "train_loss": train_avg,
-                               "tokens": step * tokens_per_step, "time_s": time.time() - t_run})  # fmt: skip
-                say(f"step {step}: train loss {train_avg if train_avg is None else round(train_avg, 4)}, val loss {val_loss:.4f}")
+                run_log.write(
+                    {
+                        "step": step,
+                        "kind": "eval",
+                        "val_loss": val_loss,
+                        "train_loss": train_avg,
+                        "tokens": step * tokens_per_step,
+                        "time_s": time.time() - t_run,
+                    }
+                )
+                say(
+                    f"step {step}: train loss {train_avg if train_avg is None else round(train_avg, 4)}, val loss {val_loss:.4f}"
+                )
             if step >= cfg.max_iters:
                 break
 
@@ -210,7 +252,9 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
             if on_gradients is not None:
                 on_gradients(step, params)
             # one collective: the global mean loss and whether any rank was asked to stop
-            flags = dist.sum_(torch.stack([loss_sum, torch.tensor(float(bool(stop)), dtype=torch.float64, device=device)]))
+            flags = dist.sum_(
+                torch.stack([loss_sum, torch.tensor(float(bool(stop)), dtype=torch.float64, device=device)])
+            )
             step_loss, stop_now = flags[0].item() / dist.world, flags[1].item() > 0
             scaler.unscale_(optimizer)
             clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -230,9 +274,20 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
                 stats["interval_loss_sum"] += step_loss
                 stats["interval_steps"] += 1
             dt = time.time() - t0
-            run_log.write({"step": step, "kind": "train", "loss": step_loss, "lr": lr, "tokens": (step + 1) * tokens_per_step,
-                           "tokens_per_s": tokens_per_step / dt, "grad_norm": grad_norm, "loss_scale": scale,
-                           "skipped": bool(skipped), "skipped_total": stats["skipped_total"]})  # fmt: skip
+            run_log.write(
+                {
+                    "step": step,
+                    "kind": "train",
+                    "loss": step_loss,
+                    "lr": lr,
+                    "tokens": (step + 1) * tokens_per_step,
+                    "tokens_per_s": tokens_per_step / dt,
+                    "grad_norm": grad_norm,
+                    "loss_scale": scale,
+                    "skipped": bool(skipped),
+                    "skipped_total": stats["skipped_total"],
+                }
+            )
             step += 1
             stats["elapsed_s"] = time.time() - t_run
             if bar is not None:
@@ -264,18 +319,33 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
     if dist.master:
         samples = generate_samples(raw_model, tokenizer, cfg, device)
         summary = {
-            "architecture": arch, "pe": config.pe, "layer_codes": arch["layer_codes"], "qk_norm": config.use_qk_norm,
-            "params": raw_model.num_params(), "train_loss": stats["last_train_loss"], "val_loss": stats["last_val_loss"],
-            "tokens": step * tokens_per_step, "steps": step, "wall_time_s": time.time() - t_start,
-            "train_time_s": stats["elapsed_s"], "skipped_steps": stats["skipped_total"], "device": str(device),
-            "dtype": str(dtype)[6:], "compile": use_compile, "world_size": dist.world, "config": config.to_dict(),
-            "train_config": cfg.to_dict(), "samples": samples,
-        }  # fmt: skip
+            "architecture": arch,
+            "pe": config.pe,
+            "layer_codes": arch["layer_codes"],
+            "qk_norm": config.use_qk_norm,
+            "params": raw_model.num_params(),
+            "train_loss": stats["last_train_loss"],
+            "val_loss": stats["last_val_loss"],
+            "tokens": step * tokens_per_step,
+            "steps": step,
+            "wall_time_s": time.time() - t_start,
+            "train_time_s": stats["elapsed_s"],
+            "skipped_steps": stats["skipped_total"],
+            "device": str(device),
+            "dtype": str(dtype)[6:],
+            "compile": use_compile,
+            "world_size": dist.world,
+            "config": config.to_dict(),
+            "train_config": cfg.to_dict(),
+            "samples": samples,
+        }
         runlog.write_summary(out_dir, summary)
         atomic_write(out_dir / "samples.txt", "\n\n-----\n\n".join(samples) + "\n")
         runlog.plot_curves(run_log.records, out_dir / "curves.png")
-        log(f"done: train loss {summary['train_loss']:.4f} | val loss {summary['val_loss']:.4f} | "
-            f"{summary['tokens']:,} tokens | {summary['wall_time_s']:.0f} s | {out_dir}")  # fmt: skip
+        log(
+            f"done: train loss {summary['train_loss']:.4f} | val loss {summary['val_loss']:.4f} | "
+            f"{summary['tokens']:,} tokens | {summary['wall_time_s']:.0f} s | {out_dir}"
+        )
         for s in samples:
             log("--- sample ---\n" + s)
     dist.barrier()  # keep every rank in the group until rank 0 has written its summary
@@ -308,7 +378,9 @@ def generate_samples(model: GPT, tokenizer: Any, cfg: TrainConfig, device: torch
     return out
 
 
-def resume_configs(run_dir: str | Path, *, device: str | None = None, world_size: int | None = None) -> tuple[GPTConfig, TrainConfig]:
+def resume_configs(
+    run_dir: str | Path, *, device: str | None = None, world_size: int | None = None
+) -> tuple[GPTConfig, TrainConfig]:
     """The configs a run folder was started with (from its latest checkpoint), to pass to
     ``train(..., resume=True)``; ``device`` and ``world_size`` may change between sessions."""
     saved = state.load_run(run_dir)

@@ -70,7 +70,7 @@ class RunLog:
         else:
             self.records = [r for r in read_log(run_dir) if r["step"] < start_step]
             atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.records))
-        self._file = open(path, "a")
+        self._file = open(path, "a")  # noqa: SIM115 -- appended to for the whole run, closed by close()
         self._sinks = [_open_sink(name, run_dir) for name in sinks]
 
     def write(self, record: dict[str, Any]) -> None:
@@ -96,7 +96,9 @@ class _TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ValueError("TrainConfig.log_to has 'tensorboard' but it is not installed (pip install 'posenc[track]')") from None
+            raise ValueError(
+                "TrainConfig.log_to has 'tensorboard' but it is not installed (pip install 'posenc[track]')"
+            ) from None
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
@@ -117,7 +119,9 @@ class _Wandb:
         self.run = wandb.init(dir=str(run_dir), mode="offline", project="posenc", name=run_dir.name)
 
     def log(self, record: dict[str, Any]) -> None:
-        values = {f"{record['kind']}/{n}": record[n] for n in SCALARS.get(record["kind"], ()) if record.get(n) is not None}
+        values = {
+            f"{record['kind']}/{n}": record[n] for n in SCALARS.get(record["kind"], ()) if record.get(n) is not None
+        }
         self.run.log(values, step=record["step"])
 
     def close(self) -> None:

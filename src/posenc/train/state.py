@@ -32,27 +32,52 @@ CHECKPOINT_FORMAT = 2
 
 
 def new_stats() -> dict[str, Any]:
-    return {"interval_loss_sum": 0.0, "interval_steps": 0, "skipped_total": 0, "skipped_in_a_row": 0,
-            "elapsed_s": 0.0, "last_val_loss": None, "last_train_loss": None}  # fmt: skip
+    return {
+        "interval_loss_sum": 0.0,
+        "interval_steps": 0,
+        "skipped_total": 0,
+        "skipped_in_a_row": 0,
+        "elapsed_s": 0.0,
+        "last_val_loss": None,
+        "last_train_loss": None,
+    }
 
 
 def gather_rng(device: torch.device, dist: Dist) -> dict[str, list]:
     """Every rank's RNG states (a collective under DDP: every rank must call it)."""
     own = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
     states = dist.all_gather_object(own)
-    return {"torch": [s["torch"] for s in states], "cuda": [s["cuda"] for s in states] if own["cuda"] is not None else []}
+    return {
+        "torch": [s["torch"] for s in states],
+        "cuda": [s["cuda"] for s in states] if own["cuda"] is not None else [],
+    }
 
 
 def capture(
-    *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int, rng: dict,
-    config: dict, train_config: dict, stats: dict, data: dict,
-) -> dict[str, Any]:  # fmt: skip
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    rng: dict,
+    config: dict,
+    train_config: dict,
+    stats: dict,
+    data: dict,
+) -> dict[str, Any]:
     """The checkpoint dict of a run at ``step``."""
     return {
-        "format": CHECKPOINT_FORMAT, "model": clean_state_dict(model.state_dict()), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(), "step": step, "rng": rng, "config": config, "train_config": train_config,
-        "stats": dict(stats), "data": data,
-    }  # fmt: skip
+        "format": CHECKPOINT_FORMAT,
+        "model": clean_state_dict(model.state_dict()),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "step": step,
+        "rng": rng,
+        "config": config,
+        "train_config": train_config,
+        "stats": dict(stats),
+        "data": data,
+    }
 
 
 def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -61,14 +86,22 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     state = load_checkpoint(run_dir, map_location="cpu")
     fmt = state.get("format", 1)
     if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
-        raise CheckpointError(run_dir, f"checkpoint format {fmt!r} is newer than this posenc reads ({CHECKPOINT_FORMAT})")
+        raise CheckpointError(
+            run_dir, f"checkpoint format {fmt!r} is newer than this posenc reads ({CHECKPOINT_FORMAT})"
+        )
     return state
 
 
 def restore(
-    state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-    device: torch.device, dist: Dist, where: str | os.PathLike,
-) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    state: dict[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    dist: Dist,
+    where: str | os.PathLike,
+) -> tuple[int, dict[str, Any]]:
     """Load model, optimizer, scaler and this rank's RNG from ``state``; (step, stats)."""
     rng = state["rng"]
     if len(rng["torch"]) != dist.world:
