@@ -52,6 +52,7 @@ def test_bucket_examples():
 
 def test_matches_x_transformers_relative_position_bias():
     import x_transformers.x_transformers as xt  # a dev dependency: the golden reference must run
+
     nh, Tq, Tk = 4, 7, 300
     ours = T5RelativeBias(nh, init_std=1.0)
     ref = xt.RelativePositionBias(scale=1.0, causal=True, num_buckets=32, max_distance=128, heads=nh)
