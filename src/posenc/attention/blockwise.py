@@ -179,7 +179,9 @@ def blockwise_attention(
     # zero-filled gradient per query block that a slice would cost
     k_chunks, v_chunks = k.split(block_k, dim=2), v.split(block_k, dim=2)
     q_chunks = q.split(block_q, dim=2)
-    recompute = torch.is_grad_enabled()
+    # Recompute tiles in backward (saving none) unless the tiles are few: a window without a bias
+    # keeps T x (window + block_k) scores in all, linear in T, and saving them halves the work.
+    recompute = torch.is_grad_enabled() and not (score_bias is None and window is not None)
     outputs = []
     for n, q_blk in enumerate(q_chunks):
         q_lo = n * block_q
