@@ -24,6 +24,8 @@ from posenc.report import (
     fmt_diff,
     fmt_spread,
     markdown,
+    merge_results,
+    qk_norm_readings,
     render_markdown,
     render_page,
     spread,
@@ -125,6 +127,32 @@ def test_study_comparison_counts_agreeing_orderings():
     study = {"rows": {"a": (0.0, 1.0), "b": (0.0, 2.0)}}
     assert study_comparison(_hand_made({"a": 5.0, "b": 6.0}), study)["agree"] == [("a", "b")]
     assert study_comparison(_hand_made({"nothing": 1.0}))["pairs"] == 0
+
+
+def test_qk_norm_readings_stand_each_variant_in_for_the_study_row():
+    # study: rope < rnope < absolute < qknorm < nope. Absolute + QK-norm placed between absolute and
+    # nope agrees on every pair; RoPE + QK-norm placed first disagrees on the pairs it jumps.
+    val = {"rope": 1.0, "rnope": 1.1, "absolute": 1.2, "nope": 1.5, "qknorm": 0.5, "absolute_qknorm": 1.3}
+    readings = {r["variant"]: r for r in qk_norm_readings(_hand_made(val))}
+    assert set(readings) == {"qknorm", "absolute_qknorm"}
+    assert readings["absolute_qknorm"]["agree"] == 10 and readings["absolute_qknorm"]["pairs"] == 10
+    assert readings["qknorm"]["agree"] == 7  # below rope, rnope and absolute: three pairs flip
+
+
+def test_merge_results_unions_runs_and_recomputes(committed):
+    keep = ["rope", "nope"]
+    a = copy.deepcopy(committed) | {"variants": ["rope"]}
+    b = copy.deepcopy(committed) | {"variants": ["nope"], "command": "python examples/compare.py --variants nope"}
+    a["runs"] = {k: r for k, r in committed["runs"].items() if r["variant"] == "rope"}
+    b["runs"] = {k: r for k, r in committed["runs"].items() if r["variant"] == "nope"}
+    merged = merge_results([a, b])
+    assert merged["variants"] == keep and set(merged["aggregate"]) == set(keep)
+    assert merged["aggregate"]["rope"] == committed["aggregate"]["rope"]
+    assert [p["command"] for p in merged["parts"]] == [a["command"], b["command"]]
+    page = render_markdown(merged, None, [])
+    assert "Sweep 1 (rope): Command" in page and "Sweep 2 (nope): Command" in page
+    with pytest.raises(ValueError, match="'block_size'"):
+        merge_results([a, b | {"block_size": 64}])
 
 
 # -- each claim moves with the numbers it reads

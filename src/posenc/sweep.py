@@ -34,7 +34,7 @@ from posenc.checkpoint import CheckpointError, read_manifest
 from posenc.config import VARIANTS
 from posenc.evaluate import MULTIPLIERS, evaluate_checkpoint
 from posenc.io import atomic_write
-from posenc.report import STUDY, aggregate, compare_pairs, render_page, study_table, write_outputs
+from posenc.report import STUDY, aggregate, compare_pairs, merge_results, render_page, study_table, write_outputs
 from posenc.train.config import resolve_device
 from posenc.train.runlog import read_log, read_summary
 
@@ -53,10 +53,13 @@ DEFAULT_VARIANTS: tuple[str, ...] = (
     "nope_qknorm",
 )
 
-#: Variants that are not encodings but attention choices (with RoPE): their train flags.
-ATTENTION_VARIANTS: dict[str, tuple[str, ...]] = {
+#: Variants defined by train flags rather than by a name of posenc.VARIANTS: attention choices
+#: (with RoPE) and the L2 form of QK-norm (Henry et al. 2020) for both readings of the study's row.
+FLAG_VARIANTS: dict[str, tuple[str, ...]] = {
     "gqa": ("--pe", "rope", "--n-kv-head", "2"),  # 2 KV heads for 4 query heads at the cpu and owt-16m widths
     "mla": ("--pe", "rope", "--attention", "mla"),  # MLA + decoupled RoPE, default ranks
+    "qknorm_l2": ("--pe", "qknorm", "--qk-norm-type", "l2"),
+    "absolute_qknorm_l2": ("--pe", "absolute_qknorm", "--qk-norm-type", "l2"),
 }
 
 #: Sweep presets: a train preset, flags on top of it, the seeds, and the evaluation (``eval_windows``
@@ -118,7 +121,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--variants",
         nargs="+",
-        choices=sorted(VARIANTS) + sorted(ATTENTION_VARIANTS),
+        choices=sorted(VARIANTS) + sorted(FLAG_VARIANTS),
         default=None,
         help=f"default: {' '.join(DEFAULT_VARIANTS)}",
     )
@@ -144,8 +147,10 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--from",
         dest="from_json",
         default=None,
+        nargs="+",
         metavar="JSON",
-        help="with --render: render an existing results.json instead of running a sweep",
+        help="with --render: render existing results.json file(s) instead of running a sweep; several are "
+        "merged (sweeps of the same preset, e.g. new variants trained later)",
     )
     return p
 
@@ -171,7 +176,7 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
 
 
 def train_argv(preset: dict[str, Any], variant: str, seed: int, folder: Path, args: argparse.Namespace) -> list[str]:
-    flags = ATTENTION_VARIANTS.get(variant, ("--pe", variant))
+    flags = FLAG_VARIANTS.get(variant, ("--pe", variant))
     argv = [
         "--preset",
         preset["train_preset"],
@@ -366,11 +371,12 @@ def collect(
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     if args.from_json:
-        source = Path(args.from_json)
-        results = json.loads(source.read_text())
-        figures = render_page(results, Path(args.render), source)
+        sources = [Path(f) for f in args.from_json]
+        parts = [json.loads(f.read_text()) for f in sources]
+        results = parts[0] if len(parts) == 1 else merge_results(parts)
+        figures = render_page(results, Path(args.render), sources[0] if len(parts) == 1 else None)
         print(
-            f"[compare] wrote {args.render} from {source}"
+            f"[compare] wrote {args.render} from {', '.join(map(str, sources))}"
             + ("" if figures else " (no figures: matplotlib is not installed)")
         )
         return 0

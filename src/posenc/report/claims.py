@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from posenc.report.stats import LABELS, STUDY, fmt_diff, study_comparison
+from posenc.report.stats import LABELS, STUDY, fmt_diff, qk_norm_readings, study_comparison
 
 #: The pairs whose difference is the acceptance criterion: larger than the seed spread or not.
 KEY_PAIRS: tuple[tuple[str, str], ...] = (("rope", "nope"), ("rope", "absolute"))
@@ -153,6 +153,26 @@ def scale(results: dict[str, Any], study: dict[str, Any] = STUDY) -> str:
     )
 
 
+def qk_norm_agreement(results: dict[str, Any], study: dict[str, Any] = STUDY) -> str | None:
+    """The study's ordering agreement under each reading of its QK Norm row, and which reading the
+    numbers favour (the most agreeing pairs; a tie is reported as one)."""
+    readings = qk_norm_readings(results, study)
+    if len(readings) < 2:
+        return None
+    parts = "; ".join(f"as {LABELS[r['variant']]} (`{r['variant']}`): {r['agree']} of {r['pairs']}" for r in readings)
+    best = max(r["agree"] for r in readings)
+    top = [r["variant"] for r in readings if r["agree"] == best]
+    verdict = (
+        f"the data favour reading it as {LABELS[top[0]]}"
+        if len(top) == 1
+        else "the data do not decide between " + " and ".join(LABELS[v] for v in top)
+    )
+    return (
+        f"- **Two readings of the study's QK Norm row.** Pairwise orderings that agree with the study when its "
+        f"QK Norm model is read {parts}: {verdict}."
+    )
+
+
 def discussion(results: dict[str, Any], sc: dict[str, Any] | None = None) -> list[str]:
     """The discussion bullets, in order; ``sc`` is :func:`~posenc.report.stats.study_comparison`
     of ``results`` (computed when not given)."""
@@ -162,6 +182,7 @@ def discussion(results: dict[str, Any], sc: dict[str, Any] | None = None) -> lis
         *(pair_verdict(results, a, b) for a, b in KEY_PAIRS),
         study_agreement(sc),
         qk_norm_meaning(results),
+        qk_norm_agreement(results),
         beyond_context(results),
         position_in_context(results),
         scale(results),

@@ -47,7 +47,7 @@ def _paired(results: dict[str, Any], a: str, b: str) -> str:
 
 
 def _setup(results: dict[str, Any]) -> list[str]:
-    cfg, env, tc, mc = results["config"], results["environment"], results["train_config"], results["model_config"]
+    cfg, tc, mc = results["config"], results["train_config"], results["model_config"]
     out: list[str] = []
     if results["preset"] not in ("cpu", "owt-16m"):
         out += [
@@ -59,18 +59,12 @@ def _setup(results: dict[str, Any]) -> list[str]:
         ]
     return out + [
         "Every number on this page is read from the results JSON written by `examples/compare.py`; "
-        "only the study's published table is typed in (the constant `STUDY` in that script). "
+        "only the study's published table is typed in (the constant `STUDY` in `posenc/report/stats.py`). "
         "Rerun the command below to reproduce it, or render another run with "
         "`python examples/compare.py --render docs/results.md --from <out>/results.json`.",
         "",
-        f"- Command: `{results['command']}`",
-        f"- Date: {results['created']}; git commit {env['git_commit'] or 'unknown'}"
-        f"{' (with uncommitted changes)' if env['git_dirty'] else ''}; torch {env['torch']}; "
-        f"{env['device']}{' (' + env['gpu'] + ')' if env['gpu'] else ''}; {env['cpu_count']} CPUs, "
-        f"{env['jobs']} run(s) at a time, {env['threads_per_job'] or 'default'} thread(s) each; {env['platform']}",
-        f"- Sweep wall time: {results['wall_time_s'] / 60:.1f} min for the runs trained by this invocation "
-        f"({results['runs_trained']} of {len(results['runs'])}); one run trains in "
-        f"{fmt_spread(spread([r['train_time_s'] for r in results['runs'].values()]), 0)} s.",
+        *_provenance(results),
+        f"- One run trains in {fmt_spread(spread([r['train_time_s'] for r in results['runs'].values()]), 0)} s.",
         f"- Training: `pretrain_owt.py --preset {cfg['train_preset']} {' '.join(cfg['train_args'])}` with "
         f"`--seed` in {results['seeds']}: {tc['dataset']} corpus, {tc['tokenizer']} tokenizer, "
         f"{mc['n_layer']} layers, {mc['n_head']} heads, {mc['n_embd']} channels, context {results['block_size']}, "
@@ -78,6 +72,26 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f"(cosine to {tc['min_lr']}). Same data order, seeds and shared initial weights for every variant.",
         "",
     ]
+
+
+def _provenance(results: dict[str, Any]) -> list[str]:
+    """Command, date, commit, machine and wall time of the sweep (of each sweep, when merged)."""
+    parts = results.get("parts") or [results]
+    lines = []
+    for i, part in enumerate(parts):
+        env = part["environment"]
+        which = f"Sweep {i + 1} ({', '.join(part['variants'])}): " if len(parts) > 1 else ""
+        lines += [
+            f"- {which}Command: `{part['command']}`",
+            f"  {'' if which else '- '}Date: {part['created']}; git commit {env['git_commit'] or 'unknown'}"
+            f"{' (with uncommitted changes)' if env['git_dirty'] else ''}; torch {env['torch']}; "
+            f"{env['device']}{' (' + env['gpu'] + ')' if env['gpu'] else ''}; {env['cpu_count']} CPUs, "
+            f"{env['jobs']} run(s) at a time, {env['threads_per_job'] or 'default'} thread(s) each; {env['platform']}; "
+            f"wall time {part['wall_time_s'] / 60:.1f} min for the {part['runs_trained']} run(s) it trained",
+        ]
+    if len(parts) == 1:  # one sweep: the layout of the page before merges existed
+        lines[1] = lines[1].lstrip()
+    return lines
 
 
 def _beside_study(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:

@@ -45,6 +45,8 @@ DESCRIPTIONS: dict[str, str] = {
     "fire": "FIRE learned distance function on every layer",
     "mla": "multi-head latent attention with decoupled RoPE",
     "gqa": "RoPE with grouped-query attention (half as many KV heads)",
+    "qknorm_l2": "RoPE + QK-norm (L2 with a learned temperature) on every layer",
+    "absolute_qknorm_l2": "learned absolute table + QK-norm (L2 with a learned temperature)",
 }
 
 #: The reference study's published table (one run each; ~16.03M parameters, ~900M OpenWebText
@@ -201,13 +203,17 @@ def _rank(values: dict[str, float]) -> dict[str, int]:
     return {v: i + 1 for i, v in enumerate(sorted(values, key=values.get))}
 
 
-def study_comparison(results: dict[str, Any], study: dict[str, Any] = STUDY) -> dict[str, Any]:
+def study_comparison(
+    results: dict[str, Any], study: dict[str, Any] = STUDY, reading: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The variants both here and in the study, their rank by validation loss in each (1 = lowest),
-    and which of their pairs are ordered the same way (``agree``) or not (``disagree``)."""
+    and which of their pairs are ordered the same way (``agree``) or not (``disagree``).
+    ``reading`` maps a study row to the variant that stands for it here (default: the same name)."""
     agg, rows = results["aggregate"], study["rows"]
-    common = [v for v in rows if v in agg]
+    reading = reading or {}
+    common = [v for v in rows if reading.get(v, v) in agg]
     study_val = {v: rows[v][1] for v in common}
-    ours_val = {v: agg[v]["val_loss"]["mean"] for v in common}
+    ours_val = {v: agg[reading.get(v, v)]["val_loss"]["mean"] for v in common}
     pairs = [(a, b) for i, a in enumerate(common) for b in common[i + 1 :]]
     agree = [(a, b) for a, b in pairs if (study_val[a] < study_val[b]) == (ours_val[a] < ours_val[b])]
     return {
@@ -218,3 +224,50 @@ def study_comparison(results: dict[str, Any], study: dict[str, Any] = STUDY) -> 
         "agree": agree,
         "disagree": [p for p in pairs if p not in agree],
     }
+
+
+#: What the study's "QK Norm" row may have been: its text says only "query and key vectors
+#: normalized before attention", beside a standard (absolute-position) GPT.
+QK_NORM_READINGS: tuple[str, ...] = ("qknorm", "absolute_qknorm", "qknorm_l2", "absolute_qknorm_l2")
+
+
+def qk_norm_readings(results: dict[str, Any], study: dict[str, Any] = STUDY) -> list[dict[str, Any]]:
+    """For every reading of the study's QK Norm row that this sweep trained: the pairwise ordering
+    agreement with the study when that variant stands for the row."""
+    out = []
+    for variant in QK_NORM_READINGS:
+        if variant in results["aggregate"]:
+            sc = study_comparison(results, study, {"qknorm": variant})
+            out.append(
+                {"variant": variant, "agree": len(sc["agree"]), "pairs": sc["pairs"], "disagree": sc["disagree"]}
+            )
+    return out
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from sweeps of the same preset (e.g. a later sweep of new variants): the
+    union of their runs, with aggregates and paired differences recomputed. Sweeps whose training
+    settings differ are refused: their numbers would not compare."""
+    first = parts[0]
+    for other in parts[1:]:
+        for key in ("preset", "config", "block_size", "eval_tokens"):
+            if other[key] != first[key]:
+                raise ValueError(f"merge_results: sweeps differ in {key!r}: {first[key]!r} vs {other[key]!r}")
+    merged = dict(first)
+    merged["runs"] = {}
+    variants: list[str] = []
+    seeds: list[int] = []
+    for part in parts:
+        merged["runs"] |= part["runs"]
+        variants += [v for v in part["variants"] if v not in variants]
+        seeds += [s for s in part["seeds"] if s not in seeds]
+    merged["variants"], merged["seeds"] = variants, sorted(seeds)
+    merged["parts"] = [
+        {k: part[k] for k in ("command", "created", "environment", "wall_time_s", "runs_trained", "variants")}
+        for part in parts
+    ]
+    merged["wall_time_s"] = sum(part["wall_time_s"] for part in parts)
+    merged["runs_trained"] = sum(part["runs_trained"] for part in parts)
+    merged["aggregate"] = aggregate(merged["runs"], variants, merged["seeds"])
+    merged["comparisons"] = compare_pairs(merged["runs"], variants, merged["seeds"])
+    return merged
