@@ -1,5 +1,6 @@
-"""Hugging Face causal LMs as posenc GPTs: ``from_hf(model)`` reads the config, builds the matching
-``GPTConfig``, copies the weights and returns a model that reproduces the logits.
+"""Hugging Face causal LMs as posenc GPTs: :func:`convert` reads a model's config, builds the matching
+``GPTConfig`` and renames its weights; ``GPT.from_hf(model)`` builds and loads that, reproducing
+the logits.
 
 Importers are keyed by the config's own ``model_type`` (data, not class names): ``gpt2``; ``llama``,
 ``qwen2``, ``mistral`` (one Llama-family importer: RMSNorm, SwiGLU, grouped-query attention, RoPE
@@ -20,9 +21,12 @@ from torch import Tensor, nn
 from posenc.config import GPTConfig
 from posenc.encodings.rope import RotaryEmbedding
 
+Converted = tuple[GPTConfig, dict[str, Tensor]]
 
-def from_hf(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> Any:
-    """A posenc ``GPT`` equal to a Hugging Face causal LM (or a bare GPT-2 state dict with ``n_head``)."""
+
+def convert(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> Converted:
+    """(GPTConfig, posenc state dict) of a Hugging Face causal LM (or a bare GPT-2 state dict with
+    ``n_head``); ``GPT.from_hf`` loads it into a model."""
     if not isinstance(model_or_state_dict, nn.Module):
         if n_head is None:
             raise ValueError("from_hf(state_dict) needs n_head=..., which weights alone do not determine")
@@ -34,14 +38,6 @@ def from_hf(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: in
     return IMPORTERS[model_type](model_or_state_dict)
 
 
-def _gpt(config: GPTConfig, weights: dict[str, Tensor]) -> Any:
-    from posenc.model import GPT
-
-    model = GPT(config)
-    model.load_state_dict(weights, strict=True)
-    return model
-
-
 def _refuse(model_type: str, differ: dict[str, Any]) -> None:
     if differ:
         raise ValueError(f"from_hf: this {model_type} config has fields posenc cannot reproduce: {differ}")
@@ -50,7 +46,7 @@ def _refuse(model_type: str, differ: dict[str, Any]) -> None:
 # -- GPT-2 -----------------------------------------------------------------------------------------
 
 
-def _gpt2(model: nn.Module) -> Any:
+def _gpt2(model: nn.Module) -> Converted:
     c = model.config
     act = getattr(c, "activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
@@ -65,7 +61,7 @@ def _gpt2(model: nn.Module) -> Any:
     return _gpt2_from_state_dict(model.state_dict(), c.n_head)
 
 
-def _gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int) -> Any:
+def _gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int) -> Converted:
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
     missing = [k for k in ("wte.weight", "wpe.weight", "ln_f.weight") if k not in sd]
     if missing:
@@ -100,7 +96,7 @@ def _gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int) -> Any:
             w = sd[f"h.{i}.{name}"]
             ours[f"blocks.{i}.{name}"] = w.t() if name in conv1d else w  # HF Conv1D stores (in, out)
     ours["lm_head.weight"] = ours["wte.weight"]
-    return _gpt(config, ours)
+    return config, ours
 
 
 # -- Llama family: Llama, Qwen2, Mistral --------------------------------------------------------------
@@ -143,7 +139,7 @@ def _common_llama_fields(c: Any, model_type: str) -> dict[str, Any]:
     )
 
 
-def _llama(model: nn.Module) -> Any:
+def _llama(model: nn.Module) -> Converted:
     c = model.config
     model_type = c.model_type
     fields = _common_llama_fields(c, model_type)
@@ -158,7 +154,7 @@ def _llama(model: nn.Module) -> Any:
     window = getattr(c, "sliding_window", None) if model_type == "mistral" else None
     fields |= dict(layer_pe=("rope",), layer_window=(window,)) if window is not None else dict(pe="rope")
     sd = model.state_dict()
-    return _gpt(GPTConfig(**fields), _llama_weights(sd, c.num_hidden_layers, attention=_mha_weights))
+    return GPTConfig(**fields), _llama_weights(sd, c.num_hidden_layers, attention=_mha_weights)
 
 
 def _mha_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
@@ -199,7 +195,7 @@ def _llama_weights(
 MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 
 
-def _deepseek_v3(model: nn.Module) -> Any:
+def _deepseek_v3(model: nn.Module) -> Converted:
     c = model.config
     dense = getattr(c, "first_k_dense_replace", 0)
     if (getattr(c, "n_routed_experts", None) or 0) > 0 and dense < c.num_hidden_layers:
@@ -222,7 +218,7 @@ def _deepseek_v3(model: nn.Module) -> Any:
         pe="rope",
     )
     fields.pop("n_kv_head")  # MLA has one latent, not key/value heads
-    return _gpt(GPTConfig(**fields), _llama_weights(model.state_dict(), c.num_hidden_layers, attention=_mla_weights))
+    return GPTConfig(**fields), _llama_weights(model.state_dict(), c.num_hidden_layers, attention=_mla_weights)
 
 
 def _mla_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
@@ -235,7 +231,7 @@ def _mla_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]
     return out
 
 
-IMPORTERS: dict[str, Callable[[nn.Module], Any]] = {
+IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "gpt2": _gpt2,
     "llama": _llama,
     "qwen2": _llama,

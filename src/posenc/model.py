@@ -19,6 +19,7 @@ from posenc.attention import KVCache, LayerKVCache
 from posenc.build import build_attention, build_input_encoding
 from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.base import check_positions
+from posenc.hf import convert
 from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
 
 
@@ -330,9 +331,10 @@ class GPT(nn.Module):
         """A GPT with the weights of a Hugging Face causal LM (``GPT2LMHeadModel``, ``LlamaForCausalLM``,
         ``Qwen2ForCausalLM``, ``MistralForCausalLM``, ``DeepseekV3ForCausalLM`` with dense layers) that
         reproduces its logits; a bare GPT-2 state dict needs ``n_head``. See :mod:`posenc.hf`."""
-        from posenc.hf import from_hf
-
-        return from_hf(model_or_state_dict, n_head=n_head)
+        config, weights = convert(model_or_state_dict, n_head=n_head)
+        model = cls(config)
+        model.load_state_dict(weights, strict=True)
+        return model
 
 
 def _check_range(t: Tensor, lo: int, hi: int, message: str) -> None:

@@ -35,6 +35,7 @@ from posenc.config import VARIANTS
 from posenc.evaluate import MULTIPLIERS, evaluate_checkpoint
 from posenc.io import atomic_write
 from posenc.report import STUDY, aggregate, compare_pairs, merge_results, render_page, study_table, write_outputs
+from posenc.train.args import guarded, run_train, train_parser
 from posenc.train.config import resolve_device
 from posenc.train.runlog import read_log, read_summary
 
@@ -236,8 +237,6 @@ class Stop(Exception):
 
 
 def train_in_process(argv: list[str]) -> int:
-    from posenc.cli import run_train, train_parser
-
     return run_train(train_parser().parse_args(argv))
 
 
@@ -471,6 +470,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from posenc.cli import guarded
-
     return guarded(lambda: main(argv, prog))
