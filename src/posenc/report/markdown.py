@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from posenc.io import atomic_write
 from posenc.report.claims import discussion
 from posenc.report.figures import have_matplotlib, plot_all
 from posenc.report.stats import DESCRIPTIONS, LABELS, STUDY, fmt_diff, fmt_spread, paired_diff, spread, study_comparison
@@ -248,8 +249,8 @@ def write_outputs(results: dict[str, Any], out: str | os.PathLike, *, figures: b
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = _figures(results, out, figures)
-    (out / "table.md").write_text(study_table(results))
-    (out / "report.md").write_text(render_markdown(results, None, drawn))
+    atomic_write(out / "table.md", study_table(results))
+    atomic_write(out / "report.md", render_markdown(results, None, drawn))
     return drawn
 
 
@@ -269,6 +270,6 @@ def render_page(
     drawn = _figures(results, assets, figures)
     target = assets / "results.json"
     if source is None or Path(source).resolve() != target.resolve():
-        target.write_text(json.dumps(results, indent=1))
-    page.write_text(render_markdown(results, assets.name, drawn))
+        atomic_write(target, json.dumps(results, indent=1))
+    atomic_write(page, render_markdown(results, assets.name, drawn))
     return drawn
