@@ -231,6 +231,18 @@ def test_different_architectures_record_differently() -> None:
         (dict(attention="nonesuch"), ("attention", "'nonesuch'")),
         (dict(pe_options={"nonesuch": {}}), ("pe_options", "'nonesuch'")),
         (dict(pe_options={"rope": {"base": 2.0}}), ("pe_options['rope']", "rope_")),
+        (dict(pe="alibi", pe_options={"alibi": {"foo": 1}}), ("pe_options['alibi']", "'foo'")),
+        (dict(attention="mla", n_kv_head=1), ("n_kv_head=1", "attention='mha'", "attention='mla'")),
+        (dict(pe="rope", kv_lora_rank=8), ("kv_lora_rank=8", "attention='mla'")),
+        (dict(pe="alibi", rope_scaling={"rope_type": "linear", "factor": 2.0}), ("rope_scaling", "no layer uses RoPE")),
+        (
+            dict(pe="rope", rope_scaling={"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}),
+            ("rope_theta=500000.0", "rope_base"),
+        ),
+        (
+            dict(pe="rope", rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+            ("original_max_position_embeddings", "block_size=32"),
+        ),
     ],
 )
 def test_conflicting_or_bad_architecture_fields_are_refused(overrides: dict, needles: tuple[str, ...]) -> None:

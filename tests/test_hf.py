@@ -314,6 +314,16 @@ def test_deepseek_v3_logits_and_greedy_generation_match(case) -> None:
     )
 
 
+def test_deepseek_v3_whose_head_dim_is_its_rotary_width_imports() -> None:
+    # real DeepSeek-V3 configs: head_dim = qk_rope_head_dim (64), not hidden_size // heads (56)
+    hf = hf_deepseek(hidden_size=48, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8)
+    assert hf.config.head_dim != hf.config.hidden_size // hf.config.num_attention_heads
+    ours = GPT.from_hf(hf).eval()
+    idx = torch.randint(0, 101, (1, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=0, atol=2e-4)
+
+
 def test_deepseek_v3_with_moe_layers_is_refused() -> None:
     with pytest.raises(ValueError, match="first_k_dense_replace"):
         GPT.from_hf(hf_deepseek(first_k_dense_replace=1))

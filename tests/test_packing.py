@@ -117,7 +117,22 @@ def test_bad_attention_masks_are_refused(case) -> None:
         MODELS["rope"].generate(torch.ones(B, T, dtype=torch.long), 2, attention_mask=mask)
 
 
+def test_a_cache_filled_without_ids_refuses_them_later() -> None:
+    m = MODELS["rope"]
+    cache = m.new_cache()
+    m(torch.ones(1, 4, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="4 tokens seen without document_ids"):
+        m(torch.ones(1, 2, dtype=torch.long), cache=cache, document_ids=torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_generate_refuses_a_1d_prompt_by_name() -> None:
+    with pytest.raises(ValueError, match=r"idx must have shape \(B, T\)"):
+        MODELS["rope"].generate(torch.ones(4, dtype=torch.long), 2)
+
+
 def test_an_attention_without_segments_refuses_document_ids() -> None:
     m = model("rope", attention="mla", kv_lora_rank=8, qk_rope_head_dim=4, n_head=2)
     with pytest.raises(ValueError, match="attention='mla'"):
         m(torch.ones(1, 4, dtype=torch.long), document_ids=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask .*attention='mla'"):
+        m.generate(torch.ones(1, 4, dtype=torch.long), 2, attention_mask=torch.ones(1, 4, dtype=torch.bool))

@@ -19,6 +19,7 @@ wrong type) naming the field and the value -- never an ``assert``, which ``pytho
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -274,8 +275,15 @@ class GPTConfig:
                     f"GPTConfig.{field}={rd!r} is invalid for RoPE: the rotated channels must be an "
                     f"even number in [2, head_dim={self.head_dim}]"
                 )
-        elif self.rotary_dim is not None:
-            raise ValueError(f"GPTConfig.rotary_dim={self.rotary_dim} is set but no layer uses RoPE")
+            theta = (self.rope_scaling or {}).get("rope_theta")
+            if theta is not None and float(theta) != float(self.rope_base):
+                raise ValueError(
+                    f"GPTConfig.rope_scaling rope_theta={theta!r} disagrees with rope_base={self.rope_base!r}; set rope_base"
+                )
+        else:
+            for name in ("rotary_dim", "rope_scaling"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is set but no layer uses RoPE")
 
     def _check_blocks(self) -> None:
         if self.n_kv_head is not None:
@@ -298,6 +306,15 @@ class GPTConfig:
         for name in ("rope_interleave", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"GPTConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        # a field of another attention variant would be silently ignored: refuse it by name
+        taken = set(getattr(ATTENTIONS[self.attention], "config_fields", ()))
+        for name, cls in ATTENTIONS.items():
+            for field in getattr(cls, "config_fields", ()):
+                if field not in taken and getattr(self, field) not in (None, False):
+                    raise ValueError(
+                        f"GPTConfig.{field}={getattr(self, field)!r} is an option of attention={name!r}, "
+                        f"not of attention={self.attention!r}"
+                    )
         if self.norm not in NORMS:
             raise ValueError(f"GPTConfig.norm must be one of {NORMS}, got {self.norm!r}")
         if self.mlp not in MLPS:
@@ -312,7 +329,12 @@ class GPTConfig:
             try:
                 validate_scaling(self.rope_options()["scaling"])
             except ValueError as e:
-                raise ValueError(f"GPTConfig.rope_scaling: {e}") from None
+                implied = (
+                    ""
+                    if "max_position_embeddings" in self.rope_scaling
+                    else f" (max_position_embeddings is block_size={self.block_size} unless given)"
+                )
+                raise ValueError(f"GPTConfig.rope_scaling: {e}{implied}") from None
 
     def _check_pe_options(self) -> None:
         if self.pe_options is None:
@@ -328,6 +350,13 @@ class GPTConfig:
                 raise ValueError("GPTConfig.pe_options['rope']: set RoPE through the rope_* fields")
             if not isinstance(options, Mapping):
                 raise TypeError(f"GPTConfig.pe_options[{name!r}] must be a mapping, got {options!r}")
+            accepted = inspect.signature(ENCODINGS[name][1].__init__).parameters
+            unknown = sorted(set(options) - set(accepted) - {"self"})
+            if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+                known = sorted(k for k, p in accepted.items() if p.kind is p.KEYWORD_ONLY or k != "self")
+                raise ValueError(
+                    f"GPTConfig.pe_options[{name!r}] has unknown option(s) {unknown}; {name} takes {known}"
+                )
 
     # -- derived -------------------------------------------------------------------------------
 
@@ -396,7 +425,9 @@ class GPTConfig:
             "layer_codes": "".join(self.layer_codes),
             "qk_norm": self.qk_norm_type if self.use_qk_norm else None,
             "attention": self.attention,
-            "kv_heads": self.kv_heads,
+            "attention_options": {
+                f: getattr(self, f) for f in getattr(ATTENTIONS[self.attention], "config_fields", ())
+            },
             "rope": self.rope_options() if uses_rope else None,
             "block": {
                 "norm": self.norm,

@@ -117,7 +117,8 @@ def _common_llama_fields(c: Any, model_type: str) -> dict[str, Any]:
     if getattr(c, "hidden_act", "silu") != "silu":
         differ["hidden_act"] = c.hidden_act
     head_dim = getattr(c, "head_dim", None)
-    if head_dim is not None and head_dim != c.hidden_size // c.num_attention_heads:
+    # DeepSeek's head_dim is its rotary width (qk_rope_head_dim); MLA sets its own head sizes
+    if model_type != "deepseek_v3" and head_dim is not None and head_dim != c.hidden_size // c.num_attention_heads:
         differ["head_dim"] = head_dim
     if getattr(c, "pretraining_tp", 1) != 1:
         differ["pretraining_tp"] = c.pretraining_tp

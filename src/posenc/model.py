@@ -243,6 +243,11 @@ class GPT(nn.Module):
                 f"document_ids need an attention that takes document segments; attention={self.config.attention!r} does not"
             )
         past = None if cache is None else cache.segments
+        if past is None and cache is not None and cache.length:
+            raise ValueError(
+                f"document_ids: this cache already holds {cache.length} tokens seen without document_ids; "
+                "pass document_ids from the first call on (or use a new cache)"
+            )
         if document_ids is None:  # new tokens continue the last document of the cache
             document_ids = past[:, -1:].expand(-1, idx.shape[1])
         if torch.compiler.is_compiling():  # the checks need the host; the trainer's ids are valid by construction
@@ -308,6 +313,11 @@ class GPT(nn.Module):
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        self._check_inputs(idx, None, None)
+        if attention_mask is not None and not getattr(self.blocks[0].attn, "supports_segments", False):
+            raise ValueError(
+                f"attention_mask needs an attention that takes document segments; attention={self.config.attention!r} does not"
+            )
         block = self.config.block_size
         ids = None if attention_mask is None else check_attention_mask(attention_mask, tuple(idx.shape)).to(idx.device)
         cache = self.new_cache() if use_cache else None

@@ -3,14 +3,14 @@
 Shapes: B batch, T tokens, C = n_embd channels, nh heads, hs = C // nh head size.
 
 Per layer the order is fixed and pinned by tests/test_attention.py:
-    x -> c_attn -> q, k, v -> QK-norm(q, k) -> pe.rotate(q, k) -> [KV cache] -> SDPA(+ pe.score_bias) -> c_proj
+    x -> c_attn -> q, k, v -> QK-norm(q, k) -> pe.rotate(q, k) -> [KV cache] -> attention(+ pe.score_bias) -> c_proj
 QK-norm acts before RoPE, as in OLMo 2, Qwen3 and Gemma 3, so the rotation sees unit-scale
 vectors and the norm never sees position information.
 
-Attention runs through ``torch.nn.functional.scaled_dot_product_attention``: with no score bias,
-no window and no cache offset it uses ``is_causal=True`` (flash kernel where the hardware has
-one); otherwise one (Tq, Tk) boolean mask, or the encoding's per-head (nh, Tq, Tk) bias with the
-mask folded in -- never a (B, nh, T, T) tensor unless positions differ per batch row.
+Attention: with no score bias, no window and no document segments, ``causal_attention`` runs
+``torch.nn.functional.scaled_dot_product_attention`` with ``is_causal=True`` (flash kernel where
+the hardware has one; a (Tq, Tk) boolean mask during a KV-cache step). A score bias, a window or
+segments go to :func:`posenc.attention.blockwise.attend`, exact and linear in memory (docs/attention.md).
 """
 
 from __future__ import annotations

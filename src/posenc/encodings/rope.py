@@ -98,6 +98,10 @@ __all__ = [
 ]
 
 
+#: The longest cos/sin table ``build`` makes for a model (``block_size`` when shorter).
+MAX_CACHE_LEN = 8192
+
+
 class RotaryEmbedding(PositionalEncoding):
     """RoPE for q, k of shape (B, nh, T, hs): ``q, k = rope(q, k, positions=None, seq_len=None)``.
 
@@ -179,7 +183,9 @@ class RotaryEmbedding(PositionalEncoding):
 
     @classmethod
     def build(cls, dims: ModelDims, **options: Any) -> RotaryEmbedding:
-        return cls(dims.head_dim, **({"cache_len": dims.block_size} | options))
+        # tables for the first positions only: longer ones are computed on the fly (and a 128k-context
+        # import would otherwise hold a (128k, hs) table per layer)
+        return cls(dims.head_dim, **({"cache_len": min(dims.block_size, MAX_CACHE_LEN)} | options))
 
     @classmethod
     def from_hf_config(cls, config: Any, layer_type: str | None = None, **options: Any) -> RotaryEmbedding:

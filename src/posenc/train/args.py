@@ -17,6 +17,7 @@ from typing import Any
 from posenc.checkpoint import CheckpointError
 from posenc.config import PRESETS, VARIANTS, GPTConfig
 from posenc.data import DataError, get_tokenizer
+from posenc.encodings import CODES
 from posenc.train.config import TRAIN_PRESETS, NonFiniteError, TrainConfig, model_config, resolve_device
 
 #: flag -> TrainConfig field
@@ -77,7 +78,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Pretrain a GPT with a chosen positional encoding (OpenWebText on GPU, embedded corpus on CPU).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        # defaults come from the run preset (printed in the run's first line), not from argparse
     )
     g = p.add_argument_group("run")
     g.add_argument(
@@ -135,8 +136,9 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--rnope-pattern",
         dest="layer_pattern",
         default=None,
-        help="per-layer codes tiled over depth instead of --pe, e.g. RRRN (P abs, S sinusoidal, N NoPE, R RoPE, "
-        "B ALiBi; lower case = sliding window)",
+        help="per-layer codes tiled over depth instead of --pe, e.g. RRRN ("
+        + ", ".join(f"{code} {name}" for code, name in CODES.items())
+        + "; lower case = sliding window)",
     )
     g.add_argument(
         "--qk-norm",

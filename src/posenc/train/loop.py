@@ -307,7 +307,6 @@ def _train(config, cfg, dist, resume, stop, stop_at, progress, hooks, log, t_sta
                     runlog.plot_curves(run_log.records, out_dir / "curves.png")
                 raise _Stopped(128 + signum if signum is not None else 0)
     except _Stopped as s:
-        run_log.close()
         return {"stopped": True, "exit_code": s.code, "step": step}
     finally:
         run_log.close()
