@@ -153,6 +153,13 @@ def test_merge_results_unions_runs_and_recomputes(committed):
     assert "Sweep 1 (rope): Command" in page and "Sweep 2 (nope): Command" in page
     with pytest.raises(ValueError, match="'block_size'"):
         merge_results([a, b | {"block_size": 64}])
+    # a run trained again by a later sweep: the first is kept, the difference is reported
+    again = copy.deepcopy(a) | {"command": "again"}
+    again["runs"]["rope/s0"]["val_loss"] += 1e-5
+    twice = merge_results([a, again])
+    assert twice["runs"]["rope/s0"]["val_loss"] == a["runs"]["rope/s0"]["val_loss"]
+    assert set(twice["repeated_runs"]) == {"rope/s0", "rope/s1", "rope/s2"}
+    assert "differ by at most 1.0e-05" in render_markdown(twice, None, [])
 
 
 # -- each claim moves with the numbers it reads

@@ -92,6 +92,13 @@ def _provenance(results: dict[str, Any]) -> list[str]:
         ]
     if len(parts) == 1:  # one sweep: the layout of the page before merges existed
         lines[1] = lines[1].lstrip()
+    repeated = results.get("repeated_runs") or {}
+    if repeated:
+        worst = max(max(v) - min(v) for v in repeated.values())
+        lines.append(
+            f"- Reproduction: {len(repeated)} run(s) ({', '.join(sorted(repeated))}) were trained again by a later "
+            f"sweep; their validation losses differ by at most {worst:.1e} (the first sweep's runs are shown)."
+        )
     return lines
 
 

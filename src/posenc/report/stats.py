@@ -257,8 +257,13 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged["runs"] = {}
     variants: list[str] = []
     seeds: list[int] = []
+    repeated: dict[str, list[float]] = {}  # runs trained again by a later sweep: the first one is kept
     for part in parts:
-        merged["runs"] |= part["runs"]
+        for key, run in part["runs"].items():
+            if key in merged["runs"]:
+                repeated.setdefault(key, [merged["runs"][key]["val_loss"]]).append(run["val_loss"])
+            else:
+                merged["runs"][key] = run
         variants += [v for v in part["variants"] if v not in variants]
         seeds += [s for s in part["seeds"] if s not in seeds]
     merged["variants"], merged["seeds"] = variants, sorted(seeds)
@@ -266,6 +271,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         {k: part[k] for k in ("command", "created", "environment", "wall_time_s", "runs_trained", "variants")}
         for part in parts
     ]
+    merged["repeated_runs"] = repeated
     merged["wall_time_s"] = sum(part["wall_time_s"] for part in parts)
     merged["runs_trained"] = sum(part["runs_trained"] for part in parts)
     merged["aggregate"] = aggregate(merged["runs"], variants, merged["seeds"])
