@@ -11,64 +11,125 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from posenc.data import DEFAULT_FRACTIONS, DataError, prepare, read_meta
 from posenc.train.args import configs_from_args, guarded, run_train, train_parser  # the train command
 from posenc.train.config import resolve_device
 
-__all__ = ["configs_from_args", "guarded", "main", "run_train", "train_parser"]
+__all__ = ["configs_from_args", "guarded", "main", "prepare_args", "run_prepare", "run_train", "train_parser"]
 
 # -- prepare, eval ---------------------------------------------------------------------------------
 
 
-def prepare_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Tokenize a corpus into train.bin / val.bin / meta.json shards.")
-    p.add_argument(
+def prepare_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """The flags of ``posenc prepare`` / examples/prepare_owt.py, checked and completed."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Tokenize a corpus into flat token shards for pretraining (train.bin, val.bin, meta.json).",
+    )
+    parser.add_argument(
         "--dataset",
-        choices=["owt", "files", "embedded"],
-        default="owt",
-        help="owt: OpenWebText via HF datasets; files: --data-files; embedded: the offline stdlib corpus",
+        choices=["owt", "embedded", "files"],
+        default=None,
+        help="owt: Skylion007/openwebtext from the Hugging Face hub; embedded: the Python standard "
+        "library's docs and sources (offline); files: --data-files (default: files when --data-files "
+        "is given, else owt)",
     )
-    p.add_argument(
-        "--data-files", nargs="+", default=None, help="local jsonl/json/parquet/txt files with a 'text' field"
+    parser.add_argument(
+        "--data-files",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="local .jsonl/.json/.parquet files with a 'text' field, or .txt files (one document per file)",
     )
-    p.add_argument("--tokenizer", choices=["gpt2", "bytes"], default="gpt2", help="GPT-2 BPE (default) or UTF-8 bytes")
-    p.add_argument("--out-dir", type=Path, default=None, help="output folder (default: data/<dataset>-<tokenizer>)")
-    p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: CPU count, at most 8)")
-    p.add_argument("--seed", type=int, default=2357, help="seed of the document shuffle that defines the split")
-    p.add_argument(
-        "--train-fraction", type=float, default=None, help="fraction of documents in train (default: the source's)"
+    parser.add_argument(
+        "--tokenizer",
+        choices=["gpt2", "bytes"],
+        default="gpt2",
+        help="gpt2: GPT-2 BPE (default); bytes: UTF-8 bytes, vocab 256, no files needed",
     )
-    p.add_argument(
-        "--val-fraction", type=float, default=None, help="fraction of documents in val (default: the source's)"
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="output folder (default: data/<dataset>-<tokenizer>)"
     )
-    p.add_argument("--dtype", choices=["auto", "uint16", "uint32"], default="auto", help="shard dtype")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    return p
+    parser.add_argument(
+        "--num-proc", type=int, default=None, help="tokenizer processes (default: CPU count, at most 8)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=2357, help="seed of the document shuffle that defines the split (default: 2357)"
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=None,
+        help="fraction of documents for training (default: "
+        + ", ".join(f"{k} {v[0]:g}" for k, v in DEFAULT_FRACTIONS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="fraction of documents for validation (default: "
+        + ", ".join(f"{k} {v[1]:g}" for k, v in DEFAULT_FRACTIONS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "uint16", "uint32"],
+        default="auto",
+        help="shard dtype (default auto: uint16 when every id fits, else uint32)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    args = parser.parse_args(argv)
+    if args.dataset is None:
+        args.dataset = "files" if args.data_files else "owt"
+    if args.data_files and args.dataset != "files":
+        parser.error(f"--data-files needs --dataset files, not --dataset {args.dataset}")
+    if args.dataset == "files" and not args.data_files:
+        parser.error("--dataset files needs --data-files")
+    if args.out_dir is None:
+        args.out_dir = Path("data") / f"{args.dataset}-{args.tokenizer}"
+    return args
 
 
-def run_prepare(args: argparse.Namespace) -> int:
-    from posenc.data import prepare
-
-    def go() -> int:
-        out = args.out_dir or Path(f"data/{args.dataset}-{args.tokenizer}")
-        kwargs = {k: getattr(args, k) for k in ("train_fraction", "val_fraction") if getattr(args, k) is not None}
-        folder = prepare(
-            out,
+def run_prepare(argv: list[str] | None = None, prog: str = "prepare_owt") -> int:
+    """Prepare the shards; one summary line (or "already up to date"), a data error as one line and exit 2."""
+    args = prepare_args(argv, prog)
+    meta_path = args.out_dir / "meta.json"
+    before = meta_path.stat().st_mtime_ns if meta_path.is_file() else None
+    t0 = time.perf_counter()
+    try:
+        out = prepare(
+            args.out_dir,
             source=args.dataset,
             data_files=args.data_files,
             tokenizer=args.tokenizer,
-            num_proc=args.num_proc,
             seed=args.seed,
+            num_proc=args.num_proc,
+            train_fraction=args.train_fraction,
+            val_fraction=args.val_fraction,
             dtype=args.dtype,
             progress=not args.no_progress,
-            **kwargs,
         )
-        print(f"prepared {folder}")
-        return 0
-
-    return guarded(go)
+        meta = read_meta(out)
+    except DataError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to finish {args.out_dir}", file=sys.stderr)
+        return 130
+    elapsed = time.perf_counter() - t0
+    unchanged = before is not None and meta_path.stat().st_mtime_ns == before
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    print(
+        f"{out}: train {train['tokens']:,} tokens ({train['documents']:,} docs), "
+        f"val {val['tokens']:,} tokens ({val['documents']:,} docs), {meta['tokenizer']} "
+        f"vocab {meta['vocab_size']} {meta['dtype']}, " + ("already up to date" if unchanged else f"{elapsed:.1f}s")
+    )
+    return 0
 
 
 def eval_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -131,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "train":
         return run_train(train_parser(prog).parse_args(rest))
     if command == "prepare":
-        return run_prepare(prepare_parser(prog).parse_args(rest))
+        return run_prepare(rest, prog)
     if command == "eval":
         return run_eval(eval_parser(prog).parse_args(rest))
     from posenc import sweep
