@@ -256,3 +256,10 @@ def test_explicit_fields_round_trip_through_dicts() -> None:
     config = GPTConfig(**(BASE | dict(input_pe="sinusoidal", layer_pe=("rope", "nope"), layer_window=(4, None))))
     again = GPTConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.architecture() == config.architecture()
+
+
+def test_configs_hash_by_value_including_their_dict_fields() -> None:
+    a = GPTConfig(**(BASE | dict(pe="rope", rope_scaling={"rope_type": "linear", "factor": 2.0})))
+    b = GPTConfig(**(BASE | dict(pe="rope", rope_scaling={"factor": 2.0, "rope_type": "linear"})))
+    c = GPTConfig(**(BASE | dict(pe="rope", rope_scaling={"rope_type": "linear", "factor": 3.0})))
+    assert a == b and hash(a) == hash(b) and len({a, b, c}) == 2

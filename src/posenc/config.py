@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -462,3 +463,6 @@ class GPTConfig:
 
     def replace(self, **changes: Any) -> GPTConfig:
         return dataclasses.replace(self, **changes)
+
+    def __hash__(self) -> int:  # the dict fields (rope_scaling, pe_options) hash by their contents
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
