@@ -46,7 +46,10 @@ def _save(fig: Any, path: Path, plt: Any) -> None:
 
 
 def _colors(plt: Any, variants: list[str]) -> dict[str, Any]:
-    return {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
+    """One distinct colour per variant: tab10 up to 10 variants (the page's first figures), tab20 beyond."""
+    if len(variants) <= 10:
+        return {v: plt.get_cmap("tab10")(i) for i, v in enumerate(variants)}
+    return {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:
