@@ -81,13 +81,16 @@ class LayerKVCache:
     def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.k is not None:
             k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
-            past = self.positions
-            if past.dim() != positions.dim():  # (T,) next to (B, T): give both a batch dim
-                rows = k.shape[0]
-                past, positions = past.expand(rows, -1), positions.expand(rows, -1)
-            positions = torch.cat((past, positions), dim=-1)
+            positions = append_positions(self.positions, positions, k.shape[0])
         self.k, self.v, self.positions = k, v, positions
         return k, v, positions
+
+
+def append_positions(past: Tensor, new: Tensor, rows: int) -> Tensor:
+    """Cached key positions followed by the new ones; (T,) next to (B, T) gives both a batch dim."""
+    if past.dim() != new.dim():
+        past, new = past.expand(rows, -1), new.expand(rows, -1)
+    return torch.cat((past, new), dim=-1)
 
 
 class KVCache:

@@ -62,7 +62,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from posenc.attention.core import causal_attention
+from posenc.attention.core import append_positions, causal_attention
 from posenc.attention.mla_dims import MLADims, cache_bytes_per_token, mla_dims, mla_softmax_scale, yarn_mscale
 from posenc.encodings.base import ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
@@ -113,11 +113,7 @@ class MLACache:
         """Append rows (B, T, L + r) at ``positions`` (T,) or (B, T); return all rows and positions."""
         if self.kv is not None:
             kv = torch.cat((self.kv, kv), dim=1)
-            past = self.positions
-            if past.dim() != positions.dim():  # (T,) next to (B, T): give both a batch dim
-                rows = kv.shape[0]
-                past, positions = past.expand(rows, -1), positions.expand(rows, -1)
-            positions = torch.cat((past, positions), dim=-1)
+            positions = append_positions(self.positions, positions, kv.shape[0])
         self.kv, self.positions = kv, positions
         return kv, positions
 
