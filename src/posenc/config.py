@@ -71,6 +71,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: RoPE options that GPTConfig fields set (option -> field); pe_options["rope"] takes the others.
+_ROPE_FIELDS: dict[str, str] = {
+    "base": "rope_base",
+    "layout": "rope_layout",
+    "rotary_dim": "rotary_dim",
+    "scaling": "rope_scaling",
+}
+
+
 class LayerSpec(NamedTuple):
     """What one layer is built with: its attention encoding and its window."""
 
@@ -347,10 +356,14 @@ class GPTConfig:
         for name, options in self.pe_options.items():
             if name not in ENCODINGS:
                 raise ValueError(f"GPTConfig.pe_options has unknown encoding {name!r}; known: {sorted(ENCODINGS)}")
-            if name == "rope":
-                raise ValueError("GPTConfig.pe_options['rope']: set RoPE through the rope_* fields")
             if not isinstance(options, Mapping):
                 raise TypeError(f"GPTConfig.pe_options[{name!r}] must be a mapping, got {options!r}")
+            if name == "rope" and (fields := sorted(set(options) & set(_ROPE_FIELDS))):
+                raise ValueError(
+                    f"GPTConfig.pe_options['rope'] sets {fields}: use the fields "
+                    + ", ".join(_ROPE_FIELDS[k] for k in fields)
+                    + " (pe_options['rope'] is for RoPE's other options, e.g. p_rope, xpos)"
+                )
             accepted = inspect.signature(ENCODINGS[name][1].__init__).parameters
             unknown = sorted(set(options) - set(accepted) - {"self"})
             if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
@@ -398,7 +411,7 @@ class GPTConfig:
         options = {"base": float(self.rope_base), "layout": self.rope_layout, "rotary_dim": self.rotary_dim}
         if self.rope_scaling is not None:  # the model's context stands in for HF's max_position_embeddings
             options["scaling"] = {"max_position_embeddings": self.block_size} | dict(self.rope_scaling)
-        return options
+        return options | dict((self.pe_options or {}).get("rope", {}))  # p_rope, xpos, ...
 
     @property
     def kv_heads(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -35,11 +36,16 @@ from posenc.config import VARIANTS
 from posenc.evaluate import MULTIPLIERS, evaluate_checkpoint
 from posenc.io import atomic_write
 from posenc.report import STUDY, aggregate, compare_pairs, merge_results, render_page, study_table, write_outputs
+from posenc.studies import STUDIES
 from posenc.train.args import guarded, run_train, train_parser
 from posenc.train.config import resolve_device
 from posenc.train.runlog import read_log, read_summary
 
 RESULTS_FORMAT = 1
+#: Written into a run folder whose loss became non-finite: a finished run (a result of a study), not
+#: one to resume.
+DIVERGED = "diverged.json"
+EXIT_NONFINITE = 3  # posenc train's exit code when the loss became non-finite
 
 #: The variants a sweep trains by default: the study's five and four controls (names of posenc.VARIANTS).
 DEFAULT_VARIANTS: tuple[str, ...] = (
@@ -60,6 +66,8 @@ FLAG_VARIANTS: dict[str, tuple[str, ...]] = {
     "gqa": ("--pe", "rope", "--n-kv-head", "2"),  # 2 KV heads for 4 query heads at the cpu and owt-16m widths
     "mla": ("--pe", "rope", "--attention", "mla"),  # MLA + decoupled RoPE, default ranks
     "qknorm_l2": ("--pe", "qknorm", "--qk-norm-type", "l2"),
+    # RNoPE whose RoPE layers attend within a window of a quarter of the cpu context (128)
+    "rnope_swa": ("--layer-pattern", "rrrN", "--sliding-window", "32"),
     "absolute_qknorm_l2": ("--pe", "absolute_qknorm", "--qk-norm-type", "l2"),
 }
 
@@ -118,6 +126,13 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="sweep preset; default: owt-16m on CUDA, cpu otherwise",
     )
+    p.add_argument(
+        "--study",
+        choices=STUDIES,
+        default="table",
+        help="table: every variant, the study's table; lr: learning-rate sweep; extension: RoPE context "
+        "extension; synthetic: passkey retrieval by length and depth (each writes <out>/<study>.json)",
+    )
     p.add_argument("--quick", action="store_true", help="the 'quick' preset: a smoke test in minutes")
     p.add_argument(
         "--variants",
@@ -127,6 +142,9 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"default: {' '.join(DEFAULT_VARIANTS)}",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
+    p.add_argument(
+        "--lrs", nargs="+", type=float, default=None, help="--study lr: the grid (default 1e-3 2e-3 4e-3 8e-3)"
+    )
     p.add_argument("--out", default=None, help="results folder; default: out/compare-<preset>")
     p.add_argument("--device", default=None, help="device of the runs and of the evaluation")
     p.add_argument("--data-dir", default=None, help="prepared shards, passed to every run")
@@ -176,13 +194,22 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
     return out / "runs" / f"{variant}-s{seed}"
 
 
-def train_argv(preset: dict[str, Any], variant: str, seed: int, folder: Path, args: argparse.Namespace) -> list[str]:
+def train_argv(
+    preset: dict[str, Any],
+    variant: str,
+    seed: int,
+    folder: Path,
+    args: argparse.Namespace,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The ``posenc train`` flags of one run: the preset's, the variant's, then ``extra`` (a study's)."""
     flags = FLAG_VARIANTS.get(variant, ("--pe", variant))
     argv = [
         "--preset",
         preset["train_preset"],
         *preset["train_args"],
         *flags,
+        *extra,
         "--seed",
         str(seed),
         "--out-dir",
@@ -215,7 +242,7 @@ def plan_run(folder: Path, argv: list[str], device: str | None) -> list[str] | N
             raise ValueError(
                 f"{folder} was trained with other settings ({shlex.join(saved)}); use another --out or remove it"
             )
-    if read_summary(folder) is not None:
+    if read_summary(folder) is not None or (folder / DIVERGED).exists():
         return None
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(spec_path, json.dumps({"argv": argv}, indent=1))
@@ -237,7 +264,16 @@ class Stop(Exception):
 
 
 def train_in_process(argv: list[str]) -> int:
-    return run_train(train_parser().parse_args(argv))
+    return guarded(lambda: run_train(train_parser().parse_args(argv)))
+
+
+def _finished(folder: Path, code: int, variant: str, seed: int) -> bool:
+    """True when a run's exit ``code`` ends it: 0, or a non-finite loss (recorded in DIVERGED)."""
+    if code == EXIT_NONFINITE:
+        print(f"[compare] {variant} seed {seed}: the loss became non-finite; recorded as diverged", flush=True)
+        atomic_write(folder / DIVERGED, json.dumps({"exit_code": code}))
+        return True
+    return code == 0
 
 
 def _interrupt(signum, frame) -> None:  # noqa: ARG001
@@ -250,10 +286,10 @@ def run_sweep(
     """Train ``jobs`` (variant, seed, folder, argv), ``n_jobs`` at a time; ``on_done(variant, seed)``
     after each. A run that fails or is stopped ends the sweep (its checkpoint is kept)."""
     if n_jobs == 1:
-        for variant, seed, _, argv in jobs:
+        for variant, seed, folder, argv in jobs:
             print(f"[compare] train {variant} seed {seed}: posenc train {shlex.join(argv)}", flush=True)
             code = train_in_process(argv)
-            if code != 0:
+            if not _finished(folder, code, variant, seed):
                 raise Stop(code)
             on_done(variant, seed)
         return
@@ -278,7 +314,7 @@ def run_sweep(
             for proc in [p for p in running if p.poll() is not None]:
                 variant, seed, folder, log = running.pop(proc)
                 log.close()
-                if proc.returncode != 0:
+                if not _finished(folder, proc.returncode, variant, seed):
                     tail = (folder / "train.out").read_text(errors="replace").splitlines()[-5:]
                     print(
                         f"[compare] {variant} seed {seed} exited with {proc.returncode}:\n  " + "\n  ".join(tail),
@@ -295,6 +331,25 @@ def run_sweep(
             proc.wait()
             log.close()
         raise e if isinstance(e, Stop) else Stop(130) from None
+
+
+def train_jobs(
+    jobs: list[tuple[str, int, Path, list[str]]],
+    n_jobs: int,
+    threads: int | None,
+    on_done: Callable[[str, int], None] = lambda v, s: None,
+) -> int:
+    """:func:`run_sweep` with SIGTERM stopping it like Ctrl-C; 0, or the exit code it stopped with."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_sweep(jobs, n_jobs, threads, on_done)
+    except (Stop, KeyboardInterrupt) as e:
+        code = e.code if isinstance(e, Stop) else 130
+        print(f"[compare] stopped (exit {code}); run the same command again to continue", file=sys.stderr)
+        return code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
 
 
 # -- collection --------------------------------------------------------------------------------------
@@ -391,6 +446,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     threads = args.threads or (None if n_jobs == 1 else max(1, cpus // n_jobs))
     if threads is not None:  # in-process training, or the evaluation that runs beside the training processes
         torch.set_num_threads(threads)
+    command = (prog or "python examples/compare.py") + (
+        " " + shlex.join(argv if argv is not None else sys.argv[1:])
+    ).rstrip()
+    if args.study != "table":
+        study = importlib.import_module(f"posenc.studies.{args.study}")
+        return study.run(args, sys.modules[__name__], name, preset, out, device, n_jobs, threads, command)
 
     jobs, folders = [], {}
     for v in variants:
@@ -408,6 +469,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     evals: dict[tuple[str, int], dict[str, Any]] = {}
 
     def on_done(v: str, s: int) -> None:
+        if read_summary(folders[(v, s)]) is None:
+            raise ValueError(f"{v} seed {s}: the loss became non-finite (see {folders[(v, s)] / 'train.out'})")
         evals[(v, s)] = evaluate_checkpoint(folders[(v, s)], windows=preset["eval_windows"], device=device)
         ext = evals[(v, s)]["extrapolation"]
         print(
@@ -417,15 +480,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         )
 
     t0 = time.time()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        run_sweep(jobs, n_jobs, threads, on_done)
-    except (Stop, KeyboardInterrupt) as e:
-        code = e.code if isinstance(e, Stop) else 130
-        print(f"[compare] stopped (exit {code}); run the same command again to continue", file=sys.stderr)
+    code = train_jobs(jobs, n_jobs, threads, on_done)
+    if code:
         return code
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     wall = time.time() - t0
 
     for key, folder in folders.items():
@@ -434,9 +491,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     runs = collect(folders, evals)
     first = read_summary(folders[(variants[0], seeds[0])])
     e0 = evals[(variants[0], seeds[0])]
-    command = (prog or "python examples/compare.py") + (
-        " " + shlex.join(argv if argv is not None else sys.argv[1:])
-    ).rstrip()
     results = {
         "format": RESULTS_FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

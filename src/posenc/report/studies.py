@@ -1,0 +1,307 @@
+"""Pages of the named studies (:mod:`posenc.studies`), each drawn from its json alone:
+``lr.json`` (loss against learning rate, the tables at the shared and the best rates),
+``extension.json`` (loss against context for every schedule, fine-tune and extrapolating
+encoding) and ``synthetic.json`` (passkey accuracy by length and depth).
+
+    render_study(json.loads(Path("out/compare-cpu/lr.json").read_text()), "docs/results-lr.md")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posenc.io import atomic_write
+from posenc.report.figures import _colors, _save, have_matplotlib, pyplot
+from posenc.report.stats import LABELS, fmt_spread
+
+
+def label(v: str) -> str:
+    return LABELS.get(v, v)
+
+
+def provenance(results: dict[str, Any]) -> list[str]:
+    env = results["environment"]
+    return [
+        f"- Command: `{results['command']}`",
+        f"- Date: {results['created']}; git commit {env['git_commit'] or 'unknown'}"
+        f"{' (with uncommitted changes)' if env['git_dirty'] else ''}; torch {env['torch']}; {env['device']}"
+        f"{' (' + env['gpu'] + ')' if env['gpu'] else ''}; {env['cpu_count']} CPUs; {env['platform']}",
+        f"- Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min (runs already trained are reused)",
+        "",
+    ]
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+# -- lr ---------------------------------------------------------------------------------------------
+
+
+def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str:
+    grid, shared = results["grid"], results["shared_lr"]
+    out = ["# Results: the learning-rate study", "", *provenance(results)]
+    out += [
+        f"Preset `{results['preset']}`; every variant at {len(grid)} peak rates "
+        f"({', '.join(f'{lr:g}' for lr in grid)}; min_lr a tenth of each), seed {results['seeds'][0]}; "
+        f"the shared rate of the main table is {shared:g}. Final validation loss (the best of each row in bold; "
+        "`diverged`: the loss became non-finite):",
+        "",
+        "| variant | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | best |",
+        "|---|" + "---:|" * len(grid) + "---|",
+    ]
+    for v, by_lr in results["phase1"].items():
+        best = results["best_lr"][v]
+        cells = []
+        for lr in grid:
+            x = by_lr[f"{lr:g}"]
+            run = results["runs"][f"{v}/lr{lr:g}/s{results['seeds'][0]}"]
+            cell = "diverged" if run["diverged"] else _fmt(x)
+            cells.append(f"**{cell}**" if lr == best else cell)
+        out.append(f"| {label(v)} | " + " | ".join(cells) + f" | {best:g} |")
+    out.append("")
+    edge = [v for v, lr in results["best_lr"].items() if lr in (grid[0], grid[-1])]
+    if edge:
+        out += [
+            "At the edge of the grid (the best rate may lie beyond it): "
+            + ", ".join(f"{label(v)} ({results['best_lr'][v]:g})" for v in edge)
+            + ".",
+            "",
+        ]
+    if "lr.png" in figures:
+        out += [f"![loss against learning rate]({assets}/lr.png)", ""]
+    if results["at_shared"] is None or results["at_best"] is None:
+        out += [
+            "## At the shared and at the best rate",
+            "",
+            f"Not yet run: phase 2 trains seeds {results['seeds']} at the shared and at each variant's best rate. "
+            "Run the command again to continue.",
+            "",
+        ]
+        return "\n".join(out)
+    out += [
+        "## At the shared and at the best rate",
+        "",
+        f"Validation loss, mean ± std over seeds {results['seeds']}:",
+        "",
+        "| variant | at lr " + f"{shared:g}" + " | best lr | at best lr | change |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for v in results["variants"]:
+        a, b = results["at_shared"][v], results["at_best"][v]
+        change = b["val_loss"]["mean"] - a["val_loss"]["mean"] if a["val_loss"] is not None and b["val_loss"] else None
+        out.append(
+            f"| {label(v)} | {fmt_spread(a['val_loss'])} | {b['lr']:g} | {fmt_spread(b['val_loss'])} | "
+            f"{'n/a' if change is None else f'{change:+.4f}'} |"
+        )
+    changes = results["order_changes"] or []
+    out += [
+        "",
+        "Pairwise orderings that change at each variant's best rate: "
+        + (
+            "; ".join(f"{label(c['better_at_best'])} now ahead of {label(c['worse_at_best'])}" for c in changes)
+            if changes
+            else "none"
+        )
+        + f" (of {len(results['variants']) * (len(results['variants']) - 1) // 2} pairs).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def plot_lr(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    grid, variants = results["grid"], list(results["phase1"])
+    colors = _colors(plt, variants)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in variants:
+        ys = [results["phase1"][v][f"{lr:g}"] for lr in grid]
+        xs = [lr for lr, y in zip(grid, ys, strict=True) if y is not None]
+        ax.plot(xs, [y for y in ys if y is not None], "o-", color=colors[v], label=label(v))
+    ax.axvline(results["shared_lr"], color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("final validation loss")
+    ax.set_title(f"Loss against learning rate (seed {results['seeds'][0]})")
+    ax.legend(fontsize=8)
+    _save(fig, path, plt)
+
+
+# -- extension -------------------------------------------------------------------------------------
+
+
+SECTION_TITLES = {
+    "zero-shot": "RoPE, zero-shot schedule",
+    "fine-tuned": "RoPE, fine-tuned at 4x",
+    "extrapolating": "trained at 1x, no fine-tune",
+}
+
+
+def extension_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str:
+    mults, T, ft = results["multipliers"], results["block_size"], results["finetune"]
+    out = ["# Results: context extension and length extrapolation", "", *provenance(results)]
+    out += [
+        f"Preset `{results['preset']}`, seed {results['seed']}, trained at {T} tokens. Validation loss at "
+        f"contexts of 1x-{mults[-1]}x, each row a KV-free forward from position 0 over the same "
+        f"{results['eval_tokens']:,} validation tokens. Zero-shot schedules use factor m at m x the context "
+        "(dynamic NTK rescales itself with the length; p-RoPE drops the lowest quarter of the frequencies at "
+        f"every length). Fine-tunes: {ft['steps']} steps at {ft['factor'] * T} tokens from the RoPE run's weights "
+        f"({ft['tokens']:,} tokens, {ft['tokens'] / ft['pretrain_tokens']:.0%} of pretraining; peak lr "
+        f"{ft['lr']:g}, fresh optimizer), the same budget for each. The lowest loss of each column in bold.",
+        "",
+        "| row | " + " | ".join(f"{m}x" for m in mults) + " |",
+        "|---|" + "---:|" * len(mults),
+    ]
+    rows = results["rows"]
+    best = {
+        str(m): min((r["loss"][str(m)] for r in rows.values() if r["loss"][str(m)] is not None), default=None)
+        for m in mults
+    }
+    for r in rows.values():
+        cells = []
+        for m in mults:
+            x = r["loss"][str(m)]
+            cells.append(f"**{_fmt(x)}**" if x is not None and x == best[str(m)] else _fmt(x))
+        out.append(f"| {SECTION_TITLES[r['section']]}: {label(r['name'])} | " + " | ".join(cells) + " |")
+    out.append("")
+    if "extension.png" in figures:
+        out += [f"![loss against context]({assets}/extension.png)", ""]
+    return "\n".join(out)
+
+
+def plot_extension(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    mults, rows = results["multipliers"], list(results["rows"].values())
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    for ax, section in zip(axes, SECTION_TITLES, strict=True):
+        these = [r for r in rows if r["section"] == section]
+        colors = _colors(plt, [r["name"] for r in these])
+        for r in these:
+            pts = [(m, r["loss"][str(m)]) for m in mults if r["loss"][str(m)] is not None]
+            ax.plot(*zip(*pts, strict=True), "o-", color=colors[r["name"]], label=label(r["name"]))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(mults, [f"{m}x" for m in mults])
+        ax.set_title(SECTION_TITLES[section])
+        ax.set_xlabel(f"context (x {results['block_size']} tokens)")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("validation loss")
+    _save(fig, path, plt)
+
+
+# -- synthetic ------------------------------------------------------------------------------------
+
+#: Published expectations the probe is checked against: (claim, a, b): a retrieves better than b
+#: past the training length.
+EXPECTATIONS: tuple[tuple[str, str, str], ...] = (
+    ("Kazemnejad et al. 2023: NoPE generalises better than RoPE", "nope", "rope"),
+    ("Kazemnejad et al. 2023: NoPE generalises better than ALiBi", "nope", "alibi"),
+    ("Kazemnejad et al. 2023: T5's bias generalises better than RoPE", "t5", "rope"),
+    ("Li et al. 2024 (FIRE): FIRE generalises better than ALiBi", "fire", "alibi"),
+    ("Li et al. 2024 (FIRE): FIRE generalises better than KERPLE", "fire", "kerple"),
+    ("Li et al. 2024 (FIRE): FIRE generalises better than RoPE", "fire", "rope"),
+)
+
+
+def beyond(results: dict[str, Any], v: str, seed: int | None = None) -> float:
+    """Mean accuracy over every length past the training length and every depth."""
+    grid = results["mean_accuracy"][v] if seed is None else results["runs"][f"{v}/s{seed}"]["accuracy"]
+    return float(np.mean(grid[1:]))
+
+
+def synthetic_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str:
+    probe, task = results["probe"], results["task"]
+    mults, L = probe["multipliers"], probe["train_len"]
+    out = ["# Results: passkey retrieval by length and depth", "", *provenance(results)]
+    out += [
+        f"Each sequence is random filler with a key (a marker and {task['key_len']} value tokens out of "
+        f"{task['value_vocab']}) planted at a random depth, then a query marker; the model must emit the value "
+        f"(chance {task['chance']:.4f}). Models of {probe['n_layer']} layers, width {probe['n_embd']}, "
+        f"{probe['n_head']} heads train for {probe['steps']} steps of {probe['batch_size']} sequences of "
+        f"{L // 4}-{L} tokens, the loss on the value only; they are tested on {probe['test_per_cell']} fresh "
+        f"sequences per (length, depth bin) at {', '.join(f'{m}x' for m in mults)} the training length. "
+        f"Seeds {results['seeds']}; an accuracy counts a sequence when every value token is the argmax.",
+        "",
+        "Accuracy by length, mean over depths (± std over seeds):",
+        "",
+        "| encoding | " + " | ".join(f"{m}x ({m * L})" for m in mults) + " |",
+        "|---|" + "---:|" * len(mults),
+    ]
+    for v in results["variants"]:
+        cells = []
+        for i in range(len(mults)):
+            per_seed = [float(np.mean(results["runs"][f"{v}/s{s}"]["accuracy"][i])) for s in results["seeds"]]
+            sd = f" ± {np.std(per_seed, ddof=1):.2f}" if len(per_seed) > 1 else ""
+            cells.append(f"{np.mean(per_seed):.2f}{sd}")
+        out.append(f"| {label(v)} | " + " | ".join(cells) + " |")
+    out.append("")
+    if "synthetic.png" in figures:
+        out += [f"![accuracy by length and depth]({assets}/synthetic.png)", ""]
+    out += ["## Against the published expectations", ""]
+    for claim, a, b in EXPECTATIONS:
+        if a not in results["mean_accuracy"] or b not in results["mean_accuracy"]:
+            continue
+        xa, xb = beyond(results, a), beyond(results, b)
+        seeds_agree = sum(beyond(results, a, s) > beyond(results, b, s) for s in results["seeds"])
+        verdict = "holds here" if xa > xb else "does not hold here"
+        out.append(
+            f"- {claim}: {verdict} ({label(a)} {xa:.2f} vs {label(b)} {xb:.2f} past the training length; "
+            f"{seeds_agree} of {len(results['seeds'])} seeds)."
+        )
+    out += [
+        "",
+        "This is a small model on one synthetic task: it probes whether an encoding lets attention find a token "
+        "at distances and absolute positions never seen in training, not how a large language model behaves.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def plot_synthetic(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    variants, probe = results["variants"], results["probe"]
+    mults, bins = probe["multipliers"], probe["depth_bins"]
+    cols = min(4, len(variants))
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, v in zip(axes.flat, variants, strict=False):
+        im = ax.imshow(np.array(results["mean_accuracy"][v]).T, vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set_title(label(v), fontsize=9)
+        ax.set_xticks(range(len(mults)), [f"{m}x" for m in mults])
+        ax.set_yticks(range(bins), [f"{(b + 0.5) / bins:.1f}" for b in range(bins)])
+        ax.set_xlabel("length")
+        ax.set_ylabel("depth")
+    for ax in list(axes.flat)[len(variants) :]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy")
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    plt.close(fig)
+
+
+# -- one entry point --------------------------------------------------------------------------------
+
+RENDERERS = {
+    "lr": (lr_markdown, "lr.png", plot_lr),
+    "extension": (extension_markdown, "extension.png", plot_extension),
+    "synthetic": (synthetic_markdown, "synthetic.png", plot_synthetic),
+}
+
+
+def render_study(results: dict[str, Any], page: str | os.PathLike, *, figures: bool | None = None) -> list[str]:
+    """``page`` and ``<page stem>/`` beside it with the figure and a copy of the study's json;
+    returns the figures drawn (``figures``: True draws, False does not, None draws with matplotlib)."""
+    markdown, figure, plot = RENDERERS[results["kind"]]
+    page = Path(page)
+    assets = page.with_suffix("")
+    assets.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    if figures or (figures is None and have_matplotlib()):
+        plot(results, assets / figure)
+        drawn.append(figure)
+    atomic_write(assets / f"{results['kind']}.json", json.dumps(results, indent=1))
+    atomic_write(page, markdown(results, drawn, assets.name))
+    return drawn

@@ -1,0 +1,177 @@
+"""The learning-rate study: is any ranking of the table an artifact of its one learning rate?
+
+Phase 1 trains one seed of every variant at each rate of the grid; each variant's best rate is the
+one with the lowest final validation loss (a run whose loss became non-finite counts as worst).
+Phase 2 trains the remaining seeds at the shared rate (the train preset's) and at each variant's
+best rate, so both tables have the same seeds. Runs at the shared rate are the table study's own
+run folders (``runs/<variant>-s<seed>``, the same flags), so a table sweep in the same ``--out``
+is reused; other rates live in ``runs/<variant>-lr<rate>-s<seed>``. The cosine schedule keeps its
+shape: ``min_lr`` is a tenth of the peak rate, as in the presets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posenc.report.stats import spread
+from posenc.studies import write_study
+from posenc.train.config import TRAIN_PRESETS
+from posenc.train.runlog import read_summary
+
+#: Rates spanning 8x around the presets' 2e-3, and the variants the study asks about: the
+#: reference study's five (QK-norm as RoPE + QK-norm), ALiBi and FIRE.
+LR_GRID: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3)
+LR_VARIANTS: tuple[str, ...] = ("absolute", "nope", "rope", "qknorm", "rnope", "alibi", "fire")
+
+
+def lr_folder(out: Path, variant: str, lr: float, seed: int, shared_lr: float) -> Path:
+    from posenc.sweep import run_dir
+
+    if math.isclose(lr, shared_lr):
+        return run_dir(out, variant, seed)
+    return out / "runs" / f"{variant}-lr{lr:g}-s{seed}"
+
+
+def lr_flags(lr: float, shared_lr: float) -> tuple[str, ...]:
+    return () if math.isclose(lr, shared_lr) else ("--lr", f"{lr:g}", "--min-lr", f"{lr / 10:g}")
+
+
+def best_rates(
+    phase1: dict[tuple[str, float], float | None], variants: list[str], grid: list[float]
+) -> dict[str, float]:
+    """Per variant, the rate of the lowest phase-1 validation loss (diverged runs count as worst)."""
+    return {v: min(grid, key=lambda lr: math.inf if phase1[(v, lr)] is None else phase1[(v, lr)]) for v in variants}
+
+
+def order_changes(shared: dict[str, float], best: dict[str, float]) -> list[dict[str, Any]]:
+    """Pairs of variants ordered differently by mean validation loss at the shared and the best rates."""
+    names = [v for v in shared if v in best]
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if (shared[a] < shared[b]) != (best[a] < best[b]):
+                first, second = (a, b) if best[a] < best[b] else (b, a)
+                out.append({"better_at_best": first, "worse_at_best": second})
+    return out
+
+
+@dataclass
+class LRStudy:
+    """One learning-rate study: its settings, where its runs live, and how to train them."""
+
+    args: argparse.Namespace
+    sweep: Any  # the posenc.sweep module: planning and training of runs
+    preset_name: str
+    preset: dict[str, Any]
+    out: Path
+    device: torch.device
+    n_jobs: int
+    threads: int | None
+    command: str
+    grid: list[float] = field(init=False)
+    variants: list[str] = field(init=False)
+    seeds: list[int] = field(init=False)
+    shared_lr: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shared_lr = TRAIN_PRESETS[self.preset["train_preset"]]["learning_rate"]
+        self.grid = sorted(set(self.args.lrs or LR_GRID) | {self.shared_lr})  # the shared rate is always a candidate
+        self.variants = list(self.args.variants or LR_VARIANTS)
+        self.seeds = list(self.args.seeds if self.args.seeds is not None else self.preset["seeds"])
+        self.shared_lr = TRAIN_PRESETS[self.preset["train_preset"]]["learning_rate"]
+
+    def folder(self, variant: str, lr: float, seed: int) -> Path:
+        return lr_folder(self.out, variant, lr, seed, self.shared_lr)
+
+    def train(self, pairs: list[tuple[str, float, int]], what: str) -> int:
+        jobs = []
+        for v, lr, s in pairs:
+            folder = self.folder(v, lr, s)
+            argv = self.sweep.train_argv(self.preset, v, s, folder, self.args, extra=lr_flags(lr, self.shared_lr))
+            todo = self.sweep.plan_run(folder, argv, self.args.device)
+            if todo is not None:
+                jobs.append((f"{v} lr {lr:g}", s, folder, todo))
+        print(f"[lr] {what}: {len(jobs)} run(s) to train", flush=True)
+        return self.sweep.train_jobs(jobs, self.n_jobs, self.threads)
+
+    def run_record(self, v: str, lr: float, s: int) -> dict[str, Any]:
+        folder = self.folder(v, lr, s)
+        summary = read_summary(folder)
+        return {
+            "variant": v,
+            "lr": lr,
+            "seed": s,
+            "folder": str(folder),
+            "diverged": (folder / self.sweep.DIVERGED).exists(),
+            **{k: None if summary is None else summary[k] for k in ("val_loss", "train_loss", "train_time_s")},
+            "curve": [] if summary is None else self.sweep.read_curve(folder),
+        }
+
+    def results(self, pairs: list[tuple[str, float, int]], best: dict[str, float], wall: float) -> dict[str, Any]:
+        """lr.json: every run in ``pairs``, phase 1's losses and best rates and, when every seed has
+        run at the shared and the best rates, both tables and the orderings that change."""
+        runs = {f"{v}/lr{lr:g}/s{s}": self.run_record(v, lr, s) for v, lr, s in sorted(pairs)}
+
+        def table(rate_of: dict[str, float]) -> dict[str, Any] | None:
+            keys = {v: [f"{v}/lr{rate_of[v]:g}/s{s}" for s in self.seeds] for v in self.variants}
+            if not all(k in runs for ks in keys.values() for k in ks):
+                return None
+            return {
+                v: {"lr": rate_of[v], **{m: spread([runs[k][m] for k in ks]) for m in ("val_loss", "train_loss")}}
+                for v, ks in keys.items()
+            }
+
+        at_shared, at_best = table(dict.fromkeys(self.variants, self.shared_lr)), table(best)
+        means = lambda t: {v: r["val_loss"]["mean"] for v, r in t.items() if r["val_loss"]}  # noqa: E731
+        return {
+            "kind": "lr",
+            "format": 1,
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": self.command,
+            "preset": self.preset_name,
+            "config": {k: list(x) if isinstance(x, tuple) else x for k, x in self.preset.items()},
+            "grid": self.grid,
+            "shared_lr": self.shared_lr,
+            "variants": self.variants,
+            "seeds": self.seeds,
+            "environment": self.sweep.environment(self.device, self.n_jobs, self.threads),
+            "wall_time_s": wall,
+            "runs": runs,
+            "phase1": {
+                v: {f"{lr:g}": runs[f"{v}/lr{lr:g}/s{self.seeds[0]}"]["val_loss"] for lr in self.grid}
+                for v in self.variants
+            },
+            "best_lr": best,
+            "at_shared": at_shared,
+            "at_best": at_best,
+            "order_changes": order_changes(means(at_shared), means(at_best)) if at_shared and at_best else None,
+        }
+
+
+def run(args: argparse.Namespace, sweep: Any, *settings: Any) -> int:
+    """``compare --study lr``: phase 1, lr.json with its answer, phase 2, lr.json complete."""
+    study = LRStudy(args, sweep, *settings)
+    t0 = time.time()
+    # the rates nearest the shared one first, so a study stopped early has every variant at them
+    by_distance = sorted(study.grid, key=lambda lr: abs(math.log(lr / study.shared_lr)))
+    phase1 = [(v, lr, study.seeds[0]) for lr in by_distance for v in study.variants]
+    what = f"phase 1 ({len(study.variants)} variants x {len(study.grid)} rates, seed {study.seeds[0]})"
+    if code := study.train(phase1, what):
+        return code
+    val = {(v, lr): study.run_record(v, lr, s)["val_loss"] for v, lr, s in phase1}
+    best = best_rates(val, study.variants, study.grid)
+    print("[lr] best rates: " + ", ".join(f"{v} {lr:g}" for v, lr in best.items()), flush=True)
+    write_study(study.results(phase1, best, time.time() - t0), study.out, None)  # readable while phase 2 trains
+    phase2 = sorted({(v, lr, s) for v in study.variants for lr in {study.shared_lr, best[v]} for s in study.seeds})
+    if code := study.train(phase2, f"phase 2 (seeds {study.seeds} at the shared and the best rates)"):
+        return code
+    write_study(study.results(set(phase1) | set(phase2), best, time.time() - t0), study.out, args.render)
+    return 0

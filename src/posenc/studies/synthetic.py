@@ -1,0 +1,232 @@
+"""The synthetic study: passkey retrieval by length and depth, a length-generalisation probe that
+validation loss cannot show.
+
+Each sequence is filler tokens with a passkey planted at a random depth -- a marker followed by
+``KEY_LEN`` value tokens -- and ends with a query marker; the model must then emit the value.
+Models train on lengths up to ``train_len`` (uniform in [train_len / 4, train_len], every depth)
+with the loss on the value tokens only, and are tested at 1x-4x ``train_len`` in depth bins: a
+retrieval counts when every value token is the argmax. Chance is ``VALUE_VOCAB ** -KEY_LEN``.
+
+Published expectations this probes: Kazemnejad et al. 2023 ("The Impact of Positional Encoding on
+Length Generalization in Transformers", NeurIPS) find NoPE generalises better than RoPE, ALiBi
+and absolute encodings on algorithmic tasks, with T5's bias close; Li et al. 2024 (FIRE,
+"Functional Interpolation for Relative Positions Improves Long Context Transformers", ICLR) report
+FIRE generalising best among additive biases, and ALiBi/KERPLE biased towards recent tokens,
+which retrieval of a distant key punishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from posenc.io import atomic_write
+from posenc.studies import write_study
+
+#: Token ids: values, filler, then the two markers.
+VALUE_VOCAB, FILLER_VOCAB = 16, 32
+KEY_MARK, QUERY_MARK = VALUE_VOCAB + FILLER_VOCAB, VALUE_VOCAB + FILLER_VOCAB + 1
+VOCAB = QUERY_MARK + 1
+KEY_LEN = 2
+
+#: Encodings probed (names of posenc.VARIANTS). Learned absolute positions have no vectors past
+#: the training length, so they are left out.
+SYNTHETIC_VARIANTS: tuple[str, ...] = ("nope", "rope", "alibi", "kerple", "fire", "t5", "rnope", "sinusoidal")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The task and the small model trained on it (the same for every encoding)."""
+
+    train_len: int = 64
+    multipliers: tuple[int, ...] = (1, 2, 3, 4)
+    depth_bins: int = 5
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 64
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 3e-3
+    test_per_cell: int = 100
+
+
+#: Per sweep preset: the probe's size (``test``/``quick``: tiny, for the test suite).
+PROBE_PRESETS: dict[str, ProbeConfig] = {
+    "cpu": ProbeConfig(),
+    "owt-16m": ProbeConfig(steps=3000, n_layer=4, n_embd=128, batch_size=128),
+    "quick": ProbeConfig(train_len=16, steps=30, n_embd=32, batch_size=16, test_per_cell=16, depth_bins=2),
+    "test": ProbeConfig(train_len=16, steps=4, n_embd=32, batch_size=4, test_per_cell=2, depth_bins=2),
+}
+
+
+def passkey_batch(
+    batch: int, length: int, generator: torch.Generator, depth: tuple[float, float] = (0.0, 1.0)
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``batch`` sequences of ``length`` tokens: (tokens (B, length), targets (B, length) with -1
+    everywhere but the value positions, the relative depth of each key in [0, 1]).
+
+    The key (marker + value) starts at a depth drawn uniformly from ``depth`` of the room before
+    the query; the last ``KEY_LEN + 1`` tokens are the query marker and the value (its targets
+    are predicted from the marker on).
+    """
+    room = length - 2 * (KEY_LEN + 1)  # filler slots before the query
+    if room < 0:
+        raise ValueError(f"passkey sequences need at least {2 * (KEY_LEN + 1)} tokens, got length={length}")
+    tokens = VALUE_VOCAB + torch.randint(0, FILLER_VOCAB, (batch, length), generator=generator)
+    value = torch.randint(0, VALUE_VOCAB, (batch, KEY_LEN), generator=generator)
+    lo, hi = depth
+    rel = lo + (hi - lo) * torch.rand(batch, generator=generator)
+    start = torch.clamp((rel * room).round().long(), 0, room)
+    rows = torch.arange(batch)
+    tokens[rows, start] = KEY_MARK
+    for j in range(KEY_LEN):
+        tokens[rows, start + 1 + j] = value[:, j]
+    q = length - KEY_LEN - 1
+    tokens[:, q] = QUERY_MARK
+    tokens[:, q + 1 :] = value
+    targets = torch.full_like(tokens, -1)
+    targets[:, q : q + KEY_LEN] = value  # the marker predicts value[0], value[0] predicts value[1], ...
+    return tokens, targets, start.float() / max(room, 1)
+
+
+def build_model(variant: str, probe: ProbeConfig, seed: int):
+    from posenc.config import GPTConfig
+    from posenc.model import GPT
+
+    torch.manual_seed(seed)
+    config = GPTConfig(
+        pe=variant,
+        n_layer=probe.n_layer,
+        n_head=probe.n_head,
+        n_embd=probe.n_embd,
+        block_size=probe.train_len,
+        vocab_size=VOCAB,
+        bias=False,
+        dropout=0.0,
+    )
+    return GPT(config)
+
+
+def train_probe(variant: str, probe: ProbeConfig, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The model trained on lengths in [train_len / 4, train_len]; its final training loss and time."""
+    model = build_model(variant, probe, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=probe.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    gen = torch.Generator().manual_seed(1000 + seed)
+    warmup = max(1, probe.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    min_len = max(2 * (KEY_LEN + 1), probe.train_len // 4)
+    t0, losses = time.time(), []
+    model.train()
+    for _ in range(probe.steps):
+        length = int(torch.randint(min_len, probe.train_len + 1, (1,), generator=gen))
+        x, y, _ = passkey_batch(probe.batch_size, length, gen)
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    tail = losses[-max(1, len(losses) // 10) :]
+    return model, {"train_loss": sum(tail) / len(tail), "train_time_s": time.time() - t0}
+
+
+@torch.no_grad()
+def accuracy_grid(model: Any, probe: ProbeConfig, seed: int) -> list[list[float]]:
+    """Retrieval accuracy [multiplier][depth bin] on fresh sequences (the same ones for every model
+    of one seed)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(2000 + seed)
+    grid = []
+    for m in probe.multipliers:
+        row = []
+        for b in range(probe.depth_bins):
+            depth = (b / probe.depth_bins, (b + 1) / probe.depth_bins)
+            x, y, _ = passkey_batch(probe.test_per_cell, m * probe.train_len, gen, depth)
+            logits, _ = model(x)
+            mask = y >= 0
+            hit = (logits.argmax(-1) == y) | ~mask
+            row.append(hit.all(dim=1).float().mean().item())
+        grid.append(row)
+    return grid
+
+
+def run(
+    args: argparse.Namespace,
+    sweep: Any,
+    preset_name: str,
+    preset: dict[str, Any],
+    out: Path,
+    device: torch.device,
+    n_jobs: int,
+    threads: int | None,
+    command: str,
+) -> int:
+    """``compare --study synthetic``: every (variant, seed) trained and tested in this process;
+    each result is kept in ``<out>/synthetic/<variant>-s<seed>.json``, so a rerun continues."""
+    probe = PROBE_PRESETS.get(preset_name, PROBE_PRESETS["cpu"])
+    variants = list(args.variants or SYNTHETIC_VARIANTS)
+    seeds = list(args.seeds if args.seeds is not None else preset["seeds"])
+    folder = out / "synthetic"
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    runs: dict[str, Any] = {}
+    for v in variants:
+        for s in seeds:
+            path = folder / f"{v}-s{s}.json"
+            saved = json.loads(path.read_text()) if path.exists() else None
+            if saved is None or saved.get("probe") != asdict(probe) | {"multipliers": list(probe.multipliers)}:
+                model, info = train_probe(v, probe, s)
+                saved = {
+                    "variant": v,
+                    "seed": s,
+                    "probe": asdict(probe) | {"multipliers": list(probe.multipliers)},
+                    **info,
+                    "accuracy": accuracy_grid(model, probe, s),
+                }
+                atomic_write(path, json.dumps(saved, indent=1))
+            acc = saved["accuracy"]
+            print(
+                f"[synthetic] {v} seed {s}: accuracy by length "
+                + ", ".join(f"{m}x {sum(r) / len(r):.2f}" for m, r in zip(probe.multipliers, acc, strict=True)),
+                flush=True,
+            )
+            runs[f"{v}/s{s}"] = saved
+    results = {
+        "kind": "synthetic",
+        "format": 1,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "preset": preset_name,
+        "probe": asdict(probe) | {"multipliers": list(probe.multipliers)},
+        "task": {
+            "value_vocab": VALUE_VOCAB,
+            "filler_vocab": FILLER_VOCAB,
+            "key_len": KEY_LEN,
+            "chance": VALUE_VOCAB**-KEY_LEN,
+        },
+        "variants": variants,
+        "seeds": seeds,
+        "environment": sweep.environment(torch.device("cpu"), 1, torch.get_num_threads()),
+        "wall_time_s": time.time() - t0,
+        "runs": runs,
+        "mean_accuracy": {
+            v: [
+                [sum(runs[f"{v}/s{s}"]["accuracy"][i][j] for s in seeds) / len(seeds) for j in range(probe.depth_bins)]
+                for i in range(len(probe.multipliers))
+            ]
+            for v in variants
+        },
+    }
+    write_study(results, out, args.render)
+    return 0

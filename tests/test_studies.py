@@ -1,0 +1,207 @@
+"""The named studies (``compare --study lr | extension | synthetic``) end to end at the 'test'
+preset, their pure parts (best rates, ordering changes, the passkey task, the zero-shot
+schedules) on hand-made inputs, and pages whose numbers come from each study's json."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from posenc import GPT, GPTConfig
+from posenc import sweep as compare
+from posenc.report.studies import render_study
+from posenc.studies import extension, lr, synthetic
+
+
+def study(out, data_dir, *flags: str) -> dict:
+    argv = ["--preset", "test", "--jobs", "1", "--threads", "1", "--out", str(out), "--data-dir", str(data_dir)]
+    assert compare.run([*argv, *flags]) == 0
+    name = flags[flags.index("--study") + 1]
+    return json.loads((out / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("studies")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds contention
+    try:
+        return {
+            "out": out,
+            "lr": study(out, data_dir, "--study", "lr", "--variants", "rope", "nope", "--lrs", "1e-3", "6e-3"),
+            "extension": study(out, data_dir, "--study", "extension", "--variants", "alibi", "nope"),
+            "synthetic": study(out, data_dir, "--study", "synthetic", "--variants", "rope", "nope"),
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -- lr -------------------------------------------------------------------------------------------
+
+
+def test_lr_study_trains_the_grid_then_seeds_at_the_best_rate(studies):
+    r = studies["lr"]
+    shared = r["shared_lr"]  # the tiny preset's 3e-3 joins the grid: the shared rate is always a candidate
+    assert r["grid"] == sorted({1e-3, 6e-3, shared})
+    for v in ("rope", "nope"):
+        losses = {float(k): x for k, x in r["phase1"][v].items()}
+        assert r["best_lr"][v] == min(losses, key=losses.get)
+        for lr_ in {shared, r["best_lr"][v]}:
+            assert r["runs"][f"{v}/lr{lr_:g}/s1"]["val_loss"] is not None  # phase 2: every seed at both rates
+        assert r["at_shared"][v]["val_loss"]["n"] == r["at_best"][v]["val_loss"]["n"] == 2
+        assert r["at_best"][v]["val_loss"]["mean"] <= r["at_shared"][v]["val_loss"]["mean"] + 1.0
+    # runs at the shared rate are the table's own folders; the others carry their rate
+    assert r["runs"][f"rope/lr{shared:g}/s0"]["folder"].endswith("runs/rope-s0")
+    assert r["runs"]["rope/lr0.001/s0"]["folder"].endswith("runs/rope-lr0.001-s0")
+    argv = json.loads((studies["out"] / "runs" / "rope-lr0.001-s0" / "compare_run.json").read_text())["argv"]
+    assert argv[argv.index("--lr") + 1] == "0.001" and argv[argv.index("--min-lr") + 1] == "0.0001"
+
+
+def test_lr_study_rerun_trains_nothing(studies, data_dir, capsys):
+    again = study(studies["out"], data_dir, "--study", "lr", "--variants", "rope", "nope", "--lrs", "1e-3", "6e-3")
+    assert again["phase1"] == studies["lr"]["phase1"]
+    assert capsys.readouterr().out.count(": 0 run(s) to train") == 2
+
+
+def test_best_rates_count_a_diverged_run_as_worst():
+    losses = {("a", 1.0): 2.0, ("a", 2.0): None, ("b", 1.0): 3.0, ("b", 2.0): 2.5}
+    assert lr.best_rates(losses, ["a", "b"], [1.0, 2.0]) == {"a": 1.0, "b": 2.0}
+
+
+def test_order_changes_names_each_reordered_pair():
+    shared = {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert lr.order_changes(shared, shared) == []
+    assert lr.order_changes(shared, {"a": 1.0, "b": 3.5, "c": 3.0}) == [{"better_at_best": "c", "worse_at_best": "b"}]
+
+
+def test_a_diverged_run_is_finished_not_resumed(tmp_path):
+    assert compare._finished(tmp_path, compare.EXIT_NONFINITE, "rope", 0)
+    assert (tmp_path / compare.DIVERGED).exists()
+    assert compare.plan_run(tmp_path, ["--pe", "rope"], None) is None
+    assert not compare._finished(tmp_path / "x", 2, "rope", 0)  # a user error still stops the sweep
+
+
+# -- extension ------------------------------------------------------------------------------------
+
+
+def test_extension_study_has_every_row_on_the_same_tokens(studies):
+    r = studies["extension"]
+    names = {(row["section"], row["name"]) for row in r["rows"].values()}
+    assert names == (
+        {("zero-shot", n) for n in extension.ZERO_SHOT}
+        | {("fine-tuned", n) for n in extension.FINE_TUNES}
+        | {("extrapolating", v) for v in ("alibi", "nope")}
+    )
+    for row in r["rows"].values():
+        assert set(row["loss"]) == {str(m) for m in extension.MULTIPLIERS}
+        assert all(math.isfinite(x) for x in row["loss"].values())
+    # zero-shot plain is the base run; at 1x every schedule but p-RoPE is the plain model
+    plain = r["rows"]["zero-shot/plain"]["loss"]
+    for name in ("linear", "yarn", "llama3"):
+        assert r["rows"][f"zero-shot/{name}"]["loss"]["1"] == plain["1"]
+    # the fine-tunes ran at 4x the context from the base run, each with its schedule
+    for name, scaling in extension.FINE_TUNES.items():
+        folder = studies["out"] / "runs" / f"extend-{name}-s0"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["config"]["block_size"] == extension.FACTOR * r["block_size"]
+        assert summary["config"].get("rope_scaling") == scaling(r["block_size"])
+        assert summary["steps"] == r["finetune"]["steps"]
+
+
+@pytest.mark.parametrize("name", sorted(extension.ZERO_SHOT))
+def test_zero_shot_schedules_change_the_model_past_the_context(name):
+    T = 8
+    config = GPTConfig.from_preset("tiny", pe="rope", block_size=T)
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    with torch.no_grad():  # sharper attention than at initialisation, so positions matter to the logits
+        for pname, p in model.named_parameters():
+            if "c_attn" in pname:
+                p.mul_(8)
+    idx = torch.randint(0, config.vocab_size, (1, 2 * T))
+    overrides = extension.ZERO_SHOT[name](2, T)
+    scaled = GPT(GPTConfig.from_dict(config.to_dict() | overrides)).eval()
+    scaled.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        diff = (model(idx)[0] - scaled(idx)[0]).abs().max().item()
+    if name == "plain":
+        assert diff == 0
+    else:
+        assert diff > 1e-5, f"{name} at 2x the context left the model unchanged"
+
+
+# -- synthetic ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 5), length=st.integers(6, 80), seed=st.integers(0, 1000), lo=st.floats(0, 0.9))
+def test_passkey_batch_plants_one_key_and_asks_for_it(batch, length, seed, lo):
+    x, y, depth = synthetic.passkey_batch(batch, length, torch.Generator().manual_seed(seed), (lo, lo + 0.1))
+    k = synthetic.KEY_LEN
+    assert x.shape == y.shape == (batch, length)
+    for row in range(batch):
+        marks = (x[row] == synthetic.KEY_MARK).nonzero().flatten().tolist()
+        assert len(marks) == 1 and x[row, -k - 1] == synthetic.QUERY_MARK
+        value = x[row, marks[0] + 1 : marks[0] + 1 + k]
+        assert torch.equal(x[row, -k:], value) and bool((value < synthetic.VALUE_VOCAB).all())
+        # only the value is scored, predicted from the query marker on
+        assert torch.equal(y[row, -k - 1 : -1], value) and bool((y[row, : -k - 1] == -1).all()) and y[row, -1] == -1
+        room = length - 2 * (k + 1)  # the key starts at one of room + 1 slots: depth is rounded to 1/room
+        slack = 0.5 / max(room, 1) + 1e-6
+        assert lo - slack <= depth[row] <= lo + 0.1 + slack or room == 0  # no room: the key is at depth 0
+
+
+def test_passkey_needs_room():
+    with pytest.raises(ValueError, match="at least 6 tokens, got length=5"):
+        synthetic.passkey_batch(1, 5, torch.Generator())
+
+
+def test_the_probe_is_learnable(one_thread):
+    # a small NoPE model learns retrieval at the training length well above chance (1/256)
+    probe = synthetic.ProbeConfig(train_len=16, steps=200, n_embd=32, batch_size=32, test_per_cell=32, depth_bins=2)
+    model, info = synthetic.train_probe("nope", probe, 0)
+    grid = synthetic.accuracy_grid(model, probe, 0)
+    assert len(grid) == len(probe.multipliers) and all(len(row) == probe.depth_bins for row in grid)
+    assert sum(grid[0]) / probe.depth_bins > 0.5, (info, grid)
+
+
+def test_synthetic_study_records_each_run_and_continues(studies, data_dir, capsys):
+    r = studies["synthetic"]
+    assert set(r["runs"]) == {f"{v}/s{s}" for v in ("rope", "nope") for s in (0, 1)}
+    saved = studies["out"] / "synthetic" / "rope-s0.json"
+    assert json.loads(saved.read_text())["accuracy"] == r["runs"]["rope/s0"]["accuracy"]
+    again = study(studies["out"], data_dir, "--study", "synthetic", "--variants", "rope", "nope")
+    assert again["runs"] == r["runs"]  # kept, not retrained
+
+
+# -- pages -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["lr", "extension", "synthetic"])
+def test_pages_come_from_the_json(studies, tmp_path, kind):
+    results = studies[kind]
+    page = tmp_path / f"results-{kind}.md"
+    render_study(results, page, figures=False)
+    text = page.read_text()
+    assert results["command"] in text
+    assert json.loads((tmp_path / f"results-{kind}" / f"{kind}.json").read_text()) == results
+    if kind == "lr":
+        best = results["best_lr"]["rope"]
+        assert re.search(rf"\| GPT ROPE \|.*\*\*{results['phase1']['rope'][f'{best:g}']:.4f}\*\*", text)
+    elif kind == "extension":
+        assert f"{results['rows']['fine-tuned/yarn']['loss']['4']:.4f}" in text
+    else:
+        assert "Kazemnejad et al. 2023: NoPE generalises better than RoPE" in text
+
+
+def test_pages_change_when_the_json_does(studies, tmp_path):
+    results = json.loads(json.dumps(studies["extension"]))
+    results["rows"]["zero-shot/yarn"]["loss"]["16"] = 0.1234
+    render_study(results, tmp_path / "p.md", figures=False)
+    assert re.search(r"zero-shot schedule: yarn \|.*\*\*0\.1234\*\* \|$", (tmp_path / "p.md").read_text(), re.M)
