@@ -10,11 +10,13 @@ it; ``posenc.report`` writes the tables, figures and the docs page from results.
     python examples/compare.py --preset owt-16m                 # the study's runs on a GPU (27 x ~900M tokens)
     python examples/compare.py --preset cpu --render docs/results.md   # run, then write the docs page
     python examples/compare.py --render docs/results.md --from out/compare-cpu/results.json
+    python examples/compare.py --study lr --render docs/results-lr.md                # and extension, synthetic
 
 Outputs in --out (default out/compare-<preset>): runs/<variant>-s<seed>/ (each a train run folder,
 plus eval.json), results.json (every number and the exact configuration), table.md (the study's
 format), report.md and the figures. An interrupted sweep continues where it stopped when the same
-command runs again. ``posenc compare`` is the same command for an installed package; the logic is
+command runs again. ``--study lr | extension | synthetic`` runs a named study (posenc.studies) in the same
+--out, reusing the table's run folders, and writes <study>.json. ``posenc compare`` is the same command for an installed package; the logic is
 in ``posenc.sweep`` (planning, training, collection) and ``posenc.report``.
 """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from posenc.report import (
     figures,
     fmt_diff,
     fmt_spread,
+    kv_cache_bytes,
     markdown,
     merge_results,
     qk_norm_readings,
@@ -30,6 +32,7 @@ from posenc.report import (
     render_page,
     spread,
     study_comparison,
+    study_table,
     write_outputs,
 )
 
@@ -262,3 +265,13 @@ def test_one_seed_and_missing_variants():
     assert claims.pair_verdict(r, "rope", "nope") is None and claims.beyond_context(r) is None
     assert f"1 of 2 variants (not for {LABELS['alibi']})" in claims.position_in_context(r)
     assert f"{STUDY['params'] / 2e6:.0f}x fewer parameters" in claims.scale(r)
+
+
+def test_kv_cache_bytes_beside_the_loss(committed):
+    # cpu sizes: 4 layers, 4 heads of 32; fp16 keys and values per token
+    mha = 4 * 2 * 4 * 32 * 2
+    assert kv_cache_bytes(committed, "rope") == kv_cache_bytes(committed, "absolute") == mha == 2048
+    assert kv_cache_bytes(committed, "gqa") == mha // 2  # 2 KV heads for 4 query heads
+    assert kv_cache_bytes(committed, "mla") == 4 * (128 + 16) * 2  # latent (rank 128) + shared rotary key (16)
+    assert kv_cache_bytes(committed, "not-a-variant") is None
+    assert re.search(r"^\| GPT MLA \| [^|]+ \| [^|]+ \| 1,152 \|$", study_table(committed), re.M)

@@ -128,7 +128,7 @@ def test_outputs_and_rendered_numbers_come_from_the_json(swept):
         for folder in (out, root / "docs" / "results"):
             assert (folder / name).stat().st_size > 1000, folder / name
     table = (out / "table.md").read_text().splitlines()
-    assert table[0] == "| Model | Train Loss | Validation Loss |"
+    assert table[0] == "| Model | Train Loss | Validation Loss | KV cache (bytes/token) |"
     rows = {line.split("|")[1].strip(): line for line in table[2:] if line.startswith("| ")}
     assert set(rows) == {LABELS[v] for v in VARIANTS}
 
@@ -136,7 +136,7 @@ def test_outputs_and_rendered_numbers_come_from_the_json(swept):
     # recompute the rope row from the per-run numbers: mean and sample std over seeds
     vals = [results["runs"][f"rope/s{s}"]["val_loss"] for s in SEEDS]
     expected = f"{statistics.fmean(vals):.4f} ± {statistics.stdev(vals):.4f}"
-    assert re.search(rf"^\| GPT ROPE \| [^|]+ \| {re.escape(expected)} \|$", page, re.M), expected
+    assert re.search(rf"^\| GPT ROPE \| [^|]+ \| {re.escape(expected)} \| [0-9,]+ \|$", page, re.M), expected
     assert "4.2067" in page and "3.9634" in page  # the study's table, beside ours
     assert "smoke test" in page  # a small preset is labelled as such
     assert "![length extrapolation](results/extrapolation.png)" in page

@@ -168,7 +168,7 @@ def qk_norm_agreement(results: dict[str, Any], study: dict[str, Any] = STUDY) ->
         else "the data do not decide between " + " and ".join(LABELS[v] for v in top)
     )
     return (
-        f"- **Two readings of the study's QK Norm row.** Pairwise orderings that agree with the study when its "
+        f"- **{len(readings)} readings of the study's QK Norm row.** Pairwise orderings that agree with the study when its "
         f"QK Norm model is read {parts}: {verdict}."
     )
 

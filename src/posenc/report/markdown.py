@@ -13,7 +13,17 @@ from typing import Any
 from posenc.io import atomic_write
 from posenc.report.claims import discussion
 from posenc.report.figures import have_matplotlib, plot_all
-from posenc.report.stats import DESCRIPTIONS, LABELS, STUDY, fmt_diff, fmt_spread, paired_diff, spread, study_comparison
+from posenc.report.stats import (
+    DESCRIPTIONS,
+    LABELS,
+    STUDY,
+    fmt_diff,
+    fmt_spread,
+    kv_cache_bytes,
+    paired_diff,
+    spread,
+    study_comparison,
+)
 
 #: The unit of a loss, by tokenizer.
 UNITS: dict[str, str] = {"bytes": "byte (UTF-8 byte tokenizer)", "gpt2": "GPT-2 BPE token"}
@@ -28,9 +38,16 @@ def study_table(results: dict[str, Any]) -> str:
     """The study's table format (model, train loss, validation loss) with a note on what was run."""
     agg = results["aggregate"]
     seeds = sorted({s for a in agg.values() for s in a["seeds"]})
-    lines = ["| Model | Train Loss | Validation Loss |", "|-------|------------|-----------------|"]
+    lines = [
+        "| Model | Train Loss | Validation Loss | KV cache (bytes/token) |",
+        "|-------|------------|-----------------|-----------------------:|",
+    ]
     for v, a in agg.items():
-        lines.append(f"| {LABELS[v]} | {fmt_spread(a['train_loss'])} | {fmt_spread(a['val_loss'])} |")
+        kv = kv_cache_bytes(results, v)
+        lines.append(
+            f"| {LABELS[v]} | {fmt_spread(a['train_loss'])} | {fmt_spread(a['val_loss'])} | "
+            f"{'n/a' if kv is None else f'{kv:,}'} |"
+        )
     tokens = {a["tokens"] for a in agg.values()}
     params = sorted({a["params"] for a in agg.values()})
     lines += [
@@ -38,7 +55,9 @@ def study_table(results: dict[str, Any]) -> str:
         f"Mean ± sample standard deviation over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
         f"{'/'.join(f'{t:,}' for t in sorted(tokens))} training tokens per run; "
         f"{' to '.join(sorted({f'{p / 1e6:.2f}M' for p in (params[0], params[-1])}))} parameters (non-embedding, as nanoGPT counts); "
-        "train loss = mean over the last evaluation interval, validation loss = the final evaluation.",
+        "train loss = mean over the last evaluation interval, validation loss = the final evaluation; "
+        "KV cache = what one token adds to the cache over all layers in fp16 (keys and values of every KV "
+        "head; MLA: its latent and shared rotary key).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -238,6 +257,19 @@ def render_markdown(results: dict[str, Any], assets: str | None, figures: list[s
     out += _per_position(results, link, figures)
     out += _samples(results)
     out += ["## Discussion", "", *discussion(results, sc), ""]
+    out += [
+        "## Further studies",
+        "",
+        "Each is its own page, rendered from its own json by `examples/compare.py --study NAME --render PAGE`:",
+        "",
+        "- [The learning-rate study](results-lr.md) (`--study lr`): loss against the peak rate for every variant, "
+        "and the table at the shared and at each variant's best rate.",
+        "- [Context extension and length extrapolation](results-extension.md) (`--study extension`): RoPE "
+        "zero-shot under each schedule and fine-tuned at 4x, beside the encodings designed to extrapolate, 1x-16x.",
+        "- [Passkey retrieval by length and depth](results-synthetic.md) (`--study synthetic`): a "
+        "length-generalisation probe that loss cannot show.",
+        "",
+    ]
     return "\n".join(out)
 
 

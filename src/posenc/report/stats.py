@@ -117,6 +117,36 @@ def early_late(per_position: list[float]) -> tuple[float, float]:
     return statistics.fmean(per_position[:k]), statistics.fmean(per_position[-k:])
 
 
+def kv_cache_bytes(results: dict[str, Any], variant: str, dtype: Any = None) -> int | None:
+    """KV-cache bytes one token adds to the variant's model (all layers, fp16 by default), from the
+    architecture its first run recorded (runs from before architectures were recorded: multi-head
+    attention with the sweep's sizes, as every posenc.VARIANTS name then was); None when unknown."""
+    import torch
+
+    from posenc.attention.mla_dims import cache_bytes_per_token
+    from posenc.config import VARIANTS
+
+    mc = results["model_config"]
+    run = next((r for r in results["runs"].values() if r["variant"] == variant), None)
+    arch = None if run is None else run.get("architecture")
+    if not arch and variant in VARIANTS:
+        arch = {"attention": "mha", "kv_heads": mc["n_head"], "layers": [None] * mc["n_layer"]}
+    if not arch:
+        return None
+    options = arch.get("attention_options") or {}
+    mla = arch.get("attention") == "mla"
+    ranks = {k: options[k] for k in ("kv_lora_rank", "qk_rope_head_dim") if options.get(k) is not None}
+    return cache_bytes_per_token(
+        "mla" if mla else "gqa",
+        mc["n_embd"],
+        mc["n_head"],
+        n_kv_head=options.get("n_kv_head") or arch.get("kv_heads") or mc["n_head"],
+        dtype=dtype or torch.float16,
+        n_layer=len(arch["layers"]),
+        **(ranks if mla else {}),
+    )
+
+
 def aggregate(runs: dict[str, dict[str, Any]], variants: list[str], seeds: list[int]) -> dict[str, Any]:
     """Per variant (in ``variants`` order, skipping those without runs): spreads over seeds of the
     final losses, the extrapolation and the early/late loss; mean per-position curves; the loss

@@ -116,9 +116,12 @@ def build_model(variant: str, probe: ProbeConfig, seed: int):
     return GPT(config)
 
 
-def train_probe(variant: str, probe: ProbeConfig, seed: int) -> tuple[Any, dict[str, Any]]:
-    """The model trained on lengths in [train_len / 4, train_len]; its final training loss and time."""
-    model = build_model(variant, probe, seed)
+def train_probe(
+    variant: str, probe: ProbeConfig, seed: int, device: torch.device | str = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """The model trained on lengths in [train_len / 4, train_len]; its final training loss and time.
+    Batches are drawn on the CPU (the same for every device) and moved to ``device``."""
+    model = build_model(variant, probe, seed).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=probe.lr, weight_decay=0.0, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(1000 + seed)
     warmup = max(1, probe.steps // 20)
@@ -129,6 +132,7 @@ def train_probe(variant: str, probe: ProbeConfig, seed: int) -> tuple[Any, dict[
     for _ in range(probe.steps):
         length = int(torch.randint(min_len, probe.train_len + 1, (1,), generator=gen))
         x, y, _ = passkey_batch(probe.batch_size, length, gen)
+        x, y = x.to(device), y.to(device)
         logits, _ = model(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
         opt.zero_grad(set_to_none=True)
@@ -146,6 +150,7 @@ def accuracy_grid(model: Any, probe: ProbeConfig, seed: int) -> list[list[float]
     """Retrieval accuracy [multiplier][depth bin] on fresh sequences (the same ones for every model
     of one seed)."""
     model.eval()
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(2000 + seed)
     grid = []
     for m in probe.multipliers:
@@ -153,6 +158,7 @@ def accuracy_grid(model: Any, probe: ProbeConfig, seed: int) -> list[list[float]
         for b in range(probe.depth_bins):
             depth = (b / probe.depth_bins, (b + 1) / probe.depth_bins)
             x, y, _ = passkey_batch(probe.test_per_cell, m * probe.train_len, gen, depth)
+            x, y = x.to(device), y.to(device)
             logits, _ = model(x)
             mask = y >= 0
             hit = (logits.argmax(-1) == y) | ~mask
@@ -186,7 +192,7 @@ def run(
             path = folder / f"{v}-s{s}.json"
             saved = json.loads(path.read_text()) if path.exists() else None
             if saved is None or saved.get("probe") != asdict(probe) | {"multipliers": list(probe.multipliers)}:
-                model, info = train_probe(v, probe, s)
+                model, info = train_probe(v, probe, s, device)
                 saved = {
                     "variant": v,
                     "seed": s,
@@ -217,7 +223,7 @@ def run(
         },
         "variants": variants,
         "seeds": seeds,
-        "environment": sweep.environment(torch.device("cpu"), 1, torch.get_num_threads()),
+        "environment": sweep.environment(device, 1, torch.get_num_threads()),
         "wall_time_s": time.time() - t0,
         "runs": runs,
         "mean_accuracy": {
