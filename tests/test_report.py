@@ -144,8 +144,9 @@ def test_qk_norm_readings_stand_each_variant_in_for_the_study_row():
 
 def test_merge_results_unions_runs_and_recomputes(committed):
     keep = ["rope", "nope"]
-    a = copy.deepcopy(committed) | {"variants": ["rope"]}
-    b = copy.deepcopy(committed) | {"variants": ["nope"], "command": "python examples/compare.py --variants nope"}
+    one_sweep = {k: v for k, v in copy.deepcopy(committed).items() if k not in ("parts", "repeated_runs")}
+    a = copy.deepcopy(one_sweep) | {"variants": ["rope"]}
+    b = copy.deepcopy(one_sweep) | {"variants": ["nope"], "command": "python examples/compare.py --variants nope"}
     a["runs"] = {k: r for k, r in committed["runs"].items() if r["variant"] == "rope"}
     b["runs"] = {k: r for k, r in committed["runs"].items() if r["variant"] == "nope"}
     merged = merge_results([a, b])
@@ -163,6 +164,12 @@ def test_merge_results_unions_runs_and_recomputes(committed):
     assert twice["runs"]["rope/s0"]["val_loss"] == a["runs"]["rope/s0"]["val_loss"]
     assert set(twice["repeated_runs"]) == {"rope/s0", "rope/s1", "rope/s2"}
     assert "differ by at most 1.0e-05" in render_markdown(twice, None, [])
+    # a merge of a merge keeps one entry per sweep and the runs trained twice
+    c = copy.deepcopy(one_sweep) | {"variants": ["alibi"], "command": "third"}
+    c["runs"] = {k: r for k, r in committed["runs"].items() if r["variant"] == "alibi"}
+    nested = merge_results([twice, c])
+    assert [p["command"] for p in nested["parts"]] == [a["command"], "again", "third"]
+    assert nested["repeated_runs"] == twice["repeated_runs"] and nested["variants"] == ["rope", "alibi"]
 
 
 # -- each claim moves with the numbers it reads

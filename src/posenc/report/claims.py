@@ -160,13 +160,18 @@ def qk_norm_agreement(results: dict[str, Any], study: dict[str, Any] = STUDY) ->
     if len(readings) < 2:
         return None
     parts = "; ".join(f"as {LABELS[r['variant']]} (`{r['variant']}`): {r['agree']} of {r['pairs']}" for r in readings)
-    best = max(r["agree"] for r in readings)
-    top = [r["variant"] for r in readings if r["agree"] == best]
-    verdict = (
-        f"the data favour reading it as {LABELS[top[0]]}"
-        if len(top) == 1
-        else "the data do not decide between " + " and ".join(LABELS[v] for v in top)
-    )
+    # the question is the model under the norm (absolute table or RoPE), whichever norm it uses
+    by_base: dict[str, list[int]] = {}
+    for r in readings:
+        by_base.setdefault("absolute" if r["variant"].startswith("absolute") else "RoPE", []).append(r["agree"])
+    ranked = sorted(by_base.items(), key=lambda kv: -min(kv[1]))
+    if len(ranked) == 2 and min(ranked[0][1]) > max(ranked[1][1]):
+        verdict = (
+            f"every {ranked[0][0]} + QK-norm reading agrees more than every {ranked[1][0]} + QK-norm one, so the "
+            f"data favour reading the row as {ranked[0][0]} + QK-norm"
+        )
+    else:
+        verdict = "the data do not decide between an absolute + QK-norm and a RoPE + QK-norm reading"
     return (
         f"- **{len(readings)} readings of the study's QK Norm row.** Pairwise orderings that agree with the study when its "
         f"QK Norm model is read {parts}: {verdict}."

@@ -29,6 +29,9 @@ LABELS: dict[str, str] = {
     "fire": "GPT FIRE",
     "mla": "GPT MLA",
     "gqa": "GPT GQA",
+    "qknorm_l2": "GPT QK Norm (L2)",
+    "absolute_qknorm_l2": "GPT + QK Norm (L2)",
+    "rnope_swa": "GPT RNOPE-SWA",
 }
 DESCRIPTIONS: dict[str, str] = {
     "absolute": "learned absolute position table (GPT-2)",
@@ -47,6 +50,7 @@ DESCRIPTIONS: dict[str, str] = {
     "gqa": "RoPE with grouped-query attention (half as many KV heads)",
     "qknorm_l2": "RoPE + QK-norm (L2 with a learned temperature) on every layer",
     "absolute_qknorm_l2": "learned absolute table + QK-norm (L2 with a learned temperature)",
+    "rnope_swa": "RNoPE whose RoPE layers attend within a 32-token window",
 }
 
 #: The reference study's published table (one run each; ~16.03M parameters, ~900M OpenWebText
@@ -289,6 +293,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     seeds: list[int] = []
     repeated: dict[str, list[float]] = {}  # runs trained again by a later sweep: the first one is kept
     for part in parts:
+        repeated |= part.get("repeated_runs") or {}  # a part that is itself a merge keeps its own record
         for key, run in part["runs"].items():
             if key in merged["runs"]:
                 repeated.setdefault(key, [merged["runs"][key]["val_loss"]]).append(run["val_loss"])
@@ -297,9 +302,11 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         variants += [v for v in part["variants"] if v not in variants]
         seeds += [s for s in part["seeds"] if s not in seeds]
     merged["variants"], merged["seeds"] = variants, sorted(seeds)
-    merged["parts"] = [
-        {k: part[k] for k in ("command", "created", "environment", "wall_time_s", "runs_trained", "variants")}
+    merged["parts"] = [  # one entry per sweep, also through a part that is itself a merge
+        sweep
         for part in parts
+        for sweep in part.get("parts")
+        or [{k: part[k] for k in ("command", "created", "environment", "wall_time_s", "runs_trained", "variants")}]
     ]
     merged["repeated_runs"] = repeated
     merged["wall_time_s"] = sum(part["wall_time_s"] for part in parts)

@@ -267,9 +267,16 @@ def plot_synthetic(results: dict[str, Any], path: Path) -> None:
     mults, bins = probe["multipliers"], probe["depth_bins"]
     cols = min(4, len(variants))
     rows = -(-len(variants) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, constrained_layout=True)
     for ax, v in zip(axes.flat, variants, strict=False):
-        im = ax.imshow(np.array(results["mean_accuracy"][v]).T, vmin=0, vmax=1, cmap="viridis", origin="lower")
+        im = ax.imshow(
+            np.array(results["mean_accuracy"][v]).T, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto"
+        )
+        for i, row in enumerate(results["mean_accuracy"][v]):
+            for j, acc in enumerate(row):
+                ax.text(
+                    i, j, f"{acc:.2f}", ha="center", va="center", fontsize=7, color="white" if acc < 0.6 else "black"
+                )
         ax.set_title(label(v), fontsize=9)
         ax.set_xticks(range(len(mults)), [f"{m}x" for m in mults])
         ax.set_yticks(range(bins), [f"{(b + 0.5) / bins:.1f}" for b in range(bins)])
