@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ).rstrip()
     if args.study != "table":
         study = importlib.import_module(f"posenc.studies.{args.study}")
-        return study.run(args, sys.modules[__name__], name, preset, out, device, n_jobs, threads, command)
+        return study.run(args, name, preset, out, device, n_jobs, threads, command)
 
     jobs, folders = [], {}
     for v in variants:

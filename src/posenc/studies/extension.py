@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from posenc import sweep
 from posenc.studies import write_study
 from posenc.train.runlog import read_summary
 
@@ -149,7 +150,6 @@ def preset_lr(preset: dict[str, Any]) -> float:
 
 def run(
     args: argparse.Namespace,
-    sweep: Any,
     preset_name: str,
     preset: dict[str, Any],
     out: Path,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from posenc import sweep
 from posenc.report.stats import spread
 from posenc.studies import write_study
 from posenc.train.config import TRAIN_PRESETS
@@ -33,10 +34,8 @@ LR_VARIANTS: tuple[str, ...] = ("absolute", "nope", "rope", "qknorm", "rnope", "
 
 
 def lr_folder(out: Path, variant: str, lr: float, seed: int, shared_lr: float) -> Path:
-    from posenc.sweep import run_dir
-
     if math.isclose(lr, shared_lr):
-        return run_dir(out, variant, seed)
+        return sweep.run_dir(out, variant, seed)
     return out / "runs" / f"{variant}-lr{lr:g}-s{seed}"
 
 
@@ -68,7 +67,6 @@ class LRStudy:
     """One learning-rate study: its settings, where its runs live, and how to train them."""
 
     args: argparse.Namespace
-    sweep: Any  # the posenc.sweep module: planning and training of runs
     preset_name: str
     preset: dict[str, Any]
     out: Path
@@ -95,12 +93,12 @@ class LRStudy:
         jobs = []
         for v, lr, s in pairs:
             folder = self.folder(v, lr, s)
-            argv = self.sweep.train_argv(self.preset, v, s, folder, self.args, extra=lr_flags(lr, self.shared_lr))
-            todo = self.sweep.plan_run(folder, argv, self.args.device)
+            argv = sweep.train_argv(self.preset, v, s, folder, self.args, extra=lr_flags(lr, self.shared_lr))
+            todo = sweep.plan_run(folder, argv, self.args.device)
             if todo is not None:
                 jobs.append((f"{v} lr {lr:g}", s, folder, todo))
         print(f"[lr] {what}: {len(jobs)} run(s) to train", flush=True)
-        return self.sweep.train_jobs(jobs, self.n_jobs, self.threads)
+        return sweep.train_jobs(jobs, self.n_jobs, self.threads)
 
     def run_record(self, v: str, lr: float, s: int) -> dict[str, Any]:
         folder = self.folder(v, lr, s)
@@ -110,9 +108,9 @@ class LRStudy:
             "lr": lr,
             "seed": s,
             "folder": str(folder),
-            "diverged": (folder / self.sweep.DIVERGED).exists(),
+            "diverged": (folder / sweep.DIVERGED).exists(),
             **{k: None if summary is None else summary[k] for k in ("val_loss", "train_loss", "train_time_s")},
-            "curve": [] if summary is None else self.sweep.read_curve(folder),
+            "curve": [] if summary is None else sweep.read_curve(folder),
         }
 
     def results(self, pairs: list[tuple[str, float, int]], best: dict[str, float], wall: float) -> dict[str, Any]:
@@ -142,7 +140,7 @@ class LRStudy:
             "shared_lr": self.shared_lr,
             "variants": self.variants,
             "seeds": self.seeds,
-            "environment": self.sweep.environment(self.device, self.n_jobs, self.threads),
+            "environment": sweep.environment(self.device, self.n_jobs, self.threads),
             "wall_time_s": wall,
             "runs": runs,
             "phase1": {
@@ -156,9 +154,9 @@ class LRStudy:
         }
 
 
-def run(args: argparse.Namespace, sweep: Any, *settings: Any) -> int:
+def run(args: argparse.Namespace, *settings: Any) -> int:
     """``compare --study lr``: phase 1, lr.json with its answer, phase 2, lr.json complete."""
-    study = LRStudy(args, sweep, *settings)
+    study = LRStudy(args, *settings)
     t0 = time.time()
     # the rates nearest the shared one first, so a study stopped early has every variant at them
     by_distance = sorted(study.grid, key=lambda lr: abs(math.log(lr / study.shared_lr)))

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from posenc import sweep
 from posenc.io import atomic_write
 from posenc.studies import write_study
 
@@ -169,7 +170,6 @@ def accuracy_grid(model: Any, probe: ProbeConfig, seed: int) -> list[list[float]
 
 def run(
     args: argparse.Namespace,
-    sweep: Any,
     preset_name: str,
     preset: dict[str, Any],
     out: Path,
