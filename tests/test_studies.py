@@ -205,3 +205,23 @@ def test_pages_change_when_the_json_does(studies, tmp_path):
     results["rows"]["zero-shot/yarn"]["loss"]["16"] = 0.1234
     render_study(results, tmp_path / "p.md", figures=False)
     assert re.search(r"zero-shot schedule: yarn \|.*\*\*0\.1234\*\* \|$", (tmp_path / "p.md").read_text(), re.M)
+
+
+def test_lr_no_train_reports_what_has_finished(studies, data_dir, tmp_path):
+    # in the study's own folder: every run finished, the same answer as the full study
+    again = study(
+        studies["out"], data_dir, "--study", "lr", "--variants", "rope", "nope", "--lrs", "1e-3", "6e-3", "--no-train"
+    )
+    assert again["phase1"] == studies["lr"]["phase1"] and again["best_lr"] == studies["lr"]["best_lr"]
+    # in an empty folder: nothing is trained, every run is pending, and the page says so
+    empty = study(tmp_path, data_dir, "--study", "lr", "--variants", "rope", "--lrs", "1e-3", "--no-train")
+    assert not (tmp_path / "runs").exists()
+    assert all(r["pending"] for r in empty["runs"].values()) and empty["best_lr"] == {}
+    assert empty["at_shared"] is None and empty["at_best"] is None
+    render_study(empty, tmp_path / "lr.md", figures=False)
+    assert "**Phase 1 is not finished:** 2 of 2 runs are pending" in (tmp_path / "lr.md").read_text()
+
+
+def test_no_train_is_for_the_lr_study():
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--study", "synthetic", "--no-train"])

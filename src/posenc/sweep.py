@@ -145,6 +145,11 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--lrs", nargs="+", type=float, default=None, help="--study lr: the grid (default 1e-3 2e-3 4e-3 8e-3)"
     )
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="--study lr: write lr.json and the page from the runs already finished (the others pending), training none",
+    )
     p.add_argument("--out", default=None, help="results folder; default: out/compare-<preset>")
     p.add_argument("--device", default=None, help="device of the runs and of the evaluation")
     p.add_argument("--data-dir", default=None, help="prepared shards, passed to every run")
@@ -181,6 +186,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         p.error(f"--quick is the 'quick' preset; drop --preset {args.preset}")
     if args.from_json and not args.render:
         p.error("--from needs --render")
+    if args.no_train and args.study != "lr":
+        p.error(f"--no-train is for --study lr, not --study {args.study}")
     for name in ("jobs", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")

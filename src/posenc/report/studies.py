@@ -31,7 +31,12 @@ def provenance(results: dict[str, Any]) -> list[str]:
         f"- Date: {results['created']}; git commit {env['git_commit'] or 'unknown'}"
         f"{' (with uncommitted changes)' if env['git_dirty'] else ''}; torch {env['torch']}; {env['device']}"
         f"{' (' + env['gpu'] + ')' if env['gpu'] else ''}; {env['cpu_count']} CPUs; {env['platform']}",
-        f"- Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min (runs already trained are reused)",
+        f"- Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min (runs already trained are reused)"
+        + (
+            f"; the runs on this page trained for {trained / 60:.1f} min in all (the sum of their own times)"
+            if (trained := sum(r.get("train_time_s") or 0 for r in results.get("runs", {}).values()))
+            else ""
+        ),
         "",
     ]
 
@@ -55,16 +60,23 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
         "| variant | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | best |",
         "|---|" + "---:|" * len(grid) + "---|",
     ]
+    pending = 0
     for v, by_lr in results["phase1"].items():
-        best = results["best_lr"][v]
+        best = results["best_lr"].get(v)
         cells = []
         for lr in grid:
-            x = by_lr[f"{lr:g}"]
             run = results["runs"][f"{v}/lr{lr:g}/s{results['seeds'][0]}"]
-            cell = "diverged" if run["diverged"] else _fmt(x)
+            pending += bool(run.get("pending"))
+            cell = "diverged" if run["diverged"] else "pending" if run.get("pending") else _fmt(by_lr[f"{lr:g}"])
             cells.append(f"**{cell}**" if lr == best else cell)
-        out.append(f"| {label(v)} | " + " | ".join(cells) + f" | {best:g} |")
+        out.append(f"| {label(v)} | " + " | ".join(cells) + f" | {'n/a' if best is None else f'{best:g}'} |")
     out.append("")
+    if pending:
+        out += [
+            f"**Phase 1 is not finished:** {pending} of {len(grid) * len(results['phase1'])} runs are pending, so a "
+            "best rate here is the best among the rates run so far. Run the command again to continue.",
+            "",
+        ]
     edge = [v for v, lr in results["best_lr"].items() if lr in (grid[0], grid[-1])]
     if edge:
         out += [

@@ -108,7 +108,8 @@ class LRStudy:
             "lr": lr,
             "seed": s,
             "folder": str(folder),
-            "diverged": (folder / sweep.DIVERGED).exists(),
+            "diverged": (diverged := (folder / sweep.DIVERGED).exists()),
+            "pending": summary is None and not diverged,  # not trained (yet)
             **{k: None if summary is None else summary[k] for k in ("val_loss", "train_loss", "train_time_s")},
             "curve": [] if summary is None else sweep.read_curve(folder),
         }
@@ -119,8 +120,10 @@ class LRStudy:
         runs = {f"{v}/lr{lr:g}/s{s}": self.run_record(v, lr, s) for v, lr, s in sorted(pairs)}
 
         def table(rate_of: dict[str, float]) -> dict[str, Any] | None:
+            if any(v not in rate_of for v in self.variants):
+                return None
             keys = {v: [f"{v}/lr{rate_of[v]:g}/s{s}" for s in self.seeds] for v in self.variants}
-            if not all(k in runs for ks in keys.values() for k in ks):
+            if not all(k in runs and not runs[k]["pending"] for ks in keys.values() for k in ks):
                 return None
             return {
                 v: {"lr": rate_of[v], **{m: spread([runs[k][m] for k in ks]) for m in ("val_loss", "train_loss")}}
@@ -155,21 +158,31 @@ class LRStudy:
 
 
 def run(args: argparse.Namespace, *settings: Any) -> int:
-    """``compare --study lr``: phase 1, lr.json with its answer, phase 2, lr.json complete."""
+    """``compare --study lr``: phase 1, lr.json with its answer, phase 2, lr.json complete. With
+    ``--no-train``, lr.json (and the page) from the runs already finished, the others ``pending``."""
     study = LRStudy(args, *settings)
     t0 = time.time()
+    train = (lambda pairs, what: 0) if args.no_train else study.train
     # the rates nearest the shared one first, so a study stopped early has every variant at them
     by_distance = sorted(study.grid, key=lambda lr: abs(math.log(lr / study.shared_lr)))
     phase1 = [(v, lr, study.seeds[0]) for lr in by_distance for v in study.variants]
     what = f"phase 1 ({len(study.variants)} variants x {len(study.grid)} rates, seed {study.seeds[0]})"
-    if code := study.train(phase1, what):
+    if code := train(phase1, what):
         return code
-    val = {(v, lr): study.run_record(v, lr, s)["val_loss"] for v, lr, s in phase1}
-    best = best_rates(val, study.variants, study.grid)
+    records = {(v, lr): study.run_record(v, lr, s) for v, lr, s in phase1}
+    val = {key: r["val_loss"] for key, r in records.items()}
+    best = {  # over the finished runs; a variant none of whose runs has finished has no best rate yet
+        v: lr
+        for v, lr in best_rates(val, study.variants, study.grid).items()
+        if any(not records[(v, x)]["pending"] for x in study.grid)
+    }
     print("[lr] best rates: " + ", ".join(f"{v} {lr:g}" for v, lr in best.items()), flush=True)
     write_study(study.results(phase1, best, time.time() - t0), study.out, None)  # readable while phase 2 trains
-    phase2 = sorted({(v, lr, s) for v in study.variants for lr in {study.shared_lr, best[v]} for s in study.seeds})
-    if code := study.train(phase2, f"phase 2 (seeds {study.seeds} at the shared and the best rates)"):
+    phase2 = sorted(
+        {(v, lr, s) for v in best for lr in {study.shared_lr, best[v]} for s in study.seeds}
+        | {(v, study.shared_lr, s) for v in study.variants for s in study.seeds}
+    )
+    if code := train(phase2, f"phase 2 (seeds {study.seeds} at the shared and the best rates)"):
         return code
     write_study(study.results(set(phase1) | set(phase2), best, time.time() - t0), study.out, args.render)
     return 0
