@@ -181,6 +181,17 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
             cells.append(f"**{_fmt(x)}**" if x is not None and x == best[str(m)] else _fmt(x))
         out.append(f"| {SECTION_TITLES[r['section']]}: {label(r['name'])} | " + " | ".join(cells) + " |")
     out.append("")
+    for section, title in SECTION_TITLES.items():
+        these = [r for r in rows.values() if r["section"] == section]
+        bests = []
+        for m in mults[1:]:
+            scored = [r for r in these if r["loss"][str(m)] is not None]
+            if scored:
+                top = min(scored, key=lambda r: r["loss"][str(m)])
+                bests.append(f"{m}x {label(top['name'])} ({top['loss'][str(m)]:.4f})")
+        if bests:
+            out.append(f"- Lowest among *{title}*: " + "; ".join(bests) + ".")
+    out.append("")
     if "extension.png" in figures:
         out += [f"![loss against context]({assets}/extension.png)", ""]
     return "\n".join(out)
