@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posenc import GPT, GPTConfig
+from posenc import GPT, GPTConfig, jobs
 from posenc import sweep as compare
 from posenc.report.studies import render_study
 from posenc.studies import extension, lr, synthetic
@@ -81,10 +81,10 @@ def test_order_changes_names_each_reordered_pair():
 
 
 def test_a_diverged_run_is_finished_not_resumed(tmp_path):
-    assert compare._finished(tmp_path, compare.EXIT_NONFINITE, "rope", 0)
-    assert (tmp_path / compare.DIVERGED).exists()
-    assert compare.plan_run(tmp_path, ["--pe", "rope"], None) is None
-    assert not compare._finished(tmp_path / "x", 2, "rope", 0)  # a user error still stops the sweep
+    assert jobs._finished(tmp_path, jobs.EXIT_NONFINITE, "rope", 0)
+    assert (tmp_path / jobs.DIVERGED).exists()
+    assert jobs.plan_run(tmp_path, ["--pe", "rope"], None) is None
+    assert not jobs._finished(tmp_path / "x", 2, "rope", 0)  # a user error still stops the sweep
 
 
 # -- extension ------------------------------------------------------------------------------------

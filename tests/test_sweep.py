@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from posenc import GPT
+from posenc import GPT, jobs
 from posenc import sweep as compare
 from posenc.config import GPTConfig
 from posenc.data import prepare
@@ -157,7 +157,7 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(swept, one_thr
     train_argv = json.loads((folder / "compare_run.json").read_text())["argv"]
     shutil.rmtree(folder)
     # an interrupted run: a checkpoint at step 3 and no summary
-    assert compare.train_in_process([*train_argv, "--stop-at", "3"]) == 0
+    assert jobs.train_in_process([*train_argv, "--stop-at", "3"]) == 0
     assert not (folder / "summary.json").exists()
 
     assert compare.run(swept["argv"]) == 0

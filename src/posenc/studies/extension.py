@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from posenc import sweep
+from posenc.jobs import plan_run, train_jobs
 from posenc.studies import write_study
 from posenc.train.runlog import read_summary
 
@@ -170,11 +171,11 @@ def run(
     jobs, folders = [], {}
     for v in ["rope", *extrapolating]:
         folders[v] = folder = sweep.run_dir(out, v, seed)
-        todo = sweep.plan_run(folder, sweep.train_argv(preset, v, seed, folder, args), args.device)
+        todo = plan_run(folder, sweep.train_argv(preset, v, seed, folder, args), args.device)
         if todo is not None:
             jobs.append((v, seed, folder, todo))
     print(f"[extension] {len(jobs)} run(s) at the training context to train", flush=True)
-    if code := sweep.train_jobs(jobs, n_jobs, threads):
+    if code := train_jobs(jobs, n_jobs, threads):
         return code
     base = folders["rope"]
     summary = read_summary(base)
@@ -191,11 +192,11 @@ def run(
             argv += ["--data-dir", args.data_dir]
         if args.data_files:
             argv += ["--data-files", *args.data_files]
-        todo = sweep.plan_run(folder, argv, args.device)
+        todo = plan_run(folder, argv, args.device)
         if todo is not None:
             jobs.append((f"extend {name}", seed, folder, todo))
     print(f"[extension] {len(jobs)} fine-tune(s) of {iters} steps at {FACTOR * T} tokens to train", flush=True)
-    if code := sweep.train_jobs(jobs, n_jobs, threads):
+    if code := train_jobs(jobs, n_jobs, threads):
         return code
 
     # 3. every row on the same windows

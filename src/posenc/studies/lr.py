@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from posenc import sweep
+from posenc.jobs import DIVERGED, plan_run, train_jobs
 from posenc.report.stats import spread
 from posenc.studies import write_study
 from posenc.train.config import TRAIN_PRESETS
@@ -94,11 +95,11 @@ class LRStudy:
         for v, lr, s in pairs:
             folder = self.folder(v, lr, s)
             argv = sweep.train_argv(self.preset, v, s, folder, self.args, extra=lr_flags(lr, self.shared_lr))
-            todo = sweep.plan_run(folder, argv, self.args.device)
+            todo = plan_run(folder, argv, self.args.device)
             if todo is not None:
                 jobs.append((f"{v} lr {lr:g}", s, folder, todo))
         print(f"[lr] {what}: {len(jobs)} run(s) to train", flush=True)
-        return sweep.train_jobs(jobs, self.n_jobs, self.threads)
+        return train_jobs(jobs, self.n_jobs, self.threads)
 
     def run_record(self, v: str, lr: float, s: int) -> dict[str, Any]:
         folder = self.folder(v, lr, s)
@@ -108,7 +109,7 @@ class LRStudy:
             "lr": lr,
             "seed": s,
             "folder": str(folder),
-            "diverged": (diverged := (folder / sweep.DIVERGED).exists()),
+            "diverged": (diverged := (folder / DIVERGED).exists()),
             "pending": summary is None and not diverged,  # not trained (yet)
             **{k: None if summary is None else summary[k] for k in ("val_loss", "train_loss", "train_time_s")},
             "curve": [] if summary is None else sweep.read_curve(folder),
