@@ -214,8 +214,8 @@ def test_lr_no_train_reports_what_has_finished(studies, data_dir, tmp_path):
     )
     assert again["phase1"] == studies["lr"]["phase1"] and again["best_lr"] == studies["lr"]["best_lr"]
     # in an empty folder: nothing is trained, every run is pending, and the page says so
-    empty = study(tmp_path, data_dir, "--study", "lr", "--variants", "rope", "--lrs", "1e-3", "--no-train")
-    assert not (tmp_path / "runs").exists()
+    empty = study(tmp_path / "new", data_dir, "--study", "lr", "--variants", "rope", "--lrs", "1e-3", "--no-train")
+    assert not (tmp_path / "new" / "runs").exists()
     assert all(r["pending"] for r in empty["runs"].values()) and empty["best_lr"] == {}
     assert empty["at_shared"] is None and empty["at_best"] is None
     render_study(empty, tmp_path / "lr.md", figures=False)

@@ -17,6 +17,7 @@ def write_study(results: dict, out, render: str | None) -> None:
     from posenc.io import atomic_write
 
     kind = results["kind"]
+    Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out) / f"{kind}.json", json.dumps(results, indent=1))
     print(f"[{kind}] wrote {Path(out) / f'{kind}.json'} ({results['wall_time_s'] / 60:.1f} min)", flush=True)
     if render:
