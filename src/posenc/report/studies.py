@@ -137,6 +137,9 @@ def plot_lr(results: dict[str, Any], path: Path) -> None:
         ax.plot(xs, [y for y in ys if y is not None], "o-", color=colors[v], label=label(v))
     ax.axvline(results["shared_lr"], color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(grid, [f"{lr:g}" for lr in grid])
+    ax.minorticks_off()
+    ax.set_xlim(grid[0] / 1.25, grid[-1] * 1.25)  # the whole grid, also while some rates are pending
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final validation loss")
     ax.set_title(f"Loss against learning rate (seed {results['seeds'][0]})")
