@@ -80,12 +80,13 @@ FINETUNE_BATCH = 8  # rows of FACTOR x the context per step
 TRAIN_LR_FRACTION = 0.3  # the fine-tunes' peak rate, as a fraction of pretraining's
 
 
-def _load(folder: Path, overrides: dict[str, Any] | None = None):
+def _load(folder: Path, overrides: dict[str, Any] | None = None, ckpt: dict[str, Any] | None = None):
+    """The run's model (its config with ``overrides``) and checkpoint; ``ckpt``: one already read."""
     from posenc.checkpoint import load_checkpoint
     from posenc.config import GPTConfig
     from posenc.model import GPT
 
-    ckpt = load_checkpoint(folder, map_location="cpu")
+    ckpt = load_checkpoint(folder, map_location="cpu") if ckpt is None else ckpt
     config = GPTConfig.from_dict(ckpt["config"] | (overrides or {}))
     model = GPT(config)
     model.load_state_dict(ckpt["model"])
@@ -219,7 +220,7 @@ def run(
     for name, overrides in ZERO_SHOT.items():
         losses = {}
         for m in mults:
-            model, _ = _load(base, overrides(m, T))
+            model, _ = _load(base, overrides(m, T), ckpt)  # the base checkpoint is read once
             losses |= _losses(model, windows, T, [m], device)
         record("zero-shot", name, losses, overrides={str(m): overrides(m, T) for m in mults})
     for name, folder in tuned.items():
