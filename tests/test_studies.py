@@ -66,12 +66,42 @@ def test_lr_study_trains_the_grid_then_seeds_at_the_best_rate(studies):
 def test_lr_study_rerun_trains_nothing(studies, data_dir, capsys):
     again = study(studies["out"], data_dir, "--study", "lr", "--variants", "rope", "nope", "--lrs", "1e-3", "6e-3")
     assert again["phase1"] == studies["lr"]["phase1"]
-    assert capsys.readouterr().out.count(": 0 run(s) to train") == 2
+    counts = re.findall(r": (\d+) run\(s\) to train", capsys.readouterr().out)
+    assert len(counts) >= 2 and set(counts) == {"0"}
 
 
 def test_best_rates_count_a_diverged_run_as_worst():
-    losses = {("a", 1.0): 2.0, ("a", 2.0): None, ("b", 1.0): 3.0, ("b", 2.0): 2.5}
-    assert lr.best_rates(losses, ["a", "b"], [1.0, 2.0]) == {"a": 1.0, "b": 2.0}
+    losses = {"a": {1.0: 2.0, 2.0: None}, "b": {1.0: 3.0, 2.0: 2.5}, "c": {1.0: None, 2.0: 4.0}}
+    assert lr.best_rates(losses) == {"a": 1.0, "b": 2.0, "c": 2.0}
+
+
+@pytest.mark.parametrize(
+    "losses, nxt",
+    [
+        ({1.0: 3.0, 2.0: 2.0}, 4.0),  # best at the top: one step up
+        ({1.0: 2.0, 2.0: 3.0, 4.0: 3.5}, 0.5),  # best at the bottom: one step down
+        ({1.0: 3.0, 2.0: 2.0, 4.0: 2.5}, None),  # inside: the answer
+        ({1.0: 3.0, 2.0: None}, 0.5),  # the top diverged: the best is the bottom one
+        ({1.0: None, 2.0: None}, None),  # nothing finite: no direction
+        ({2.0: 1.0}, None),  # one rate: no direction
+    ],
+)
+def test_beyond_edge_steps_past_a_best_rate_on_the_edge(losses, nxt):
+    assert lr.beyond_edge(losses) == nxt
+
+
+def test_lr_study_steps_past_the_edge_until_the_best_is_inside_or_the_steps_run_out(studies):
+    r = studies["lr"]
+    for v, by_lr in r["phase1"].items():
+        rates = sorted(map(float, by_lr))
+        past = r["beyond_grid"].get(v, [])
+        assert sorted(set(rates) - set(r["grid"])) == past and len(past) <= r["edge_steps"]
+        run = sorted(r["grid"])
+        for x in sorted(past, key=lambda x: abs(math.log(x / r["shared_lr"]))):  # in the order they ran
+            assert lr.beyond_edge({y: by_lr[f"{y:g}"] for y in run}) == pytest.approx(x)
+            run.append(x)
+        nxt = lr.beyond_edge({y: by_lr[f"{y:g}"] for y in run})
+        assert nxt is None or len(past) == r["edge_steps"]
 
 
 def test_order_changes_names_each_reordered_pair():
@@ -90,7 +120,7 @@ def test_a_diverged_run_is_finished_not_resumed(tmp_path):
 # -- extension ------------------------------------------------------------------------------------
 
 
-def test_extension_study_has_every_row_on_the_same_tokens(studies):
+def test_extension_study_has_every_row_on_the_same_tokens(studies, data_dir):
     r = studies["extension"]
     names = {(row["section"], row["name"]) for row in r["rows"].values()}
     assert names == (
@@ -112,6 +142,15 @@ def test_extension_study_has_every_row_on_the_same_tokens(studies):
         assert summary["config"]["block_size"] == extension.FACTOR * r["block_size"]
         assert summary["config"].get("rope_scaling") == scaling(r["block_size"])
         assert summary["steps"] == r["finetune"]["steps"]
+        argv = json.loads((folder / "compare_run.json").read_text())["argv"]
+        assert argv[argv.index("--data-dir") + 1] == str(data_dir)  # compare's data, as every run gets
+
+
+def test_every_run_gets_compares_data_and_device_flags(tmp_path):
+    args = compare.parse_args(["--data-files", "a.txt", "b.txt", "--device", "cpu"])
+    tail = ["--data-files", "a.txt", "b.txt", "--device", "cpu"]
+    assert compare.train_argv(compare.SWEEP_PRESETS["cpu"], "rope", 0, tmp_path, args)[-5:] == tail
+    assert compare.passed_on(args) == tail
 
 
 @pytest.mark.parametrize("name", sorted(extension.ZERO_SHOT))

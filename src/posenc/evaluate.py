@@ -37,7 +37,7 @@ from posenc.data import DataError, batch_offsets, get_batch
 from posenc.io import atomic_write
 
 #: The context multipliers ``evaluate_checkpoint`` caches by default (the comparison's settings).
-MULTIPLIERS: tuple[int, ...] = (1, 2, 4, 8)
+MULTIPLIERS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
 def _device_of(model: Any) -> torch.device:

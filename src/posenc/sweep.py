@@ -4,7 +4,7 @@ Each (variant, seed) is one ``posenc train`` run -- the same data order, the sam
 wherever two architectures share a parameter name, the same initial values (the model seeds each
 weight by (seed, parameter name)) -- trained in this process or, with ``--jobs`` > 1, in worker
 processes. Each finished run is evaluated by :func:`posenc.evaluate.evaluate_checkpoint` (loss at
-1x-8x the context, per-position loss); :mod:`posenc.report` turns results.json into tables,
+1x-16x the context, per-position loss); :mod:`posenc.report` turns results.json into tables,
 figures and the docs page. A sweep that is interrupted continues where it stopped: finished runs
 (summary.json) are kept, unfinished runs with a checkpoint are resumed.
 
@@ -139,6 +139,14 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--lrs", nargs="+", type=float, default=None, help="--study lr: the grid (default 1e-3 2e-3 4e-3 8e-3)"
     )
     p.add_argument(
+        "--lr-edge-steps",
+        type=int,
+        default=2,
+        metavar="N",
+        help="--study lr: when a variant's best rate is the highest or lowest it has run, try the rate 2x past it, "
+        "up to N times (default 2; 0 keeps to the grid)",
+    )
+    p.add_argument(
         "--no-train",
         action="store_true",
         help="--study lr: write lr.json and the page from the runs already finished (the others pending), training none",
@@ -181,6 +189,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         p.error("--from needs --render")
     if args.no_train and args.study != "lr":
         p.error(f"--no-train is for --study lr, not --study {args.study}")
+    if args.lr_edge_steps < 0:
+        p.error(f"--lr-edge-steps must be >= 0, got {args.lr_edge_steps}")
     for name in ("jobs", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -216,6 +226,12 @@ def train_argv(
         str(folder),
         "--no-progress",
     ]
+    return argv + passed_on(args)
+
+
+def passed_on(args: argparse.Namespace) -> list[str]:
+    """The compare flags every run it trains gets as well: the data and the device."""
+    argv = []
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     if args.data_files:

@@ -49,38 +49,57 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str:
-    grid, shared = results["grid"], results["shared_lr"]
+    grid, shared, seed = results["grid"], results["shared_lr"], results["seeds"][0]
+    beyond = results.get("beyond_grid", {})
+    rates = sorted({float(lr) for by_lr in results["phase1"].values() for lr in by_lr})
     out = ["# Results: the learning-rate study", "", *provenance(results)]
     out += [
         f"Preset `{results['preset']}`; every variant at {len(grid)} peak rates "
-        f"({', '.join(f'{lr:g}' for lr in grid)}; min_lr a tenth of each), seed {results['seeds'][0]}; "
-        f"the shared rate of the main table is {shared:g}. Final validation loss (the best of each row in bold; "
-        "`diverged`: the loss became non-finite):",
+        f"({', '.join(f'{lr:g}' for lr in grid)}; min_lr a tenth of each), seed {seed}; "
+        f"the shared rate of the main table is {shared:g}. A variant whose best rate was the highest or lowest it "
+        f"had run also ran the rate {results.get('edge_factor', 2):g}x past it, up to {results.get('edge_steps', 0)} times. "
+        "Final validation loss (the best of each row in bold; `diverged`: the loss became non-finite; "
+        "`-`: not run):",
         "",
-        "| variant | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | best |",
-        "|---|" + "---:|" * len(grid) + "---|",
+        "| variant | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | best |",
+        "|---|" + "---:|" * len(rates) + "---|",
     ]
-    pending = 0
+    pending = total = 0
     for v, by_lr in results["phase1"].items():
         best = results["best_lr"].get(v)
         cells = []
-        for lr in grid:
-            run = results["runs"][f"{v}/lr{lr:g}/s{results['seeds'][0]}"]
-            pending += bool(run.get("pending"))
+        for lr in rates:
+            if f"{lr:g}" not in by_lr:
+                cells.append("-")
+                continue
+            run = results["runs"][f"{v}/lr{lr:g}/s{seed}"]
+            pending, total = pending + bool(run.get("pending")), total + 1
             cell = "diverged" if run["diverged"] else "pending" if run.get("pending") else _fmt(by_lr[f"{lr:g}"])
             cells.append(f"**{cell}**" if lr == best else cell)
         out.append(f"| {label(v)} | " + " | ".join(cells) + f" | {'n/a' if best is None else f'{best:g}'} |")
     out.append("")
     if pending:
         out += [
-            f"**Phase 1 is not finished:** {pending} of {len(grid) * len(results['phase1'])} runs are pending, so a "
+            f"**Phase 1 is not finished:** {pending} of {total} runs are pending, so a "
             "best rate here is the best among the rates run so far. Run the command again to continue.",
             "",
         ]
-    edge = [v for v, lr in results["best_lr"].items() if lr in (grid[0], grid[-1])]
+    if beyond:
+        out += [
+            "Past the grid (its best rate was on the edge): "
+            + ", ".join(f"{label(v)} ({', '.join(f'{lr:g}' for lr in lrs)})" for v, lrs in beyond.items())
+            + ".",
+            "",
+        ]
+    edge = [
+        v
+        for v, lr in results["best_lr"].items()
+        if len(results["phase1"][v]) > 1
+        and lr in (min(map(float, results["phase1"][v])), max(map(float, results["phase1"][v])))
+    ]
     if edge:
         out += [
-            "At the edge of the grid (the best rate may lie beyond it): "
+            "Still at the edge of the rates run (the best rate may lie beyond it): "
             + ", ".join(f"{label(v)} ({results['best_lr'][v]:g})" for v in edge)
             + ".",
             "",
@@ -128,18 +147,18 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
 
 def plot_lr(results: dict[str, Any], path: Path) -> None:
     plt = pyplot()
-    grid, variants = results["grid"], list(results["phase1"])
+    variants = list(results["phase1"])
+    rates = sorted({float(lr) for by_lr in results["phase1"].values() for lr in by_lr})
     colors = _colors(plt, variants)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in variants:
-        ys = [results["phase1"][v][f"{lr:g}"] for lr in grid]
-        xs = [lr for lr, y in zip(grid, ys, strict=True) if y is not None]
-        ax.plot(xs, [y for y in ys if y is not None], "o-", color=colors[v], label=label(v))
+        points = sorted((float(lr), y) for lr, y in results["phase1"][v].items() if y is not None)
+        ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=colors[v], label=label(v))
     ax.axvline(results["shared_lr"], color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(grid, [f"{lr:g}" for lr in grid])
+    ax.set_xticks(rates, [f"{lr:g}" for lr in rates])
     ax.minorticks_off()
-    ax.set_xlim(grid[0] / 1.25, grid[-1] * 1.25)  # the whole grid, also while some rates are pending
+    ax.set_xlim(rates[0] / 1.25, rates[-1] * 1.25)  # every rate run, also while some are pending
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final validation loss")
     ax.set_title(f"Loss against learning rate (seed {results['seeds'][0]})")

@@ -188,11 +188,7 @@ def run(
     jobs, tuned = [], {}
     for name, scaling in FINE_TUNES.items():
         tuned[name] = folder = out / "runs" / f"extend-{name}-s{seed}"
-        argv = finetune_argv(preset, base, folder, seed, T, iters, scaling(T))
-        if args.data_dir:
-            argv += ["--data-dir", args.data_dir]
-        if args.data_files:
-            argv += ["--data-files", *args.data_files]
+        argv = finetune_argv(preset, base, folder, seed, T, iters, scaling(T)) + sweep.passed_on(args)
         todo = plan_run(folder, argv, args.device)
         if todo is not None:
             jobs.append((f"extend {name}", seed, folder, todo))

@@ -2,7 +2,9 @@
 
 Phase 1 trains one seed of every variant at each rate of the grid; each variant's best rate is the
 one with the lowest final validation loss (a run whose loss became non-finite counts as worst).
-Phase 2 trains the remaining seeds at the shared rate (the train preset's) and at each variant's
+A best rate at the edge of the rates a variant has run is no answer (the optimum may lie beyond
+it), so phase 1 then steps past that edge by ``EDGE_FACTOR``, up to ``--lr-edge-steps`` times per
+variant, until the best rate has a worse one on each side. Phase 2 trains the remaining seeds at the shared rate (the train preset's) and at each variant's
 best rate, so both tables have the same seeds. Runs at the shared rate are the table study's own
 run folders (``runs/<variant>-s<seed>``, the same flags), so a table sweep in the same ``--out``
 is reused; other rates live in ``runs/<variant>-lr<rate>-s<seed>``. The cosine schedule keeps its
@@ -32,6 +34,8 @@ from posenc.train.runlog import read_summary
 #: reference study's five (QK-norm as RoPE + QK-norm), ALiBi and FIRE.
 LR_GRID: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3)
 LR_VARIANTS: tuple[str, ...] = ("absolute", "nope", "rope", "qknorm", "rnope", "alibi", "fire")
+#: The step past the edge of the grid when a variant's best rate lies on it (the grid's own ratio).
+EDGE_FACTOR = 2.0
 
 
 def lr_folder(out: Path, variant: str, lr: float, seed: int, shared_lr: float) -> Path:
@@ -44,11 +48,27 @@ def lr_flags(lr: float, shared_lr: float) -> tuple[str, ...]:
     return () if math.isclose(lr, shared_lr) else ("--lr", f"{lr:g}", "--min-lr", f"{lr / 10:g}")
 
 
-def best_rates(
-    phase1: dict[tuple[str, float], float | None], variants: list[str], grid: list[float]
-) -> dict[str, float]:
-    """Per variant, the rate of the lowest phase-1 validation loss (diverged runs count as worst)."""
-    return {v: min(grid, key=lambda lr: math.inf if phase1[(v, lr)] is None else phase1[(v, lr)]) for v in variants}
+def best_rates(phase1: dict[str, dict[float, float | None]]) -> dict[str, float]:
+    """Per variant (rate -> phase-1 validation loss, None when diverged), the rate of the lowest
+    loss; diverged runs count as worst."""
+    return {
+        v: min(losses, key=lambda lr: math.inf if losses[lr] is None else losses[lr]) for v, losses in phase1.items()
+    }
+
+
+def beyond_edge(losses: dict[float, float | None], factor: float = EDGE_FACTOR) -> float | None:
+    """The next rate to try when the best of ``losses`` (rate -> final validation loss, None when
+    diverged or pending) is the highest or the lowest rate run: one ``factor`` past it. None when the
+    best is inside, when no run has a loss, or when only one rate has run (no direction yet)."""
+    finite = {lr: x for lr, x in losses.items() if x is not None}
+    if not finite or len(losses) < 2:
+        return None
+    best = min(finite, key=finite.get)
+    if best == max(losses):
+        return best * factor
+    if best == min(losses):
+        return best / factor
+    return None
 
 
 def order_changes(shared: dict[str, float], best: dict[str, float]) -> list[dict[str, Any]]:
@@ -79,13 +99,14 @@ class LRStudy:
     variants: list[str] = field(init=False)
     seeds: list[int] = field(init=False)
     shared_lr: float = field(init=False)
+    rates: dict[str, list[float]] = field(init=False)  # phase 1's rates per variant: the grid and any step past it
 
     def __post_init__(self) -> None:
         self.shared_lr = TRAIN_PRESETS[self.preset["train_preset"]]["learning_rate"]
         self.grid = sorted(set(self.args.lrs or LR_GRID) | {self.shared_lr})  # the shared rate is always a candidate
         self.variants = list(self.args.variants or LR_VARIANTS)
         self.seeds = list(self.args.seeds if self.args.seeds is not None else self.preset["seeds"])
-        self.shared_lr = TRAIN_PRESETS[self.preset["train_preset"]]["learning_rate"]
+        self.rates = {v: list(self.grid) for v in self.variants}
 
     def folder(self, variant: str, lr: float, seed: int) -> Path:
         return lr_folder(self.out, variant, lr, seed, self.shared_lr)
@@ -114,6 +135,17 @@ class LRStudy:
             **{k: None if summary is None else summary[k] for k in ("val_loss", "train_loss", "train_time_s")},
             "curve": [] if summary is None else sweep.read_curve(folder),
         }
+
+    def phase1(self) -> list[tuple[str, float, int]]:
+        return [(v, lr, self.seeds[0]) for v, rates in self.rates.items() for lr in rates]
+
+    def best(self) -> dict[str, float]:
+        """Each variant's best phase-1 rate over its finished runs; none for a variant with none finished."""
+        records = {(v, lr): self.run_record(v, lr, s) for v, lr, s in self.phase1()}
+        finished = {v for (v, _), r in records.items() if not r["pending"]}
+        return best_rates(
+            {v: {lr: records[(v, lr)]["val_loss"] for lr in rates} for v, rates in self.rates.items() if v in finished}
+        )
 
     def results(self, pairs: list[tuple[str, float, int]], best: dict[str, float], wall: float) -> dict[str, Any]:
         """lr.json: every run in ``pairs``, phase 1's losses and best rates and, when every seed has
@@ -148,9 +180,14 @@ class LRStudy:
             "wall_time_s": wall,
             "runs": runs,
             "phase1": {
-                v: {f"{lr:g}": runs[f"{v}/lr{lr:g}/s{self.seeds[0]}"]["val_loss"] for lr in self.grid}
-                for v in self.variants
+                v: {f"{lr:g}": runs[f"{v}/lr{lr:g}/s{self.seeds[0]}"]["val_loss"] for lr in sorted(rates)}
+                for v, rates in self.rates.items()
             },
+            "beyond_grid": {
+                v: sorted(set(rates) - set(self.grid)) for v, rates in self.rates.items() if set(rates) - set(self.grid)
+            },
+            "edge_steps": self.args.lr_edge_steps,
+            "edge_factor": EDGE_FACTOR,
             "best_lr": best,
             "at_shared": at_shared,
             "at_best": at_best,
@@ -170,20 +207,29 @@ def run(args: argparse.Namespace, *settings: Any) -> int:
     what = f"phase 1 ({len(study.variants)} variants x {len(study.grid)} rates, seed {study.seeds[0]})"
     if code := train(phase1, what):
         return code
-    records = {(v, lr): study.run_record(v, lr, s) for v, lr, s in phase1}
-    val = {key: r["val_loss"] for key, r in records.items()}
-    best = {  # over the finished runs; a variant none of whose runs has finished has no best rate yet
-        v: lr
-        for v, lr in best_rates(val, study.variants, study.grid).items()
-        if any(not records[(v, x)]["pending"] for x in study.grid)
-    }
+    for _ in range(args.lr_edge_steps):
+        beyond = {}
+        for v, rates in study.rates.items():
+            losses = {x: study.run_record(v, x, study.seeds[0]) for x in rates}
+            if not any(r["pending"] for r in losses.values()):
+                nxt = beyond_edge({x: r["val_loss"] for x, r in losses.items()})
+                if nxt is not None:
+                    beyond[v] = nxt
+        if not beyond:
+            break
+        for v, x in beyond.items():
+            study.rates[v].append(x)
+        listed = ", ".join(f"{v} {x:g}" for v, x in beyond.items())
+        if code := train([(v, x, study.seeds[0]) for v, x in beyond.items()], f"phase 1, past the edge ({listed})"):
+            return code
+    best = study.best()
     print("[lr] best rates: " + ", ".join(f"{v} {lr:g}" for v, lr in best.items()), flush=True)
-    write_study(study.results(phase1, best, time.time() - t0), study.out, None)  # readable while phase 2 trains
+    write_study(study.results(study.phase1(), best, time.time() - t0), study.out, None)  # readable while phase 2 trains
     phase2 = sorted(
         {(v, lr, s) for v in best for lr in {study.shared_lr, best[v]} for s in study.seeds}
         | {(v, study.shared_lr, s) for v in study.variants for s in study.seeds}
     )
     if code := train(phase2, f"phase 2 (seeds {study.seeds} at the shared and the best rates)"):
         return code
-    write_study(study.results(set(phase1) | set(phase2), best, time.time() - t0), study.out, args.render)
+    write_study(study.results(set(study.phase1()) | set(phase2), best, time.time() - t0), study.out, args.render)
     return 0
