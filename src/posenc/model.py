@@ -150,7 +150,7 @@ class GPT(nn.Module):
     def init_weights(self, seed: int | None = None) -> None:
         """GPT-2 initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)),
         biases zero. Each weight is drawn from its own generator seeded by (seed, parameter name), so
-        variants that share a parameter name start from the same values. ``seed`` defaults to one
+        variants that share a parameter (name and shape) start from the same values. ``seed`` defaults to one
         draw from torch's global RNG (the constructor draws it first, so the same global seed gives
         every variant the same ``seed``).
         """

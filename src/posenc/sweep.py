@@ -1,7 +1,7 @@
 """Train every positional-encoding variant under identical conditions, evaluate, write results.json.
 
 Each (variant, seed) is one ``posenc train`` run -- the same data order, the same seeds and,
-wherever two architectures share a parameter name, the same initial values (the model seeds each
+wherever two architectures share a parameter (name and shape), the same initial values (the model seeds each
 weight by (seed, parameter name)) -- trained in this process or, with ``--jobs`` > 1, in worker
 processes. Each finished run is evaluated by :func:`posenc.evaluate.evaluate_checkpoint` (loss at
 1x-16x the context, per-position loss); :mod:`posenc.report` turns results.json into tables,
@@ -40,7 +40,9 @@ from posenc.train.config import resolve_device
 from posenc.train.runlog import read_log, read_summary
 
 RESULTS_FORMAT = 1
-#: The variants a sweep trains by default: the study's five and four controls (names of posenc.VARIANTS).
+#: The variants a sweep trains by default, the rows of docs/results.md: the study's five, four controls,
+#: the attentions (MLA, GQA), the score biases (T5, KERPLE, FIRE) and both QK-norm readings with
+#: the L2 norm (names of posenc.VARIANTS or of FLAG_VARIANTS).
 DEFAULT_VARIANTS: tuple[str, ...] = (
     "absolute",
     "nope",
@@ -51,6 +53,13 @@ DEFAULT_VARIANTS: tuple[str, ...] = (
     "alibi",
     "absolute_qknorm",
     "nope_qknorm",
+    "mla",
+    "gqa",
+    "t5",
+    "kerple",
+    "fire",
+    "qknorm_l2",
+    "absolute_qknorm_l2",
 )
 
 #: Variants defined by train flags rather than by a name of posenc.VARIANTS: attention choices
@@ -65,8 +74,8 @@ FLAG_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 #: Sweep presets: a train preset, flags on top of it, the seeds, and the evaluation (``eval_windows``
-#: validation windows of max(multipliers) x block_size tokens). ``cpu``: 9 variants x 3 seeds in
-#: about half an hour on 2 cores; ``quick``: a smoke test in minutes; ``test``: the unit tests';
+#: validation windows of max(multipliers) x block_size tokens). ``cpu``: 16 variants x 3 seeds in
+#: about two hours on 2 cores (a run is 130-150 s there); ``quick``: a smoke test in minutes; ``test``: the unit tests';
 #: ``owt-16m``: the study.
 SWEEP_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
