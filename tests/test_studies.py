@@ -219,6 +219,14 @@ def test_synthetic_study_records_each_run_and_continues(studies, data_dir, capsy
     assert again["runs"] == r["runs"]  # kept, not retrained
 
 
+def test_synthetic_probes_in_worker_processes_equal_those_trained_in_process(studies, data_dir, tmp_path):
+    r = studies["synthetic"]  # --jobs 1 --threads 1
+    workers = study(tmp_path, data_dir, "--study", "synthetic", "--variants", "rope", "nope", "--jobs", "2")
+    assert workers["environment"]["jobs"] == 2 and list(workers["runs"]) == list(r["runs"])
+    drop = lambda run: {k: x for k, x in run.items() if k != "train_time_s"}  # noqa: E731
+    assert {k: drop(x) for k, x in workers["runs"].items()} == {k: drop(x) for k, x in r["runs"].items()}
+
+
 # -- pages -----------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,24 @@ def accuracy_grid(model: Any, probe: ProbeConfig, seed: int) -> list[list[float]
     return grid
 
 
+def probe_run(variant: str, probe: ProbeConfig, seed: int, device: str, path: Path) -> dict[str, Any]:
+    """One (variant, seed): the model trained, its accuracy grid, both saved atomically to ``path``."""
+    model, info = train_probe(variant, probe, seed, device)
+    saved = {
+        "variant": variant,
+        "seed": seed,
+        "probe": _settings(probe),
+        **info,
+        "accuracy": accuracy_grid(model, probe, seed),
+    }
+    atomic_write(path, json.dumps(saved, indent=1))
+    return saved
+
+
+def _settings(probe: ProbeConfig) -> dict[str, Any]:
+    return asdict(probe) | {"multipliers": list(probe.multipliers)}
+
+
 def run(
     args: argparse.Namespace,
     preset_name: str,
@@ -178,8 +198,10 @@ def run(
     threads: int | None,
     command: str,
 ) -> int:
-    """``compare --study synthetic``: every (variant, seed) trained and tested in this process;
-    each result is kept in ``<out>/synthetic/<variant>-s<seed>.json``, so a rerun continues."""
+    """``compare --study synthetic``: every (variant, seed) trained and tested, ``n_jobs`` at a time
+    (worker processes of ``threads`` threads when more than one); each result is kept in
+    ``<out>/synthetic/<variant>-s<seed>.json``, so a rerun continues. A worker's probe is the same
+    to the bit as one trained in this process with the same thread count."""
     probe = PROBE_PRESETS.get(preset_name, PROBE_PRESETS["cpu"])
     variants = list(args.variants or SYNTHETIC_VARIANTS)
     seeds = list(args.seeds if args.seeds is not None else preset["seeds"])
@@ -187,34 +209,43 @@ def run(
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     runs: dict[str, Any] = {}
+    todo = []
     for v in variants:
         for s in seeds:
             path = folder / f"{v}-s{s}.json"
             saved = json.loads(path.read_text()) if path.exists() else None
-            if saved is None or saved.get("probe") != asdict(probe) | {"multipliers": list(probe.multipliers)}:
-                model, info = train_probe(v, probe, s, device)
-                saved = {
-                    "variant": v,
-                    "seed": s,
-                    "probe": asdict(probe) | {"multipliers": list(probe.multipliers)},
-                    **info,
-                    "accuracy": accuracy_grid(model, probe, s),
-                }
-                atomic_write(path, json.dumps(saved, indent=1))
+            if saved is None or saved.get("probe") != _settings(probe):
+                todo.append((v, probe, s, str(device), path))
+            else:
+                runs[f"{v}/s{s}"] = saved
+    print(f"[synthetic] {len(todo)} probe(s) to train, {min(n_jobs, max(1, len(todo)))} at a time", flush=True)
+    pool = None
+    if n_jobs > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
+        pool = ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads or 1,))
+        done = (f.result() for f in as_completed([pool.submit(probe_run, *job) for job in todo]))
+    else:
+        done = (probe_run(*job) for job in todo)
+    try:
+        for saved in done:
+            runs[f"{saved['variant']}/s{saved['seed']}"] = saved
             acc = saved["accuracy"]
             print(
-                f"[synthetic] {v} seed {s}: accuracy by length "
+                f"[synthetic] {saved['variant']} seed {saved['seed']}: accuracy by length "
                 + ", ".join(f"{m}x {sum(r) / len(r):.2f}" for m, r in zip(probe.multipliers, acc, strict=True)),
                 flush=True,
             )
-            runs[f"{v}/s{s}"] = saved
+    finally:
+        if pool is not None:  # an error or an interrupt: drop the queued probes (the finished ones are saved)
+            pool.shutdown(cancel_futures=True)
+    runs = {f"{v}/s{s}": runs[f"{v}/s{s}"] for v in variants for s in seeds}
     results = {
         "kind": "synthetic",
         "format": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "preset": preset_name,
-        "probe": asdict(probe) | {"multipliers": list(probe.multipliers)},
+        "probe": _settings(probe),
         "task": {
             "value_vocab": VALUE_VOCAB,
             "filler_vocab": FILLER_VOCAB,
@@ -223,7 +254,7 @@ def run(
         },
         "variants": variants,
         "seeds": seeds,
-        "environment": sweep.environment(device, 1, torch.get_num_threads()),
+        "environment": sweep.environment(device, n_jobs, threads if n_jobs > 1 else torch.get_num_threads()),
         "wall_time_s": time.time() - t0,
         "runs": runs,
         "mean_accuracy": {
