@@ -254,6 +254,17 @@ def test_pages_change_when_the_json_does(studies, tmp_path):
     assert re.search(r"zero-shot schedule: yarn \|.*\*\*0\.1234\*\* \|$", (tmp_path / "p.md").read_text(), re.M)
 
 
+def test_lr_page_says_when_the_one_seed_best_rate_is_worse_over_seeds(studies, tmp_path):
+    results = json.loads(json.dumps(studies["lr"]))
+    v = "rope"
+    assert results["best_lr"][v] != results["shared_lr"]  # the tiny preset's answer: two different tables
+    render_study(results, tmp_path / "a.md", figures=False)
+    assert "one seed's choice does not hold" not in (tmp_path / "a.md").read_text()
+    results["at_best"][v]["val_loss"]["mean"] = results["at_shared"][v]["val_loss"]["mean"] + 0.1
+    render_study(results, tmp_path / "b.md", figures=False)
+    assert "one seed's choice does not hold: GPT ROPE (seeds " in (tmp_path / "b.md").read_text()
+
+
 def test_lr_no_train_reports_what_has_finished(studies, data_dir, tmp_path):
     # in the study's own folder: every run finished, the same answer as the full study
     again = study(

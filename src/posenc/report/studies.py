@@ -130,6 +130,23 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
             f"| {label(v)} | {fmt_spread(a['val_loss'])} | {b['lr']:g} | {fmt_spread(b['val_loss'])} | "
             f"{'n/a' if change is None else f'{change:+.4f}'} |"
         )
+    worse = [
+        v
+        for v in results["variants"]
+        if results["at_best"][v]["lr"] != shared
+        and results["at_best"][v]["val_loss"]["mean"] > results["at_shared"][v]["val_loss"]["mean"]
+    ]
+    if worse:
+        seeds = lambda v: " / ".join(  # noqa: E731
+            _fmt(results["runs"][f"{v}/lr{results['best_lr'][v]:g}/s{s}"]["val_loss"]) for s in results["seeds"]
+        )
+        out += [
+            "",
+            f"Worse in the mean over seeds at its best rate (chosen on seed {results['seeds'][0]}) than at the shared "
+            "rate, so one seed's choice does not hold: "
+            + "; ".join(f"{label(v)} (seeds {seeds(v)} at {results['best_lr'][v]:g})" for v in worse)
+            + ".",
+        ]
     changes = results["order_changes"] or []
     out += [
         "",
