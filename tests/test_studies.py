@@ -247,6 +247,16 @@ def test_pages_come_from_the_json(studies, tmp_path, kind):
         assert "Kazemnejad et al. 2023: NoPE generalises better than RoPE" in text
 
 
+def test_a_study_page_renders_from_its_json_alone(studies, tmp_path, capsys):
+    source = studies["out"] / "lr.json"
+    assert compare.run(["--render", str(tmp_path / "lr.md"), "--from", str(source)]) == 0
+    render_study(studies["lr"], tmp_path / "direct.md")
+    assert (tmp_path / "lr.md").read_text() == (tmp_path / "direct.md").read_text().replace("direct/", "lr/")
+    both = [str(source), str(studies["out"] / "synthetic.json")]
+    assert compare.run(["--render", str(tmp_path / "x.md"), "--from", *both]) == 2
+    assert "merges table results only" in capsys.readouterr().err
+
+
 def test_pages_change_when_the_json_does(studies, tmp_path):
     results = json.loads(json.dumps(studies["extension"]))
     results["rows"]["zero-shot/yarn"]["loss"]["16"] = 0.1234

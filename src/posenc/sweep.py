@@ -184,7 +184,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         nargs="+",
         metavar="JSON",
         help="with --render: render existing results.json file(s) instead of running a sweep; several are "
-        "merged (sweeps of the same preset, e.g. new variants trained later)",
+        "merged (sweeps of the same preset, e.g. new variants trained later). A study's json (lr.json, "
+        "extension.json, synthetic.json) renders that study's page",
     )
     return p
 
@@ -325,8 +326,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.from_json:
         sources = [Path(f) for f in args.from_json]
         parts = [json.loads(f.read_text()) for f in sources]
-        results = parts[0] if len(parts) == 1 else merge_results(parts)
-        figures = render_page(results, Path(args.render), sources[0] if len(parts) == 1 else None)
+        kinds = {part.get("kind", "table") for part in parts}
+        if kinds != {"table"}:  # a study's json (lr.json, ...): its own page, one at a time
+            if len(parts) > 1:
+                raise ValueError(f"--from merges table results only; got {len(parts)} files of kinds {sorted(kinds)}")
+            from posenc.report.studies import render_study
+
+            figures = render_study(parts[0], Path(args.render))
+        else:
+            results = parts[0] if len(parts) == 1 else merge_results(parts)
+            figures = render_page(results, Path(args.render), sources[0] if len(parts) == 1 else None)
         print(
             f"[compare] wrote {args.render} from {', '.join(map(str, sources))}"
             + ("" if figures else " (no figures: matplotlib is not installed)")
