@@ -4,11 +4,12 @@ Phase 1 trains one seed of every variant at each rate of the grid; each variant'
 one with the lowest final validation loss (a run whose loss became non-finite counts as worst).
 A best rate at the edge of the rates a variant has run is no answer (the optimum may lie beyond
 it), so phase 1 then steps past that edge by ``EDGE_FACTOR``, up to ``--lr-edge-steps`` times per
-variant, until the best rate has a worse one on each side. Phase 2 trains the remaining seeds at the shared rate (the train preset's) and at each variant's
-best rate, so both tables have the same seeds. Runs at the shared rate are the table study's own
-run folders (``runs/<variant>-s<seed>``, the same flags), so a table sweep in the same ``--out``
-is reused; other rates live in ``runs/<variant>-lr<rate>-s<seed>``. The cosine schedule keeps its
-shape: ``min_lr`` is a tenth of the peak rate, as in the presets.
+variant, until the best rate has a worse one on each side. Phase 2 trains the remaining seeds at
+the shared rate (the train preset's) and at each variant's best rate, so both tables have the same
+seeds. Runs at the shared rate are the table study's own run folders (``runs/<variant>-s<seed>``,
+the same flags), so a table sweep in the same ``--out`` is reused; other rates live in
+``runs/<variant>-lr<rate>-s<seed>``. The cosine schedule keeps its shape: ``min_lr`` is a tenth of
+the peak rate, as in the presets.
 """
 
 from __future__ import annotations
