@@ -48,10 +48,15 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 # -- lr ---------------------------------------------------------------------------------------------
 
 
+def phase1_rates(results: dict[str, Any]) -> list[float]:
+    """Every rate phase 1 ran for any variant (the grid and any step past it), ascending."""
+    return sorted({float(lr) for by_lr in results["phase1"].values() for lr in by_lr})
+
+
 def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str:
     grid, shared, seed = results["grid"], results["shared_lr"], results["seeds"][0]
     beyond = results.get("beyond_grid", {})
-    rates = sorted({float(lr) for by_lr in results["phase1"].values() for lr in by_lr})
+    rates = phase1_rates(results)
     out = ["# Results: the learning-rate study", "", *provenance(results)]
     out += [
         f"Preset `{results['preset']}`; every variant at {len(grid)} peak rates "
@@ -142,7 +147,7 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
         )
         out += [
             "",
-            f"Worse in the mean over seeds at its best rate (chosen on seed {results['seeds'][0]}) than at the shared "
+            f"Worse in the mean over seeds at its best rate (chosen on seed {seed}) than at the shared "
             "rate, so one seed's choice does not hold: "
             + "; ".join(f"{label(v)} (seeds {seeds(v)} at {results['best_lr'][v]:g})" for v in worse)
             + ".",
@@ -165,7 +170,7 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
 def plot_lr(results: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     variants = list(results["phase1"])
-    rates = sorted({float(lr) for by_lr in results["phase1"].values() for lr in by_lr})
+    rates = phase1_rates(results)
     colors = _colors(plt, variants)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in variants:
