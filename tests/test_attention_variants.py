@@ -17,8 +17,10 @@ ATTENTION = {
     "mqa": dict(n_kv_head=1),
     "mla": dict(attention="mla", kv_lora_rank=16, qk_rope_head_dim=4),
 }
+# the positional variants (those that choose an attention, gqa and mla, are the rows of ATTENTION);
 # MLA refuses QK-norm (a per-head norm of keys is not linear in the latent, so it cannot be absorbed)
-CASES = [(a, v) for a in ATTENTION for v in sorted(VARIANTS) if not (a == "mla" and VARIANTS[v].qk_norm)]
+POSITIONAL = [v for v in sorted(VARIANTS) if not {"attention", "n_kv_head"} & set(VARIANTS[v].model)]
+CASES = [(a, v) for a in ATTENTION for v in POSITIONAL if not (a == "mla" and VARIANTS[v].model.get("qk_norm"))]
 
 
 def model(attention: str, variant: str, **extra) -> GPT:

@@ -189,7 +189,7 @@ def test_no_tensor_of_the_full_score_size_is_built_or_saved():
     q, k, v = qkv(B, nh, nh, T, T, 16)
     tiles: list[tuple[int, int]] = []
 
-    def spy(qp, kp):
+    def spy(qp, kp, *features):
         tiles.append((qp.shape[-1], kp.shape[-1]))
         return enc.score_bias(qp, kp)
 
@@ -216,7 +216,7 @@ def test_window_bounds_the_key_span(window):
     q, k, v = qkv(1, 1, 1, T, T, 4)
     spans: list[int] = []
 
-    def spy(qp, kp):
+    def spy(qp, kp, *features):
         spans.append(kp.shape[-1])
         return None
 
@@ -262,8 +262,8 @@ def test_low_precision_inputs_use_float32_scores():
 @pytest.mark.parametrize(
     "bad, match",
     [
-        (dict(window=0), "window must be a positive int"),
-        (dict(window=2.5), "window must be a positive int"),
+        (dict(window=0), "window must be an int >= 1"),
+        (dict(chunk=-3), "chunk must be an int >= 1"),
         (dict(dropout_p=1.0), "dropout_p"),
         (dict(block_q=0), "block_q and block_k"),
         (dict(key_padding_mask=torch.ones(1, 5)), "key_padding_mask must be a bool"),
@@ -273,6 +273,8 @@ def test_invalid_arguments_raise(bad, match):
     q, k, v = qkv(1, 2, 2, 6, 6, 4)
     with pytest.raises(ValueError, match=match):
         blockwise_attention(q, k, v, **bad)
+    with pytest.raises(TypeError, match="window must be an int"):
+        blockwise_attention(q, k, v, window=2.5)
 
 
 def test_shape_errors_name_the_shapes():
@@ -292,9 +294,12 @@ def test_choose_backend_rules():
     q1 = q[:, :, -1:]
     enc = ALiBi(2)
     assert choose_backend(q, k) == "sdpa"
-    assert choose_backend(q1, k) == "blockwise"  # KV-cache step: Tq < Tk
+    assert choose_backend(q1, k) == "sdpa"  # KV-cache step: Tq < Tk, a boolean mask
     assert choose_backend(q, k, score_bias=enc.score_bias) == "blockwise"
     assert choose_backend(q, k, window=4) == "blockwise"
+    assert choose_backend(q, k, chunk=4) == "blockwise"
+    assert choose_backend(q, k, softcap=30.0) == "blockwise"
+    assert choose_backend(q, k, sinks=torch.zeros(2)) == "blockwise"
     assert choose_backend(q, k, key_padding_mask=torch.ones(1, 8, dtype=torch.bool)) == "blockwise"
 
 
@@ -320,10 +325,17 @@ def test_attend_refuses_bad_backend_requests():
         attend(q, k, v, backend="dense")
     with pytest.raises(ValueError, match="supports no score_bias"):
         attend(q, k, v, backend="sdpa", window=3)
-    with pytest.raises(ValueError, match="needs Tq == Tk"):
-        attend(q[:, :, -2:], k, v, backend="sdpa")
     with pytest.raises(ValueError, match="no attention dropout"):
         attend(q, k, v, backend="flex", dropout_p=0.1)
+    with pytest.raises(ValueError, match="no sinks"):
+        attend(q, k, v, backend="flex", sinks=torch.zeros(2))
+
+
+def test_sdpa_in_a_kv_cache_step_equals_blockwise():
+    q, k, v = qkv(1, 4, 2, 3, 11, 8)
+    torch.testing.assert_close(
+        attend(q, k, v, backend="sdpa"), attend(q, k, v, backend="blockwise"), rtol=1e-6, atol=1e-6
+    )
 
 
 # ----------------------------------------------------------------------------- FlexAttention on CPU

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from posenc import VARIANTS
+from posenc import VARIANTS, GPTConfig
 from posenc.cli import main, train_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +37,10 @@ def test_every_encoding_trains_and_the_loss_drops(pe, data_dir, tmp_path):
     # From ln(256) = 5.55 at init; 20 steps of a tiny byte model reliably drop by more than 0.5.
     assert val[0] > 5.0 and val[-1] < val[0] - 0.5, val
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["pe"] == pe and summary["val_loss"] == val[-1]
-    variant = VARIANTS[pe]
-    assert summary["architecture"]["input_pe"] == variant.input_pe
-    assert [layer["pe"] for layer in summary["architecture"]["layers"]] == [
-        variant.layer_pe[i % len(variant.layer_pe)] for i in range(4)
-    ]
+    assert summary["val_loss"] == val[-1]
+    # what was built is the variant: its layers, whatever the command line called it
+    expected = GPTConfig.from_preset("tiny", pe=pe).architecture()
+    assert summary["architecture"] == expected and summary["layer_codes"] == expected["layer_codes"]
 
 
 def test_outputs_a_comparison_script_can_read(data_dir, tmp_path, capsys):
@@ -61,7 +59,7 @@ def test_outputs_a_comparison_script_can_read(data_dir, tmp_path, capsys):
     assert summary["train_loss"] == pytest.approx(sum(train_losses[5:]) / 5, rel=1e-12)
     assert summary["tokens"] == 10 * 4 * 2 * 32
     assert summary["layer_codes"] == "RRRN" and summary["qk_norm"] is True
-    assert summary["pe"] is None and summary["architecture"]["qk_norm"] == "rms"  # what was built, not a default name
+    assert {layer["attention"]["qk_norm"] for layer in summary["architecture"]["layers"]} == {"rms"}
     assert len(summary["samples"]) == 3 and all(isinstance(s, str) and s for s in summary["samples"])
     for r in steps[1:]:
         assert {"step", "kind"} <= set(r)
@@ -107,16 +105,30 @@ def test_bad_input_ends_in_one_clear_line(extra, needle, data_dir, tmp_path, cap
 
 def test_resume_refuses_changed_configuration(data_dir, tmp_path, capsys):
     assert train(tmp_path, data_dir, "--max-iters", "4", "--stop-at", "2") == 0
-    assert run("train", "--resume", "--out-dir", tmp_path, "--lr", "1") == 2
-    assert "--lr" in capsys.readouterr().err
-    assert run("train", "--resume", "--out-dir", tmp_path, "--no-progress") == 0
+    assert train(tmp_path, data_dir, "--max-iters", "4", "--resume", "--lr", "1") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "learning_rate: 0.003 != 1.0" in err, err
+    assert run("train", "--resume", "--out-dir", tmp_path, "--no-progress") == 0  # bare: the saved run
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
 
 
-def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
-    assert run("train", "--resume", "--out-dir", tmp_path / "nothing", "--no-progress") == 2
+def test_the_same_command_with_resume_starts_then_continues(data_dir, tmp_path):
+    """A scheduler reruns one command: --resume with the run's flags starts a new folder, and later
+    continues it from its checkpoint."""
+    flags = ("--max-iters", "4", "--resume")
+    assert train(tmp_path, data_dir, *flags, "--stop-at", "2") == 0
+    assert json.loads((tmp_path / "run.json").read_text())["train"]["max_iters"] == 4
+    assert train(tmp_path, data_dir, *flags) == 0
+    assert [r["step"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())][-1] == 4
+
+
+@pytest.mark.parametrize("folder", ["nothing", "empty"])
+def test_a_bare_resume_without_a_saved_run_is_refused_with_what_to_run(folder, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run("train", "--resume", "--out-dir", tmp_path / folder, "--no-progress") == 2
     err = capsys.readouterr().err
-    assert "does not exist" in err and "Traceback" not in err
+    assert "holds no saved run" in err and "posenc train --out-dir" in err and "Traceback" not in err
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_init_from_starts_a_longer_context_run_from_trained_weights(data_dir, tmp_path):

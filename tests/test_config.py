@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from posenc import GPT, PRESETS, VARIANTS, GPTConfig
+from posenc import GPT, PRESETS, GPTConfig, LayerSpec, Mask, MultiHeadLatentAttention, NoPE, RotaryEmbedding
+from posenc.variants import variant_names
 
 BASE = dict(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=256, bias=False)
 
@@ -130,7 +131,7 @@ def test_invalid_configs_are_refused_under_python_dash_o() -> None:
 # -- valid configurations -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pe", sorted(VARIANTS))
+@pytest.mark.parametrize("pe", variant_names())
 def test_every_variant_is_a_valid_config(pe: str) -> None:
     config = GPTConfig(**BASE, pe=pe)
     assert len(config.layer_codes) == config.n_layer
@@ -140,7 +141,10 @@ def test_every_variant_is_a_valid_config(pe: str) -> None:
 def test_presets_build_and_round_trip_through_dicts(name: str) -> None:
     config = GPTConfig.from_preset(name)
     for field, value in PRESETS[name].items():
-        assert getattr(config, field) == value
+        if field != "bias":  # flat sugar, resolved into the layers below
+            assert getattr(config, field) == value
+    biases = {layer.attention.qkv_bias for layer in config.layers} | {layer.block.mlp.bias for layer in config.layers}
+    assert biases == {PRESETS[name]["bias"]} and config.head.norm.bias == PRESETS[name]["bias"]
     d = config.to_dict()
     assert json.loads(json.dumps(d)) == d  # plain data, storable in a checkpoint
     assert GPTConfig.from_dict(d) == config
@@ -148,7 +152,8 @@ def test_presets_build_and_round_trip_through_dicts(name: str) -> None:
 
 def test_owt_16m_preset_is_the_reference_study_model() -> None:
     c = GPTConfig.from_preset("owt-16m")
-    assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size, c.bias) == (4, 4, 256, 1024, 50304, False)
+    assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size) == (4, 4, 256, 1024, 50304)
+    assert not any(p.attention.qkv_bias or p.attention.proj_bias or p.block.mlp.bias for p in c.layers)
 
 
 def test_preset_overrides_are_validated() -> None:
@@ -263,3 +268,73 @@ def test_configs_hash_by_value_including_their_dict_fields() -> None:
     b = GPTConfig(**(BASE | dict(pe="rope", rope_scaling={"factor": 2.0, "rope_type": "linear"})))
     c = GPTConfig(**(BASE | dict(pe="rope", rope_scaling={"rope_type": "linear", "factor": 3.0})))
     assert a == b and hash(a) == hash(b) and len({a, b, c}) == 2
+
+
+# -- the structure: component configs, one layer spec per layer --------------------------------
+
+
+def gemma3_like() -> GPTConfig:
+    """Five local layers (RoPE base 1e4, a 4-token window) per global one (base 1e6 with linear
+    scaling): Hugging Face's layer_types with per-layer-type rope_parameters, as data."""
+    local = LayerSpec(pe=RotaryEmbedding.Config(base=1e4), mask=Mask(window=4))
+    scaling = {"rope_type": "linear", "factor": 8.0}
+    global_ = LayerSpec(pe=RotaryEmbedding.Config(base=1e6, scaling=scaling))
+    return GPTConfig(n_layer=12, n_head=2, n_embd=32, block_size=32, vocab_size=256, layers=(local,) * 5 + (global_,))
+
+
+def test_layers_say_per_layer_what_hugging_face_layer_types_say():
+    config = gemma3_like()
+    assert config.layer_codes == ("r",) * 5 + ("R",) + ("r",) * 5 + ("R",)
+    model = GPT(config)
+    bases = [b.attn.pe.base for b in model.blocks]
+    assert bases == [1e4] * 5 + [1e6] + [1e4] * 5 + [1e6]
+    assert [b.attn.window for b in model.blocks] == [4] * 5 + [None] + [4] * 5 + [None]
+    assert model.blocks[5].attn.pe.rope_type == "linear" and model.blocks[0].attn.pe.rope_type == "default"
+    again = GPTConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and hash(again) == hash(config)
+
+
+def test_a_layer_spec_takes_names_and_dicts_and_checks_itself():
+    spec = LayerSpec(attention="mha", pe="alibi", mask={"window": 8})
+    assert spec == LayerSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert spec.to_dict()["pe"] == {"name": "alibi"} and spec.window == 8
+    with pytest.raises(ValueError, match="acts at the model input"):
+        LayerSpec(pe="absolute")
+    with pytest.raises(ValueError, match="unknown positional encoding 'xpos'"):
+        LayerSpec(pe="xpos")
+    with pytest.raises(TypeError, match="Mask.window must be an int"):
+        LayerSpec(mask={"window": 2.5})
+    with pytest.raises(ValueError, match="layer 0: rotary_dim"):  # checked against the model's sizes
+        GPTConfig(n_layer=1, n_head=2, n_embd=32, layers=(LayerSpec(pe=RotaryEmbedding.Config(rotary_dim=64)),))
+
+
+def test_flat_fields_and_the_structure_are_not_mixed():
+    with pytest.raises(ValueError, match=r"flat fields \['pe'\] and \['layers'\]"):
+        GPTConfig(n_layer=2, layers=(LayerSpec(),), pe="rope")
+    config = GPTConfig.from_preset("tiny", pe="rope")
+    with pytest.raises(ValueError, match="flat fields"):
+        config.replace(pe="alibi")  # a built config changes through its structure
+    assert config.replace(n_layer=8).layer_codes == ("R",) * 8  # the layers tile over the new depth
+
+
+def test_changing_a_built_model_swaps_its_rope_or_turns_a_layer_to_nope():
+    config = GPTConfig.from_preset("tiny", pe="rnope")
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+    scaled = config.with_encoding("rope", scaling=yarn)
+    assert [layer.pe.scaling["rope_type"] for layer in scaled.layers[:3]] == ["yarn"] * 3
+    assert scaled.layers[3] == config.layers[3]
+    nope = config.map_layers(lambda i, layer: layer.replace(pe=NoPE.Config()) if i == 0 else layer)
+    assert nope.layer_codes == ("N", "R", "R", "N")
+    with pytest.raises(ValueError, match="no layer of this model uses 'alibi'"):
+        config.with_encoding("alibi")
+
+
+def test_kv_cache_bytes_are_asked_of_each_layers_attention():
+    base = dict(n_layer=4, n_head=4, n_embd=64, block_size=32, vocab_size=256, pe="rope")
+    assert GPTConfig(**base).kv_cache_bytes_per_token() == 4 * 2 * 64 * 2
+    assert GPTConfig(**base, n_kv_head=1).kv_cache_bytes_per_token() == 4 * 2 * 16 * 2
+    assert GPTConfig(**base, attention="mla", kv_lora_rank=32).kv_cache_bytes_per_token() == 4 * (32 + 8) * 2
+    mixed = GPTConfig(**base).map_layers(
+        lambda i, layer: layer.replace(attention=MultiHeadLatentAttention.Config(kv_lora_rank=32)) if i else layer
+    )
+    assert mixed.kv_cache_bytes_per_token() == 2 * 64 * 2 + 3 * (32 + 8) * 2

@@ -129,3 +129,30 @@ def test_registry_and_validation():
     ]:
         with pytest.raises(ValueError, match=match):
             FIRE(**kwargs)
+
+
+def test_in_a_gpt_the_mlp_keeps_nn_linears_initialisation_and_the_references_weight_decay():
+    """The paper's code builds its MLP from nn.Linear and keeps its initialisation (weights and
+    biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))); the GPT's own initialisation leaves FIRE alone. In
+    posenc 0.2 it drew N(0, 0.02) weights and zero biases: on inputs in [0, 1] every hidden unit with a
+    negative weight was then dead for the whole run."""
+    from posenc import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("cpu-small", pe="fire"))
+    encs = [b.attn.pe for b in model.blocks]
+    before = [{n: p.clone() for n, p in e.named_parameters()} for e in encs]
+    model.init_weights(seed=5)  # re-initialising the GPT does not touch them
+    for enc, saved in zip(encs, before, strict=True):
+        for name, p in enc.named_parameters():
+            assert torch.equal(p, saved[name]), name
+        w_in, b_in = enc.mlp_in.weight, enc.mlp_in.bias  # fan_in 1: U(-1, 1)
+        assert w_in.abs().max() <= 1 and w_in.std() > 0.3 and b_in.abs().max() <= 1 and b_in.std() > 0.3
+        assert enc.mlp_out.weight.abs().max() <= 32**-0.5 and enc.mlp_out.bias.abs().sum() > 0
+        # a unit is dead at init when relu(w x + b) = 0 for every x in [0, 1]: b <= 0 and w + b <= 0
+        dead = ((b_in <= 0) & (w_in[:, 0] + b_in <= 0)).float().mean()
+        assert dead < 0.6  # about 3/8 under U(-1, 1), as in the reference; all negative-weight units with zero biases
+    groups = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3).param_groups
+    decayed = {id(p) for p in groups[0]["params"]}
+    names = {n for n, p in encs[0].named_parameters() if id(p) in decayed}
+    assert names == {"mlp_in.weight", "mlp_out.weight", "c", "threshold_multiplier"}  # all but the biases

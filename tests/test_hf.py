@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from posenc import GPT, AbsolutePE
+from posenc import GPT, AbsolutePE, MultiHeadLatentAttention
 
 transformers = pytest.importorskip("transformers")
 
@@ -54,7 +54,14 @@ def test_from_hf_model_reproduces_logits(hf_model) -> None:
     ours = GPT.from_hf(hf_model).eval()
     assert isinstance(ours.wpe, AbsolutePE)
     c = ours.config
-    assert (c.vocab_size, c.block_size, c.n_embd, c.n_layer, c.n_head, c.pe) == (97, 24, 32, 3, 4, "absolute")
+    assert (c.vocab_size, c.block_size, c.n_embd, c.n_layer, c.n_head, c.input_encoding) == (
+        97,
+        24,
+        32,
+        3,
+        4,
+        "absolute",
+    )
     tokens = idx()
     with torch.no_grad():
         logits, _ = ours(tokens)
@@ -190,7 +197,9 @@ def test_llama_family_logits_match_past_the_original_context(family, kv_heads, s
         overrides["rope_parameters"] = SCHEDULES[schedule]
     hf = hf_causal_lm(family, **overrides)
     ours = GPT.from_hf(hf).eval()
-    assert ours.config.kv_heads == kv_heads and ours.config.norm == "rmsnorm" and ours.config.mlp == "swiglu"
+    layer = ours.config.layers[0]
+    assert layer.attention.kv_heads(ours.config.dims) == kv_heads
+    assert (layer.block.norm.kind, layer.block.mlp.kind) == ("rmsnorm", "swiglu")
     idx = torch.randint(0, 101, (2, 48), generator=torch.Generator().manual_seed(1))  # 48 > max_position_embeddings
     with torch.no_grad():
         expected = hf(idx).logits
@@ -301,7 +310,9 @@ def hf_deepseek(**overrides):
 def test_deepseek_v3_logits_and_greedy_generation_match(case) -> None:
     hf = hf_deepseek(**DEEPSEEK_CASES[case])
     ours = GPT.from_hf(hf).eval()
-    assert ours.config.attention == "mla" and ours.config.kv_lora_rank == 16
+    assert (
+        isinstance(ours.blocks[0].attn, MultiHeadLatentAttention) and ours.config.layers[0].attention.kv_lora_rank == 16
+    )
     idx = torch.randint(0, 101, (2, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = hf(idx).logits

@@ -127,7 +127,7 @@ def test_tiny_gpt_with_rope_keeps_float32_tables_after_cast(layout, cast):
     before = {n: m.cos_sin(POSITIONS, 0, POSITIONS.device) for n, m in ropes.items()}
     assert len(before) == config.n_layer
     model = cast(model)
-    ref = reference_cos_sin(POSITIONS, config.head_dim, config.rope_base, layout)
+    ref = reference_cos_sin(POSITIONS, config.head_dim, config.layers[0].pe.base, layout)
     for name, module in model.named_modules():
         if isinstance(module, RotaryEmbedding):
             check_rope_tables(module, ref)

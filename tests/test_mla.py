@@ -134,19 +134,8 @@ def test_refusals():
 
 def test_encoding_dims_is_the_rotary_part():
     dims = ModelDims(n_embd=256, n_head=4, block_size=128)
-    assert (
-        MultiHeadLatentAttention.encoding_dims(
-            dims,
-            kv_lora_rank=None,
-            q_lora_rank=None,
-            qk_rope_head_dim=None,
-            qk_nope_head_dim=None,
-            v_head_dim=None,
-            rope_interleave=False,
-        ).head_dim
-        == 32
-    )
-    assert MultiHeadLatentAttention.encoding_dims(dims, qk_rope_head_dim=16).head_dim == 16
+    assert MultiHeadLatentAttention.Config().encoding_dims(dims).head_dim == 32
+    assert MultiHeadLatentAttention.Config(qk_rope_head_dim=8).encoding_dims(dims).head_dim == 8
 
 
 def test_softmax_scale():

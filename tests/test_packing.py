@@ -128,11 +128,3 @@ def test_a_cache_filled_without_ids_refuses_them_later() -> None:
 def test_generate_refuses_a_1d_prompt_by_name() -> None:
     with pytest.raises(ValueError, match=r"idx must have shape \(B, T\)"):
         MODELS["rope"].generate(torch.ones(4, dtype=torch.long), 2)
-
-
-def test_an_attention_without_segments_refuses_document_ids() -> None:
-    m = model("rope", attention="mla", kv_lora_rank=8, qk_rope_head_dim=4, n_head=2)
-    with pytest.raises(ValueError, match="attention='mla'"):
-        m(torch.ones(1, 4, dtype=torch.long), document_ids=torch.zeros(1, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match="attention_mask .*attention='mla'"):
-        m.generate(torch.ones(1, 4, dtype=torch.long), 2, attention_mask=torch.ones(1, 4, dtype=torch.bool))

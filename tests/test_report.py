@@ -14,7 +14,6 @@ import pytest
 
 from posenc.report import (
     FIGURES,
-    LABELS,
     STUDY,
     aggregate,
     claims,
@@ -35,6 +34,7 @@ from posenc.report import (
     study_table,
     write_outputs,
 )
+from posenc.variants import label
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "results.json"
@@ -273,7 +273,7 @@ def test_one_seed_and_missing_variants():
     lines = discussion(r)
     assert lines[0] == claims.seed_spread(r) and "One seed per variant" in lines[0]
     assert claims.pair_verdict(r, "rope", "nope") is None and claims.beyond_context(r) is None
-    assert f"1 of 2 variants (not for {LABELS['alibi']})" in claims.position_in_context(r)
+    assert f"1 of 2 variants (not for {label('alibi')})" in claims.position_in_context(r)
     assert f"{STUDY['params'] / 2e6:.0f}x fewer parameters" in claims.scale(r)
 
 

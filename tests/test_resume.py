@@ -17,6 +17,7 @@ checkpoint at the stop step, and the finished run equals an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -105,8 +106,10 @@ def test_negative_control_dropping_rng_or_data_state_diverges(tamper, reference,
     ckpt = latest(out)
     if tamper == "rng reset":  # what a resume that forgot the RNG would run with: a fresh seed
         ckpt["rng"]["torch"] = [torch.Generator().manual_seed(ckpt["train_config"]["seed"]).get_state()]
-    elif tamper == "data seed changed":  # the data order is keyed by (seed, step, micro)
-        ckpt["train_config"]["seed"] += 1
+    elif tamper == "data seed changed":  # the data order is keyed by (seed, step, micro); the saved run has it
+        spec = json.loads((out / "run.json").read_text())
+        spec["train"]["seed"] += 1
+        (out / "run.json").write_text(json.dumps(spec))
     save_checkpoint(ckpt, out)  # rewrites the file and its manifest: a valid, loadable checkpoint
     assert train(resume_argv(out)) == 0
 
@@ -168,4 +171,29 @@ def test_sigterm_and_sigint_stop_at_a_step_boundary_with_a_checkpoint(data_dir, 
     assert train(resume_argv(out)) == 0
     got, want = numerics(read_log(out)), numerics(read_log(ref))
     assert got == want
+    assert_states_equal(latest(out)["model"], latest(ref)["model"], "final parameters")
+
+
+# -- autoresume: a run killed before its first checkpoint ------------------------------------------
+
+EARLY_STEPS = 400  # longer than the 2-4 s the kill waits, on a fast machine too; one checkpoint, at the end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", [0, 1])
+def test_a_run_killed_in_its_first_seconds_reruns_with_resume_to_the_same_result(trial, data_dir, tmp_path):
+    """What a scheduler does after a preemption: rerun the same command with --resume. A run killed
+    2-4 s after launch (starting up, preparing, or training, before any checkpoint) starts again
+    from step 0 and ends bitwise equal to a run never interrupted."""
+    ref, out = tmp_path / "reference", tmp_path / "run"
+    flags = dict(pe="alibi", max_iters=EARLY_STEPS, dropout=DROPOUT, ckpt_interval=EARLY_STEPS)
+    assert train(tiny_argv(ref, data_dir, **flags)) == 0
+    argv = [*tiny_argv(out, data_dir, **flags), "--resume"]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *argv], env=env(), cwd=tmp_path)
+    time.sleep(random.Random(trial).uniform(2.0, 4.0))
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before the kill; raise EARLY_STEPS"
+    assert not (out / "checkpoints.json").exists()  # killed before its first checkpoint
+    assert train(argv) == 0  # the same command again
+    assert numerics(read_log(out)) == numerics(read_log(ref))
     assert_states_equal(latest(out)["model"], latest(ref)["model"], "final parameters")

@@ -26,7 +26,6 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from posenc.encodings.rope import RotaryEmbedding, apply_rotary
 from posenc.encodings.rope_scaling import (
-    LENGTH_DEPENDENT,
     ROPE_SCALINGS,
     validate_scaling,
 )
@@ -532,7 +531,7 @@ def test_control_float32_angles_miss_the_bound():
 # properties
 
 
-STATIC = {n: v for n, v in PRECISION.items() if v[2] is None or v[2]["rope_type"] not in LENGTH_DEPENDENT}
+STATIC = {n: v for n, v in PRECISION.items() if v[2] is None or ROPE_SCALINGS[v[2]["rope_type"]].length_key is None}
 positions_st = st.integers(0, MAX_POS)
 
 

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from posenc import GPT, GPTConfig, jobs
 from posenc import sweep as compare
+from posenc.encodings.rope_scaling import validate_scaling
 from posenc.report.studies import render_study
 from posenc.studies import extension, lr, synthetic
+from posenc.train import RunSpec
 
 
 def study(out, data_dir, *flags: str) -> dict:
@@ -59,8 +61,8 @@ def test_lr_study_trains_the_grid_then_seeds_at_the_best_rate(studies):
     # runs at the shared rate are the table's own folders; the others carry their rate
     assert r["runs"][f"rope/lr{shared:g}/s0"]["folder"].endswith("runs/rope-s0")
     assert r["runs"]["rope/lr0.001/s0"]["folder"].endswith("runs/rope-lr0.001-s0")
-    argv = json.loads((studies["out"] / "runs" / "rope-lr0.001-s0" / "compare_run.json").read_text())["argv"]
-    assert argv[argv.index("--lr") + 1] == "0.001" and argv[argv.index("--min-lr") + 1] == "0.0001"
+    spec = RunSpec.load(studies["out"] / "runs" / "rope-lr0.001-s0")
+    assert (spec.train.learning_rate, spec.train.min_lr) == (0.001, 0.0001)
 
 
 def test_lr_study_rerun_trains_nothing(studies, data_dir, capsys):
@@ -113,7 +115,8 @@ def test_order_changes_names_each_reordered_pair():
 def test_a_diverged_run_is_finished_not_resumed(tmp_path):
     assert jobs._finished(tmp_path, jobs.EXIT_NONFINITE, "rope", 0)
     assert (tmp_path / jobs.DIVERGED).exists()
-    assert jobs.plan_run(tmp_path, ["--pe", "rope"], None) is None
+    spec = compare.sweep_from_args(compare.parse_args(["--preset", "test"]), "").spec("rope", 0, tmp_path)
+    assert jobs.plan_run(tmp_path, spec) is False
     assert not jobs._finished(tmp_path / "x", 2, "rope", 0)  # a user error still stops the sweep
 
 
@@ -140,17 +143,20 @@ def test_extension_study_has_every_row_on_the_same_tokens(studies, data_dir):
         folder = studies["out"] / "runs" / f"extend-{name}-s0"
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["config"]["block_size"] == extension.FACTOR * r["block_size"]
-        assert summary["config"].get("rope_scaling") == scaling(r["block_size"])
+        pe = GPTConfig.from_dict(summary["config"]).layers[0].pe
+        expected = scaling(r["block_size"])
+        if expected is not None:  # stored as the schedule reads it: Hugging Face's defaults filled in
+            expected = validate_scaling({"max_position_embeddings": summary["config"]["block_size"]} | expected)
+        assert (None if pe.scaling is None else dict(pe.scaling)) == expected
         assert summary["steps"] == r["finetune"]["steps"]
-        argv = json.loads((folder / "compare_run.json").read_text())["argv"]
-        assert argv[argv.index("--data-dir") + 1] == str(data_dir)  # compare's data, as every run gets
+        assert RunSpec.load(folder).train.data_dir == str(data_dir)  # compare's data, as every run gets
 
 
-def test_every_run_gets_compares_data_and_device_flags(tmp_path):
-    args = compare.parse_args(["--data-files", "a.txt", "b.txt", "--device", "cpu"])
-    tail = ["--data-files", "a.txt", "b.txt", "--device", "cpu"]
-    assert compare.train_argv(compare.SWEEP_PRESETS["cpu"], "rope", 0, tmp_path, args)[-5:] == tail
-    assert compare.passed_on(args) == tail
+def test_every_run_gets_compares_data_and_device(tmp_path):
+    sweep = compare.sweep_from_args(compare.parse_args(["--data-files", "a.txt", "b.txt", "--device", "cpu"]), "")
+    spec = sweep.spec("rope", 0, tmp_path)
+    assert (spec.train.data_files, spec.train.dataset, spec.train.device) == (("a.txt", "b.txt"), "files", "cpu")
+    assert spec.train.out_dir == str(tmp_path) and spec.train.seed == 0
 
 
 @pytest.mark.parametrize("name", sorted(extension.ZERO_SHOT))
@@ -164,8 +170,8 @@ def test_zero_shot_schedules_change_the_model_past_the_context(name):
             if "c_attn" in pname:
                 p.mul_(8)
     idx = torch.randint(0, config.vocab_size, (1, 2 * T))
-    overrides = extension.ZERO_SHOT[name](2, T)
-    scaled = GPT(GPTConfig.from_dict(config.to_dict() | overrides)).eval()
+    changes = extension.ZERO_SHOT[name](2, T)
+    scaled = GPT(config.with_encoding("rope", **changes) if changes else config).eval()
     scaled.load_state_dict(model.state_dict())
     with torch.no_grad():
         diff = (model(idx)[0] - scaled(idx)[0]).abs().max().item()

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from posenc import GPT, jobs
+from posenc import GPT
 from posenc import sweep as compare
 from posenc.config import GPTConfig
 from posenc.data import prepare
-from posenc.report import LABELS
+from posenc.train import RunSpec, train
+from posenc.variants import label
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (0, 1)
@@ -75,10 +76,18 @@ def test_every_variant_and_seed_ran_and_learned(swept):
     # the variants are what their names say
     runs = results["runs"]
     arch = {key: run["architecture"] for key, run in runs.items()}
-    assert (arch["absolute_qknorm/s0"]["input_pe"], arch["absolute_qknorm/s0"]["qk_norm"]) == ("absolute", "rms")
-    assert {layer["pe"] for layer in arch["absolute_qknorm/s0"]["layers"]} == {"nope"}
-    assert (arch["nope_qknorm/s0"]["input_pe"], arch["nope_qknorm/s0"]["qk_norm"]) == (None, "rms")
-    assert arch["rope/s0"]["qk_norm"] is None and arch["sinusoidal/s0"]["input_pe"] == "sinusoidal"
+
+    def table(key):  # the input table's name
+        return (arch[key]["embedding"]["input_pe"] or {}).get("name")
+
+    def layers(key, part, field):
+        return {layer[part][field] for layer in arch[key]["layers"]}
+
+    assert (table("absolute_qknorm/s0"), layers("absolute_qknorm/s0", "attention", "qk_norm")) == ("absolute", {"rms"})
+    assert layers("absolute_qknorm/s0", "pe", "name") == {"nope"}
+    assert (table("nope_qknorm/s0"), layers("nope_qknorm/s0", "attention", "qk_norm")) == (None, {"rms"})
+    assert layers("rope/s0", "attention", "qk_norm") == {None} and table("sinusoidal/s0") == "sinusoidal"
+    assert layers("mla/s0", "attention", "name") == {"mla"} and layers("gqa/s0", "attention", "n_kv_head") == {2}
     assert runs["rnope/s0"]["layer_codes"] == "RRRN" and runs["qknorm/s0"]["qk_norm"] is True
     assert results["environment"]["torch"] == torch.__version__
 
@@ -115,7 +124,7 @@ def test_extrapolation_and_per_position(swept):
     for key, run in results["runs"].items():
         ext = run["eval"]["extrapolation"]
         assert list(ext) == ["1", "2", "4", "8", "16"], key
-        if run["architecture"]["input_pe"] == "absolute":  # the learned table ends at the training context
+        if (run["architecture"]["embedding"]["input_pe"] or {}).get("name") == "absolute":  # the table ends at T
             assert ext["1"] is not None and all(ext[m] is None for m in ("2", "4", "8", "16")), key
         else:  # the sinusoidal table, RoPE, ALiBi and NoPE are all evaluated at every length
             assert all(x is not None and 0 < x < 10 for x in ext.values()), key
@@ -132,7 +141,7 @@ def test_outputs_and_rendered_numbers_come_from_the_json(swept):
     table = (out / "table.md").read_text().splitlines()
     assert table[0] == "| Model | Train Loss | Validation Loss | KV cache (bytes/token) |"
     rows = {line.split("|")[1].strip(): line for line in table[2:] if line.startswith("| ")}
-    assert set(rows) == {LABELS[v] for v in VARIANTS}
+    assert set(rows) == {label(v) for v in VARIANTS}
 
     page = (root / "docs" / "results.md").read_text()
     # recompute the rope row from the per-run numbers: mean and sample std over seeds
@@ -156,10 +165,10 @@ def test_outputs_and_rendered_numbers_come_from_the_json(swept):
 def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(swept, one_thread):
     out, results = swept["out"], swept["results"]
     folder = Path(results["runs"]["alibi/s1"]["folder"])
-    train_argv = json.loads((folder / "compare_run.json").read_text())["argv"]
+    spec = RunSpec.load(folder)
     shutil.rmtree(folder)
     # an interrupted run: a checkpoint at step 3 and no summary
-    assert jobs.train_in_process([*train_argv, "--stop-at", "3"]) == 0
+    assert train(spec.model, spec.train, stop_at=3, progress=False, log=lambda *a: None)["stopped"]
     assert not (folder / "summary.json").exists()
 
     assert compare.run(swept["argv"]) == 0

@@ -50,17 +50,35 @@ def test_bucket_examples():
     assert b.tolist() == [0, 0, 1, 15, 16, 17, 31, 31, 31]
 
 
-def test_matches_x_transformers_relative_position_bias():
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_matches_x_transformers_relative_position_bias_at_its_own_scale(head_dim):
+    """x-transformers' attention builds ``RelativePositionBias(scale=dim_head ** 0.5)``; so does a
+    posenc model (``build`` from the model's sizes)."""
     import x_transformers.x_transformers as xt  # a dev dependency: the golden reference must run
 
     nh, Tq, Tk = 4, 7, 300
-    ours = T5RelativeBias(nh, init_std=1.0)
-    ref = xt.RelativePositionBias(scale=1.0, causal=True, num_buckets=32, max_distance=128, heads=nh)
+    ours = T5RelativeBias.build(ModelDims(n_embd=nh * head_dim, n_head=nh, block_size=64), init_std=1.0)
+    assert ours.scale == head_dim**0.5
+    ref = xt.RelativePositionBias(scale=head_dim**0.5, causal=True, num_buckets=32, max_distance=128, heads=nh)
     with torch.no_grad():
         ref.relative_attention_bias.weight.copy_(ours.relative_attention_bias.weight)
     want = ref(Tq, Tk)  # (nh, Tq, Tk): the queries are the last Tq of Tk positions
     got = ours.score_bias(torch.arange(Tk - Tq, Tk), torch.arange(Tk))
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_in_a_gpt_the_bias_starts_small_and_the_table_is_decayed():
+    """The table starts N(0, 0.02), so at hs=32 the initial bias has std 0.02 * sqrt(32) = 0.11
+    (x-transformers' N(0, 1) table would give 5.7); it is decayed like GPT-NeoX's."""
+    from posenc import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("cpu-small", pe="t5"))
+    enc = model.blocks[0].attn.pe
+    bias = enc.score_bias(torch.arange(128), torch.arange(128))
+    assert enc.scale == 32**0.5 and 0.05 < bias.std() < 0.2
+    decayed = {id(p) for p in model.configure_optimizers(0.1, 1e-3).param_groups[0]["params"]}
+    assert id(enc.relative_attention_bias.weight) in decayed
 
 
 def test_bias_reads_the_table():

@@ -100,7 +100,6 @@ SCRIPT_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("--rotary-dim 7", ["--rotary-dim", "7"], ("GPTConfig.rotary_dim=7",)),
     ("--pe with --layer-pattern", ["--pe", "rope", "--layer-pattern", "RRRN"], ("pe='rope'", "layer_pattern='RRRN'")),
     ("--init-from a folder without checkpoints", ["--init-from", "no-such-run"], ("no-such-run", "does not exist")),
-    ("--resume with a flag", ["--resume", "--batch-size", "8"], ("--resume", "--batch-size")),
 ]
 
 ALL_CASES = (

@@ -255,8 +255,8 @@ def evaluate_checkpoint(
     from posenc.checkpoint import load_checkpoint, read_manifest
     from posenc.config import GPTConfig
     from posenc.data import load_split
+    from posenc.devices import resolve_dtype
     from posenc.model import GPT
-    from posenc.train.config import resolve_dtype
 
     folder = Path(run_dir)
     device = torch.device(device)

@@ -1,24 +1,36 @@
-"""Runs of a sweep or a study as folders: planning (which train flags bring a folder to a finished
-run, refusing a folder started with other settings) and training them, in this process or in
-worker processes, with a stop (Ctrl-C, SIGTERM) checkpointing every running run. A run whose loss
-became non-finite is a finished run too (recorded in ``diverged.json``): a result, not an error.
+"""Runs of a sweep or a study as folders, and the settings every study shares.
+
+- :class:`Sweep`: the resolved settings of one ``compare`` invocation (preset, output folder,
+  device, parallelism, seeds, data); :meth:`Sweep.spec` is the :class:`~posenc.train.run.RunSpec`
+  of a variant (a name of :mod:`posenc.variants`) at a seed, with a study's own overrides.
+- :func:`plan_run`: whether a folder still needs training. A folder holds its run's ``run.json``;
+  one started with other settings (another identity) is refused rather than mixed into the comparison.
+- :func:`train_jobs`: train folders in this process or in worker processes (each runs
+  ``posenc train --resume --out-dir FOLDER``: the saved run, from its latest checkpoint or from
+  step 0), with a stop (Ctrl-C, SIGTERM) checkpointing every running run. A run whose loss became
+  non-finite is a finished run too (recorded in ``diverged.json``): a result, not an error.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from posenc.checkpoint import CheckpointError, read_manifest
+import torch
+
+from posenc.checkpoint import CheckpointError
 from posenc.io import atomic_write
 from posenc.train.args import guarded, run_train, train_parser
+from posenc.train.loop import resume_configs
+from posenc.train.run import RunSpec, build_spec
 from posenc.train.runlog import read_summary
 
 #: Written into a run folder whose loss became non-finite: a finished run (a result of a study), not
@@ -27,37 +39,99 @@ DIVERGED = "diverged.json"
 EXIT_NONFINITE = 3  # posenc train's exit code when the loss became non-finite
 
 
+@dataclass(frozen=True)
+class SweepPreset:
+    """A train preset, TrainConfig fields on top of it, the seeds, and the evaluation
+    (``eval_windows`` validation windows of max(multipliers) x block_size tokens)."""
+
+    train_preset: str
+    train: Mapping[str, Any]
+    seeds: tuple[int, ...]
+    eval_windows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train_preset": self.train_preset, "train": dict(self.train), "seeds": list(self.seeds)} | {
+            "eval_windows": self.eval_windows
+        }
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What every study of one ``compare`` invocation shares (its flags, resolved)."""
+
+    name: str  # the sweep preset's name
+    preset: SweepPreset
+    out: Path
+    device: torch.device
+    jobs: int = 1
+    threads: int | None = None
+    seeds: tuple[int, ...] = ()
+    variants: tuple[str, ...] | None = None
+    data_dir: str | None = None
+    data_files: tuple[str, ...] = ()
+    run_device: str | None = None  # --device as given: every run gets it
+    render: str | None = None
+    command: str = ""
+    settings: Any = None  # a study's own settings (e.g. posenc.studies.lr.Settings)
+
+    def run_dir(self, variant: str, seed: int) -> Path:
+        return self.out / "runs" / f"{variant}-s{seed}"
+
+    def spec(
+        self,
+        variant: str,
+        seed: int,
+        folder: Path,
+        *,
+        model: Mapping[str, Any] | None = None,
+        train: Mapping[str, Any] | None = None,
+    ) -> RunSpec:
+        """The run of ``variant`` at ``seed`` in ``folder``: the preset, the variant's own overrides,
+        the data and device every run gets, then ``model``/``train`` (a study's)."""
+        from posenc.variants import variant as get_variant
+
+        v = get_variant(variant)
+        placed: dict[str, Any] = {"seed": seed, "out_dir": str(folder)}
+        if self.data_dir:
+            placed["data_dir"] = self.data_dir
+        if self.data_files:
+            placed["data_files"] = tuple(self.data_files)
+            placed["dataset"] = "files"
+        if self.run_device:
+            placed["device"] = self.run_device
+        model = {"pe": variant} | dict(model or {})
+        return build_spec(
+            self.preset.train_preset,
+            model=model,
+            train=dict(self.preset.train) | dict(v.train) | placed | dict(train or {}),
+        )
+
+    def train(self, jobs: list[tuple[str, int, Path]], on_done: Callable[[str, int], None] = lambda v, s: None) -> int:
+        return train_jobs(jobs, self.jobs, self.threads, on_done)
+
+
 # -- planning -----------------------------------------------------------------------------------------
 
 
-def _without_device(argv: list[str]) -> list[str]:
-    if "--device" not in argv:
-        return argv
-    i = argv.index("--device")
-    return argv[:i] + argv[i + 2 :]
-
-
-def plan_run(folder: Path, argv: list[str], device: str | None) -> list[str] | None:
-    """The train flags that bring ``folder`` to a finished run, or None when it is one. A folder
-    started with other settings is refused rather than mixed into the comparison."""
-    spec_path = folder / "compare_run.json"
-    if spec_path.exists():
-        saved = json.loads(spec_path.read_text())["argv"]
-        if _without_device(saved) != _without_device(argv):
-            raise ValueError(
-                f"{folder} was trained with other settings ({shlex.join(saved)}); use another --out or remove it"
-            )
-    if read_summary(folder) is not None or (folder / DIVERGED).exists():
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(spec_path, json.dumps({"argv": argv}, indent=1))
+def saved_spec(folder: Path) -> RunSpec | None:
+    """The run a folder was started with (its run.json, or a 0.1-0.2 folder's checkpoint), or None."""
     try:
-        has_checkpoint = read_manifest(folder) is not None
+        return RunSpec(*resume_configs(folder))
     except CheckpointError:
-        has_checkpoint = False
-    if has_checkpoint:
-        return ["--out-dir", str(folder), "--resume", "--no-progress"] + (["--device", device] if device else [])
-    return argv
+        return None
+
+
+def plan_run(folder: Path, spec: RunSpec) -> bool:
+    """Whether ``folder`` still needs training to be the finished run ``spec``; a folder started with
+    other settings is refused rather than mixed into the comparison. Saves the spec when it will train."""
+    saved = saved_spec(folder) if folder.exists() else None
+    if saved is not None and saved.identity() != spec.identity():
+        diff = "; ".join(saved.differences(spec)[:6])
+        raise ValueError(f"{folder} was trained with other settings ({diff}); use another --out or remove it")
+    if read_summary(folder) is not None or (folder / DIVERGED).exists():
+        return False
+    spec.save(folder)  # the same run; its placement (device) as asked now
+    return True
 
 
 # -- training: in this process, or n_jobs worker processes -----------------------------------------
@@ -68,14 +142,19 @@ class Stop(Exception):
         self.code = code
 
 
-def train_in_process(argv: list[str]) -> int:
-    return guarded(lambda: run_train(train_parser().parse_args(argv)))
+def _resume_argv(folder: Path) -> list[str]:
+    return ["--resume", "--out-dir", str(folder), "--no-progress"]
 
 
-def _finished(folder: Path, code: int, variant: str, seed: int) -> bool:
+def train_in_process(folder: Path) -> int:
+    """Train the run saved in ``folder`` (from its latest checkpoint, or from step 0); its exit code."""
+    return guarded(lambda: run_train(train_parser().parse_args(_resume_argv(folder))))
+
+
+def _finished(folder: Path, code: int, name: str, seed: int) -> bool:
     """True when a run's exit ``code`` ends it: 0, or a non-finite loss (recorded in DIVERGED)."""
     if code == EXIT_NONFINITE:
-        print(f"[compare] {variant} seed {seed}: the loss became non-finite; recorded as diverged", flush=True)
+        print(f"[compare] {name} seed {seed}: the loss became non-finite; recorded as diverged", flush=True)
         atomic_write(folder / DIVERGED, json.dumps({"exit_code": code}))
         return True
     return code == 0
@@ -86,17 +165,17 @@ def _interrupt(signum, frame) -> None:  # noqa: ARG001
 
 
 def run_sweep(
-    jobs: list[tuple[str, int, Path, list[str]]], n_jobs: int, threads: int | None, on_done: Callable[[str, int], None]
+    jobs: list[tuple[str, int, Path]], n_jobs: int, threads: int | None, on_done: Callable[[str, int], None]
 ) -> None:
-    """Train ``jobs`` (variant, seed, folder, argv), ``n_jobs`` at a time; ``on_done(variant, seed)``
-    after each. A run that fails or is stopped ends the sweep (its checkpoint is kept)."""
+    """Train ``jobs`` (name, seed, folder), ``n_jobs`` at a time; ``on_done(name, seed)`` after each.
+    A run that fails or is stopped ends the sweep (its checkpoint is kept)."""
     if n_jobs == 1:
-        for variant, seed, folder, argv in jobs:
-            print(f"[compare] train {variant} seed {seed}: posenc train {shlex.join(argv)}", flush=True)
-            code = train_in_process(argv)
-            if not _finished(folder, code, variant, seed):
+        for name, seed, folder in jobs:
+            print(f"[compare] train {name} seed {seed} in {folder}", flush=True)
+            code = train_in_process(folder)
+            if not _finished(folder, code, name, seed):
                 raise Stop(code)
-            on_done(variant, seed)
+            on_done(name, seed)
         return
     env = dict(os.environ)
     if threads is not None:  # small models scale poorly over threads: parallel runs use the cores better
@@ -105,28 +184,28 @@ def run_sweep(
     try:
         while pending or running:
             while pending and len(running) < n_jobs:
-                variant, seed, folder, argv = pending.pop(0)
+                name, seed, folder = pending.pop(0)
                 log = open(folder / "train.out", "ab")  # noqa: SIM115 -- the worker writes it until it exits
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "posenc", "train", *argv], stdout=log, stderr=subprocess.STDOUT, env=env
+                argv = [sys.executable, "-m", "posenc", "train", *_resume_argv(folder)]
+                running[subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)] = (
+                    name,
+                    seed,
+                    folder,
+                    log,
                 )
-                running[proc] = (variant, seed, folder, log)
-                print(
-                    f"[compare] train {variant} seed {seed} (log {folder / 'train.out'}): posenc train {shlex.join(argv)}",
-                    flush=True,
-                )
+                print(f"[compare] train {name} seed {seed} (log {folder / 'train.out'})", flush=True)
             time.sleep(0.5)
             for proc in [p for p in running if p.poll() is not None]:
-                variant, seed, folder, log = running.pop(proc)
+                name, seed, folder, log = running.pop(proc)
                 log.close()
-                if not _finished(folder, proc.returncode, variant, seed):
+                if not _finished(folder, proc.returncode, name, seed):
                     tail = (folder / "train.out").read_text(errors="replace").splitlines()[-5:]
                     print(
-                        f"[compare] {variant} seed {seed} exited with {proc.returncode}:\n  " + "\n  ".join(tail),
+                        f"[compare] {name} seed {seed} exited with {proc.returncode}:\n  " + "\n  ".join(tail),
                         file=sys.stderr,
                     )
                     raise Stop(proc.returncode)
-                on_done(variant, seed)
+                on_done(name, seed)
     except (KeyboardInterrupt, Stop) as e:
         # SIGTERM, not SIGINT: a run that already got the terminal's SIGINT would die at a second one
         for proc in running:
@@ -139,7 +218,7 @@ def run_sweep(
 
 
 def train_jobs(
-    jobs: list[tuple[str, int, Path, list[str]]],
+    jobs: list[tuple[str, int, Path]],
     n_jobs: int,
     threads: int | None,
     on_done: Callable[[str, int], None] = lambda v, s: None,

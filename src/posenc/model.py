@@ -15,64 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.attention import KVCache, LayerKVCache
-from posenc.build import build_attention, build_input_encoding
-from posenc.config import GPTConfig, LayerSpec
-from posenc.encodings.base import check_positions
+from posenc.attention import KVCache
+from posenc.block import MLP, Block, NormConfig
+from posenc.config import GPTConfig
+from posenc.encodings.base import PositionalEncoding, check_positions
 from posenc.hf import convert
 from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
 
-
-class MLP(nn.Module):
-    """GPT-2's MLP (``mlp="gelu"``: c_fc -> tanh GELU -> c_proj) or Llama's (``"swiglu"``:
-    c_proj(silu(w_gate x) * w_up x)), of width ``config.mlp_hidden``."""
-
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        C, H = config.n_embd, config.mlp_hidden
-        bias = config.bias if config.mlp_bias is None else config.mlp_bias
-        self.swiglu = config.mlp == "swiglu"
-        if self.swiglu:
-            self.w_gate = nn.Linear(C, H, bias=bias)
-            self.w_up = nn.Linear(C, H, bias=bias)
-        else:
-            self.c_fc = nn.Linear(C, H, bias=bias)
-            self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(H, C, bias=bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.silu(self.w_gate(x)) * self.w_up(x) if self.swiglu else self.gelu(self.c_fc(x))  # (B, T, H)
-        return self.dropout(self.c_proj(h))
-
-
-def norm_layer(config: GPTConfig) -> nn.Module:
-    """LayerNorm (bias as ``config.bias``) or RMSNorm, with ``config.norm_eps``."""
-    if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block for one layer of ``config.layers`` (its encoding and window)."""
-
-    def __init__(self, config: GPTConfig, spec: LayerSpec) -> None:
-        super().__init__()
-        self.ln_1 = norm_layer(config)
-        self.attn = build_attention(config, spec)
-        self.ln_2 = norm_layer(config)
-        self.mlp = MLP(config)
-
-    def forward(
-        self,
-        x: Tensor,
-        positions: Tensor | None = None,
-        cache: LayerKVCache | None = None,
-        segments: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        extra = {} if segments is None else {"segments": segments}  # only attention that takes them sees them
-        x = x + self.attn(self.ln_1(x), positions, cache, **extra)
-        return x + self.mlp(self.ln_2(x))
+__all__ = ["GPT", "MLP", "Block", "NormConfig", "RNoPEBlock", "sample"]
 
 
 class RNoPEBlock(nn.Module):
@@ -112,7 +62,7 @@ class RNoPEBlock(nn.Module):
             bias=bias,
         )
         self.pattern = pattern
-        self.blocks = nn.ModuleList(Block(config, spec) for spec in config.layers)
+        self.blocks = config.build_layers()
 
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         for block in self.blocks:
@@ -137,26 +87,31 @@ class GPT(nn.Module):
         # each variant another seed and break the shared initialisation promised by init_weights.
         init_seed = int(torch.randint(0, 2**31 - 1, ()))
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = build_input_encoding(config)
+        self.wpe = config.embedding.build(config.dims)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, spec) for spec in config.layers)
-        self.ln_f = norm_layer(config)
+        self.blocks = config.build_layers()
+        self.ln_f = config.head.norm.build(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
+        if config.head.tie_embeddings:
             self.wte.weight = self.lm_head.weight
         self.init_weights(init_seed)
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """GPT-2 initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)),
-        biases zero. Each weight is drawn from its own generator seeded by (seed, parameter name), so
-        variants that share a parameter (name and shape) start from the same values. ``seed`` defaults to one
-        draw from torch's global RNG (the constructor draws it first, so the same global seed gives
-        every variant the same ``seed``).
+        """GPT-2 initialisation of the embeddings, projections and MLPs: matrices N(0, 0.02), residual
+        projections N(0, 0.02/sqrt(2 n_layer)), biases zero. Each matrix is drawn from its own generator
+        seeded by (seed, parameter name), so variants that share a parameter (name and shape) start
+        from the same values. The layers' encodings keep the initialisation their own constructors
+        gave them, as their references do (FIRE's MLP keeps nn.Linear's; T5's table its small normal).
+        ``seed`` defaults to one draw from torch's global RNG (the constructor draws it first, so the
+        same global seed gives every variant the same ``seed``).
         """
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()))
+        own = {id(p) for block in self.blocks for p in block.attn.pe.parameters()}
         for name, p in self.named_parameters():
+            if id(p) in own:
+                continue
             if p.dim() >= 2:
                 std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
@@ -238,10 +193,6 @@ class GPT(nn.Module):
         self, idx: Tensor, document_ids: Tensor | None, cache: KVCache | None
     ) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """(query ids, key ids) and the positions within documents of the T new tokens."""
-        if not getattr(self.blocks[0].attn, "supports_segments", False):
-            raise ValueError(
-                f"document_ids need an attention that takes document segments; attention={self.config.attention!r} does not"
-            )
         past = None if cache is None else cache.segments
         if past is None and cache is not None and cache.length:
             raise ValueError(
@@ -272,11 +223,17 @@ class GPT(nn.Module):
         betas: tuple[float, float] = (0.9, 0.95),
         device_type: str = "cpu",
     ) -> torch.optim.AdamW:
-        """AdamW with weight decay on >= 2-D weights only (matmuls, embeddings); fused on CUDA."""
+        """AdamW with weight decay on >= 2-D weights only (matmuls, embeddings), except where an encoding
+        follows its reference (``PositionalEncoding.decays``); fused on CUDA."""
+        decays = {}
+        for module in self.modules():
+            if isinstance(module, PositionalEncoding):
+                decays |= {id(p): module.decays(n, p) for n, p in module.named_parameters()}
         params = [p for p in self.parameters() if p.requires_grad]
+        decayed = [p for p in params if decays.get(id(p), p.dim() >= 2)]
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": decayed, "weight_decay": weight_decay},
+            {"params": [p for p in params if not decays.get(id(p), p.dim() >= 2)], "weight_decay": 0.0},
         ]
         extra = (
             {"fused": True}
@@ -314,10 +271,6 @@ class GPT(nn.Module):
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
         self._check_inputs(idx, None, None)
-        if attention_mask is not None and not getattr(self.blocks[0].attn, "supports_segments", False):
-            raise ValueError(
-                f"attention_mask needs an attention that takes document segments; attention={self.config.attention!r} does not"
-            )
         block = self.config.block_size
         ids = None if attention_mask is None else check_attention_mask(attention_mask, tuple(idx.shape)).to(idx.device)
         cache = self.new_cache() if use_cache else None

@@ -7,27 +7,41 @@ Per layer the order is fixed and pinned by tests/test_attention.py:
 QK-norm acts before RoPE, as in OLMo 2, Qwen3 and Gemma 3, so the rotation sees unit-scale
 vectors and the norm never sees position information.
 
-Attention: with no score bias, no window and no document segments, ``causal_attention`` runs
-``torch.nn.functional.scaled_dot_product_attention`` with ``is_causal=True`` (flash kernel where
-the hardware has one; a (Tq, Tk) boolean mask during a KV-cache step). A score bias, a window or
-segments go to :func:`posenc.attention.blockwise.attend`, exact and linear in memory (docs/attention.md).
+Attention runs through :meth:`posenc.attention.base.Attention.attend` (the one kernel,
+:func:`posenc.attention.blockwise.attend`): SDPA with ``is_causal=True`` when nothing but
+causality shapes the scores (flash kernel where the hardware has one), otherwise an exact
+blockwise path, linear in memory (docs/attention.md).
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from posenc.attention.base import Attention, AttentionConfig, KVCache, LayerKVCache, append_positions
 from posenc.attention.blockwise import attend
-from posenc.encodings.base import PositionalEncoding
+from posenc.attention.mask import Mask
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
+from posenc.spec import check_bool, check_choice, check_int, spec
+
+__all__ = [
+    "CausalSelfAttention",
+    "KVCache",
+    "LayerKVCache",
+    "QKNorm",
+    "QKNormAttention",
+    "append_positions",
+    "causal_attention",
+]
 
 QKNormType = Literal["rms", "l2"]
+QK_NORM_TYPES: tuple[str, ...] = ("rms", "l2")
 
 
 class QKNorm(nn.Module):
@@ -43,8 +57,7 @@ class QKNorm(nn.Module):
 
     def __init__(self, head_dim: int, n_head: int, kind: QKNormType = "rms", *, block_size: int = 1024) -> None:
         super().__init__()
-        if kind not in ("rms", "l2"):
-            raise ValueError(f"QK-norm kind must be 'rms' or 'l2', got {kind!r}")
+        check_choice("QKNorm", "kind", kind, QK_NORM_TYPES)
         self.kind = kind
         if kind == "rms":
             self.q_norm = nn.RMSNorm(head_dim, eps=1e-6)
@@ -66,50 +79,6 @@ class QKNorm(nn.Module):
         return q, F.normalize(k, dim=-1)
 
 
-class LayerKVCache:
-    """Keys, values and key positions of the tokens seen so far by one attention layer."""
-
-    def __init__(self) -> None:
-        self.k: Tensor | None = None  # (B, nkv, T_past, hs), rotated unless the encoding is length-dependent
-        self.v: Tensor | None = None
-        self.positions: Tensor | None = None  # (T_past,) or (B, T_past)
-
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[-2]
-
-    def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.k is not None:
-            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
-            positions = append_positions(self.positions, positions, k.shape[0])
-        self.k, self.v, self.positions = k, v, positions
-        return k, v, positions
-
-
-def append_positions(past: Tensor, new: Tensor, rows: int) -> Tensor:
-    """Cached key positions followed by the new ones; (T,) next to (B, T) gives both a batch dim."""
-    if past.dim() != new.dim():
-        past, new = past.expand(rows, -1), new.expand(rows, -1)
-    return torch.cat((past, new), dim=-1)
-
-
-class KVCache:
-    """Per-layer caches of one generation; lives outside the modules (no state in ``forward``).
-
-    ``KVCache(n_layer)`` holds a :class:`LayerKVCache` per layer; ``KVCache(layers)`` takes the
-    layers' own caches (``attn.new_cache()``: an attention variant decides what it keeps).
-    """
-
-    def __init__(self, layers: int | list) -> None:
-        self.layers = [LayerKVCache() for _ in range(layers)] if isinstance(layers, int) else list(layers)
-        self.segments: Tensor | None = None  # (B, T_past) document ids, when the model packs documents
-
-    @property
-    def length(self) -> int:
-        """Number of tokens already processed."""
-        return self.layers[0].length if self.layers else 0
-
-
 def causal_attention(
     q: Tensor,
     k: Tensor,
@@ -120,45 +89,75 @@ def causal_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
 ) -> Tensor:
-    """Causal SDPA for q (B, nh, Tq, hs) against k, v (B, nkv, Tk, hs); the queries are the last Tq keys
-    (nkv divides nh: grouped-query attention).
-
-    ``bias``: additive float scores (nh, Tq, Tk) or (B, nh, Tq, Tk). ``window``: a query attends to
-    the ``window`` most recent keys, itself included.
-    """
+    """Causal attention for q (B, nh, Tq, hs) against k, v (B, nkv, Tk, hs) (the queries are the last Tq
+    keys; nkv divides nh) with an optional dense float ``bias`` (nh, Tq, Tk) or (B, nh, Tq, Tk) and a
+    sliding ``window``: :func:`posenc.attention.blockwise.attend` with the bias as a table."""
+    score_bias = None if bias is None else (lambda q_pos, k_pos, qf=None, kf=None: bias[..., q_pos, :][..., k_pos])
     Tq, Tk = q.shape[-2], k.shape[-2]
-    gqa = q.shape[1] != k.shape[1]  # grouped-query attention: k, v carry n_kv_head heads
-    if bias is None and window is None and Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=gqa)
-    q_idx = torch.arange(Tk - Tq, Tk, device=q.device)[:, None]  # (Tq, 1)
-    k_idx = torch.arange(Tk, device=q.device)[None, :]  # (1, Tk)
-    allowed = k_idx <= q_idx  # (Tq, Tk)
-    if window is not None:
-        allowed = allowed & (q_idx - k_idx < window)
-    mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
+    return attend(
+        q,
+        k,
+        v,
+        score_bias=score_bias,
+        q_positions=None if bias is None else torch.arange(Tq, device=q.device),
+        k_positions=None if bias is None else torch.arange(Tk, device=q.device),
+        window=window,
+        dropout_p=dropout_p,
+        scale=scale,
+    )
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with an injected positional encoding.
+class CausalSelfAttention(Attention):
+    """Multi-head causal self-attention (MHA; GQA and MQA with ``n_kv_head``) with an injected
+    positional encoding.
 
     Args:
         n_embd, n_head: model width and number of heads.
         pe: the encoding acting inside attention (``where`` "qk", "scores" or "none"); ``None``
             means :class:`NoPE`. Input-level encodings belong to the model, not here.
         qk_norm: ``None``, ``"rms"`` or ``"l2"`` (see :class:`QKNorm`).
-        window: sliding-window size in tokens, or ``None`` for full causal attention.
+        window, chunk: a sliding window / attention chunk in tokens (``None`` = off; see
+            :mod:`posenc.attention.mask`).
         dropout: attention-probability and residual dropout.
         bias: biases in the q/k/v and output projections (``qkv_bias`` / ``proj_bias`` override it
             per group: Qwen2 has q/k/v biases only).
         block_size: training length, used only to initialise the L2 QK-norm temperature.
         n_kv_head: key/value heads (grouped-query attention; 1 = multi-query); ``None`` = n_head.
+        softcap, sinks, backend: see :class:`~posenc.attention.base.AttentionConfig`.
+        options: fields that a subclass's ``Config`` adds (a variant built on this one).
     """
 
-    #: GPTConfig fields this variant takes beyond the common arguments (see posenc.attention).
-    config_fields: ClassVar[tuple[str, ...]] = ("n_kv_head", "qkv_bias", "proj_bias")
-    #: forward takes ``segments`` (packed documents, left padding)
-    supports_segments: ClassVar[bool] = True
+    @spec
+    class Config(AttentionConfig):
+        """MHA's options: ``n_kv_head`` (None = n_head), ``qk_norm`` (None, "rms", "l2"), and
+        biases on the q/k/v (``qkv_bias``) and output (``proj_bias``) projections."""
+
+        n_kv_head: int | None = None
+        qk_norm: str | None = None
+        qkv_bias: bool = True
+        proj_bias: bool = True
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            check_int("CausalSelfAttention.Config", "n_kv_head", self.n_kv_head, optional=True)
+            if self.qk_norm is not None:
+                check_choice("CausalSelfAttention.Config", "qk_norm", self.qk_norm, QK_NORM_TYPES)
+            check_bool("CausalSelfAttention.Config", "qkv_bias", self.qkv_bias)
+            check_bool("CausalSelfAttention.Config", "proj_bias", self.proj_bias)
+
+        def check(self, dims: ModelDims, encoding: EncodingConfig | None = None) -> None:
+            if dims.n_embd % dims.n_head:
+                raise ValueError(f"n_embd={dims.n_embd} must be divisible by n_head={dims.n_head}")
+            n_kv = self.kv_heads(dims)
+            if dims.n_head % n_kv:
+                raise ValueError(f"n_kv_head={n_kv!r} must divide n_head={dims.n_head}")
+
+        def kv_heads(self, dims: ModelDims) -> int:
+            return dims.n_head if self.n_kv_head is None else self.n_kv_head
+
+        def cache_bytes_per_token(self, dims: ModelDims, dtype: torch.dtype = torch.float16) -> int:
+            """Keys and values of every KV head: ``2 * n_kv_head * hs`` elements."""
+            return 2 * self.kv_heads(dims) * (dims.n_embd // dims.n_head) * torch.empty((), dtype=dtype).element_size()
 
     def __init__(
         self,
@@ -168,39 +167,37 @@ class CausalSelfAttention(nn.Module):
         pe: PositionalEncoding | None = None,
         qk_norm: QKNormType | None = None,
         window: int | None = None,
+        chunk: int | None = None,
         dropout: float = 0.0,
         bias: bool = True,
         block_size: int = 1024,
         n_kv_head: int | None = None,
         qkv_bias: bool | None = None,
         proj_bias: bool | None = None,
+        softcap: float | None = None,
+        sinks: bool = False,
+        backend: str = "auto",
+        **options: Any,
     ) -> None:
         super().__init__()
-        if n_embd % n_head:
-            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
-        n_kv_head = n_head if n_kv_head is None else n_kv_head
-        if not isinstance(n_kv_head, int) or n_kv_head <= 0 or n_head % n_kv_head:
-            raise ValueError(f"n_kv_head={n_kv_head!r} must be a positive int dividing n_head={n_head}")
-        pe = NoPE() if pe is None else pe
-        if pe.where == "input":
-            raise ValueError(
-                f"{type(pe).__name__} acts at the model input (where='input'); pass it to the model, not to attention"
-            )
-        if window is not None and (not isinstance(window, int) or window <= 0):
-            raise ValueError(f"window must be a positive int or None, got {window!r}")
-        self.n_embd, self.n_head, self.n_kv_head, self.head_dim = n_embd, n_head, n_kv_head, n_embd // n_head
-        qkv_bias = bias if qkv_bias is None else qkv_bias
-        self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=qkv_bias)  # q | k | v
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias if proj_bias is None else proj_bias)
-        self.pe = pe
+        config = self.Config(
+            n_kv_head=n_kv_head,
+            qk_norm=qk_norm,
+            qkv_bias=bias if qkv_bias is None else qkv_bias,
+            proj_bias=bias if proj_bias is None else proj_bias,
+            softcap=softcap,
+            sinks=sinks,
+            backend=backend,
+            **options,  # the fields a subclass's Config adds
+        )
+        dims = ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size)
+        config.check(dims)
+        self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, config.kv_heads(dims)
+        self.head_dim = n_embd // n_head
+        self.c_attn = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)  # q|k|v
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.proj_bias)
+        self._setup(config, NoPE() if pe is None else pe, Mask(window=window, chunk=chunk), dropout, n_head)
         self.qk_norm = None if qk_norm is None else QKNorm(self.head_dim, n_head, qk_norm, block_size=block_size)
-        self.window = window
-        self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def new_cache(self) -> LayerKVCache:
-        """An empty cache for this layer (rotated keys and values, with their positions)."""
-        return LayerKVCache()
 
     def forward(
         self,
@@ -211,19 +208,15 @@ class CausalSelfAttention(nn.Module):
     ) -> Tensor:
         """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T).
         ``segments``: (query ids (B, T), key ids (B, past + T)); a query attends only to keys of its id."""
-        B, T, C = x.shape
         kv_width = self.n_kv_head * self.head_dim
         q, k, v = self.c_attn(x).split((self.n_embd, kv_width, kv_width), dim=2)
         q = rearrange(q, "b t (nh hs) -> b nh t hs", nh=self.n_head)  # (B, nh, T, hs)
         k, v = (rearrange(t, "b t (nkv hs) -> b nkv t hs", nkv=self.n_kv_head) for t in (k, v))  # (B, nkv, T, hs)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
-        past = 0 if cache is None else cache.length
-        if positions is None and past:
-            positions = torch.arange(past, past + T, device=x.device)
-        q_pos = torch.arange(T, device=x.device) if positions is None else positions
+        positions, q_pos = self.default_positions(x, positions, 0 if cache is None else cache.length)
         k_pos = q_pos
-        if getattr(self.pe, "length_dependent", False):
+        if self.pe.length_dependent:
             # the rotation depends on the total length (dynamic NTK, LongRoPE, xPos): the cache keeps
             # un-rotated keys and every step rotates all of them with the current length, so cached
             # decoding equals the uncached forward (at the price of re-rotating past + T keys per step)
@@ -235,25 +228,8 @@ class CausalSelfAttention(nn.Module):
             q, k = self.pe.rotate(q, k, positions)
             if cache is not None:
                 k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), rotated
-        dropout_p = self.dropout if self.training else 0.0
         scale = None if self.qk_norm is None else self.qk_norm.scale
-        if self.pe.where == "scores" or self.window is not None or segments is not None:
-            # exact, linear in memory: query blocks against the key blocks they can see (attention.md)
-            y = attend(
-                q,
-                k,
-                v,
-                score_bias=self.pe.score_bias if self.pe.where == "scores" else None,
-                q_positions=q_pos,
-                k_positions=k_pos,
-                window=self.window,
-                q_segments=None if segments is None else segments[0],
-                k_segments=None if segments is None else segments[1],
-                scale=scale,
-                dropout_p=dropout_p,
-            )
-        else:
-            y = causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)  # (B, nh, T, hs)
+        y = self.attend(q, k, v, q_pos, k_pos, segments, self.features(x, cache), scale)  # (B, nh, T, hs)
         y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -40,9 +40,11 @@ Conventions
 
 KV cache (:class:`MLACache`): per token only the row [c | k_pe] (L + r numbers, k_pe rotated), never
 per-head keys or values. Without a cache the forward is the naive one (expand c to per-head keys
-and values, then SDPA). With a cache it is the absorbed one: W_UK is folded into the query
-(q_nope W_UK: (B, nh, T, L)), attention runs against [c | k_pe] with c as the value, and W_UV is
-applied to the (B, nh, T, L) output. Both are the same function of x to rounding.
+and values, then attend). With a cache it is the absorbed one: W_UK is folded into the query
+(q_nope W_UK: (B, nh, T, L)), attention runs against [c | k_pe] as one shared key head with c as
+the value (value width L, key width L + r), and W_UV is applied to the (B, nh, T, L) output. Both
+are the same function of x to rounding, and both run the one attention kernel, so score biases,
+windows, chunks and packed documents are exact and linear in memory here too.
 Length-dependent RoPE schedules (``pe.length_dependent``: dynamic NTK, LongRoPE, xPos) rotate by a
 function of the total length, so for them the cache holds k_pe UN-rotated and re-rotates all of it
 at every step (cheap: one head of r channels).
@@ -54,19 +56,20 @@ Golden test: tests/test_mla.py loads the same weights into Hugging Face's ``Deep
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from posenc.attention.core import append_positions, causal_attention
+from posenc.attention.base import Attention, AttentionConfig, append_positions, with_head_dim
+from posenc.attention.mask import Mask
 from posenc.attention.mla_dims import MLADims, cache_bytes_per_token, mla_dims, mla_softmax_scale, yarn_mscale
-from posenc.encodings.base import ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
+from posenc.spec import check_bool, check_number, spec
 
 __all__ = [
     "MLACache",
@@ -91,6 +94,7 @@ class MLACache:
         self.kv_lora_rank = kv_lora_rank
         self.kv: Tensor | None = None  # (B, S, L + r)
         self.positions: Tensor | None = None  # (S,) or (B, S)
+        self.features: Tensor | None = None  # (B, nh, S, F): the encoding's token_features, if any
 
     @property
     def length(self) -> int:
@@ -123,7 +127,7 @@ def _deinterleave(x: Tensor) -> Tensor:
     return torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
 
 
-class MultiHeadLatentAttention(nn.Module):
+class MultiHeadLatentAttention(Attention):
     """Multi-head latent attention with an injected positional encoding on its decoupled rotary part.
 
     Args:
@@ -131,7 +135,7 @@ class MultiHeadLatentAttention(nn.Module):
         pe: the encoding (``where`` "qk" with head size ``qk_rope_head_dim``, "scores" or "none");
             ``None`` means :class:`NoPE`.
         qk_norm: must be ``None`` (see the module docstring).
-        window: sliding-window size in tokens, or ``None`` for full causal attention.
+        window, chunk: a sliding window / attention chunk in tokens (``None`` = off).
         dropout: attention-probability and residual dropout.
         bias: Hugging Face's ``attention_bias`` (module docstring).
         block_size: accepted for the common signature; unused.
@@ -139,17 +143,48 @@ class MultiHeadLatentAttention(nn.Module):
             as :func:`mla_dims`.
         rope_interleave: the rotary channels hold interleaved pairs (DeepSeek-V3 checkpoints).
         softmax_scale: overrides :func:`mla_softmax_scale`.
+        softcap, sinks, backend: see :class:`~posenc.attention.base.AttentionConfig`.
     """
 
-    #: GPTConfig fields this variant takes beyond the common arguments (see posenc.attention).
-    config_fields: ClassVar[tuple[str, ...]] = (
-        "kv_lora_rank",
-        "q_lora_rank",
-        "qk_rope_head_dim",
-        "qk_nope_head_dim",
-        "v_head_dim",
-        "rope_interleave",
-    )
+    @spec
+    class Config(AttentionConfig):
+        """MLA's sizes (None = the defaults of :func:`mla_dims`), ``rope_interleave``, ``bias`` (Hugging
+        Face's ``attention_bias``) and ``softmax_scale`` (None = DeepSeek's)."""
+
+        kv_lora_rank: int | None = None
+        q_lora_rank: int | None = None
+        qk_rope_head_dim: int | None = None
+        qk_nope_head_dim: int | None = None
+        v_head_dim: int | None = None
+        rope_interleave: bool = False
+        bias: bool = False
+        softmax_scale: float | None = None
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            owner = "MultiHeadLatentAttention.Config"  # the sizes are checked against the model: check(dims)
+            check_bool(owner, "rope_interleave", self.rope_interleave)
+            check_bool(owner, "bias", self.bias)
+            check_number(owner, "softmax_scale", self.softmax_scale, low=0, optional=True)
+
+        def dims(self, dims: ModelDims) -> MLADims:
+            sizes = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+            return mla_dims(dims.n_embd, dims.n_head, **{name: getattr(self, name) for name in sizes})
+
+        def check(self, dims: ModelDims, encoding: EncodingConfig | None = None) -> None:
+            self.dims(dims)
+            layout = None if encoding is None else encoding.options().get("layout", "half")
+            if self.rope_interleave and layout not in (None, "half"):
+                raise ValueError(_INTERLEAVE_NEEDS_HALF.format(name=type(encoding).__qualname__, layout=layout))
+
+        def encoding_dims(self, dims: ModelDims) -> ModelDims:
+            """The encoding acts on the decoupled rotary part: head size ``qk_rope_head_dim``."""
+            return with_head_dim(dims, self.dims(dims).qk_rope_head_dim)
+
+        def cache_bytes_per_token(self, dims: ModelDims, dtype: torch.dtype = torch.float16) -> int:
+            """The latent and the shared rotary key: ``kv_lora_rank + qk_rope_head_dim`` elements."""
+            d = self.dims(dims)
+            return (d.kv_lora_rank + d.qk_rope_head_dim) * torch.empty((), dtype=dtype).element_size()
 
     def __init__(
         self,
@@ -159,6 +194,7 @@ class MultiHeadLatentAttention(nn.Module):
         pe: PositionalEncoding | None = None,
         qk_norm: str | None = None,
         window: int | None = None,
+        chunk: int | None = None,
         dropout: float = 0.0,
         bias: bool = False,
         block_size: int = 1024,
@@ -169,30 +205,32 @@ class MultiHeadLatentAttention(nn.Module):
         v_head_dim: int | None = None,
         rope_interleave: bool = False,
         softmax_scale: float | None = None,
+        softcap: float | None = None,
+        sinks: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
-        dims = mla_dims(
-            n_embd,
-            n_head,
-            kv_lora_rank=kv_lora_rank,
-            q_lora_rank=q_lora_rank,
-            qk_rope_head_dim=qk_rope_head_dim,
-            qk_nope_head_dim=qk_nope_head_dim,
-            v_head_dim=v_head_dim,
-        )
-        if not isinstance(rope_interleave, bool):
-            raise ValueError(f"rope_interleave must be a bool, got rope_interleave={rope_interleave!r}")
-        pe = NoPE() if pe is None else pe
-        _check_encoding(pe, dims, rope_interleave)
         if qk_norm is not None:
             raise ValueError(
                 f"MultiHeadLatentAttention does not take QK-norm (got qk_norm={qk_norm!r}): a per-head norm of the "
                 f"keys is not linear in the latent, so W_UK could no longer be folded into the query for decoding"
             )
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
-            raise ValueError(f"window must be a positive int or None, got {window!r}")
-        if softmax_scale is not None and not (isinstance(softmax_scale, (int, float)) and softmax_scale > 0):
-            raise ValueError(f"softmax_scale must be a number > 0 or None, got softmax_scale={softmax_scale!r}")
+        config = self.Config(
+            kv_lora_rank=kv_lora_rank,
+            q_lora_rank=q_lora_rank,
+            qk_rope_head_dim=qk_rope_head_dim,
+            qk_nope_head_dim=qk_nope_head_dim,
+            v_head_dim=v_head_dim,
+            rope_interleave=rope_interleave,
+            bias=bias,
+            softmax_scale=softmax_scale,
+            softcap=softcap,
+            sinks=sinks,
+            backend=backend,
+        )
+        dims = config.dims(ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size))
+        pe = NoPE() if pe is None else pe
+        _check_encoding(pe, dims, rope_interleave)
         self.n_embd, self.n_head, self.dims = n_embd, n_head, dims
         self.kv_lora_rank, self.q_lora_rank = dims.kv_lora_rank, dims.q_lora_rank
         self.qk_rope_head_dim, self.qk_nope_head_dim, self.v_head_dim = (
@@ -212,20 +250,10 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_a_layernorm = nn.RMSNorm(dims.kv_lora_rank, eps=1e-6)
         self.kv_b_proj = nn.Linear(dims.kv_lora_rank, n_head * (dims.qk_nope_head_dim + dims.v_head_dim), bias=False)
         self.c_proj = nn.Linear(n_head * dims.v_head_dim, n_embd, bias=bias)
-        self.pe = pe
-        scaling = getattr(pe, "scaling", None) if pe.where == "qk" else None
+        self._setup(config, pe, Mask(window=window, chunk=chunk), dropout, n_head)
         self.softmax_scale = (
-            float(softmax_scale) if softmax_scale is not None else mla_softmax_scale(dims.qk_head_dim, scaling)
+            float(softmax_scale) if softmax_scale is not None else mla_softmax_scale(dims.qk_head_dim, pe.scaling)
         )
-        self.window = window
-        self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
-
-    @classmethod
-    def encoding_dims(cls, dims: ModelDims, **fields: Any) -> ModelDims:
-        """The encoding acts on the decoupled rotary part: head size ``qk_rope_head_dim``."""
-        fields.pop("rope_interleave", None)
-        return dataclasses.replace(dims, head_dim=mla_dims(dims.n_embd, dims.n_head, **fields).qk_rope_head_dim)
 
     @classmethod
     def from_hf_config(cls, config: Any, **options: Any) -> MultiHeadLatentAttention:
@@ -260,9 +288,15 @@ class MultiHeadLatentAttention(nn.Module):
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         return rearrange(q, "b t (nh d) -> b nh t d", nh=self.n_head)  # (B, nh, T, dn + r)
 
-    def forward(self, x: Tensor, positions: Tensor | None = None, cache: MLACache | None = None) -> Tensor:
-        """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T)."""
-        B, T, C = x.shape
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor | None = None,
+        cache: MLACache | None = None,
+        segments: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T);
+        ``segments``: (query ids (B, T), key ids (B, past + T)) of packed documents."""
         L, r = self.kv_lora_rank, self.qk_rope_head_dim
         q_nope, q_pe = self._queries(x).split([self.qk_nope_head_dim, r], dim=-1)  # (B, nh, T, dn), (B, nh, T, r)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([L, r], dim=-1)  # (B, T, L), (B, T, r)
@@ -270,59 +304,43 @@ class MultiHeadLatentAttention(nn.Module):
         k_pe = k_pe[:, None]  # (B, 1, T, r): one key head shared by all query heads
         if self.rope_interleave:
             q_pe, k_pe = _deinterleave(q_pe), _deinterleave(k_pe)
-        past = 0 if cache is None else cache.length
-        if positions is None and past:
-            positions = torch.arange(past, past + T, device=x.device)
-        q_pos = torch.arange(T, device=x.device) if positions is None else positions
+        positions, q_pos = self.default_positions(x, positions, 0 if cache is None else cache.length)
+        features = self.features(x, cache)
         if cache is None:
             q_pe, k_pe = self.pe.rotate(q_pe, k_pe, positions)
-            y = self._attend_naive(q_nope, q_pe, latent, k_pe, q_pos, q_pos)
-        elif getattr(self.pe, "length_dependent", False):
+            y = self._attend_naive(q_nope, q_pe, latent, k_pe, q_pos, q_pos, segments, features)
+        elif self.pe.length_dependent:
             kv, k_pos = cache.update(torch.cat((latent, k_pe[:, 0]), dim=-1), q_pos)  # (B, S, L + r), k_pe raw
             seq_len = int(k_pos.max()) + 1
             q_pe = self.pe.rotate_queries(q_pe, q_pos, seq_len=seq_len)
             k_pe_all = self.pe.rotate_keys(kv[:, None, :, L:], k_pos, seq_len=seq_len)  # (B, 1, S, r)
-            y = self._attend_absorbed(q_nope, q_pe, kv[..., :L], k_pe_all, q_pos, k_pos)
+            y = self._attend_absorbed(q_nope, q_pe, kv[..., :L], k_pe_all, q_pos, k_pos, segments, features)
         else:
             q_pe, k_pe = self.pe.rotate(q_pe, k_pe, positions)
             kv, k_pos = cache.update(torch.cat((latent, k_pe[:, 0]), dim=-1), q_pos)  # (B, S, L + r)
-            y = self._attend_absorbed(q_nope, q_pe, kv[..., :L], kv[:, None, :, L:], q_pos, k_pos)
+            y = self._attend_absorbed(q_nope, q_pe, kv[..., :L], kv[:, None, :, L:], q_pos, k_pos, segments, features)
         y = rearrange(y, "b nh t dv -> b t (nh dv)")  # (B, T, nh * dv)
         return self.resid_dropout(self.c_proj(y))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        return causal_attention(
-            q,
-            k,
-            v,
-            bias=self.pe.score_bias(q_pos, k_pos),
-            window=self.window,
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=self.softmax_scale,
-        )
-
-    def _attend_naive(
-        self, q_nope: Tensor, q_pe: Tensor, latent: Tensor, k_pe: Tensor, q_pos: Tensor, k_pos: Tensor
-    ) -> Tensor:
+    def _attend_naive(self, q_nope, q_pe, latent, k_pe, q_pos, k_pos, segments, features) -> Tensor:
         """Expand the latent to per-head keys and values, then attend: -> (B, nh, T, dv)."""
         kv = rearrange(self.kv_b_proj(latent), "b s (nh d) -> b nh s d", nh=self.n_head)  # (B, nh, S, dn + dv)
         k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         k = torch.cat((k_nope, k_pe.expand(-1, self.n_head, -1, -1)), dim=-1)  # (B, nh, S, dn + r)
         q = torch.cat((q_nope, q_pe), dim=-1)  # (B, nh, T, dn + r)
-        return self._attend(q, k, v, q_pos, k_pos)
+        return self.attend(q, k, v, q_pos, k_pos, segments, features, self.softmax_scale)
 
-    def _attend_absorbed(
-        self, q_nope: Tensor, q_pe: Tensor, latent: Tensor, k_pe: Tensor, q_pos: Tensor, k_pos: Tensor
-    ) -> Tensor:
+    def _attend_absorbed(self, q_nope, q_pe, latent, k_pe, q_pos, k_pos, segments, features) -> Tensor:
         """Attend in latent space: q_nope . (W_UK c) = (q_nope W_UK) . c, and W_UV after the
         weighted sum, so no per-head key or value is formed: -> (B, nh, T, dv)."""
         w = self.kv_b_proj.weight.view(self.n_head, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]  # (nh, dn, L), (nh, dv, L)
         q_lat = torch.einsum("bhtd,hdl->bhtl", q_nope, w_uk)  # (B, nh, T, L)
         q = torch.cat((q_lat, q_pe), dim=-1)  # (B, nh, T, L + r)
-        k = torch.cat((latent[:, None], k_pe), dim=-1).expand(-1, self.n_head, -1, -1)  # (B, nh, S, L + r)
-        v = latent[:, None].expand(-1, self.n_head, -1, -1)  # (B, nh, S, L)
-        o_lat = self._attend(q, k, v, q_pos, k_pos)  # (B, nh, T, L)
+        k = torch.cat((latent[:, None], k_pe), dim=-1)  # (B, 1, S, L + r): one key head for every query head
+        o_lat = self.attend(
+            q, k, latent[:, None], q_pos, k_pos, segments, features, self.softmax_scale
+        )  # (B, nh, T, L)
         return torch.einsum("bhtl,hvl->bhtv", o_lat, w_uv)  # (B, nh, T, dv)
 
     def extra_repr(self) -> str:
@@ -335,28 +353,26 @@ class MultiHeadLatentAttention(nn.Module):
         )
 
 
+_INTERLEAVE_NEEDS_HALF = (
+    "rope_interleave=True de-interleaves the rotary channels into the half layout, so it needs a "
+    "layout='half' {name}, got layout={layout!r} (rope_interleave=False with layout='interleaved' "
+    "is the same attention)"
+)
+
+
 def _check_encoding(pe: PositionalEncoding, dims: MLADims, rope_interleave: bool) -> None:
     name = type(pe).__name__
-    if pe.where == "input":
-        raise ValueError(f"{name} acts at the model input (where='input'); pass it to the model, not to attention")
     if pe.where not in ("qk", "scores", "none"):
         raise ValueError(
             f"MultiHeadLatentAttention takes encodings with where 'qk', 'scores' or 'none'; {name} has where={pe.where!r}"
         )
-    if pe.where != "qk":
-        return
-    head_dim = getattr(pe, "head_dim", None)
-    if head_dim is not None and head_dim != dims.qk_rope_head_dim:
+    if pe.head_dim is not None and pe.head_dim != dims.qk_rope_head_dim:
         raise ValueError(
-            f"{name} has head_dim={head_dim}, but MLA rotates only its decoupled part of "
+            f"{name} has head_dim={pe.head_dim}, but MLA rotates only its decoupled part of "
             f"qk_rope_head_dim={dims.qk_rope_head_dim} channels; build it with head_dim={dims.qk_rope_head_dim}"
         )
-    if rope_interleave and getattr(pe, "layout", "half") != "half":
-        raise ValueError(
-            f"rope_interleave=True de-interleaves the rotary channels into the half layout, so it needs a "
-            f"layout='half' {name}, got layout={pe.layout!r} (rope_interleave=False with layout='interleaved' "
-            f"is the same attention)"
-        )
+    if rope_interleave and pe.layout not in (None, "half"):
+        raise ValueError(_INTERLEAVE_NEEDS_HALF.format(name=name, layout=pe.layout))
 
 
 #: Hugging Face ``DeepseekV3Attention`` parameter prefix -> this module's, where they differ.

@@ -210,14 +210,7 @@ def prepare(
     recorded sizes. Raises :class:`DataError` (or :class:`TokenizerError`) naming the path and the
     reason; an interrupted call leaves a folder that :func:`load_split` refuses until a rerun.
     """
-    if source not in DEFAULT_FRACTIONS:
-        raise DataError(f"unknown source {source!r}; expected 'owt', 'embedded' or 'files'")
-    if source != "files" and data_files:
-        raise DataError(f"data_files are read only with source='files', not source={source!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise DataError(f"seed must be a non-negative int, got {seed!r}")
-    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
-        raise DataError(f"num_proc must be a positive int or None, got {num_proc!r}")
+    _check_options(source, data_files, seed, num_proc)
     default_train, default_val = DEFAULT_FRACTIONS[source]
     fractions = {
         "train": default_train if train_fraction is None else train_fraction,
@@ -226,31 +219,7 @@ def prepare(
     tok = get_tokenizer(tokenizer)
     np_dtype = shard_dtype(tok.vocab_size, dtype)
     folder = Path(out_dir).expanduser()
-
-    # What the shards depend on, known without loading the corpus where possible (owt, files).
-    inputs: dict[str, Any] = {
-        "format": FORMAT_VERSION,
-        "source": source,
-        "tokenizer": tok.name,
-        "dtype": np_dtype.name,
-        "seed": seed,
-        "fractions": fractions,
-    }
-    meta_extra: dict[str, Any] = {}
-    docs: list[str] | None = None
-    paths: list[Path] = []
-    if source == "embedded":
-        docs = embedded_documents()
-        meta_extra["python"] = platform.python_version()
-        inputs["python"] = meta_extra["python"]
-        inputs["documents_sha256"] = _documents_digest(docs)
-    elif source == "files":
-        paths = resolve_files(data_files)
-        meta_extra["data_files"] = [str(p) for p in paths]
-        inputs["data_files"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
-    else:
-        meta_extra["dataset"] = OWT_DATASET
-        inputs["dataset"] = OWT_DATASET
+    inputs, meta_extra, docs, paths = _inputs(source, data_files, tok.name, np_dtype.name, seed, fractions)
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     if _up_to_date(folder, fingerprint):
         return folder
@@ -270,33 +239,7 @@ def prepare(
                 f"{source}: {n_docs} documents with {split}_fraction={fractions[split]} give an empty "
                 f"{split} split; use more documents or a larger fraction"
             )
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{folder}: cannot create the output folder ({e.strerror})") from None
-    # From here on the folder is in preparation: no meta.json until the end.
-    _step("start")
-    (folder / META_NAME).unlink(missing_ok=True)
-    fsync_dir(folder)
-    for stale in _stale_tmp_files(folder):
-        stale.unlink(missing_ok=True)
-
-    workers = num_proc or max(1, min(os.cpu_count() or 1, 8))
-    encoder = Encoder(corpus, tok, np_dtype)
-    pool = None
-    if workers > 1 and n_docs >= POOL_MIN_DOCS:
-        pool = mp_context().Pool(workers, initializer=init_worker, initargs=(encoder,))
-    try:
-        splits = {
-            split: _write_shard(folder / f"{split}.bin", split, order[split], encoder, pool, workers, progress)
-            for split in SPLITS
-        }
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-
+    splits = _write_shards(folder, order, Encoder(corpus, tok, np_dtype), n_docs, num_proc, progress)
     meta = {
         "format": FORMAT_VERSION,
         "tokenizer": tok.name,
@@ -313,6 +256,76 @@ def prepare(
     }
     _write_json(folder / META_NAME, meta)
     return folder
+
+
+def _check_options(source: str, data_files: Any, seed: Any, num_proc: Any) -> None:
+    if source not in DEFAULT_FRACTIONS:
+        raise DataError(f"unknown source {source!r}; expected 'owt', 'embedded' or 'files'")
+    if source != "files" and data_files:
+        raise DataError(f"data_files are read only with source='files', not source={source!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed must be a non-negative int, got {seed!r}")
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise DataError(f"num_proc must be a positive int or None, got {num_proc!r}")
+
+
+def _inputs(
+    source: str, data_files: Any, tokenizer: str, dtype: str, seed: int, fractions: dict[str, float]
+) -> tuple[dict[str, Any], dict[str, Any], list[str] | None, list[Path]]:
+    """What the shards depend on, known without loading the corpus where possible (owt, files):
+    (inputs, extra meta.json fields, the embedded documents or None, the files)."""
+    inputs: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "source": source,
+        "tokenizer": tokenizer,
+        "dtype": dtype,
+        "seed": seed,
+        "fractions": fractions,
+    }
+    meta_extra: dict[str, Any] = {}
+    docs: list[str] | None = None
+    paths: list[Path] = []
+    if source == "embedded":
+        docs = embedded_documents()
+        meta_extra["python"] = platform.python_version()
+        inputs["python"] = meta_extra["python"]
+        inputs["documents_sha256"] = _documents_digest(docs)
+    elif source == "files":
+        paths = resolve_files(data_files)
+        meta_extra["data_files"] = [str(p) for p in paths]
+        inputs["data_files"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    else:
+        meta_extra["dataset"] = OWT_DATASET
+        inputs["dataset"] = OWT_DATASET
+    return inputs, meta_extra, docs, paths
+
+
+def _write_shards(
+    folder: Path, order: dict[str, Any], encoder: Encoder, n_docs: int, num_proc: int | None, progress: bool
+) -> dict[str, Any]:
+    """Write every split's shard; the folder is in preparation (no meta.json) until the caller's end."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot create the output folder ({e.strerror})") from None
+    _step("start")
+    (folder / META_NAME).unlink(missing_ok=True)
+    fsync_dir(folder)
+    for stale in _stale_tmp_files(folder):
+        stale.unlink(missing_ok=True)
+    workers = num_proc or max(1, min(os.cpu_count() or 1, 8))
+    pool = None
+    if workers > 1 and n_docs >= POOL_MIN_DOCS:
+        pool = mp_context().Pool(workers, initializer=init_worker, initargs=(encoder,))
+    try:
+        return {
+            split: _write_shard(folder / f"{split}.bin", split, order[split], encoder, pool, workers, progress)
+            for split in SPLITS
+        }
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
 
 
 def read_meta(data_dir: str | os.PathLike[str]) -> dict[str, Any]:

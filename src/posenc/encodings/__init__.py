@@ -1,20 +1,23 @@
-"""Registry of positional encodings: name -> class, and the one-letter code used in layer patterns.
+"""Registry of positional encodings: name -> (layer-pattern code, class).
 
 Adding an encoding: write ``posenc/encodings/<name>.py`` with a :class:`PositionalEncoding`
-subclass (its ``where`` and the hook it overrides), add one line to ``ENCODINGS`` below, and add
-``tests/test_<name>.py``. Attention and the model need no change.
+subclass (its ``where``, its nested ``Config`` and the hook it overrides), add one line to
+``ENCODINGS`` below, and add ``tests/test_<name>.py``. Attention, the model, the configs, the sweep
+and the report need no change: ``GPTConfig(pe="<name>")`` builds it on every layer, and
+``compare --variants <name>`` trains it and renders its row.
 """
 
 from __future__ import annotations
 
 from posenc.encodings.absolute import AbsolutePE, SinusoidalPE
 from posenc.encodings.alibi import ALiBi
-from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.base import EncodingConfig, PositionalEncoding
 from posenc.encodings.fire import FIRE
 from posenc.encodings.kerple import KerpleLog
 from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
 from posenc.encodings.t5 import T5RelativeBias
+from posenc.spec import registered_config
 
 #: name -> (layer-pattern code, class). Codes are upper-case letters; in a layer pattern the
 #: lower-case letter means the same encoding with a sliding attention window.
@@ -29,11 +32,42 @@ ENCODINGS: dict[str, tuple[str, type[PositionalEncoding]]] = {
     "fire": ("F", FIRE),
 }
 
-CODES: dict[str, str] = {code: name for name, (code, _) in ENCODINGS.items()}
+
+def codes() -> dict[str, str]:
+    """Layer-pattern code -> encoding name (read from ``ENCODINGS`` at call time)."""
+    return {code: name for name, (code, _) in ENCODINGS.items()}
+
+
+def encoding_class(name: str) -> type[PositionalEncoding]:
+    if name not in ENCODINGS:
+        raise ValueError(f"unknown positional encoding {name!r}; known: {sorted(ENCODINGS)}")
+    return ENCODINGS[name][1]
+
+
+def name_of(config: EncodingConfig) -> str:
+    """The registered name of an encoding config's class."""
+    for name, (_, cls) in ENCODINGS.items():
+        if cls.Config is type(config):
+            return name
+    raise ValueError(f"{type(config).__qualname__} is not the config of a registered encoding (ENCODINGS)")
+
+
+def encoding_config(value: str | EncodingConfig | dict, **options) -> EncodingConfig:
+    """An encoding config from a name (with ``options``), a config, or its ``to_dict()``."""
+    return registered_config(value, EncodingConfig, encoding_class, "encoding", **options)
+
+
+#: Layer-pattern code -> name, as of import (``codes()`` reads runtime additions too).
+CODES: dict[str, str] = codes()
 
 __all__ = [
     "ENCODINGS",
     "CODES",
+    "codes",
+    "encoding_class",
+    "encoding_config",
+    "name_of",
+    "EncodingConfig",
     "PositionalEncoding",
     "AbsolutePE",
     "SinusoidalPE",

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import ModelDims, PositionalEncoding, check_positions
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions
+from posenc.spec import check_bool, check_int, check_number, spec
 
 
 def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
@@ -51,14 +52,24 @@ class AbsolutePE(PositionalEncoding):
 
     where = "input"
 
+    @spec
+    class Config(EncodingConfig):
+        """``sinusoidal``: the fixed table instead of a learned one; ``scale``: its factor (None = 1/sqrt(C))."""
+
+        sinusoidal: bool = False
+        scale: float | None = None
+
+        def __post_init__(self) -> None:
+            check_bool(f"{self.encoding.__name__}.Config", "sinusoidal", self.sinusoidal)
+            check_number(f"{self.encoding.__name__}.Config", "scale", self.scale, optional=True)
+            if self.scale is not None and not self.sinusoidal:
+                raise ValueError(f"scale={self.scale!r} applies only to the sinusoidal table (sinusoidal=True)")
+
     def __init__(self, n_positions: int, dim: int, *, sinusoidal: bool = False, scale: float | None = None) -> None:
         super().__init__()
-        if not isinstance(n_positions, int) or n_positions <= 0:
-            raise ValueError(f"n_positions must be a positive int, got {n_positions!r}")
-        if not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if scale is not None and not sinusoidal:
-            raise ValueError(f"scale={scale!r} applies only to the sinusoidal table (sinusoidal=True)")
+        check_int(type(self).__name__, "n_positions", n_positions)
+        check_int(type(self).__name__, "dim", dim)
+        self.config = AbsolutePE.Config(sinusoidal=sinusoidal, scale=scale)
         self.n_positions, self.dim, self.sinusoidal = n_positions, dim, sinusoidal
         self.scale = (1.0 / math.sqrt(dim) if scale is None else float(scale)) if sinusoidal else 1.0
         self.max_positions = None if sinusoidal else n_positions
@@ -85,5 +96,15 @@ class AbsolutePE(PositionalEncoding):
 class SinusoidalPE(AbsolutePE):
     """The fixed sinusoidal table of Vaswani et al. 2017 (``AbsolutePE(..., sinusoidal=True)``)."""
 
+    @spec
+    class Config(EncodingConfig):
+        """``scale``: the table's factor (None = 1/sqrt(C))."""
+
+        scale: float | None = None
+
+        def __post_init__(self) -> None:
+            check_number("SinusoidalPE.Config", "scale", self.scale, optional=True)
+
     def __init__(self, n_positions: int, dim: int, *, scale: float | None = None) -> None:
         super().__init__(n_positions, dim, sinusoidal=True, scale=scale)
+        self.config = SinusoidalPE.Config(scale=scale)

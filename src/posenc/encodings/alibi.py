@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.spec import spec
 
 
 def alibi_slopes(n_head: int) -> list[float]:
@@ -43,8 +44,13 @@ class ALiBi(PositionalEncoding):
 
     where = "scores"
 
+    @spec
+    class Config(EncodingConfig):
+        """ALiBi has no options: its slopes follow from the number of heads."""
+
     def __init__(self, n_head: int) -> None:
         super().__init__()
+        self.config = self.Config()
         self.n_head = n_head
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_head), dtype=torch.float32), persistent=False)
 
@@ -52,18 +58,24 @@ class ALiBi(PositionalEncoding):
     def build(cls, dims: ModelDims, **options: Any) -> ALiBi:
         return cls(dims.n_head, **options)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # keep the slopes exact in float32 whatever dtype the model is cast to
-        super()._apply(fn, recurse)
-        self.slopes = torch.tensor(alibi_slopes(self.n_head), dtype=torch.float32, device=self.slopes.device)
-        return self
-
-    def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+    def score_bias(
+        self,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_features: Tensor | None = None,
+        k_features: Tensor | None = None,
+    ) -> Tensor:
         distance = q_positions[..., :, None] - k_positions[..., None, :]  # (Tq, Tk) or (B, Tq, Tk)
         slopes = self.slopes.view(-1, 1, 1)  # (nh, 1, 1)
         if distance.dim() == 3:
             distance = distance[:, None]  # (B, 1, Tq, Tk)
         return -slopes * distance.to(torch.float32)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # keep the slopes exact in float32 whatever dtype the model is cast to
+        super()._apply(fn, recurse)
+        self.slopes = torch.tensor(alibi_slopes(self.n_head), dtype=torch.float32, device=self.slopes.device)
+        return self
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}"

@@ -1,39 +1,67 @@
-"""The protocol every positional encoding follows: where it acts, and the three hooks.
+"""The protocol every positional encoding follows: where it acts, its hooks, and its config.
 
 An encoding acts in exactly one place (``where``):
 
-- ``"input"``: :meth:`embed` returns vectors added to the token embeddings once, before the
-  first layer (learned or sinusoidal absolute tables);
-- ``"qk"``: :meth:`rotate` transforms queries and keys inside every attention layer (RoPE);
-- ``"scores"``: :meth:`score_bias` returns an additive bias for the attention scores (ALiBi);
+- ``"input"``: :meth:`~PositionalEncoding.embed` returns vectors added to the token embeddings once,
+  before the first layer (learned or sinusoidal absolute tables);
+- ``"qk"``: :meth:`~PositionalEncoding.rotate` transforms queries and keys inside every attention
+  layer (RoPE);
+- ``"scores"``: :meth:`~PositionalEncoding.score_bias` returns an additive bias for the attention
+  scores (ALiBi, T5, KERPLE, FIRE, and content-dependent biases);
 - ``"none"``: no positional signal at all (NoPE).
 
-Every hook has a neutral default, so attention and the model call all of them and contain no
-encoding-specific branches. Shapes: B batch, T tokens, C channels, nh heads, hs head size.
+Everything attention or the model asks of an encoding is declared here with a neutral default, so
+neither contains an encoding-specific branch or a ``getattr`` probe:
+
+=========================  ======================================================================
+``embed``                  vectors added at the input (``where="input"``)
+``rotate``                 q, k of the new tokens together (static rotations: the cache holds rotated keys)
+``rotate_queries/_keys``   q or k alone, at a total length ``seq_len`` (``length_dependent`` encodings)
+``length_dependent``       the rotation depends on the total length: the cache must hold UN-rotated
+                           keys and rotate all of them again at every step
+``token_features``         per-token features computed from the layer's input ``x`` (content-dependent
+                           biases, e.g. forget gates); attention caches them beside the keys
+``score_bias``             additive scores for (query, key) positions and, when the encoding has
+                           features, the queries' and keys' features
+``supports_segments``      packed documents (document masks) are exact with this encoding
+``head_dim``, ``layout``,  what a q/k encoding acts on (None = any): the attention checks them
+``scaling``                against its own widths; ``scaling`` is a RoPE frequency schedule dict
+``decays``                 which of its parameters get weight decay
+=========================  ======================================================================
+
+Each encoding class has a nested ``Config`` (:class:`EncodingConfig`): its options as a frozen
+dataclass that checks them, and ``build(dims)`` that makes the module for a model of sizes
+``dims``. The registry :data:`posenc.encodings.ENCODINGS` maps a name to the class.
+
+Parameters are initialised by the encoding itself, as its reference does (the GPT's GPT-2
+initialisation leaves them alone). Shapes: B batch, T tokens, C channels, nh heads, hs head size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from posenc.spec import Spec, spec
+
 Where = Literal["input", "qk", "scores", "none"]
 
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The sizes of the model an encoding is built for: all that :meth:`PositionalEncoding.build`
-    may read, so that encodings know nothing of ``GPTConfig``."""
+    """The sizes of the model an encoding is built for: all that :meth:`EncodingConfig.build` may
+    read, so that encodings know nothing of ``GPTConfig``."""
 
     n_embd: int
     n_head: int
     block_size: int
     n_layer: int = 1
     #: size of the vectors an encoding of q/k acts on; None means n_embd // n_head (an attention
-    #: variant whose rotary part is narrower, like MLA's decoupled key, sets its own)
+    #: variant with its own head size, like MLA's decoupled rotary key, sets it)
     head_dim: int | None = None
 
     def __post_init__(self) -> None:
@@ -41,18 +69,60 @@ class ModelDims:
             object.__setattr__(self, "head_dim", self.n_embd // self.n_head)
 
 
+@spec
+class EncodingConfig(Spec):
+    """Base of every encoding's ``Config``: the encoding's own options (its fields), checked when
+    made; ``check(dims)`` checks them against the model's sizes; ``build(dims)`` makes the module."""
+
+    #: the class this config builds (set on ``Cls.Config`` when ``Cls`` is defined)
+    encoding: ClassVar[type[PositionalEncoding]]
+
+    @property
+    def where(self) -> Where:
+        return self.encoding.where
+
+    def options(self) -> dict[str, Any]:
+        """The fields as constructor keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def check(self, dims: ModelDims) -> None:
+        """Refuse sizes this encoding cannot act on (default: any)."""
+
+    def build(self, dims: ModelDims) -> PositionalEncoding:
+        self.check(dims)
+        return self.encoding.build(dims, **self.options())
+
+
 class PositionalEncoding(nn.Module):
     """Base class: a module that injects position information at one place (``where``)."""
 
     where: ClassVar[Where] = "none"
-    #: Largest position + 1 the encoding can represent; ``None`` means any position.
+    Config: ClassVar[type[EncodingConfig]] = EncodingConfig
+    #: packed documents are exact: nothing of one document reaches another through the encoding
+    supports_segments: ClassVar[bool] = True
+    #: largest position + 1 the encoding can represent; None means any position
     max_positions: int | None = None
+    #: the q/k head size it acts on, the channel-pair layout it rotates, its frequency schedule
+    #: (None: any size / no pairs / no schedule)
+    head_dim: int | None = None
+    layout: str | None = None
+    scaling: Any = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__:
+            cls.Config.encoding = cls
 
     @classmethod
     def build(cls, dims: ModelDims, **options: Any) -> PositionalEncoding:
         """The encoding for one layer (or the input) of a model of size ``dims``; ``options`` are
-        the encoding's own keyword arguments (e.g. RoPE's ``base``). The default passes only them."""
+        the encoding's own keyword arguments (its config's fields). The default passes only them."""
         return cls(**options)
+
+    @property
+    def length_dependent(self) -> bool:
+        """True when the rotation depends on the total sequence length (the cache keeps un-rotated keys)."""
+        return False
 
     def embed(self, positions: Tensor) -> Tensor | None:
         """Vectors added to the token embeddings: positions (T,) or (B, T) -> (T, C) or (B, T, C)."""
@@ -62,9 +132,35 @@ class PositionalEncoding(nn.Module):
         """Transform q, k of shape (B, nh, T, hs) given their positions (T,) or (B, T)."""
         return q, k
 
-    def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor | None:
-        """Additive attention-score bias, (nh, Tq, Tk) for (T,) positions or (B, nh, Tq, Tk) for (B, T)."""
+    def rotate_queries(self, q: Tensor, positions: Tensor | None = None, *, seq_len: Any = None) -> Tensor:
+        """Transform queries alone, at total length ``seq_len`` (past + current tokens)."""
+        return q
+
+    def rotate_keys(self, k: Tensor, positions: Tensor | None = None, *, seq_len: Any = None) -> Tensor:
+        """Transform keys alone, at total length ``seq_len``."""
+        return k
+
+    def token_features(self, x: Tensor, past: Tensor | None = None) -> Tensor | None:
+        """Per-token features (B, nh, T, F) from the layer input x (B, T, C), or None. ``past``: the
+        features of the tokens already cached (B, nh, T_past, F), for features that accumulate."""
         return None
+
+    def score_bias(
+        self,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_features: Tensor | None = None,
+        k_features: Tensor | None = None,
+    ) -> Tensor | None:
+        """Additive attention-score bias, (nh, Tq, Tk) for (T,) positions or (B, nh, Tq, Tk) for (B, T)
+        positions or with features. Features are :meth:`token_features` of the queries (..., Tq, F)
+        and of the keys (..., Tk, F), sliced like the positions."""
+        return None
+
+    def decays(self, name: str, parameter: nn.Parameter) -> bool:
+        """Whether ``parameter`` (named ``name`` inside this encoding) gets weight decay. The default is
+        the model's rule (matrices only); an encoding overrides it to follow its reference."""
+        return parameter.dim() >= 2
 
 
 def check_positions(positions: Tensor, limit: int | None, name: str = "positions") -> None:

@@ -19,6 +19,18 @@ seen in training, the farthest key (j = 0) always maps to 1 and the query itself
 Convention: positions enter as absolute values (the normaliser reads the query's own position),
 so FIRE, unlike ALiBi or T5, is not invariant to a common offset once i >= L.
 
+Initialisation: the MLP keeps nn.Linear's own (weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))),
+as the class in the paper's appendix code does (public copy: mcleish7/arithmetic,
+cramming/architectures/embeddings.py, class FIRE); c starts at ``init_c`` and the threshold
+multiplier at 1. That repository's model-level init later redraws every nn.Linear (xavier normal
+with zero biases); posenc does not: with zero biases on inputs that are never negative, each hidden
+unit with a negative weight outputs 0 with zero gradient for the whole run (179 of 384 units in
+posenc 0.2's cpu runs), so the GPT's own initialisation leaves FIRE's parameters alone.
+
+Weight decay, as that repository's optimizer groups: every parameter but the MLP's biases (its
+``limited_decay_keys`` exempt names containing "bias"), so the MLP's weights, c and the threshold
+multiplier are decayed.
+
 Precision: evaluated in float32 (parameters upcast) whatever dtype the model is cast to; the bias
 is float32.
 
@@ -34,13 +46,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.spec import check_int, check_number, spec
 
 
 class FIRE(PositionalEncoding):
     """Learned function of the progressively normalised log distance, one output per head."""
 
     where = "scores"
+
+    @spec
+    class Config(EncodingConfig):
+        """FIRE's options, defaults as the paper: the MLP's hidden width, the initial scale c of
+        psi, the initial threshold L and the eps added to the normaliser."""
+
+        mlp_width: int = 32
+        init_c: float = 0.1
+        init_threshold: float = 512.0
+        eps: float = 1e-6
+
+        def __post_init__(self) -> None:
+            check_int("FIRE.Config", "mlp_width", self.mlp_width)
+            check_number("FIRE.Config", "init_c", self.init_c, low=0)
+            check_number("FIRE.Config", "init_threshold", self.init_threshold, low=0)
+            check_number("FIRE.Config", "eps", self.eps, low=0, low_open=False)
 
     def __init__(
         self,
@@ -52,15 +81,10 @@ class FIRE(PositionalEncoding):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if not isinstance(n_head, int) or n_head <= 0:
-            raise ValueError(f"n_head must be a positive int, got {n_head!r}")
-        if not isinstance(mlp_width, int) or mlp_width <= 0:
-            raise ValueError(f"mlp_width must be a positive int, got {mlp_width!r}")
-        if not init_threshold > 0:
-            raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
-        if not init_c > 0:
-            raise ValueError(f"init_c must be > 0, got {init_c!r}")
+        check_int("FIRE", "n_head", n_head)
+        self.config = self.Config(mlp_width=mlp_width, init_c=init_c, init_threshold=init_threshold, eps=eps)
         self.n_head, self.mlp_width, self.eps = n_head, mlp_width, eps
+        # nn.Linear's own initialisation, as the paper's code (its MLP is two nn.Linear layers)
         self.mlp_in = nn.Linear(1, mlp_width)
         self.mlp_out = nn.Linear(mlp_width, n_head)
         self.c = nn.Parameter(torch.tensor(float(init_c)))
@@ -85,11 +109,20 @@ class FIRE(PositionalEncoding):
         i = q_positions.to(torch.float32)[..., :, None]  # (Tq, 1) or (B, Tq, 1)
         return self._psi(distance) / (self._psi(torch.maximum(i, self.threshold)) + self.eps)
 
-    def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+    def score_bias(
+        self,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_features: Tensor | None = None,
+        k_features: Tensor | None = None,
+    ) -> Tensor:
         x = self.normalized_distance(q_positions, k_positions)[..., None]  # (..., Tq, Tk, 1)
         h = F.relu(F.linear(x, self.mlp_in.weight.float(), self.mlp_in.bias.float()))  # (..., Tq, Tk, width)
         bias = F.linear(h, self.mlp_out.weight.float(), self.mlp_out.bias.float())  # (..., Tq, Tk, nh)
         return bias.movedim(-1, -3)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def decays(self, name: str, parameter: nn.Parameter) -> bool:
+        return not name.endswith("bias")  # the reference's groups (module docstring)
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}, mlp_width={self.mlp_width}"

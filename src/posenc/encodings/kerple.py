@@ -14,6 +14,10 @@ Here they are parametrised instead: r = softplus(raw), positive for every raw va
 state changed in ``forward`` and a gradient everywhere. Initialisation follows the paper's code:
 r1 ~ U(0, 2), r2 ~ U(0, 1), each at least 1e-2.
 
+Weight decay: none on r1, r2 (vectors, which posenc's default rule leaves alone). The paper's
+GPT-NeoX code would decay its ``bias_p``/``bias_a`` when weight decay is on, but its training
+config sets ``weight-decay: 0.0``, so they were never decayed.
+
 Precision: the kernel is evaluated in float32 (parameters upcast) whatever dtype the model is
 cast to; the bias is float32.
 
@@ -28,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.spec import check_int, spec
 
 _MIN_INIT = 1e-2  # the paper's clamp
 
@@ -42,10 +47,14 @@ class KerpleLog(PositionalEncoding):
 
     where = "scores"
 
+    @spec
+    class Config(EncodingConfig):
+        """KERPLE (log) has no options: its two parameters per head are learned."""
+
     def __init__(self, n_head: int) -> None:
         super().__init__()
-        if not isinstance(n_head, int) or n_head <= 0:
-            raise ValueError(f"n_head must be a positive int, got {n_head!r}")
+        check_int("KerpleLog", "n_head", n_head)
+        self.config = self.Config()
         self.n_head = n_head
         r1 = (2.0 * torch.rand(n_head)).clamp_min(_MIN_INIT)
         r2 = torch.rand(n_head).clamp_min(_MIN_INIT)
@@ -66,7 +75,13 @@ class KerpleLog(PositionalEncoding):
         """Kernel distance scale per head (nh,), float32, > 0."""
         return F.softplus(self.raw_r2.float())
 
-    def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+    def score_bias(
+        self,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_features: Tensor | None = None,
+        k_features: Tensor | None = None,
+    ) -> Tensor:
         distance = (q_positions[..., :, None] - k_positions[..., None, :]).abs()  # (Tq, Tk) or (B, Tq, Tk)
         distance = distance.to(torch.float32)[..., None, :, :]  # (1, Tq, Tk) or (B, 1, Tq, Tk)
         r1, r2 = self.r1.view(-1, 1, 1), self.r2.view(-1, 1, 1)  # (nh, 1, 1)

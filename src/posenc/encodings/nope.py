@@ -10,10 +10,19 @@ Golden test: the attention output equals plain causal attention on the same q, k
 
 from __future__ import annotations
 
-from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.base import EncodingConfig, PositionalEncoding
+from posenc.spec import spec
 
 
 class NoPE(PositionalEncoding):
     """Explicitly no positional signal: every hook is the identity / no bias."""
 
     where = "none"
+
+    @spec
+    class Config(EncodingConfig):
+        """NoPE has no options."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = self.Config()

@@ -69,13 +69,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import ModelDims, PositionalEncoding, check_positions
-from posenc.encodings.rope_scaling import (
-    LENGTH_DEPENDENT,
-    ROPE_SCALINGS,
-    scaling_rotary_dim,
-    validate_scaling,
-)
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions
+from posenc.encodings.rope_scaling import ROPE_SCALINGS, length_key, scaling_rotary_dim, validate_scaling
 from posenc.encodings.rotation import (
     LAYOUTS,
     Layout,
@@ -85,6 +80,7 @@ from posenc.encodings.rotation import (
     rope_inv_freq,
     rotate_pairs,
 )
+from posenc.spec import frozen_mapping, set_field, spec
 
 __all__ = [
     "LAYOUTS",
@@ -120,6 +116,69 @@ class RotaryEmbedding(PositionalEncoding):
 
     where = "qk"
 
+    @spec
+    class Config(EncodingConfig):
+        """RoPE's options (see the class): ``base``, ``layout``, ``rotary_dim``, the frequency schedule
+        ``scaling`` (stored normalised, None for plain RoPE), ``p_rope``, ``xpos``, ``xpos_scale_base``."""
+
+        base: float = 10000.0
+        layout: Layout = "half"
+        rotary_dim: int | None = None
+        scaling: Mapping[str, Any] | None = None
+        p_rope: float | None = None
+        xpos: bool = False
+        xpos_scale_base: float = 512.0
+
+        def __post_init__(self) -> None:
+            owner = "RotaryEmbedding"
+            if isinstance(self.base, bool) or not isinstance(self.base, (int, float)) or not self.base > 0:
+                raise ValueError(f"{owner} base must be > 0, got {self.base!r}")
+            if self.layout not in LAYOUTS:
+                raise ValueError(f"{owner} layout must be one of {LAYOUTS}, got {self.layout!r}")
+            rd = self.rotary_dim
+            if rd is not None and (isinstance(rd, bool) or not isinstance(rd, int) or rd <= 0 or rd % 2):
+                raise ValueError(f"{owner} rotary_dim must be None or an even int >= 2, got rotary_dim={rd!r}")
+            scaling = validate_scaling(self.scaling)
+            theta = scaling.get("rope_theta")
+            if theta is not None and float(theta) != float(self.base):
+                raise ValueError(f"scaling rope_theta={theta!r} disagrees with base={self.base!r}; pass base={theta!r}")
+            p = self.p_rope
+            if p is not None:
+                if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+                    raise ValueError(f"p_rope must be a fraction in (0, 1], got p_rope={p!r}")
+                if scaling["rope_type"] == "proportional":
+                    raise ValueError(
+                        f"p_rope={p!r} and rope_type 'proportional' both drop frequencies; use one of them"
+                    )
+            if not isinstance(self.xpos, bool):
+                raise TypeError(f"xpos must be a bool, got xpos={self.xpos!r}")
+            if isinstance(self.xpos_scale_base, bool) or not self.xpos_scale_base > 0:
+                raise ValueError(f"xpos_scale_base must be > 0, got xpos_scale_base={self.xpos_scale_base!r}")
+            plain_rope = scaling == {"rope_type": "default"}
+            set_field(self, "base", float(self.base))
+            set_field(self, "scaling", None if plain_rope else frozen_mapping(scaling))
+
+        def rotated_channels(self, head_dim: int) -> int:
+            """The channels rotated in a head of ``head_dim``: ``rotary_dim``, or what the schedule's
+            ``partial_rotary_factor`` gives, or all of them; refused unless even and in [2, head_dim]."""
+            rotary_dim = self.rotary_dim
+            scaling = validate_scaling(self.scaling)
+            if "partial_rotary_factor" in scaling:
+                derived = scaling_rotary_dim(head_dim, scaling)
+                if rotary_dim is not None and rotary_dim != derived:
+                    raise ValueError(
+                        f"rotary_dim={rotary_dim!r} disagrees with scaling partial_rotary_factor="
+                        f"{scaling['partial_rotary_factor']!r} (head_dim={head_dim} -> {derived})"
+                    )
+                rotary_dim = derived
+            rotary_dim = head_dim if rotary_dim is None else rotary_dim
+            if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
+                raise ValueError(f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}")
+            return rotary_dim
+
+        def check(self, dims: ModelDims) -> None:
+            self.rotated_channels(dims.head_dim)
+
     def __init__(
         self,
         head_dim: int,
@@ -134,51 +193,30 @@ class RotaryEmbedding(PositionalEncoding):
         cache_len: int = 2048,
     ) -> None:
         super().__init__()
-        if not isinstance(head_dim, int) or head_dim <= 0:
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
             raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
-        self.scaling = validate_scaling(scaling)
-        self.rope_type: str = self.scaling["rope_type"]
-        if "partial_rotary_factor" in self.scaling:
-            derived = scaling_rotary_dim(head_dim, self.scaling)
-            if rotary_dim is not None and rotary_dim != derived:
-                raise ValueError(
-                    f"rotary_dim={rotary_dim!r} disagrees with scaling partial_rotary_factor="
-                    f"{self.scaling['partial_rotary_factor']!r} (head_dim={head_dim} -> {derived})"
-                )
-            rotary_dim = derived
-        rotary_dim = head_dim if rotary_dim is None else rotary_dim
-        if not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
-            raise ValueError(f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}")
-        if not base > 0:
-            raise ValueError(f"base must be > 0, got {base!r}")
-        theta = self.scaling.get("rope_theta")
-        if theta is not None and float(theta) != float(base):
-            raise ValueError(f"scaling rope_theta={theta!r} disagrees with base={base!r}; pass base={theta!r}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if not isinstance(cache_len, int) or cache_len < 0:
+        if isinstance(cache_len, bool) or not isinstance(cache_len, int) or cache_len < 0:
             raise ValueError(f"cache_len must be an int >= 0, got {cache_len!r}")
-        if p_rope is not None:
-            if isinstance(p_rope, bool) or not isinstance(p_rope, (int, float)) or not 0 < p_rope <= 1:
-                raise ValueError(f"p_rope must be a fraction in (0, 1], got p_rope={p_rope!r}")
-            if self.rope_type == "proportional":
-                raise ValueError(
-                    f"p_rope={p_rope!r} and rope_type 'proportional' both drop frequencies; use one of them"
-                )
-        if not isinstance(xpos, bool):
-            raise TypeError(f"xpos must be a bool, got xpos={xpos!r}")
-        if not xpos_scale_base > 0:
-            raise ValueError(f"xpos_scale_base must be > 0, got xpos_scale_base={xpos_scale_base!r}")
-        self.head_dim, self.rotary_dim, self.base = head_dim, rotary_dim, float(base)
+        self.config = config = self.Config(
+            base=base,
+            layout=layout,
+            rotary_dim=rotary_dim,
+            scaling=scaling,
+            p_rope=p_rope,
+            xpos=xpos,
+            xpos_scale_base=xpos_scale_base,
+        )
+        self.scaling = validate_scaling(config.scaling)
+        self.rope_type: str = self.scaling["rope_type"]
+        self.head_dim, self.rotary_dim, self.base = head_dim, config.rotated_channels(head_dim), config.base
         self.layout: Layout = layout
         self.cache_len = cache_len
         self.p_rope = None if p_rope is None else float(p_rope)
         self.xpos, self.xpos_scale_base = xpos, float(xpos_scale_base)
-        self._schedule = ROPE_SCALINGS[self.rope_type]
+        self._schedule = ROPE_SCALINGS[self.rope_type].fn
         # at seq_len <= this, a length-dependent schedule equals its seq_len=None frequencies
-        self._short_len: int | None = (
-            self.scaling[LENGTH_DEPENDENT[self.rope_type]] if self.rope_type in LENGTH_DEPENDENT else None
-        )
+        key = length_key(self.rope_type)
+        self._short_len: int | None = None if key is None else self.scaling[key]
         self._build_tables(device=None)
 
     @classmethod
@@ -232,7 +270,7 @@ class RotaryEmbedding(PositionalEncoding):
     @property
     def length_dependent(self) -> bool:
         """True when the rotation depends on the total sequence length (see the module docstring)."""
-        return self.rope_type in LENGTH_DEPENDENT or self.xpos
+        return self._short_len is not None or self.xpos
 
     def frequencies(self, seq_len: int | Tensor | None = None, device: torch.device | None = None) -> Tensor:
         """float64 inverse frequencies (rotary_dim/2,) at total length ``seq_len``, p-RoPE applied."""
@@ -293,7 +331,7 @@ class RotaryEmbedding(PositionalEncoding):
         if positions is not None:
             check_positions(positions, None)
         seq_len = self._seq_len(positions, T, seq_len)
-        if self.rope_type in LENGTH_DEPENDENT and not (isinstance(seq_len, int) and seq_len <= self._short_len):
+        if self._short_len is not None and not (isinstance(seq_len, int) and seq_len <= self._short_len):
             inv_freq = self.frequencies(seq_len, self.inv_freq64.device)
         elif positions is None and self.cache_len >= T:
             return self.cos_cached[:T], self.sin_cached[:T]

@@ -8,8 +8,8 @@ that multiplies cos and sin, for each schedule Hugging Face transformers names i
 Every schedule has the signature ``fn(rotary_dim, rope_base, params, seq_len=None, *, device=None)
 -> (inv_freq, attention_factor)``: ``params`` is what :func:`validate_scaling` returns, ``inv_freq`` is
 float64, and ``seq_len`` (the total sequence length, past + current tokens; an int or a 0-dim
-tensor) matters only for the length-dependent schedules in ``LENGTH_DEPENDENT``. A new schedule is
-one function here plus one line in ``ROPE_SCALINGS`` and its keys in ``_KEYS``.
+tensor) matters only for the length-dependent schedules in ``ROPE_SCALINGS`` with a ``length_key``. A new schedule is
+one function (here or in its own file) plus one :class:`Schedule` line in ``ROPE_SCALINGS``.
 
 Conventions
 - The formulas, names and defaults are those of ``transformers.modeling_rope_utils`` (v5); where
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -258,40 +258,26 @@ def proportional_schedule(
     return inv_freq / params["factor"], 1.0
 
 
-#: rope_type -> schedule; all share one signature (module docstring).
-ROPE_SCALINGS: dict[str, ScalingFn] = {
-    "default": default_schedule,
-    "linear": linear_schedule,
-    "dynamic": dynamic_schedule,
-    "yarn": yarn_schedule,
-    "longrope": longrope_schedule,
-    "llama3": llama3_schedule,
-    "proportional": proportional_schedule,
-}
+class Schedule(NamedTuple):
+    """One frequency schedule: its function (module docstring), Hugging Face's keys for it, and, for a
+    schedule whose frequencies depend on the total length L, the params key of the length up to which
+    (L <= params[key]) it equals its ``seq_len=None`` frequencies."""
 
-#: schedules whose frequencies depend on the total sequence length L -> the params key of the length
-#: up to which (L <= params[key]) they equal their ``seq_len=None`` frequencies.
-LENGTH_DEPENDENT: dict[str, str] = {
-    "dynamic": "max_position_embeddings",
-    "longrope": "original_max_position_embeddings",
-}
+    fn: ScalingFn
+    required: frozenset[str] = frozenset()
+    optional: Mapping[str, Any] = {}  # key -> Hugging Face's default
+    length_key: str | None = None
 
 
-# ---------------------------------------------------------------------------------------------
-# validation
-
-_COMMON = {
-    "rope_type",
-    "rope_theta",
-    "partial_rotary_factor",
-    "max_position_embeddings",
-}
-#: rope_type -> (required keys, optional keys with their defaults); Hugging Face's key sets.
-_KEYS: dict[str, tuple[frozenset[str], dict[str, Any]]] = {
-    "default": (frozenset(), {}),
-    "linear": (frozenset({"factor"}), {}),
-    "dynamic": (frozenset({"factor", "max_position_embeddings"}), {}),
-    "yarn": (
+#: rope_type -> schedule. A new schedule: its function (here or in its own file) and one line.
+ROPE_SCALINGS: dict[str, Schedule] = {
+    "default": Schedule(default_schedule),
+    "linear": Schedule(linear_schedule, frozenset({"factor"})),
+    "dynamic": Schedule(
+        dynamic_schedule, frozenset({"factor", "max_position_embeddings"}), length_key="max_position_embeddings"
+    ),
+    "yarn": Schedule(
+        yarn_schedule,
         frozenset({"factor", "original_max_position_embeddings"}),
         {
             "attention_factor": None,
@@ -302,22 +288,33 @@ _KEYS: dict[str, tuple[frozenset[str], dict[str, Any]]] = {
             "truncate": True,
         },
     ),
-    "longrope": (
+    "longrope": Schedule(
+        longrope_schedule,
         frozenset({"short_factor", "long_factor", "original_max_position_embeddings"}),
         {"factor": None, "attention_factor": None},
+        length_key="original_max_position_embeddings",
     ),
-    "llama3": (
-        frozenset(
-            {
-                "factor",
-                "original_max_position_embeddings",
-                "low_freq_factor",
-                "high_freq_factor",
-            }
-        ),
-        {},
+    "llama3": Schedule(
+        llama3_schedule,
+        frozenset({"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}),
     ),
-    "proportional": (frozenset(), {"factor": 1.0, "partial_rotary_factor": 1.0}),
+    "proportional": Schedule(proportional_schedule, optional={"factor": 1.0, "partial_rotary_factor": 1.0}),
+}
+
+
+def length_key(rope_type: str) -> str | None:
+    """The params key bounding the lengths at which a length-dependent schedule is static; None for static ones."""
+    return ROPE_SCALINGS[rope_type].length_key
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+_COMMON = {
+    "rope_type",
+    "rope_theta",
+    "partial_rotary_factor",
+    "max_position_embeddings",
 }
 
 
@@ -347,10 +344,10 @@ def validate_scaling(params: Mapping[str, Any] | None) -> dict[str, Any]:
     rope_type = params.get("rope_type", legacy if legacy is not None else "default")
     if legacy is not None and legacy != rope_type:
         raise ValueError(f"rope scaling: rope_type={rope_type!r} and type={legacy!r} disagree")
-    if rope_type not in _KEYS:
-        raise ValueError(f"rope scaling: unknown rope_type={rope_type!r}; known: {sorted(_KEYS)}")
+    if rope_type not in ROPE_SCALINGS:
+        raise ValueError(f"rope scaling: unknown rope_type={rope_type!r}; known: {sorted(ROPE_SCALINGS)}")
     params["rope_type"] = rope_type
-    required, optional = _KEYS[rope_type]
+    required, optional = ROPE_SCALINGS[rope_type].required, ROPE_SCALINGS[rope_type].optional
     for key in params:
         if key not in required and key not in optional and key not in _COMMON:
             raise ValueError(

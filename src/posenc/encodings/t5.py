@@ -13,19 +13,29 @@ learns its own distance profile (T5 computes the bias in the first layer and sha
 stack). Per-layer tables cost ``num_buckets * nh`` parameters a layer, need no state shared
 between layers, and let a layer pattern mix T5 layers with other encodings freely.
 
-Precision: buckets are computed from integer distances with a float32 logarithm; the table is
-read in float32 whatever dtype the model is cast to, and the bias is float32. Initialisation:
-N(0, ``init_std``) -- a small bias, so training starts close to no positional signal.
+Scale: the bias is ``scale * table``. A model built from a config sets ``scale = sqrt(head_dim)``, as
+x-transformers (``RelativePositionBias(scale=dim_head ** 0.5)``) and GPT-NeoX do: under Adam(W) an
+entry of the table moves by at most about the learning rate per step whatever its scale, so the
+scale is what lets a short run reach biases of a few logits (posenc 0.2 had no scale, and its
+trained ``cpu`` tables sat at that bound: largest entry 0.64-0.86, at most 1.4 logits between a
+head's buckets, where ALiBi's slopes span tens of logits). A module built by hand has ``scale=1``
+unless given.
 
-Short runs: under Adam(W) an entry of the table moves by at most about the learning rate per
-step, so its reach is bounded by the sum of the schedule's rates (0.88 for the ``cpu`` sweep's
-800 steps). The trained ``cpu`` tables sit at that bound (largest entry 0.64-0.86 in every layer
-and seed; at most 1.4 logits between a head's buckets), where ALiBi's fixed slopes span tens of
-logits: in such runs T5's distance profile is still rising when training stops.
+Initialisation: the table starts N(0, ``init_std`` = 0.02), so the initial bias has std
+0.02 * sqrt(head_dim) (0.11 logits at hs=32): small, as Hugging Face's T5 starts (std d_model^-0.5
+on an unscaled table), so that training starts close to no positional signal. x-transformers
+starts its table at N(0, 1) (nn.Embedding's default), which times its scale is a std of about 5.7
+logits at hs=32 -- a strong random positional prior at step 0, which is why it is not followed.
+
+Weight decay: the table is decayed (posenc's default rule for matrices), as GPT-NeoX, whose scale
+this follows, decays its ``ParallelRelativePositionBias.weight``.
+
+Precision: buckets are computed from integer distances with a float32 logarithm; the table is
+read in float32 whatever dtype the model is cast to, and the bias is float32.
 
 Golden tests (tests/test_t5.py): buckets against T5's ``_relative_position_bucket`` written out
 from the paper's code, and the bias against x-transformers' ``RelativePositionBias`` with copied
-weights.
+weights, at the scale its own attention passes (``dim_head ** 0.5``).
 """
 
 from __future__ import annotations
@@ -37,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.spec import check_int, check_number, spec
 
 
 def t5_causal_buckets(distance: Tensor, num_buckets: int = 32, max_distance: int = 128) -> Tensor:
@@ -56,29 +67,51 @@ class T5RelativeBias(PositionalEncoding):
 
     where = "scores"
 
-    def __init__(self, n_head: int, *, num_buckets: int = 32, max_distance: int = 128, init_std: float = 0.02) -> None:
+    @spec
+    class Config(EncodingConfig):
+        """The bucketing (``num_buckets``, ``max_distance``) and the table's initial std."""
+
+        num_buckets: int = 32
+        max_distance: int = 128
+        init_std: float = 0.02
+
+        def __post_init__(self) -> None:
+            check_int("T5RelativeBias.Config", "num_buckets", self.num_buckets, minimum=2)
+            check_int("T5RelativeBias.Config", "max_distance", self.max_distance, minimum=self.num_buckets // 2 + 1)
+            check_number("T5RelativeBias.Config", "init_std", self.init_std, low=0, low_open=False)
+
+    def __init__(
+        self,
+        n_head: int,
+        *,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        init_std: float = 0.02,
+        scale: float = 1.0,
+    ) -> None:
         super().__init__()
-        if not isinstance(n_head, int) or n_head <= 0:
-            raise ValueError(f"n_head must be a positive int, got {n_head!r}")
-        if not isinstance(num_buckets, int) or num_buckets < 2:
-            raise ValueError(f"num_buckets must be an int >= 2, got {num_buckets!r}")
-        if not isinstance(max_distance, int) or max_distance <= num_buckets // 2:
-            raise ValueError(
-                f"max_distance must be an int > num_buckets // 2 = {num_buckets // 2}, got {max_distance!r}"
-            )
-        self.n_head, self.num_buckets, self.max_distance = n_head, num_buckets, max_distance
+        check_int("T5RelativeBias", "n_head", n_head)
+        check_number("T5RelativeBias", "scale", scale, low=0)
+        self.config = self.Config(num_buckets=num_buckets, max_distance=max_distance, init_std=init_std)
+        self.n_head, self.num_buckets, self.max_distance, self.scale = n_head, num_buckets, max_distance, float(scale)
         self.relative_attention_bias = nn.Embedding(num_buckets, n_head)
         nn.init.normal_(self.relative_attention_bias.weight, std=init_std)
 
     @classmethod
     def build(cls, dims: ModelDims, **options: Any) -> T5RelativeBias:
-        return cls(dims.n_head, **options)
+        return cls(dims.n_head, scale=math.sqrt(dims.head_dim), **options)
 
-    def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+    def score_bias(
+        self,
+        q_positions: Tensor,
+        k_positions: Tensor,
+        q_features: Tensor | None = None,
+        k_features: Tensor | None = None,
+    ) -> Tensor:
         distance = q_positions[..., :, None] - k_positions[..., None, :]  # (Tq, Tk) or (B, Tq, Tk)
         buckets = t5_causal_buckets(distance, self.num_buckets, self.max_distance)
         bias = F.embedding(buckets, self.relative_attention_bias.weight.float())  # (..., Tq, Tk, nh)
-        return bias.movedim(-1, -3)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+        return bias.movedim(-1, -3) * self.scale  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
 
     def extra_repr(self) -> str:
-        return f"n_head={self.n_head}, num_buckets={self.num_buckets}, max_distance={self.max_distance}"
+        return f"n_head={self.n_head}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, scale={self.scale:.4g}"

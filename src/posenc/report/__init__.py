@@ -11,8 +11,6 @@ from posenc.report.claims import discussion
 from posenc.report.figures import FIGURES, plot_all
 from posenc.report.markdown import UNITS, printable, render_markdown, render_page, study_table, write_outputs
 from posenc.report.stats import (
-    DESCRIPTIONS,
-    LABELS,
     PAIRS,
     STUDY,
     aggregate,
@@ -29,9 +27,7 @@ from posenc.report.stats import (
 )
 
 __all__ = [
-    "DESCRIPTIONS",
     "FIGURES",
-    "LABELS",
     "PAIRS",
     "STUDY",
     "UNITS",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from posenc.report.stats import LABELS, STUDY, fmt_diff, qk_norm_readings, study_comparison
+from posenc.report.stats import STUDY, fmt_diff, qk_norm_readings, study_comparison
+from posenc.variants import label
 
 #: The pairs whose difference is the acceptance criterion: larger than the seed spread or not.
 KEY_PAIRS: tuple[tuple[str, str], ...] = (("rope", "nope"), ("rope", "absolute"))
@@ -46,7 +47,7 @@ def pair_verdict(results: dict[str, Any], a: str, b: str) -> str | None:
         else "of unknown significance (one seed)"
     )
     return (
-        f"- **{LABELS[a]} vs {LABELS[b]}.** Validation loss {LABELS[a]} − {LABELS[b]} = "
+        f"- **{label(a)} vs {label(b)}.** Validation loss {label(a)} − {label(b)} = "
         f"{fmt_diff(d)} (paired over {d['n']} seed(s)): {verdict}."
     )
 
@@ -58,9 +59,9 @@ def study_agreement(sc: dict[str, Any]) -> str | None:
         return None
 
     def order(rank: dict[str, int]) -> str:
-        return " < ".join(LABELS[v] for v in sorted(rank, key=rank.get))
+        return " < ".join(label(v) for v in sorted(rank, key=rank.get))
 
-    disagreements = ", ".join(f"{LABELS[a]} vs {LABELS[b]}" for a, b in sc["disagree"])
+    disagreements = ", ".join(f"{label(a)} vs {label(b)}" for a, b in sc["disagree"])
     return (
         f"- **Agreement with the study.** By validation loss the study orders its models "
         f"{order(sc['study_rank'])}; here: {order(sc['our_rank'])}. {len(sc['agree'])} of {sc['pairs']} "
@@ -76,13 +77,13 @@ def qk_norm_meaning(results: dict[str, Any], study: dict[str, Any] = STUDY) -> s
     study_gap = study["rows"]["qknorm"][1] - study["rows"]["absolute"][1]
     base = agg["absolute"]["val_loss"]["mean"]
     cands = [v for v in ("qknorm", "absolute_qknorm", "nope_qknorm") if v in agg]
-    parts = [f"{LABELS[v]} ({v}) {agg[v]['val_loss']['mean'] - base:+.4f}" for v in cands]
+    parts = [f"{label(v)} ({v}) {agg[v]['val_loss']['mean'] - base:+.4f}" for v in cands]
     same = [v for v in cands if (agg[v]["val_loss"]["mean"] - base > 0) == (study_gap > 0)]
     return (
         f'- **What "QK Norm" was.** The study\'s QK Norm model is {study_gap:+.4f} from its GPT (absolute) '
-        f"model. Here, relative to {LABELS['absolute']}: "
+        f"model. Here, relative to {label('absolute')}: "
         + "; ".join(parts)
-        + f". Same sign as the study: {', '.join(LABELS[v] for v in same) or 'none'}."
+        + f". Same sign as the study: {', '.join(label(v) for v in same) or 'none'}."
     )
 
 
@@ -108,16 +109,16 @@ def beyond_context(results: dict[str, Any]) -> str | None:
     better = [v for v in ranked if growth[v] < 0]
     return (
         f"- **Beyond the training context** ({mults[-1]}x − 1x, same target tokens): "
-        + ", ".join(f"{LABELS[v]} {growth[v]:+.4f}" for v in ranked)
+        + ", ".join(f"{label(v)} {growth[v]:+.4f}" for v in ranked)
         + ". "
         + (
-            f"Loss falls with the longer context for {', '.join(LABELS[v] for v in better)}; "
+            f"Loss falls with the longer context for {', '.join(label(v) for v in better)}; "
             if better
             else "No variant gains from the longer context; "
         )
-        + f"it rises most for {LABELS[ranked[-1]]}. The study measured no context but its own."
+        + f"it rises most for {label(ranked[-1])}. The study measured no context but its own."
         + (
-            f" {LABELS['absolute']}'s learned table cannot be evaluated past {results['block_size']} positions."
+            f" {label('absolute')}'s learned table cannot be evaluated past {results['block_size']} positions."
             if "absolute" in agg and "absolute" not in growth
             else ""
         )
@@ -131,7 +132,7 @@ def position_in_context(results: dict[str, Any]) -> str:
     return (
         f"- **Position within the context.** Late positions have lower loss than early ones for "
         f"{len(falls)} of {len(agg)} variants"
-        + (f" (not for {', '.join(LABELS[v] for v in agg if v not in falls)})" if len(falls) < len(agg) else "")
+        + (f" (not for {', '.join(label(v) for v in agg if v not in falls)})" if len(falls) < len(agg) else "")
         + (
             ": more history makes prediction easier, as it should."
             if len(falls) == len(agg)
@@ -159,7 +160,7 @@ def qk_norm_agreement(results: dict[str, Any], study: dict[str, Any] = STUDY) ->
     readings = qk_norm_readings(results, study)
     if len(readings) < 2:
         return None
-    parts = "; ".join(f"as {LABELS[r['variant']]} (`{r['variant']}`): {r['agree']} of {r['pairs']}" for r in readings)
+    parts = "; ".join(f"as {label(r['variant'])} (`{r['variant']}`): {r['agree']} of {r['pairs']}" for r in readings)
     # the question is the model under the norm (absolute table or RoPE), whichever norm it uses
     by_base: dict[str, list[int]] = {}
     for r in readings:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from posenc.io import atomic_write
-from posenc.report.stats import LABELS
+from posenc.variants import label
 
 #: The files :func:`plot_all` writes, in order.
 FIGURES: tuple[str, ...] = ("curves.png", "extrapolation.png", "per_position.png")
@@ -66,7 +66,7 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
             x = np.array([t for t, _ in pts])
             m = np.array([s["mean"] for _, s in pts])
             sd = np.array([s["std"] or 0.0 for _, s in pts])
-            ax.plot(x, m, "o-", ms=3, color=colors[v], label=LABELS[v])
+            ax.plot(x, m, "o-", ms=3, color=colors[v], label=label(v))
             ax.fill_between(x, m - sd, m + sd, color=colors[v], alpha=0.15)
         ax.set_title(title)
         ax.set_xlabel("tokens")
@@ -94,11 +94,11 @@ def plot_extrapolation(results: dict[str, Any], path: Path) -> None:
             ms=4,
             capsize=3,
             color=colors[v],
-            label=LABELS[v],
+            label=label(v),
         )
         if a["per_position_long"]:
             xs = (np.arange(len(a["per_position_long"])) + 0.5) * width
-            axes[1].plot(xs, a["per_position_long"], color=colors[v], label=LABELS[v])
+            axes[1].plot(xs, a["per_position_long"], color=colors[v], label=label(v))
     axes[0].set_xscale("log", base=2)
     axes[0].set_xlabel(f"evaluation context / training context ({T} tokens)")
     axes[0].set_ylabel("validation loss (same tokens at every context)")
@@ -120,7 +120,7 @@ def plot_per_position(results: dict[str, Any], path: Path) -> None:
     colors = _colors(plt, list(agg))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v, a in agg.items():
-        ax.plot(np.arange(1, len(a["per_position"]) + 1), a["per_position"], color=colors[v], lw=1, label=LABELS[v])
+        ax.plot(np.arange(1, len(a["per_position"]) + 1), a["per_position"], color=colors[v], lw=1, label=label(v))
     ax.set_xscale("log")
     ax.set_xlabel("position within the training context (1 = first predicted token)")
     ax.set_ylabel("validation loss (mean over windows and seeds)")

@@ -14,8 +14,6 @@ from posenc.io import atomic_write
 from posenc.report.claims import discussion
 from posenc.report.figures import have_matplotlib, plot_all
 from posenc.report.stats import (
-    DESCRIPTIONS,
-    LABELS,
     STUDY,
     fmt_diff,
     fmt_spread,
@@ -24,6 +22,7 @@ from posenc.report.stats import (
     spread,
     study_comparison,
 )
+from posenc.variants import description, label
 
 #: The unit of a loss, by tokenizer.
 UNITS: dict[str, str] = {"bytes": "byte (UTF-8 byte tokenizer)", "gpt2": "GPT-2 BPE token"}
@@ -45,7 +44,7 @@ def study_table(results: dict[str, Any]) -> str:
     for v, a in agg.items():
         kv = kv_cache_bytes(results, v)
         lines.append(
-            f"| {LABELS[v]} | {fmt_spread(a['train_loss'])} | {fmt_spread(a['val_loss'])} | "
+            f"| {label(v)} | {fmt_spread(a['train_loss'])} | {fmt_spread(a['val_loss'])} | "
             f"{'n/a' if kv is None else f'{kv:,}'} |"
         )
     tokens = {a["tokens"] for a in agg.values()}
@@ -60,6 +59,15 @@ def study_table(results: dict[str, Any]) -> str:
         "head; MLA: its latent and shared rotary key).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def train_flags(cfg: dict[str, Any]) -> str:
+    """The sweep preset's training settings as the flags of ``pretrain_owt.py``: recorded as flags
+    (``train_args``, posenc 0.2) or as TrainConfig fields (``train``)."""
+    if "train_args" in cfg:
+        return " ".join(cfg["train_args"])
+    flag_of = {"learning_rate": "lr"}
+    return " ".join(f"--{flag_of.get(k, k).replace('_', '-')} {v}" for k, v in cfg["train"].items())
 
 
 def _paired(results: dict[str, Any], a: str, b: str) -> str:
@@ -85,7 +93,7 @@ def _setup(results: dict[str, Any]) -> list[str]:
         "",
         *_provenance(results),
         f"- One run trains in {fmt_spread(spread([r['train_time_s'] for r in results['runs'].values()]), 0)} s.",
-        f"- Training: `pretrain_owt.py --preset {cfg['train_preset']} {' '.join(cfg['train_args'])}` with "
+        f"- Training: `pretrain_owt.py --preset {cfg['train_preset']} {train_flags(cfg)}` with "
         f"`--seed` in {results['seeds']}: {tc['dataset']} corpus, {tc['tokenizer']} tokenizer, "
         f"{mc['n_layer']} layers, {mc['n_head']} heads, {mc['n_embd']} channels, context {results['block_size']}, "
         f"batch {tc['batch_size']} x {tc['grad_accum']}, {tc['max_iters']} steps, lr {tc['learning_rate']} "
@@ -133,14 +141,14 @@ def _beside_study(results: dict[str, Any], sc: dict[str, Any]) -> list[str]:
         f"OpenWebText; these are per {UNITS.get(tc['tokenizer'], 'token')} on the "
         f"{tc['dataset']} corpus, so only orderings and signs compare, not values.",
         "",
-        f"| Model | Study train | Study val | Study val − {LABELS[ref]} | Study rank | Val here | "
-        f"Val here − {LABELS[ref]} (paired) | Rank here |",
+        f"| Model | Study train | Study val | Study val − {label(ref)} | Study rank | Val here | "
+        f"Val here − {label(ref)} (paired) | Rank here |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for v in sc["variants"]:
         st, sv = STUDY["rows"][v]
         out.append(
-            f"| {LABELS[v]} | {st:.4f} | {sv:.4f} | {sv - STUDY['rows'][ref][1]:+.4f} | {sc['study_rank'][v]} | "
+            f"| {label(v)} | {st:.4f} | {sv:.4f} | {sv - STUDY['rows'][ref][1]:+.4f} | {sc['study_rank'][v]} | "
             f"{fmt_spread(agg[v]['val_loss'])} | {_paired(results, v, ref)} | {sc['our_rank'][v]} |"
         )
     return out + [""]
@@ -164,7 +172,7 @@ def _paired_differences(results: dict[str, Any]) -> list[str]:
         sa = "n/a" if c["std_a"] is None else f"{c['std_a']:.4f}"
         sb = "n/a" if c["std_b"] is None else f"{c['std_b']:.4f}"
         out.append(
-            f"| {LABELS[c['a']]} − {LABELS[c['b']]} | {fmt_diff(c['diff'])} | {len(c['seeds'])} | {sa} / {sb} | "
+            f"| {label(c['a'])} − {label(c['b'])} | {fmt_diff(c['diff'])} | {len(c['seeds'])} | {sa} / {sb} | "
             f"{'yes' if c['separated'] else 'no'} |"
         )
     return out + [""]
@@ -187,7 +195,7 @@ def _extrapolation(results: dict[str, Any], link: Any, figures: list[str]) -> li
     for v, a in agg.items():
         e = a["extrapolation"]
         growth = "n/a" if e[mults[-1]] is None else f"{e[mults[-1]]['mean'] - e[mults[0]]['mean']:+.4f}"
-        out.append(f"| {LABELS[v]} | " + " | ".join(fmt_spread(e[m]) for m in mults) + f" | {growth} |")
+        out.append(f"| {label(v)} | " + " | ".join(fmt_spread(e[m]) for m in mults) + f" | {growth} |")
     out.append("")
     if "extrapolation.png" in figures:
         out += [f"![length extrapolation]({link('extrapolation.png')})", ""]
@@ -208,7 +216,7 @@ def _per_position(results: dict[str, Any], link: Any, figures: list[str]) -> lis
     ]
     for v, a in agg.items():
         out.append(
-            f"| {LABELS[v]} | {fmt_spread(a['early_loss'])} | {fmt_spread(a['late_loss'])} | "
+            f"| {label(v)} | {fmt_spread(a['early_loss'])} | {fmt_spread(a['late_loss'])} | "
             f"{a['late_loss']['mean'] - a['early_loss']['mean']:+.4f} |"
         )
     out.append("")
@@ -232,7 +240,7 @@ def _samples(results: dict[str, Any]) -> list[str]:
         r = results["runs"].get(f"{v}/s{first}")
         if r and r["samples"]:
             out += [
-                f"**{LABELS[v]}**",
+                f"**{label(v)}**",
                 "",
                 "````text",
                 *[printable(s).replace("````", "'```") for s in r["samples"]],
@@ -250,7 +258,7 @@ def render_markdown(results: dict[str, Any], assets: str | None, figures: list[s
     sc = study_comparison(results)
     out: list[str] = ["# Results: positional encodings compared", "", *_setup(results)]
     out += ["## The study's table, reproduced", "", study_table(results)]
-    out += ["Variants: " + "; ".join(f"**{LABELS[v]}** (`{v}`): {DESCRIPTIONS[v]}" for v in agg) + ".", ""]
+    out += ["Variants: " + "; ".join(f"**{label(v)}** (`{v}`): {description(v)}" for v in agg) + ".", ""]
     out += _beside_study(results, sc)
     out += _paired_differences(results)
     out += _extrapolation(results, link, figures)

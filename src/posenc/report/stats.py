@@ -13,46 +13,6 @@ from typing import Any
 
 import numpy as np
 
-#: The study's row names, extended in its style to the variants it did not run.
-LABELS: dict[str, str] = {
-    "absolute": "GPT",
-    "nope": "GPT NOPE",
-    "rope": "GPT ROPE",
-    "qknorm": "GPT QK Norm",
-    "rnope": "GPT RNOPE",
-    "sinusoidal": "GPT Sinusoidal",
-    "alibi": "GPT ALiBi",
-    "absolute_qknorm": "GPT + QK Norm",
-    "nope_qknorm": "GPT NOPE + QK Norm",
-    "t5": "GPT T5 bias",
-    "kerple": "GPT KERPLE",
-    "fire": "GPT FIRE",
-    "mla": "GPT MLA",
-    "gqa": "GPT GQA",
-    "qknorm_l2": "GPT QK Norm (L2)",
-    "absolute_qknorm_l2": "GPT + QK Norm (L2)",
-    "rnope_swa": "GPT RNOPE-SWA",
-}
-DESCRIPTIONS: dict[str, str] = {
-    "absolute": "learned absolute position table (GPT-2)",
-    "nope": "no positional encoding",
-    "rope": "RoPE on every layer",
-    "qknorm": "RoPE + QK-norm (RMS) on every layer",
-    "rnope": "RoPE on three layers, NoPE on every fourth",
-    "sinusoidal": "fixed sinusoidal table at the input",
-    "alibi": "ALiBi distance bias on every layer",
-    "absolute_qknorm": "learned absolute table + QK-norm (RMS)",
-    "nope_qknorm": "NoPE + QK-norm (RMS)",
-    "t5": "T5 bucketed relative bias on every layer",
-    "kerple": "KERPLE logarithmic bias on every layer",
-    "fire": "FIRE learned distance function on every layer",
-    "mla": "multi-head latent attention with decoupled RoPE",
-    "gqa": "RoPE with grouped-query attention (half as many KV heads)",
-    "qknorm_l2": "RoPE + QK-norm (L2 with a learned temperature) on every layer",
-    "absolute_qknorm_l2": "learned absolute table + QK-norm (L2 with a learned temperature)",
-    "rnope_swa": "RNoPE whose RoPE layers attend within a 32-token window",
-}
-
 #: The reference study's published table (one run each; ~16.03M parameters, ~900M OpenWebText
 #: GPT-2 tokens, fp16). The only hand-typed numbers of a report.
 STUDY: dict[str, Any] = {
@@ -122,33 +82,27 @@ def early_late(per_position: list[float]) -> tuple[float, float]:
 
 
 def kv_cache_bytes(results: dict[str, Any], variant: str, dtype: Any = None) -> int | None:
-    """KV-cache bytes one token adds to the variant's model (all layers, fp16 by default), from the
-    architecture its first run recorded (runs from before architectures were recorded: multi-head
-    attention with the sweep's sizes, as every posenc.VARIANTS name then was); None when unknown."""
+    """KV-cache bytes one token adds to the variant's model (all layers, fp16 by default), asked of
+    each layer's attention config as its first run recorded it (posenc 0.2's records: one attention
+    for every layer; runs from before architectures were recorded: multi-head attention with the
+    sweep's sizes); None when unknown."""
     import torch
 
-    from posenc.attention.mla_dims import cache_bytes_per_token
-    from posenc.config import VARIANTS
+    from posenc.attention import attention_config
+    from posenc.encodings.base import ModelDims
 
     mc = results["model_config"]
+    dims = ModelDims(n_embd=mc["n_embd"], n_head=mc["n_head"], block_size=mc["block_size"])
     run = next((r for r in results["runs"].values() if r["variant"] == variant), None)
-    arch = None if run is None else run.get("architecture")
-    if not arch and variant in VARIANTS:
-        arch = {"attention": "mha", "kv_heads": mc["n_head"], "layers": [None] * mc["n_layer"]}
-    if not arch:
+    if run is None:
         return None
-    options = arch.get("attention_options") or {}
-    mla = arch.get("attention") == "mla"
-    ranks = {k: options[k] for k in ("kv_lora_rank", "qk_rope_head_dim") if options.get(k) is not None}
-    return cache_bytes_per_token(
-        "mla" if mla else "gqa",
-        mc["n_embd"],
-        mc["n_head"],
-        n_kv_head=options.get("n_kv_head") or arch.get("kv_heads") or mc["n_head"],
-        dtype=dtype or torch.float16,
-        n_layer=len(arch["layers"]),
-        **(ranks if mla else {}),
-    )
+    arch = run.get("architecture") or {"attention": "mha", "layers": [None] * mc["n_layer"]}
+    if arch["layers"] and isinstance(arch["layers"][0], dict) and "attention" in arch["layers"][0]:
+        attentions = [attention_config(layer["attention"]) for layer in arch["layers"]]
+    else:  # one attention for every layer, its options flat (None = the default)
+        options = {k: v for k, v in (arch.get("attention_options") or {}).items() if v is not None}
+        attentions = [attention_config(arch["attention"], **options)] * len(arch["layers"])
+    return sum(a.cache_bytes_per_token(dims, dtype or torch.float16) for a in attentions)
 
 
 def aggregate(runs: dict[str, dict[str, Any]], variants: list[str], seeds: list[int]) -> dict[str, Any]:

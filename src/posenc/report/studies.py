@@ -17,11 +17,13 @@ import numpy as np
 
 from posenc.io import atomic_write
 from posenc.report.figures import _colors, _save, have_matplotlib, pyplot
-from posenc.report.stats import LABELS, fmt_spread
+from posenc.report.stats import fmt_spread
+from posenc.variants import label
 
 
-def label(v: str) -> str:
-    return LABELS.get(v, v)
+def row(v: str) -> str:
+    """A row's name: the variant's label, or the name itself (schedules, fine-tunes)."""
+    return label(v, default=v)
 
 
 def provenance(results: dict[str, Any]) -> list[str]:
@@ -81,7 +83,7 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
             pending, total = pending + bool(run.get("pending")), total + 1
             cell = "diverged" if run["diverged"] else "pending" if run.get("pending") else _fmt(by_lr[f"{lr:g}"])
             cells.append(f"**{cell}**" if lr == best else cell)
-        out.append(f"| {label(v)} | " + " | ".join(cells) + f" | {'n/a' if best is None else f'{best:g}'} |")
+        out.append(f"| {row(v)} | " + " | ".join(cells) + f" | {'n/a' if best is None else f'{best:g}'} |")
     out.append("")
     if pending:
         out += [
@@ -92,7 +94,7 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
     if beyond:
         out += [
             "Past the grid (its best rate was on the edge): "
-            + ", ".join(f"{label(v)} ({', '.join(f'{lr:g}' for lr in lrs)})" for v, lrs in beyond.items())
+            + ", ".join(f"{row(v)} ({', '.join(f'{lr:g}' for lr in lrs)})" for v, lrs in beyond.items())
             + ".",
             "",
         ]
@@ -105,12 +107,19 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
     if edge:
         out += [
             "Still at the edge of the rates run (the best rate may lie beyond it): "
-            + ", ".join(f"{label(v)} ({results['best_lr'][v]:g})" for v in edge)
+            + ", ".join(f"{row(v)} ({results['best_lr'][v]:g})" for v in edge)
             + ".",
             "",
         ]
     if "lr.png" in figures:
         out += [f"![loss against learning rate]({assets}/lr.png)", ""]
+    return "\n".join(out + _lr_phase2(results))
+
+
+def _lr_phase2(results: dict[str, Any]) -> list[str]:
+    """The page's second half: every seed at the shared and at the best rates."""
+    shared, seed = results["shared_lr"], results["seeds"][0]
+    out: list[str] = []
     if results["at_shared"] is None or results["at_best"] is None:
         out += [
             "## At the shared and at the best rate",
@@ -119,7 +128,7 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
             "Run the command again to continue.",
             "",
         ]
-        return "\n".join(out)
+        return out
     out += [
         "## At the shared and at the best rate",
         "",
@@ -132,7 +141,7 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
         a, b = results["at_shared"][v], results["at_best"][v]
         change = b["val_loss"]["mean"] - a["val_loss"]["mean"] if a["val_loss"] is not None and b["val_loss"] else None
         out.append(
-            f"| {label(v)} | {fmt_spread(a['val_loss'])} | {b['lr']:g} | {fmt_spread(b['val_loss'])} | "
+            f"| {row(v)} | {fmt_spread(a['val_loss'])} | {b['lr']:g} | {fmt_spread(b['val_loss'])} | "
             f"{'n/a' if change is None else f'{change:+.4f}'} |"
         )
     worse = [
@@ -149,7 +158,7 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
             "",
             f"Worse in the mean over seeds at its best rate (chosen on seed {seed}) than at the shared "
             "rate, so one seed's choice does not hold: "
-            + "; ".join(f"{label(v)} (seeds {seeds(v)} at {results['best_lr'][v]:g})" for v in worse)
+            + "; ".join(f"{row(v)} (seeds {seeds(v)} at {results['best_lr'][v]:g})" for v in worse)
             + ".",
         ]
     changes = results["order_changes"] or []
@@ -157,14 +166,14 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
         "",
         "Pairwise orderings that change at each variant's best rate: "
         + (
-            "; ".join(f"{label(c['better_at_best'])} now ahead of {label(c['worse_at_best'])}" for c in changes)
+            "; ".join(f"{row(c['better_at_best'])} now ahead of {row(c['worse_at_best'])}" for c in changes)
             if changes
             else "none"
         )
         + f" (of {len(results['variants']) * (len(results['variants']) - 1) // 2} pairs).",
         "",
     ]
-    return "\n".join(out)
+    return out
 
 
 def plot_lr(results: dict[str, Any], path: Path) -> None:
@@ -175,7 +184,7 @@ def plot_lr(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in variants:
         points = sorted((float(lr), y) for lr, y in results["phase1"][v].items() if y is not None)
-        ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=colors[v], label=label(v))
+        ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=colors[v], label=row(v))
     ax.axvline(results["shared_lr"], color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
     ax.set_xticks(rates, [f"{lr:g}" for lr in rates])
@@ -223,7 +232,7 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
         for m in mults:
             x = r["loss"][str(m)]
             cells.append(f"**{_fmt(x)}**" if x is not None and x == best[str(m)] else _fmt(x))
-        out.append(f"| {SECTION_TITLES[r['section']]}: {label(r['name'])} | " + " | ".join(cells) + " |")
+        out.append(f"| {SECTION_TITLES[r['section']]}: {row(r['name'])} | " + " | ".join(cells) + " |")
     out.append("")
     for section, title in SECTION_TITLES.items():
         these = [r for r in rows.values() if r["section"] == section]
@@ -232,7 +241,7 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
             scored = [r for r in these if r["loss"][str(m)] is not None]
             if scored:
                 top = min(scored, key=lambda r: r["loss"][str(m)])
-                bests.append(f"{m}x {label(top['name'])} ({top['loss'][str(m)]:.4f})")
+                bests.append(f"{m}x {row(top['name'])} ({top['loss'][str(m)]:.4f})")
         if bests:
             out.append(f"- Lowest among *{title}*: " + "; ".join(bests) + ".")
     out.append("")
@@ -250,7 +259,7 @@ def plot_extension(results: dict[str, Any], path: Path) -> None:
         colors = _colors(plt, [r["name"] for r in these])
         for r in these:
             pts = [(m, r["loss"][str(m)]) for m in mults if r["loss"][str(m)] is not None]
-            ax.plot(*zip(*pts, strict=True), "o-", color=colors[r["name"]], label=label(r["name"]))
+            ax.plot(*zip(*pts, strict=True), "o-", color=colors[r["name"]], label=row(r["name"]))
         ax.set_xscale("log", base=2)
         ax.set_xticks(mults, [f"{m}x" for m in mults])
         ax.set_title(SECTION_TITLES[section])
@@ -307,12 +316,12 @@ def synthetic_markdown(results: dict[str, Any], figures: list[str], assets: str)
             per_seed = [float(np.mean(results["runs"][f"{v}/s{s}"]["accuracy"][i])) for s in results["seeds"]]
             sd = f" ± {np.std(per_seed, ddof=1):.2f}" if len(per_seed) > 1 else ""
             cells.append(f"{np.mean(per_seed):.2f}{sd}")
-        out.append(f"| {label(v)} | " + " | ".join(cells) + " |")
+        out.append(f"| {row(v)} | " + " | ".join(cells) + " |")
     out.append("")
     if "synthetic.png" in figures:
         out += [f"![accuracy by length and depth]({assets}/synthetic.png)", ""]
     unlearned = [
-        f"{label(v)} seed {s} ({np.mean(results['runs'][f'{v}/s{s}']['accuracy'][0]):.2f})"
+        f"{row(v)} seed {s} ({np.mean(results['runs'][f'{v}/s{s}']['accuracy'][0]):.2f})"
         for v in results["variants"]
         for s in results["seeds"]
         if np.mean(results["runs"][f"{v}/s{s}"]["accuracy"][0]) < LEARNED
@@ -334,7 +343,7 @@ def synthetic_markdown(results: dict[str, Any], figures: list[str], assets: str)
         verdict = "holds here" if xa > xb else "does not hold here"
         drop = {v: float(np.mean(results["mean_accuracy"][v][0])) - beyond(results, v) for v in (a, b)}
         out.append(
-            f"- {claim}: {verdict} ({label(a)} {xa:.2f} vs {label(b)} {xb:.2f} past the training length, "
+            f"- {claim}: {verdict} ({row(a)} {xa:.2f} vs {row(b)} {xb:.2f} past the training length, "
             f"{seeds_agree} of {len(results['seeds'])} seeds; drop from 1x: {drop[a]:+.2f} vs {drop[b]:+.2f})."
         )
     out += [
@@ -362,7 +371,7 @@ def plot_synthetic(results: dict[str, Any], path: Path) -> None:
                 ax.text(
                     i, j, f"{acc:.2f}", ha="center", va="center", fontsize=7, color="white" if acc < 0.6 else "black"
                 )
-        ax.set_title(label(v), fontsize=9)
+        ax.set_title(row(v), fontsize=9)
         ax.set_xticks(range(len(mults)), [f"{m}x" for m in mults])
         ax.set_yticks(range(bins), [f"{(b + 0.5) / bins:.1f}" for b in range(bins)])
         ax.set_xlabel("length")

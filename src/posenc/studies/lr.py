@@ -14,7 +14,6 @@ the peak rate, as in the presets.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import time
@@ -22,12 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from posenc import sweep
-from posenc.jobs import DIVERGED, plan_run, train_jobs
+from posenc.jobs import DIVERGED, Sweep, plan_run
 from posenc.report.stats import spread
-from posenc.studies import write_study
+from posenc.studies.common import environment, read_curve, write_study
 from posenc.train.config import TRAIN_PRESETS
 from posenc.train.runlog import read_summary
 
@@ -39,14 +35,31 @@ LR_VARIANTS: tuple[str, ...] = ("absolute", "nope", "rope", "qknorm", "rnope", "
 EDGE_FACTOR = 2.0
 
 
-def lr_folder(out: Path, variant: str, lr: float, seed: int, shared_lr: float) -> Path:
+@dataclass(frozen=True)
+class Settings:
+    """The study's own settings: the rate grid (the preset's rate is always added), how many steps
+    past its edge to take, and ``no_train`` (write lr.json from the runs already finished)."""
+
+    grid: tuple[float, ...] = LR_GRID
+    edge_steps: int = 2
+    no_train: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.grid or any(not (isinstance(x, (int, float)) and x > 0) for x in self.grid):
+            raise ValueError(f"the lr grid must be rates > 0, got {self.grid!r}")
+        if not isinstance(self.edge_steps, int) or self.edge_steps < 0:
+            raise ValueError(f"edge_steps must be an int >= 0, got {self.edge_steps!r}")
+
+
+def lr_folder(sweep: Sweep, variant: str, lr: float, seed: int, shared_lr: float) -> Path:
     if math.isclose(lr, shared_lr):
-        return sweep.run_dir(out, variant, seed)
-    return out / "runs" / f"{variant}-lr{lr:g}-s{seed}"
+        return sweep.run_dir(variant, seed)
+    return sweep.out / "runs" / f"{variant}-lr{lr:g}-s{seed}"
 
 
-def lr_flags(lr: float, shared_lr: float) -> tuple[str, ...]:
-    return () if math.isclose(lr, shared_lr) else ("--lr", f"{lr:g}", "--min-lr", f"{lr / 10:g}")
+def lr_overrides(lr: float, shared_lr: float) -> dict[str, float]:
+    """The TrainConfig fields of a run at ``lr``: the cosine schedule keeps its shape (min_lr = lr / 10)."""
+    return {} if math.isclose(lr, shared_lr) else {"learning_rate": float(f"{lr:g}"), "min_lr": float(f"{lr / 10:g}")}
 
 
 def best_rates(phase1: dict[str, dict[float, float | None]]) -> dict[str, float]:
@@ -88,14 +101,8 @@ def order_changes(shared: dict[str, float], best: dict[str, float]) -> list[dict
 class LRStudy:
     """One learning-rate study: its settings, where its runs live, and how to train them."""
 
-    args: argparse.Namespace
-    preset_name: str
-    preset: dict[str, Any]
-    out: Path
-    device: torch.device
-    n_jobs: int
-    threads: int | None
-    command: str
+    sweep: Sweep
+    settings: Settings
     grid: list[float] = field(init=False)
     variants: list[str] = field(init=False)
     seeds: list[int] = field(init=False)
@@ -103,25 +110,23 @@ class LRStudy:
     rates: dict[str, list[float]] = field(init=False)  # phase 1's rates per variant: the grid and any step past it
 
     def __post_init__(self) -> None:
-        self.shared_lr = TRAIN_PRESETS[self.preset["train_preset"]]["learning_rate"]
-        self.grid = sorted(set(self.args.lrs or LR_GRID) | {self.shared_lr})  # the shared rate is always a candidate
-        self.variants = list(self.args.variants or LR_VARIANTS)
-        self.seeds = list(self.args.seeds if self.args.seeds is not None else self.preset["seeds"])
+        self.shared_lr = TRAIN_PRESETS[self.sweep.preset.train_preset]["learning_rate"]
+        self.grid = sorted(set(self.settings.grid) | {self.shared_lr})  # the shared rate is always a candidate
+        self.variants = list(self.sweep.variants or LR_VARIANTS)
+        self.seeds = list(self.sweep.seeds)
         self.rates = {v: list(self.grid) for v in self.variants}
 
     def folder(self, variant: str, lr: float, seed: int) -> Path:
-        return lr_folder(self.out, variant, lr, seed, self.shared_lr)
+        return lr_folder(self.sweep, variant, lr, seed, self.shared_lr)
 
     def train(self, pairs: list[tuple[str, float, int]], what: str) -> int:
         jobs = []
         for v, lr, s in pairs:
             folder = self.folder(v, lr, s)
-            argv = sweep.train_argv(self.preset, v, s, folder, self.args, extra=lr_flags(lr, self.shared_lr))
-            todo = plan_run(folder, argv, self.args.device)
-            if todo is not None:
-                jobs.append((f"{v} lr {lr:g}", s, folder, todo))
+            if plan_run(folder, self.sweep.spec(v, s, folder, train=lr_overrides(lr, self.shared_lr))):
+                jobs.append((f"{v} lr {lr:g}", s, folder))
         print(f"[lr] {what}: {len(jobs)} run(s) to train", flush=True)
-        return train_jobs(jobs, self.n_jobs, self.threads)
+        return self.sweep.train(jobs)
 
     def run_record(self, v: str, lr: float, s: int) -> dict[str, Any]:
         folder = self.folder(v, lr, s)
@@ -134,7 +139,7 @@ class LRStudy:
             "diverged": (diverged := (folder / DIVERGED).exists()),
             "pending": summary is None and not diverged,  # not trained (yet)
             **{k: None if summary is None else summary[k] for k in ("val_loss", "train_loss", "train_time_s")},
-            "curve": [] if summary is None else sweep.read_curve(folder),
+            "curve": [] if summary is None else read_curve(folder),
         }
 
     def phase1(self) -> list[tuple[str, float, int]]:
@@ -170,14 +175,14 @@ class LRStudy:
             "kind": "lr",
             "format": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": self.command,
-            "preset": self.preset_name,
-            "config": {k: list(x) if isinstance(x, tuple) else x for k, x in self.preset.items()},
+            "command": self.sweep.command,
+            "preset": self.sweep.name,
+            "config": self.sweep.preset.to_dict(),
             "grid": self.grid,
             "shared_lr": self.shared_lr,
             "variants": self.variants,
             "seeds": self.seeds,
-            "environment": sweep.environment(self.device, self.n_jobs, self.threads),
+            "environment": environment(self.sweep.device, self.sweep.jobs, self.sweep.threads),
             "wall_time_s": wall,
             "runs": runs,
             "phase1": {
@@ -187,7 +192,7 @@ class LRStudy:
             "beyond_grid": {
                 v: sorted(set(rates) - set(self.grid)) for v, rates in self.rates.items() if set(rates) - set(self.grid)
             },
-            "edge_steps": self.args.lr_edge_steps,
+            "edge_steps": self.settings.edge_steps,
             "edge_factor": EDGE_FACTOR,
             "best_lr": best,
             "at_shared": at_shared,
@@ -196,19 +201,37 @@ class LRStudy:
         }
 
 
-def run(args: argparse.Namespace, *settings: Any) -> int:
+def run(sweep: Sweep) -> int:
     """``compare --study lr``: phase 1, lr.json with its answer, phase 2, lr.json complete. With
-    ``--no-train``, lr.json (and the page) from the runs already finished, the others ``pending``."""
-    study = LRStudy(args, *settings)
+    ``no_train``, lr.json (and the page) from the runs already finished, the others ``pending``."""
+    settings = sweep.settings if isinstance(sweep.settings, Settings) else Settings()
+    study = LRStudy(sweep, settings)
     t0 = time.time()
-    train = (lambda pairs, what: 0) if args.no_train else study.train
+    train = (lambda pairs, what: 0) if settings.no_train else study.train
     # the rates nearest the shared one first, so a study stopped early has every variant at them
     by_distance = sorted(study.grid, key=lambda lr: abs(math.log(lr / study.shared_lr)))
     phase1 = [(v, lr, study.seeds[0]) for lr in by_distance for v in study.variants]
     what = f"phase 1 ({len(study.variants)} variants x {len(study.grid)} rates, seed {study.seeds[0]})"
     if code := train(phase1, what):
         return code
-    for _ in range(args.lr_edge_steps):
+    if code := _past_the_edge(study, settings.edge_steps, train):
+        return code
+    best = study.best()
+    print("[lr] best rates: " + ", ".join(f"{v} {lr:g}" for v, lr in best.items()), flush=True)
+    write_study(study.results(study.phase1(), best, time.time() - t0), sweep.out, None)  # readable while phase 2 trains
+    phase2 = sorted(
+        {(v, lr, s) for v in best for lr in {study.shared_lr, best[v]} for s in study.seeds}
+        | {(v, study.shared_lr, s) for v in study.variants for s in study.seeds}
+    )
+    if code := train(phase2, f"phase 2 (seeds {study.seeds} at the shared and the best rates)"):
+        return code
+    write_study(study.results(set(study.phase1()) | set(phase2), best, time.time() - t0), sweep.out, sweep.render)
+    return 0
+
+
+def _past_the_edge(study: LRStudy, steps: int, train: Any) -> int:
+    """Phase 1's steps past the grid's edge, up to ``steps`` times (module docstring); an exit code."""
+    for _ in range(steps):
         beyond = {}
         for v, rates in study.rates.items():
             losses = {x: study.run_record(v, x, study.seeds[0]) for x in rates}
@@ -217,20 +240,10 @@ def run(args: argparse.Namespace, *settings: Any) -> int:
                 if nxt is not None:
                     beyond[v] = nxt
         if not beyond:
-            break
+            return 0
         for v, x in beyond.items():
             study.rates[v].append(x)
         listed = ", ".join(f"{v} {x:g}" for v, x in beyond.items())
         if code := train([(v, x, study.seeds[0]) for v, x in beyond.items()], f"phase 1, past the edge ({listed})"):
             return code
-    best = study.best()
-    print("[lr] best rates: " + ", ".join(f"{v} {lr:g}" for v, lr in best.items()), flush=True)
-    write_study(study.results(study.phase1(), best, time.time() - t0), study.out, None)  # readable while phase 2 trains
-    phase2 = sorted(
-        {(v, lr, s) for v in best for lr in {study.shared_lr, best[v]} for s in study.seeds}
-        | {(v, study.shared_lr, s) for v in study.variants for s in study.seeds}
-    )
-    if code := train(phase2, f"phase 2 (seeds {study.seeds} at the shared and the best rates)"):
-        return code
-    write_study(study.results(set(study.phase1()) | set(phase2), best, time.time() - t0), study.out, args.render)
     return 0

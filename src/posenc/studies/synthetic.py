@@ -17,7 +17,6 @@ which retrieval of a distant key punishes.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import multiprocessing
@@ -31,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from posenc import sweep
 from posenc.io import atomic_write
-from posenc.studies import write_study
+from posenc.jobs import Sweep
+from posenc.studies.common import environment, write_study
 
 #: Token ids: values, filler, then the two markers.
 VALUE_VOCAB, FILLER_VOCAB = 16, 32
@@ -41,7 +40,7 @@ KEY_MARK, QUERY_MARK = VALUE_VOCAB + FILLER_VOCAB, VALUE_VOCAB + FILLER_VOCAB + 
 VOCAB = QUERY_MARK + 1
 KEY_LEN = 2
 
-#: Encodings probed (names of posenc.VARIANTS). Learned absolute positions have no vectors past
+#: Encodings probed (names of posenc.variants). Learned absolute positions have no vectors past
 #: the training length, so they are left out.
 SYNTHETIC_VARIANTS: tuple[str, ...] = ("nope", "rope", "alibi", "kerple", "fire", "t5", "rnope", "sinusoidal")
 
@@ -188,23 +187,15 @@ def _settings(probe: ProbeConfig) -> dict[str, Any]:
     return asdict(probe) | {"multipliers": list(probe.multipliers)}
 
 
-def run(
-    args: argparse.Namespace,
-    preset_name: str,
-    preset: dict[str, Any],
-    out: Path,
-    device: torch.device,
-    n_jobs: int,
-    threads: int | None,
-    command: str,
-) -> int:
-    """``compare --study synthetic``: every (variant, seed) trained and tested, ``n_jobs`` at a time
-    (worker processes of ``threads`` threads when more than one); each result is kept in
+def run(sweep: Sweep) -> int:
+    """``compare --study synthetic``: every (variant, seed) trained and tested, ``sweep.jobs`` at a time
+    (worker processes of ``sweep.threads`` threads when more than one); each result is kept in
     ``<out>/synthetic/<variant>-s<seed>.json``, so a rerun continues. A worker's probe is the same
     to the bit as one trained in this process with the same thread count."""
+    preset_name, out, device, n_jobs, threads = sweep.name, sweep.out, sweep.device, sweep.jobs, sweep.threads
     probe = PROBE_PRESETS.get(preset_name, PROBE_PRESETS["cpu"])
-    variants = list(args.variants or SYNTHETIC_VARIANTS)
-    seeds = list(args.seeds if args.seeds is not None else preset["seeds"])
+    variants = list(sweep.variants or SYNTHETIC_VARIANTS)
+    seeds = list(sweep.seeds)
     folder = out / "synthetic"
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -243,7 +234,7 @@ def run(
         "kind": "synthetic",
         "format": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command,
+        "command": sweep.command,
         "preset": preset_name,
         "probe": _settings(probe),
         "task": {
@@ -254,7 +245,7 @@ def run(
         },
         "variants": variants,
         "seeds": seeds,
-        "environment": sweep.environment(device, n_jobs, threads if n_jobs > 1 else torch.get_num_threads()),
+        "environment": environment(device, n_jobs, threads if n_jobs > 1 else torch.get_num_threads()),
         "wall_time_s": time.time() - t0,
         "runs": runs,
         "mean_accuracy": {
@@ -265,5 +256,5 @@ def run(
             for v in variants
         },
     }
-    write_study(results, out, args.render)
+    write_study(results, out, sweep.render)
     return 0

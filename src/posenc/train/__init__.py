@@ -1,7 +1,9 @@
 """Pretraining as a library: ``train(config, train_config)`` and what a run is made of.
 
 - :mod:`~posenc.train.config`: :class:`TrainConfig`, ``TRAIN_PRESETS``, device/dtype resolution, the lr schedule;
+- :mod:`~posenc.train.run`: :class:`RunSpec` (model + run config), its identity and ``run.json``;
 - :mod:`~posenc.train.loop`: :func:`train`, :func:`resume_configs`, :func:`handle_stop_signals`;
+- :mod:`~posenc.train.trainer`: :class:`Trainer` (evaluate, step, save, summarize);
 - :mod:`~posenc.train.state`: the checkpoint schema (save, restore, versioning);
 - :mod:`~posenc.train.runlog`: log.jsonl, scalar sinks, summary.json, curves.png;
 - :mod:`~posenc.train.distributed`: rank, world and the collectives the loop uses.
@@ -18,8 +20,10 @@ from posenc.train.config import (
     resolve_device,
     resolve_dtype,
 )
-from posenc.train.loop import generate_samples, handle_stop_signals, resume_configs, train
+from posenc.train.loop import generate_samples, handle_stop_signals, has_checkpoint, resume_configs, train
+from posenc.train.run import RunSpec
 from posenc.train.runlog import read_log, read_summary
+from posenc.train.trainer import Trainer
 
 __all__ = [
     "DTYPES",
@@ -32,6 +36,9 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "train",
+    "RunSpec",
+    "Trainer",
+    "has_checkpoint",
     "resume_configs",
     "handle_stop_signals",
     "generate_samples",

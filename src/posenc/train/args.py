@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from posenc.checkpoint import CheckpointError
-from posenc.config import PRESETS, VARIANTS, GPTConfig
-from posenc.data import DataError, get_tokenizer
-from posenc.encodings import CODES
-from posenc.train.config import TRAIN_PRESETS, NonFiniteError, TrainConfig, model_config, resolve_device
+from posenc.config import PRESETS, GPTConfig
+from posenc.data import DataError
+from posenc.encodings import codes
+from posenc.train.config import TRAIN_PRESETS, NonFiniteError, TrainConfig, resolve_device
+from posenc.train.run import RunSpec, build_spec
+from posenc.variants import variant_names
 
 #: flag -> TrainConfig field
 TRAIN_FLAGS = {
@@ -80,6 +82,15 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description="Pretrain a GPT with a chosen positional encoding (OpenWebText on GPU, embedded corpus on CPU).",
         # defaults come from the run preset (printed in the run's first line), not from argparse
     )
+    _run_flags(p)
+    _model_flags(p)
+    _data_flags(p)
+    _optimisation_flags(p)
+    _evaluation_and_logging_flags(p)
+    return p
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument(
         "--preset",
@@ -91,7 +102,9 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out-dir from its latest checkpoint, with its saved configuration",
+        help="continue the run in --out-dir: from its latest checkpoint, or from step 0 when it was killed before "
+        "its first one. Alone (with --out-dir, optionally --device) it reruns the saved run (run.json); with the "
+        "run's flags it starts the run when the folder is new and refuses a folder started with other settings",
     )
     g.add_argument(
         "--init-from",
@@ -128,16 +141,18 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="also write the logged scalars to TensorBoard and/or Weights & Biases (offline)",
     )
 
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, choices=sorted(PRESETS), help="model preset (default: the run preset's)")
-    g.add_argument("--pe", default=None, choices=sorted(VARIANTS), help="positional-encoding variant (default rope)")
+    g.add_argument("--pe", default=None, choices=variant_names(), help="positional-encoding variant (default rope)")
     g.add_argument(
         "--layer-pattern",
         "--rnope-pattern",
         dest="layer_pattern",
         default=None,
         help="per-layer codes tiled over depth instead of --pe, e.g. RRRN ("
-        + ", ".join(f"{code} {name}" for code, name in CODES.items())
+        + ", ".join(f"{code} {name}" for code, name in codes().items())
         + "; lower case = sliding window)",
     )
     g.add_argument(
@@ -196,6 +211,8 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--block-size", type=int, default=None, help="context length")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability")
 
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
@@ -207,6 +224,8 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="prepared shards; default: data/<dataset>-<tokenizer>")
     g.add_argument("--tokenizer", default=None, choices=["gpt2", "bytes"], help="GPT-2 BPE (tiktoken) or raw bytes")
 
+
+def _optimisation_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=None, help="rows per micro-step, over all ranks together")
     g.add_argument(
@@ -230,6 +249,8 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="fp16: stop when more consecutive steps than this are skipped for inf/NaN gradients",
     )
 
+
+def _evaluation_and_logging_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, default=None, help="evaluate every N steps")
     g.add_argument("--eval-iters", type=int, default=None, help="validation batches (the same for every run)")
@@ -237,60 +258,74 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--ckpt-interval", type=int, default=None, help="checkpoint every N steps (default eval-interval)")
     g.add_argument("--num-samples", type=int, default=None, help="samples generated at the end")
     g.add_argument("--sample-tokens", type=int, default=None, help="tokens per sample")
-    return p
+
+
+#: flags that say which folder and device, and how to show progress: not part of what is trained
+_PLACEMENT_FLAGS = ("out_dir", "device", "resume", "no_progress", "stop_at")
 
 
 def configs_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[GPTConfig, TrainConfig]:
-    """(GPTConfig, TrainConfig) from parsed train flags: the preset, then the flags; with
+    """(GPTConfig, TrainConfig) from parsed train flags: the preset, then the flags; with a bare
     ``--resume`` exactly the run's saved configuration (only ``--device`` may change)."""
+    spec, _ = plan_from_args(args, world_size)
+    return spec.model, spec.train
+
+
+def plan_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[RunSpec, bool]:
+    """(the run the flags ask for, whether to resume it). See ``--resume``'s help."""
     from posenc.train import resume_configs
 
-    if args.resume:
-        given = [
-            f"--{k.replace('_', '-')}"
-            for k in (
-                *TRAIN_FLAGS,
-                *MODEL_FLAGS,
-                "model",
-                "preset",
-                "data_files",
-                "log_to",
-                "rope_scaling",
-                "rope_factor",
-                "rope_original_context",
-            )
-            if getattr(args, k) is not None and k != "device"
-        ]
-        if given:
-            raise ValueError(f"--resume continues with the saved configuration; drop {', '.join(given)}")
+    given = [k for k, v in vars(args).items() if v is not None and k not in _PLACEMENT_FLAGS]
+    if args.resume and not given:
         if args.out_dir is None:
             raise ValueError("--resume needs --out-dir, the run folder to continue")
-        return resume_configs(args.out_dir, device=args.device, world_size=world_size)
+        try:
+            config, cfg = resume_configs(args.out_dir, device=args.device, world_size=world_size)
+        except CheckpointError:
+            if Path(args.out_dir).exists() and any(Path(args.out_dir).iterdir()):
+                raise
+            raise ValueError(
+                f"--resume: {args.out_dir} holds no saved run (no run.json, no checkpoint); start it with "
+                f"`posenc train --out-dir {args.out_dir} <the run's flags>`, or give those flags with --resume"
+            ) from None
+        return RunSpec(config, cfg), True
+    spec = spec_from_args(args, world_size)
+    if args.resume:
+        try:
+            saved = RunSpec(*resume_configs(spec.train.out_dir, world_size=world_size))
+        except CheckpointError:
+            saved = None  # a new folder: the run starts, and can be resumed from now on
+        if saved is not None and saved.identity() != spec.identity():
+            diff = "; ".join(saved.differences(spec)[:6])
+            raise ValueError(
+                f"--resume: {spec.train.out_dir} was started with other settings ({diff}); drop the flags to "
+                "continue it as it was, or use another --out-dir"
+            )
+    return spec, bool(args.resume)
+
+
+def spec_from_args(args: argparse.Namespace, world_size: int = 1) -> RunSpec:
+    """The run the flags ask for: the run preset, then the flags."""
     preset = args.preset or ("owt-16m" if resolve_device(args.device or "auto").type == "cuda" else "cpu")
-    values = dict(TRAIN_PRESETS[preset])
-    model_preset = args.model or values.pop("model")
-    values.pop("model", None)
-    values |= {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    train = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     if args.data_files:
-        values["data_files"] = tuple(args.data_files)
+        train["data_files"] = tuple(args.data_files)
         if args.dataset is None:
-            values["dataset"] = "files"
+            train["dataset"] = "files"
     if args.log_to:
-        values["log_to"] = tuple(args.log_to)
+        train["log_to"] = tuple(args.log_to)
     model = {field: getattr(args, flag) for flag, field in MODEL_FLAGS.items() if getattr(args, flag) is not None}
     scaling = rope_scaling_from_args(args)
     if scaling is not None:
         model["rope_scaling"] = scaling
     if "pe" not in model and "layer_pattern" not in model:
         model["pe"] = "rope"
+    if args.model is not None:
+        model["model"] = args.model
     label = model.get("pe") or model["layer_pattern"]
-    out_dir = args.out_dir or f"out/{preset}-{label}"
-    cfg = TrainConfig(out_dir=str(out_dir), world_size=world_size, **values)
-    vocab = PRESETS[model_preset]["vocab_size"]
-    tokenizer_vocab = get_tokenizer(cfg.tokenizer).vocab_size
-    if tokenizer_vocab > vocab:  # pad to a multiple of 64, as nanoGPT does for GPT-2
-        vocab = 64 * math.ceil(tokenizer_vocab / 64)
-    return model_config(model_preset, vocab_size=vocab, **model), cfg
+    train["out_dir"] = str(args.out_dir or f"out/{preset}-{label}")
+    train["world_size"] = world_size
+    return build_spec(preset, model=model, train=train)
 
 
 def rope_scaling_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -324,12 +359,12 @@ def run_train(args: argparse.Namespace, *, hooks: Any = None) -> int:
 
     def go() -> int:
         world = int(os.environ.get("WORLD_SIZE", 1))
-        config, cfg = configs_from_args(args, world_size=world)
+        spec, resume = plan_from_args(args, world_size=world)
         with handle_stop_signals() as stop:
             result = train(
-                config,
-                cfg,
-                resume=args.resume,
+                spec.model,
+                spec.train,
+                resume=resume,
                 stop=stop,
                 stop_at=args.stop_at,
                 progress=not args.no_progress,

@@ -4,17 +4,14 @@ learning-rate schedule and the numerical-guard error.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
-from posenc.config import PRESETS, GPTConfig, dataclass_from_dict
+from posenc.config import PRESETS, GPTConfig
+from posenc.devices import DTYPES, resolve_device, resolve_dtype  # noqa: F401 -- re-exported
+from posenc.spec import Spec, spec
 
 LOG_SINKS: tuple[str, ...] = ("tensorboard", "wandb")
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: Run presets. ``owt-16m`` is the reference study: ~900M GPT-2 tokens (1717 steps of 524,288
 #: tokens), fp16 + GradScaler + compile on CUDA. ``cpu`` finishes in minutes on 2 cores on the
@@ -65,8 +62,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@spec
+class TrainConfig(Spec):
     """Everything about a run except the model (``GPTConfig``). Validated at construction."""
 
     out_dir: str = "out/run"
@@ -163,52 +160,6 @@ class TrainConfig:
     @property
     def checkpoint_interval(self) -> int:
         return self.eval_interval if self.ckpt_interval is None else self.ckpt_interval
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["data_files"] = list(self.data_files)
-        d["log_to"] = list(self.log_to)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return dataclass_from_dict(cls, d, tuples=("data_files", "log_to"))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"TrainConfig.device={device!r} is not a torch device (try 'cpu', 'cuda', 'cuda:1')") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():  # else an AssertionError deep in torch
-        raise ValueError(f"TrainConfig.device={device!r}: CUDA is not available on this machine (try 'cpu' or 'auto')")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"TrainConfig.device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' is float16 on CUDA (the study's setting) and float32 elsewhere. A dtype the device
-    cannot autocast to raises ValueError naming both."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"TrainConfig.dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
-    torch_dtype = DTYPES[dtype]
-    if torch_dtype is torch.float32:
-        return torch_dtype
-    if device.type == "cuda" and torch_dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"TrainConfig.dtype={dtype!r} is not supported by {torch.cuda.get_device_name(device)}")
-    if not torch.amp.is_autocast_available(device.type):
-        raise ValueError(f"TrainConfig.dtype={dtype!r}: device {device} has no autocast support for it")
-    try:  # probe once, here, rather than fail deep inside the first step
-        with torch.autocast(device.type, dtype=torch_dtype):
-            torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
-    except RuntimeError as e:
-        raise ValueError(f"TrainConfig.dtype={dtype!r} cannot run on device {device}: {e}") from None
-    return torch_dtype
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:

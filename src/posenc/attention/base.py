@@ -1,0 +1,214 @@
+"""What every attention variant shares: its config protocol, the KV cache of one layer, and the one
+call into the attention kernel.
+
+An attention variant (``posenc/attention/<name>.py``, one line in ``ATTENTIONS``) is an
+:class:`Attention` subclass with a nested ``Config`` (:class:`AttentionConfig`) and the forward
+signature ``forward(x, positions=None, cache=None, segments=None)``:
+
+- ``x`` (B, T, C); ``positions`` (T,) or (B, T), defaulting to ``past + arange(T)``;
+- ``cache``: what ``new_cache()`` returned (the variant decides what it keeps per token);
+- ``segments``: (query document ids (B, T), key document ids (B, past + T)) of packed documents.
+
+The layer's encoding ``pe``, its :class:`~posenc.attention.mask.Mask` (window, chunk), dropout and
+the options of its config (a logit ``softcap``, per-head ``sinks``, the kernel ``backend``) reach
+the kernel through :meth:`Attention.attend`, the only place a variant calls it.
+Shapes: B batch, T new tokens, S = past + T keys, C channels, nh heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from posenc.attention.blockwise import BACKENDS, attend
+from posenc.attention.mask import Mask
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.spec import Spec, check_bool, check_choice, check_number, spec
+
+
+@spec
+class AttentionConfig(Spec):
+    """Base of every attention variant's ``Config``: options of the layer beyond the model's sizes.
+
+    ``softcap``: Gemma 2's ``cap * tanh(scores / cap)`` on the q.k logits (None = off);
+    ``sinks``: one learned logit per head in the softmax's denominator (gpt-oss);
+    ``backend``: the kernel (``"auto"``, or force ``"blockwise"``, ``"flex"``, ``"sdpa"``).
+    """
+
+    softcap: float | None = None
+    sinks: bool = False
+    backend: str = "auto"
+
+    #: the class this config builds (set on ``Cls.Config`` when ``Cls`` is defined)
+    attention: ClassVar[type[Attention]]
+
+    def __post_init__(self) -> None:
+        owner = f"{type(self).__qualname__}"
+        check_number(owner, "softcap", self.softcap, low=0, optional=True)
+        check_bool(owner, "sinks", self.sinks)
+        check_choice(owner, "backend", self.backend, BACKENDS)
+
+    def check(self, dims: ModelDims, encoding: EncodingConfig) -> None:
+        """Refuse sizes, or an encoding, this variant cannot build (default: any)."""
+
+    def encoding_dims(self, dims: ModelDims) -> ModelDims:
+        """The sizes the layer's encoding acts on (default: the model's head size)."""
+        return dims
+
+    def build(self, dims: ModelDims, *, pe: PositionalEncoding, mask: Mask, dropout: float) -> Attention:
+        return self.attention.from_config(self, dims, pe=pe, mask=mask, dropout=dropout)
+
+    def cache_bytes_per_token(self, dims: ModelDims, dtype: torch.dtype = torch.float16) -> int:
+        """Bytes one token adds to this layer's KV cache (positions not counted)."""
+        raise NotImplementedError
+
+
+class LayerKVCache:
+    """Keys, values, key positions and encoding features of the tokens seen so far by one layer."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None  # (B, nkv, S, hs), rotated unless the encoding is length-dependent
+        self.v: Tensor | None = None
+        self.positions: Tensor | None = None  # (S,) or (B, S)
+        self.features: Tensor | None = None  # (B, nh, S, F): the encoding's token_features, if any
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
+            positions = append_positions(self.positions, positions, k.shape[0])
+        self.k, self.v, self.positions = k, v, positions
+        return k, v, positions
+
+
+def append_positions(past: Tensor, new: Tensor, rows: int) -> Tensor:
+    """Cached key positions followed by the new ones; (T,) next to (B, T) gives both a batch dim."""
+    if past.dim() != new.dim():
+        past, new = past.expand(rows, -1), new.expand(rows, -1)
+    return torch.cat((past, new), dim=-1)
+
+
+class KVCache:
+    """Per-layer caches of one generation; lives outside the modules (no state in ``forward``).
+
+    ``KVCache(n_layer)`` holds a :class:`LayerKVCache` per layer; ``KVCache(layers)`` takes the
+    layers' own caches (``attn.new_cache()``: an attention variant decides what it keeps).
+    """
+
+    def __init__(self, layers: int | list) -> None:
+        self.layers = [LayerKVCache() for _ in range(layers)] if isinstance(layers, int) else list(layers)
+        self.segments: Tensor | None = None  # (B, T_past) document ids, when the model packs documents
+
+    @property
+    def length(self) -> int:
+        """Number of tokens already processed."""
+        return self.layers[0].length if self.layers else 0
+
+
+class Attention(nn.Module):
+    """Base of the attention variants: the encoding, the mask and the kernel call they share."""
+
+    Config: ClassVar[type[AttentionConfig]] = AttentionConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__:
+            cls.Config.attention = cls
+
+    @classmethod
+    def from_config(
+        cls, config: AttentionConfig, dims: ModelDims, *, pe: PositionalEncoding, mask: Mask, dropout: float
+    ) -> Attention:
+        """The layer for a model of sizes ``dims``: the constructor takes the config's fields by name."""
+        options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return cls(
+            dims.n_embd,
+            dims.n_head,
+            pe=pe,
+            window=mask.window,
+            chunk=mask.chunk,
+            dropout=dropout,
+            block_size=dims.block_size,
+            **options,
+        )
+
+    def _setup(self, config: AttentionConfig, pe: PositionalEncoding, mask: Mask, dropout: float, n_head: int) -> None:
+        """The parts every variant keeps: its config, encoding, mask, dropout and sinks."""
+        if pe.where == "input":
+            raise ValueError(
+                f"{type(pe).__name__} acts at the model input (where='input'); pass it to the model, not to attention"
+            )
+        self.config, self.pe, self.mask = config, pe, mask
+        self.window, self.chunk = mask.window, mask.chunk
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        # zeros: a sink starts as one more key with score 0 (reset_parameters keeps it there)
+        self.sinks = nn.Parameter(torch.zeros(n_head)) if config.sinks else None
+
+    def new_cache(self) -> LayerKVCache:
+        """An empty cache for this layer."""
+        return LayerKVCache()
+
+    @staticmethod
+    def default_positions(x: Tensor, positions: Tensor | None, past: int) -> tuple[Tensor | None, Tensor]:
+        """(positions as given or ``past + arange(T)`` after a cache, the queries' positions)."""
+        T = x.shape[1]
+        if positions is None and past:
+            positions = torch.arange(past, past + T, device=x.device)
+        return positions, torch.arange(T, device=x.device) if positions is None else positions
+
+    def features(self, x: Tensor, cache: LayerKVCache | None) -> tuple[Tensor | None, Tensor | None]:
+        """The encoding's (new tokens', all keys') token features; cached beside the keys."""
+        past = None if cache is None else cache.features
+        new = self.pe.token_features(x, past)
+        if new is None:
+            return None, None
+        every = new if past is None else torch.cat((past, new), dim=-2)
+        if cache is not None:
+            cache.features = every
+        return new, every
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_pos: Tensor,
+        k_pos: Tensor,
+        segments: tuple[Tensor, Tensor] | None,
+        features: tuple[Tensor | None, Tensor | None],
+        scale: float | None,
+    ) -> Tensor:
+        """The kernel: q (B, nh, T, hs), k (B, nkv, S, hs), v (B, nkv, S, dv) -> (B, nh, T, dv)."""
+        if segments is not None and not self.pe.supports_segments:
+            raise ValueError(f"{type(self.pe).__name__} does not support packed documents (document segments)")
+        bias = self.pe.where == "scores"
+        return attend(
+            q,
+            k,
+            v,
+            score_bias=self.pe.score_bias if bias else None,
+            q_positions=q_pos if bias else None,
+            k_positions=k_pos if bias else None,
+            q_features=features[0],
+            k_features=features[1],
+            window=self.mask.window,
+            chunk=self.mask.chunk,
+            q_segments=None if segments is None else segments[0],
+            k_segments=None if segments is None else segments[1],
+            scale=scale,
+            softcap=self.config.softcap,
+            sinks=self.sinks,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend=self.config.backend,
+        )
+
+
+def with_head_dim(dims: ModelDims, head_dim: int) -> ModelDims:
+    return dataclasses.replace(dims, head_dim=head_dim)

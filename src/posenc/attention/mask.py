@@ -1,0 +1,95 @@
+"""Which keys a query may see: the one visibility rule of every attention path.
+
+A query at global index i (the queries are the last Tq of Tk keys) sees key j when
+
+- ``j <= i`` (causal, by index);
+- ``i - j < window`` (a sliding window: the ``window`` most recent keys, itself included);
+- ``i // chunk == j // chunk`` (chunked attention, Llama 4: the keys of its own chunk of ``chunk``
+  indices);
+- ``q_segments[b, i] == k_segments[b, j]`` (packed documents: its own document only);
+- ``key_padding_mask[b, j]`` (True = a real token).
+
+:class:`Mask` is the per-layer part (window, chunk) as a config; :func:`index_rule` is the rule on
+indices, used by the dense SDPA mask, the blockwise kernel's tiles and FlexAttention's
+``mask_mod``; :meth:`Mask.first_key` is the lowest key a block of queries can see, so kernels skip
+the rest. Shapes: B batch, Tq queries, Tk keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from posenc.spec import Spec, check_int, spec
+
+
+@spec
+class Mask(Spec):
+    """The per-layer visibility beyond causality: a sliding ``window`` and/or ``chunk`` (None = off)."""
+
+    window: int | None = None
+    chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("Mask", "window", self.window, optional=True)
+        check_int("Mask", "chunk", self.chunk, optional=True)
+
+    @property
+    def local(self) -> bool:
+        """True when a query sees less than every earlier key."""
+        return self.window is not None or self.chunk is not None
+
+    def first_key(self, first_query: int) -> int:
+        """The lowest key index visible to any query at index >= ``first_query``."""
+        lo = 0
+        if self.window is not None:
+            lo = max(lo, first_query - self.window + 1)
+        if self.chunk is not None:
+            lo = max(lo, first_query // self.chunk * self.chunk)
+        return lo
+
+    def describe(self) -> str:
+        parts = [f"window {self.window}" if self.window else "", f"chunk {self.chunk}" if self.chunk else ""]
+        return ", ".join(p for p in parts if p) or "causal"
+
+
+def index_rule(q_idx: Tensor, k_idx: Tensor, mask: Mask) -> Tensor:
+    """Causal + window + chunk on broadcastable global indices (e.g. (bq, 1) and (1, bk)) -> bool."""
+    keep = k_idx <= q_idx
+    if mask.window is not None:
+        keep = keep & (q_idx - k_idx < mask.window)
+    if mask.chunk is not None:
+        keep = keep & (q_idx // mask.chunk == k_idx // mask.chunk)
+    return keep
+
+
+def visible(
+    q_lo: int,
+    q_hi: int,
+    k_lo: int,
+    k_hi: int,
+    mask: Mask,
+    *,
+    device: torch.device | str,
+    q_segments: Tensor | None = None,
+    k_segments: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+) -> Tensor:
+    """The visibility of queries at global indices [q_lo, q_hi) to keys [k_lo, k_hi): bool (bq, bk), or
+    (B, 1, bq, bk) with segments (already sliced to the block: (B, bq) and (B, bk)) or padding (B, bk)."""
+    q_idx = torch.arange(q_lo, q_hi, device=device)[:, None]  # (bq, 1)
+    k_idx = torch.arange(k_lo, k_hi, device=device)[None, :]  # (1, bk)
+    allowed: Tensor = index_rule(q_idx, k_idx, mask)  # (bq, bk)
+    if q_segments is not None:
+        same = q_segments[:, :, None] == k_segments[:, None, :]  # (B, bq, bk)
+        allowed = allowed & same[:, None]  # (B, 1, bq, bk)
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, None, :]  # (B, 1, bq, bk)
+    return allowed
+
+
+def as_mask(window: Any = None, chunk: Any = None) -> Mask:
+    """A :class:`Mask` from the ``window``/``chunk`` arguments of a kernel or a layer (checked once, here)."""
+    return Mask(window=window, chunk=chunk)

@@ -1,0 +1,122 @@
+"""One transformer layer: its norms, its MLP and its attention, each from its config.
+
+Shapes: B batch, T tokens, C = n_embd, H the MLP's hidden width.
+
+- :class:`NormConfig`: LayerNorm (with or without bias) or RMSNorm, and its eps.
+- :class:`MLP` (``MLP.Config``): GPT-2's (c_fc -> tanh GELU -> c_proj) or Llama's SwiGLU
+  (c_proj(silu(w_gate x) * w_up x)).
+- :class:`Block` (``Block.Config``: norm + MLP): pre-norm, ``x + attn(ln_1(x))`` then
+  ``x + mlp(ln_2(x))``; its attention and encoding come from the layer's
+  :class:`~posenc.config.LayerSpec`.
+
+Parameter names (``ln_1``, ``attn``, ``ln_2``, ``mlp.c_fc``, ...) are nanoGPT's: initial weights are
+seeded by name, and checkpoints load by name.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posenc.attention.base import LayerKVCache
+from posenc.spec import Spec, check_bool, check_choice, check_int, check_number, spec
+
+NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
+MLPS: tuple[str, ...] = ("gelu", "swiglu")
+
+
+@spec
+class NormConfig(Spec):
+    """``kind``: ``"layernorm"`` (with a bias unless ``bias=False``) or ``"rmsnorm"``; ``eps``."""
+
+    kind: Literal["layernorm", "rmsnorm"] = "layernorm"
+    eps: float = 1e-5
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("NormConfig", "kind", self.kind, NORMS)
+        check_number("NormConfig", "eps", self.eps, low=0, high=1)
+        check_bool("NormConfig", "bias", self.bias)
+
+    def build(self, width: int) -> nn.Module:
+        if self.kind == "rmsnorm":
+            return nn.RMSNorm(width, eps=self.eps)
+        return nn.LayerNorm(width, eps=self.eps, bias=self.bias)
+
+
+class MLP(nn.Module):
+    """GPT-2's MLP (``kind="gelu"``: c_fc -> tanh GELU -> c_proj) or Llama's (``"swiglu"``:
+    c_proj(silu(w_gate x) * w_up x)), of hidden width ``Config.width(C)``."""
+
+    @spec
+    class Config(Spec):
+        """``kind``, the hidden width ``hidden`` (None: 4 C for GELU, 8 C / 3 rounded up to 64 for
+        SwiGLU) and biases on its projections."""
+
+        kind: Literal["gelu", "swiglu"] = "gelu"
+        hidden: int | None = None
+        bias: bool = True
+
+        def __post_init__(self) -> None:
+            check_choice("MLP.Config", "kind", self.kind, MLPS)
+            check_int("MLP.Config", "hidden", self.hidden, optional=True)
+            check_bool("MLP.Config", "bias", self.bias)
+
+        def width(self, n_embd: int) -> int:
+            if self.hidden is not None:
+                return self.hidden
+            return 4 * n_embd if self.kind == "gelu" else 64 * -(-8 * n_embd // (3 * 64))
+
+    def __init__(self, n_embd: int, config: Config | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        config = MLP.Config() if config is None else config
+        C, H = n_embd, config.width(n_embd)
+        self.swiglu = config.kind == "swiglu"
+        if self.swiglu:
+            self.w_gate = nn.Linear(C, H, bias=config.bias)
+            self.w_up = nn.Linear(C, H, bias=config.bias)
+        else:
+            self.c_fc = nn.Linear(C, H, bias=config.bias)
+            self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(H, C, bias=config.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.silu(self.w_gate(x)) * self.w_up(x) if self.swiglu else self.gelu(self.c_fc(x))  # (B, T, H)
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    @spec
+    class Config(Spec):
+        """The block around attention: its norms and its MLP."""
+
+        norm: NormConfig = NormConfig()
+        mlp: MLP.Config = MLP.Config()
+
+        def __post_init__(self) -> None:
+            if not isinstance(self.norm, NormConfig):
+                object.__setattr__(self, "norm", NormConfig.from_dict(self.norm))
+            if not isinstance(self.mlp, MLP.Config):
+                object.__setattr__(self, "mlp", MLP.Config.from_dict(self.mlp))
+
+    def __init__(self, n_embd: int, config: Config, attn: nn.Module, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.ln_1 = config.norm.build(n_embd)
+        self.attn = attn
+        self.ln_2 = config.norm.build(n_embd)
+        self.mlp = MLP(n_embd, config.mlp, dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor | None = None,
+        cache: LayerKVCache | None = None,
+        segments: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), positions, cache, segments)
+        return x + self.mlp(self.ln_2(x))

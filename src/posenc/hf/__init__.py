@@ -1,0 +1,45 @@
+"""Hugging Face causal LMs as posenc GPTs: :func:`convert` reads a model's config, builds the matching
+``GPTConfig`` and renames its weights; ``GPT.from_hf(model)`` builds and loads that, reproducing
+the logits.
+
+Importers are keyed by the config's own ``model_type`` (data, not class names), one file per
+family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``deepseek_v3``
+(dense layers with multi-head latent attention). A config field this architecture cannot reproduce
+is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
+with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from torch import Tensor, nn
+
+from posenc.hf.common import Converted, refuse
+from posenc.hf.deepseek import import_deepseek_v3
+from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
+from posenc.hf.llama import import_llama
+
+IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
+    "gpt2": import_gpt2,
+    "llama": import_llama,
+    "qwen2": import_llama,
+    "mistral": import_llama,
+    "deepseek_v3": import_deepseek_v3,
+}
+
+
+def convert(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> Converted:
+    """(GPTConfig, posenc state dict) of a Hugging Face causal LM (or a bare GPT-2 state dict with
+    ``n_head``); ``GPT.from_hf`` loads it into a model."""
+    if not isinstance(model_or_state_dict, nn.Module):
+        if n_head is None:
+            raise ValueError("from_hf(state_dict) needs n_head=..., which weights alone do not determine")
+        return gpt2_from_state_dict(dict(model_or_state_dict), n_head)
+    model_type = getattr(model_or_state_dict.config, "model_type", None)
+    if model_type not in IMPORTERS:
+        raise ValueError(f"from_hf: config.model_type={model_type!r} is not supported; supported: {sorted(IMPORTERS)}")
+    return IMPORTERS[model_type](model_or_state_dict)
+
+
+__all__ = ["IMPORTERS", "Converted", "convert", "refuse"]
