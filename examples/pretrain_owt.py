@@ -8,11 +8,12 @@ encoding. On a CUDA machine ``--preset owt-16m`` (the default there) is that run
 
     python examples/pretrain_owt.py --pe rope                       # picks the preset for the device
     torchrun --nproc_per_node=8 examples/pretrain_owt.py --pe rope  # DDP: same global batch, split by rank
-    python examples/pretrain_owt.py --out-dir out/cpu-rope --resume # continue a run
+    python examples/pretrain_owt.py --out-dir out/cpu-rope --resume # continue a run (from step 0 if it has no checkpoint)
+    python examples/pretrain_owt.py --pe rope --resume              # the same command starts or continues it
     python examples/pretrain_owt.py --init-from out/cpu-rope --block-size 512 --max-iters 100 \\
         --out-dir out/cpu-rope-512                                  # fine-tune a trained run at a longer context
 
-Outputs in --out-dir: log.jsonl (one record per step and per evaluation), curves.png,
+Outputs in --out-dir: run.json (the run's spec, written first), log.jsonl (one record per step and per evaluation), curves.png,
 summary.json (final losses, tokens, wall time, the architecture built, samples), samples.txt and
 checkpoints (ckpt-*.pt + checkpoints.json). See docs/training.md. ``posenc train`` is the same
 command for an installed package.
@@ -21,19 +22,20 @@ command for an installed package.
 import os
 import sys
 
-from posenc.cli import configs_from_args, guarded, train_parser
+from posenc.cli import guarded, train_parser
 from posenc.train import handle_stop_signals, train
+from posenc.train.args import plan_from_args
 
 
 def main() -> int:
     args = train_parser().parse_args()  # every flag: --help
     world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's; 1 for a plain run
-    model_config, train_config = configs_from_args(args, world_size=world)
+    spec, resume = plan_from_args(args, world_size=world)  # the preset and the flags, or the folder's saved run
     with handle_stop_signals() as stop:  # SIGTERM/SIGINT: checkpoint at the next step, then exit
         result = train(
-            model_config,
-            train_config,
-            resume=args.resume,
+            spec.model,
+            spec.train,
+            resume=resume,
             stop=stop,
             stop_at=args.stop_at,
             progress=not args.no_progress,

@@ -186,3 +186,14 @@ def test_attention_and_the_model_ask_encodings_only_what_the_protocol_declares()
         assert not re.search(r"getattr\((self\.)?pe\b", text), f"{path.name} probes an encoding with getattr"
         asked = set(re.findall(r"\b(?:self\.)?pe\.([a-z_]+)", text))
         assert asked <= declared, f"{path.name} asks encodings for {sorted(asked - declared)}, not in the protocol"
+
+
+def test_an_encoding_that_cannot_pack_documents_refuses_them_by_name():
+    class Unpackable(ForgetGates):  # e.g. a bias that mixes information across the whole row
+        supports_segments = False
+
+    attn = CausalSelfAttention(16, 2, pe=Unpackable(16, 2))
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="Unpackable does not support packed documents"):
+        attn(torch.randn(1, 4, 16), segments=(ids, ids))
+    attn(torch.randn(1, 4, 16))  # without documents it runs
