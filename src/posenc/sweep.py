@@ -89,6 +89,14 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="--study lr: write lr.json and the page from the runs already finished (the others pending), training none",
     )
+    p.add_argument(
+        "--revise",
+        default=None,
+        metavar="JSON",
+        help="with --render and one --from: replace the rows of this json's variants in the --from json (the "
+        "others stay), record the revision (--why, what moved, which sentences changed) and render the page",
+    )
+    p.add_argument("--why", default=None, help="with --revise: why the rows were retrained (shown on the page)")
     p.add_argument("--out", default=None, help="results folder; default: out/compare-<preset>")
     p.add_argument("--device", default=None, help="device of the runs and of the evaluation")
     p.add_argument("--data-dir", default=None, help="prepared shards, passed to every run")
@@ -126,6 +134,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         p.error(f"--quick is the 'quick' preset; drop --preset {args.preset}")
     if args.from_json and not args.render:
         p.error("--from needs --render")
+    if args.revise and (not args.from_json or len(args.from_json) != 1 or not args.why):
+        p.error("--revise needs --render, one --from json and --why")
     if args.no_train and args.study != "lr":
         p.error(f"--no-train is for --study lr, not --study {args.study}")
     if args.lr_edge_steps < 0:
@@ -167,9 +177,15 @@ def sweep_from_args(args: argparse.Namespace, command: str) -> Sweep:
     )
 
 
-def render_from(sources: list[Path], page: Path) -> int:
-    """Redraw a page from existing json: results.json (several are merged), or one study's json."""
+def render_from(sources: list[Path], page: Path, revision: tuple[Path, str, str] | None = None) -> int:
+    """Redraw a page from existing json: results.json (several are merged), or one study's json;
+    with ``revision`` (new json, why, command), that json's rows revised first (:mod:`posenc.report.revise`)."""
     parts = [json.loads(f.read_text()) for f in sources]
+    if revision is not None:
+        from posenc.report.revise import revise
+
+        new, why, command = revision
+        parts = [revise(parts[0], json.loads(new.read_text()), why, command)]
     kinds = {part.get("kind", "table") for part in parts}
     if kinds != {"table"}:  # a study's json (lr.json, ...): its own page, one at a time
         if len(parts) > 1:
@@ -179,7 +195,7 @@ def render_from(sources: list[Path], page: Path) -> int:
         figures = render_study(parts[0], page)
     else:
         results = parts[0] if len(parts) == 1 else merge_results(parts)
-        figures = render_page(results, page, sources[0] if len(parts) == 1 else None)
+        figures = render_page(results, page, sources[0] if len(sources) == 1 and revision is None else None)
     print(
         f"[compare] wrote {page} from {', '.join(map(str, sources))}"
         + ("" if figures else " (no figures: matplotlib is not installed)")
@@ -189,11 +205,12 @@ def render_from(sources: list[Path], page: Path) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
-    if args.from_json:
-        return render_from([Path(f) for f in args.from_json], Path(args.render))
     command = (prog or "python examples/compare.py") + (
         " " + shlex.join(argv if argv is not None else sys.argv[1:])
     ).rstrip()
+    if args.from_json:
+        revision = None if args.revise is None else (Path(args.revise), args.why, command)
+        return render_from([Path(f) for f in args.from_json], Path(args.render), revision)
     sweep = sweep_from_args(args, command)
     if sweep.threads is not None:  # in-process training, or the evaluation that runs beside the training processes
         torch.set_num_threads(sweep.threads)

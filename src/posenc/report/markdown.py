@@ -13,6 +13,7 @@ from typing import Any
 from posenc.io import atomic_write
 from posenc.report.claims import discussion
 from posenc.report.figures import have_matplotlib, plot_all
+from posenc.report.revisions import revisions_markdown
 from posenc.report.stats import (
     STUDY,
     fmt_diff,
@@ -278,7 +279,7 @@ def render_markdown(results: dict[str, Any], assets: str | None, figures: list[s
         "length-generalisation probe that loss cannot show.",
         "",
     ]
-    return "\n".join(out)
+    return "\n".join(out + revisions_markdown(results))
 
 
 def _figures(results: dict[str, Any], folder: Path, figures: bool | None) -> list[str]:

@@ -268,3 +268,15 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged["aggregate"] = aggregate(merged["runs"], variants, merged["seeds"])
     merged["comparisons"] = compare_pairs(merged["runs"], variants, merged["seeds"])
     return merged
+
+
+def order_changes(shared: dict[str, float], best: dict[str, float]) -> list[dict[str, Any]]:
+    """Pairs of variants ordered differently by mean validation loss at the shared and the best rates."""
+    names = [v for v in shared if v in best]
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if (shared[a] < shared[b]) != (best[a] < best[b]):
+                first, second = (a, b) if best[a] < best[b] else (b, a)
+                out.append({"better_at_best": first, "worse_at_best": second})
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 
 from posenc.io import atomic_write
 from posenc.report.figures import _colors, _save, have_matplotlib, pyplot
+from posenc.report.revisions import revisions_markdown
 from posenc.report.stats import fmt_spread
 from posenc.variants import label
 
@@ -113,7 +114,7 @@ def lr_markdown(results: dict[str, Any], figures: list[str], assets: str) -> str
         ]
     if "lr.png" in figures:
         out += [f"![loss against learning rate]({assets}/lr.png)", ""]
-    return "\n".join(out + _lr_phase2(results))
+    return "\n".join(out + _lr_phase2(results) + revisions_markdown(results))
 
 
 def _lr_phase2(results: dict[str, Any]) -> list[str]:
@@ -211,7 +212,8 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
     mults, T, ft = results["multipliers"], results["block_size"], results["finetune"]
     out = ["# Results: context extension and length extrapolation", "", *provenance(results)]
     out += [
-        f"Preset `{results['preset']}`, seed {results['seed']}, trained at {T} tokens. Validation loss at "
+        f"Preset `{results['preset']}`, seed {results['seed']} (a row with seeds listed: the mean over them, "
+        f"± their std), trained at {T} tokens. Validation loss at "
         f"contexts of 1x-{mults[-1]}x, each row a KV-free forward from position 0 over the same "
         f"{results['eval_tokens']:,} validation tokens. Zero-shot schedules use factor m at m x the context "
         "(dynamic NTK rescales itself with the length; p-RoPE drops the lowest quarter of the frequencies at "
@@ -231,8 +233,10 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
         cells = []
         for m in mults:
             x = r["loss"][str(m)]
-            cells.append(f"**{_fmt(x)}**" if x is not None and x == best[str(m)] else _fmt(x))
-        out.append(f"| {SECTION_TITLES[r['section']]}: {row(r['name'])} | " + " | ".join(cells) + " |")
+            cell = _fmt(x) + _seed_std(r, str(m))
+            cells.append(f"**{cell}**" if x is not None and x == best[str(m)] else cell)
+        seeds = f" (seeds {', '.join(map(str, r['seeds']))})" if len(r.get("seeds") or []) > 1 else ""
+        out.append(f"| {SECTION_TITLES[r['section']]}: {row(r['name'])}{seeds} | " + " | ".join(cells) + " |")
     out.append("")
     for section, title in SECTION_TITLES.items():
         these = [r for r in rows.values() if r["section"] == section]
@@ -247,7 +251,13 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
     out.append("")
     if "extension.png" in figures:
         out += [f"![loss against context]({assets}/extension.png)", ""]
-    return "\n".join(out)
+    return "\n".join(out + revisions_markdown(results))
+
+
+def _seed_std(r: dict[str, Any], m: str) -> str:
+    """`` ± std`` over a row's seeds, when it has several."""
+    xs = [losses[m] for losses in (r.get("loss_by_seed") or {}).values() if losses[m] is not None]
+    return f" ± {np.std(xs, ddof=1):.4f}" if len(xs) > 1 else ""
 
 
 def plot_extension(results: dict[str, Any], path: Path) -> None:
@@ -352,7 +362,7 @@ def synthetic_markdown(results: dict[str, Any], figures: list[str], assets: str)
         "at distances and absolute positions never seen in training, not how a large language model behaves.",
         "",
     ]
-    return "\n".join(out)
+    return "\n".join(out + revisions_markdown(results))
 
 
 def plot_synthetic(results: dict[str, Any], path: Path) -> None:
@@ -366,8 +376,8 @@ def plot_synthetic(results: dict[str, Any], path: Path) -> None:
         im = ax.imshow(
             np.array(results["mean_accuracy"][v]).T, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto"
         )
-        for i, row in enumerate(results["mean_accuracy"][v]):
-            for j, acc in enumerate(row):
+        for i, by_depth in enumerate(results["mean_accuracy"][v]):
+            for j, acc in enumerate(by_depth):
                 ax.text(
                     i, j, f"{acc:.2f}", ha="center", va="center", fontsize=7, color="white" if acc < 0.6 else "black"
                 )

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from posenc.jobs import DIVERGED, Sweep, plan_run
-from posenc.report.stats import spread
+from posenc.report.stats import order_changes, spread
 from posenc.studies.common import environment, read_curve, write_study
 from posenc.train.config import TRAIN_PRESETS
 from posenc.train.runlog import read_summary
@@ -83,18 +83,6 @@ def beyond_edge(losses: dict[float, float | None], factor: float = EDGE_FACTOR) 
     if best == min(losses):
         return best / factor
     return None
-
-
-def order_changes(shared: dict[str, float], best: dict[str, float]) -> list[dict[str, Any]]:
-    """Pairs of variants ordered differently by mean validation loss at the shared and the best rates."""
-    names = [v for v in shared if v in best]
-    out = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            if (shared[a] < shared[b]) != (best[a] < best[b]):
-                first, second = (a, b) if best[a] < best[b] else (b, a)
-                out.append({"better_at_best": first, "worse_at_best": second})
-    return out
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""Revising a page: some variants' rows retrained, the others kept, and the revision recorded.
+
+When a change of the library moves only some variants (a corrected initialisation, say), the
+rows of those variants are retrained and :func:`revise` puts them into the study's json in place
+of the old ones; every other row stays as it was, bit for bit. The revised json records the
+revision -- when, the command, why, how much each revised row moved and which of the page's
+computed sentences changed -- and every page renders its revisions (:func:`revisions_markdown`).
+It works for every study's json: results.json (``table``), lr.json, extension.json and
+synthetic.json.
+
+    compare --render docs/results.md --from docs/results/results.json --revise out/new/results.json \\
+        --why "FIRE and T5 retrained with the 0.3 initialisation and scale"
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import statistics
+from typing import Any
+
+#: The fields of the runs' training that must agree for two jsons to be merged.
+_PLACEMENT = ("out_dir", "seed", "device")
+
+
+def _kind(results: dict[str, Any]) -> str:
+    return results.get("kind", "table")
+
+
+def _check_compatible(old: dict[str, Any], new: dict[str, Any]) -> None:
+    if _kind(old) != _kind(new):
+        raise ValueError(f"cannot revise a {_kind(old)} page with a {_kind(new)} json")
+    for key in ("preset", "block_size"):
+        if old.get(key) != new.get(key):
+            raise ValueError(f"the two jsons differ in {key!r}: {old.get(key)!r} vs {new.get(key)!r}")
+    if _kind(old) == "table":
+        a, b = ({k: v for k, v in r["train_config"].items() if k not in _PLACEMENT} for r in (old, new))
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ValueError(f"the two sweeps trained differently: {diff}")
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def _replace_table(old: dict[str, Any], new: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    from posenc.report.stats import aggregate, compare_pairs
+
+    out = json.loads(json.dumps(old))
+    out["runs"] = {k: r for k, r in old["runs"].items() if r["variant"] not in variants}
+    out["runs"] |= {k: r for k, r in new["runs"].items() if r["variant"] in variants}
+    out["aggregate"] = aggregate(out["runs"], out["variants"], out["seeds"])
+    out["comparisons"] = compare_pairs(out["runs"], out["variants"], out["seeds"])
+    return out
+
+
+def _replace_lr(old: dict[str, Any], new: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    from posenc.report.stats import order_changes
+
+    out = json.loads(json.dumps(old))
+    out["runs"] = {k: r for k, r in old["runs"].items() if r["variant"] not in variants}
+    out["runs"] |= {k: r for k, r in new["runs"].items() if r["variant"] in variants}
+    for key in ("phase1", "best_lr", "beyond_grid", "at_shared", "at_best"):
+        kept = {v: x for v, x in (old.get(key) or {}).items() if v not in variants}
+        out[key] = kept | {v: x for v, x in (new.get(key) or {}).items() if v in variants}
+    means = lambda t: {v: r["val_loss"]["mean"] for v, r in t.items() if r["val_loss"]}  # noqa: E731
+    out["order_changes"] = order_changes(means(out["at_shared"]), means(out["at_best"]))
+    return out
+
+
+def _replace_rows(old: dict[str, Any], new: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    """extension.json: the extrapolating rows of ``variants``."""
+    out = json.loads(json.dumps(old))
+    for key, row in new["rows"].items():
+        if row["section"] == "extrapolating" and row["name"] in variants:
+            out["rows"][key] = row
+    return out
+
+
+def _replace_synthetic(old: dict[str, Any], new: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    out = json.loads(json.dumps(old))
+    out["runs"] = {k: r for k, r in old["runs"].items() if r["variant"] not in variants}
+    out["runs"] |= {k: r for k, r in new["runs"].items() if r["variant"] in variants}
+    out["mean_accuracy"] |= {v: new["mean_accuracy"][v] for v in variants}
+    return out
+
+
+REPLACE = {"table": _replace_table, "lr": _replace_lr, "extension": _replace_rows, "synthetic": _replace_synthetic}
+
+
+def moved(results: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The headline numbers of one variant's rows on a page of this kind."""
+    kind = _kind(results)
+    if kind == "table":
+        a = results["aggregate"][variant]
+        return {"val_loss": a["val_loss"]["mean"], "loss at 16x": (a["extrapolation"].get("16") or {}).get("mean")}
+    if kind == "lr":
+        shared, best = results["at_shared"][variant], results["at_best"][variant]
+        return {"val_loss at the shared rate": shared["val_loss"]["mean"], "best rate": best["lr"]}
+    if kind == "extension":
+        loss = results["rows"][f"extrapolating/{variant}"]["loss"]
+        return {f"loss at {m}x": loss[m] for m in ("1", "4", "16")}
+    grid = results["mean_accuracy"][variant]
+    return {"accuracy at 1x": _mean(grid[0]), f"accuracy at {results['probe']['multipliers'][-1]}x": _mean(grid[-1])}
+
+
+def _sentences(results: dict[str, Any]) -> list[str]:
+    """The page's prose: its lines that are not table rows, figures or headings."""
+    from posenc.report.markdown import render_markdown
+    from posenc.report.studies import RENDERERS
+
+    if _kind(results) == "table":
+        text = render_markdown(results, None, [])
+    else:
+        text = RENDERERS[_kind(results)][0](results, [], "")
+    skip = ("|", "#", "![", "- Command", "- Date", "- Wall time", "- One run", "- Sweep", "  Date")
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(skip)]
+
+
+def revise(old: dict[str, Any], new: dict[str, Any], why: str, command: str = "") -> dict[str, Any]:
+    """``old`` with the rows of ``new``'s variants replaced by ``new``'s, and the revision recorded."""
+    _check_compatible(old, new)
+    if _kind(new) == "extension":
+        names = {r["name"] for r in new["rows"].values() if r["section"] == "extrapolating"}
+        variants = sorted(v for v in names if f"extrapolating/{v}" in old["rows"])
+    else:
+        variants = [v for v in new["variants"] if v in old["variants"]]
+    if not variants:
+        raise ValueError("the new json revises no variant of the old one")
+    out = REPLACE[_kind(old)](old, new, variants)
+    before, after = _sentences(old), _sentences(out)
+    out["revisions"] = [
+        *old.get("revisions", []),
+        {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": command,
+            "source": {k: new.get(k) for k in ("command", "created")},
+            "why": why,
+            "variants": variants,
+            "moved": {v: {"before": moved(old, v), "after": moved(out, v)} for v in variants},
+            "sentences_changed": [[a, b] for a, b in _changed(before, after)],
+        },
+    ]
+    return out
+
+
+def _changed(before: list[str], after: list[str]) -> list[tuple[str, str]]:
+    """(old, new) sentence pairs that differ, matched by position among the lines that changed."""
+    gone = [s for s in before if s not in after]
+    came = [s for s in after if s not in before]
+    pairs = list(zip(gone, came))
+    pairs += [(s, "") for s in gone[len(came) :]] + [("", s) for s in came[len(gone) :]]
+    return pairs
