@@ -1,10 +1,9 @@
-"""The encoding protocol and the one attention kernel, beyond the built-in encodings.
+"""The encoding protocol and the one attention kernel.
 
-- A content-dependent score bias, through the ``token_features`` hook: a throwaway encoding whose
-  per-token features are cumulative log forget gates of the layer's input (the form of the
-  Forgetting Transformer, Lin et al. 2025: bias F_i - F_j), against a float64 transcription of that
-  formula -- values and the gradients that reach the gates --, cached decoding against the full
-  forward (the cache keeps the features), and packed documents.
+- A content-dependent score bias, through the ``token_features`` hook (FoX's forget gates, whose
+  own golden test against its reference is tests/test_fox.py): the layer against the formula
+  written out over the whole sequence, values and the gradients that reach the gates, cached
+  decoding against the full forward (the cache keeps the features), and packed documents.
 - The kernel's per-layer logit softcap (Gemma 2) and per-head sinks (gpt-oss), against dense float64
   references, through the kernel and through a model.
 - The FlexAttention path, reachable as an attention config's ``backend``.
@@ -16,47 +15,19 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from posenc import GPT, CausalSelfAttention, GPTConfig
 from posenc.attention.blockwise import attend
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
-from posenc.spec import spec
+from posenc.encodings.base import PositionalEncoding
+from posenc.encodings.fox import ForgetGate
 
 F64 = torch.float64
 SRC = Path(__file__).resolve().parent.parent / "src" / "posenc"
-
-
-class ForgetGates(PositionalEncoding):
-    """Per head a forget gate f_t = sigmoid(w.x_t + b); the score bias of query i and key j is
-    F_i - F_j with F the cumulative sum of log f (F of the cached tokens carries on)."""
-
-    where = "scores"
-
-    @spec
-    class Config(EncodingConfig):
-        pass
-
-    def __init__(self, n_embd: int, n_head: int) -> None:
-        super().__init__()
-        self.gate = nn.Linear(n_embd, n_head)
-
-    @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> ForgetGates:
-        return cls(dims.n_embd, dims.n_head)
-
-    def token_features(self, x: Tensor, past: Tensor | None = None) -> Tensor:
-        log_f = F.logsigmoid(self.gate(x)).transpose(1, 2)[..., None]  # (B, nh, T, 1)
-        cum = torch.cumsum(log_f, dim=2)
-        return cum if past is None else cum + past[:, :, -1:]
-
-    def score_bias(self, q_positions, k_positions, q_features=None, k_features=None) -> Tensor:
-        return q_features - k_features.transpose(-1, -2)  # (B, nh, Tq, Tk)
 
 
 def reference(attn: CausalSelfAttention, x: Tensor) -> Tensor:
@@ -73,7 +44,7 @@ def reference(attn: CausalSelfAttention, x: Tensor) -> Tensor:
 
 def gated_layer(seed: int = 0) -> CausalSelfAttention:
     torch.manual_seed(seed)
-    attn = CausalSelfAttention(16, 2, pe=ForgetGates(16, 2), bias=False)
+    attn = CausalSelfAttention(16, 2, pe=ForgetGate(16, 2), bias=False)
     with torch.no_grad():
         attn.pe.gate.bias.fill_(2.0)  # gates near 0.9: a bias that matters without drowning the scores
     return attn
@@ -189,7 +160,7 @@ def test_attention_and_the_model_ask_encodings_only_what_the_protocol_declares()
 
 
 def test_an_encoding_that_cannot_pack_documents_refuses_them_by_name():
-    class Unpackable(ForgetGates):  # e.g. a bias that mixes information across the whole row
+    class Unpackable(ForgetGate):  # e.g. a bias that mixes information across the whole row
         supports_segments = False
 
     attn = CausalSelfAttention(16, 2, pe=Unpackable(16, 2))

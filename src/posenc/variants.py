@@ -67,6 +67,17 @@ COMPOSITES: dict[str, Variant] = {
         "GPT RNOPE-SWA",
         "RNoPE whose RoPE layers attend within a 32-token window",
     ),
+    # attention sinks (gpt-oss): one learned logit per head in the softmax's denominator
+    "rope_sinks": Variant(
+        {"layer_pe": ROPE, "attention_options": {"sinks": True}},
+        "GPT ROPE + sinks",
+        "RoPE on every layer, attention sinks",
+    ),
+    "rnope_swa_sinks": Variant(
+        {"layer_pe": RNOPE, "layer_window": (32, 32, 32, None), "attention_options": {"sinks": True}},
+        "GPT RNOPE-SWA + sinks",
+        "RNoPE-SWA with attention sinks on every layer",
+    ),
 }
 
 #: Labels and descriptions of the single-encoding variants, in the study's style.
@@ -79,6 +90,8 @@ _SINGLE: dict[str, tuple[str, str]] = {
     "t5": ("GPT T5 bias", "T5 bucketed relative bias on every layer"),
     "kerple": ("GPT KERPLE", "KERPLE logarithmic bias on every layer"),
     "fire": ("GPT FIRE", "FIRE learned distance function on every layer"),
+    "fox": ("GPT FoX", "forget gates from the content (Forgetting Transformer) on every layer"),
+    "fox_rope": ("GPT FoX + RoPE", "forget gates and RoPE on every layer"),
 }
 
 

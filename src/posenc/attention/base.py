@@ -148,8 +148,8 @@ class Attention(nn.Module):
         self.window, self.chunk = mask.window, mask.chunk
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
-        # zeros: a sink starts as one more key with score 0 (reset_parameters keeps it there)
-        self.sinks = nn.Parameter(torch.zeros(n_head)) if config.sinks else None
+        # N(0, 0.02), as gpt-oss's initialiser (Hugging Face GptOssPreTrainedModel._init_weights)
+        self.sinks = nn.Parameter(torch.randn(n_head) * 0.02) if config.sinks else None
 
     def new_cache(self) -> LayerKVCache:
         """An empty cache for this layer."""

@@ -13,6 +13,7 @@ from posenc.encodings.absolute import AbsolutePE, SinusoidalPE
 from posenc.encodings.alibi import ALiBi
 from posenc.encodings.base import EncodingConfig, PositionalEncoding
 from posenc.encodings.fire import FIRE
+from posenc.encodings.fox import ForgetGate, ForgetGateRoPE
 from posenc.encodings.kerple import KerpleLog
 from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
@@ -30,6 +31,8 @@ ENCODINGS: dict[str, tuple[str, type[PositionalEncoding]]] = {
     "t5": ("T", T5RelativeBias),
     "kerple": ("K", KerpleLog),
     "fire": ("F", FIRE),
+    "fox": ("G", ForgetGate),
+    "fox_rope": ("H", ForgetGateRoPE),
 }
 
 
@@ -77,4 +80,6 @@ __all__ = [
     "T5RelativeBias",
     "KerpleLog",
     "FIRE",
+    "ForgetGate",
+    "ForgetGateRoPE",
 ]
