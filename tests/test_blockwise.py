@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from posenc.attention.blockwise import attend, blockwise_attention, choose_backend, flex_attention_path
+from posenc.attention.blockwise import blockwise_attention
+from posenc.attention.flex import flex_attention_path
+from posenc.attention.kernel import attend, choose_backend
 from posenc.encodings.alibi import ALiBi
 from posenc.encodings.fire import FIRE
 from posenc.encodings.kerple import KerpleLog
@@ -397,7 +399,7 @@ def test_flex_backward_is_unavailable_on_cpu():
 def test_compiled_flex_forward_on_cpu():
     """The compiled kernel with a window mask (lengths a multiple of its 128 block); the block
     mask is built once per shape and reused."""
-    from posenc.attention.blockwise import flex_block_mask
+    from posenc.attention.flex import flex_block_mask
 
     q, k, v = (t.detach() for t in qkv(2, 4, 2, 128, 128, 16, seed=8))
     with torch.no_grad():

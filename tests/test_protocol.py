@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from posenc import GPT, CausalSelfAttention, GPTConfig
-from posenc.attention.blockwise import attend
+from posenc.attention.kernel import attend
 from posenc.encodings.base import PositionalEncoding
 from posenc.encodings.fox import ForgetGate
 

@@ -72,23 +72,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help=f"default: {' '.join(DEFAULT_VARIANTS)}",
     )
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
-    p.add_argument(
-        "--lrs", nargs="+", type=float, default=None, help="--study lr: the grid (default 1e-3 2e-3 4e-3 8e-3)"
-    )
-    p.add_argument(
-        "--lr-edge-steps",
-        type=int,
-        default=2,
-        metavar="N",
-        help="--study lr: when a variant's best rate is the highest or lowest it has run, try the rate 2x past it, "
-        "up to N times (default 2; 0 keeps to the grid)",
-    )
-    p.add_argument(
-        "--no-train",
-        action="store_true",
-        help="--study lr: write lr.json and the page from the runs already finished (the others pending), training none",
-    )
+    _study_flags(p)
     p.add_argument(
         "--revise",
         default=None,
@@ -125,6 +109,26 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         "extension.json, synthetic.json) renders that study's page",
     )
     return p
+
+
+def _study_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
+    p.add_argument(
+        "--lrs", nargs="+", type=float, default=None, help="--study lr: the grid (default 1e-3 2e-3 4e-3 8e-3)"
+    )
+    p.add_argument(
+        "--lr-edge-steps",
+        type=int,
+        default=2,
+        metavar="N",
+        help="--study lr: when a variant's best rate is the highest or lowest it has run, try the rate 2x past it, "
+        "up to N times (default 2; 0 keeps to the grid)",
+    )
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="--study lr: write lr.json and the page from the runs already finished (the others pending), training none",
+    )
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:

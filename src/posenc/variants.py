@@ -92,6 +92,7 @@ _SINGLE: dict[str, tuple[str, str]] = {
     "fire": ("GPT FIRE", "FIRE learned distance function on every layer"),
     "fox": ("GPT FoX", "forget gates from the content (Forgetting Transformer) on every layer"),
     "fox_rope": ("GPT FoX + RoPE", "forget gates and RoPE on every layer"),
+    "stickbreaking": ("GPT stick-breaking", "stick-breaking attention weights, no positional encoding"),
 }
 
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from posenc.attention.blockwise import BACKENDS, attend
+from posenc.attention.kernel import BACKENDS, attend
 from posenc.attention.mask import Mask
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.spec import Spec, check_bool, check_choice, check_number, spec
@@ -205,6 +205,7 @@ class Attention(nn.Module):
             scale=scale,
             softcap=self.config.softcap,
             sinks=self.sinks,
+            weighting=self.pe.weighting,
             dropout_p=self.dropout if self.training else 0.0,
             backend=self.config.backend,
         )

@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from posenc.attention.base import Attention, AttentionConfig, KVCache, LayerKVCache, append_positions
-from posenc.attention.blockwise import attend
+from posenc.attention.kernel import attend
 from posenc.attention.mask import Mask
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE

@@ -55,9 +55,10 @@ class Mask(Spec):
         return ", ".join(p for p in parts if p) or "causal"
 
 
-def index_rule(q_idx: Tensor, k_idx: Tensor, mask: Mask) -> Tensor:
-    """Causal + window + chunk on broadcastable global indices (e.g. (bq, 1) and (1, bk)) -> bool."""
-    keep = k_idx <= q_idx
+def index_rule(q_idx: Tensor, k_idx: Tensor, mask: Mask, *, itself: bool = True) -> Tensor:
+    """Causal + window + chunk on broadcastable global indices (e.g. (bq, 1) and (1, bk)) -> bool;
+    ``itself=False`` leaves a query's own key out (stick-breaking attention by default)."""
+    keep = k_idx <= q_idx if itself else k_idx < q_idx
     if mask.window is not None:
         keep = keep & (q_idx - k_idx < mask.window)
     if mask.chunk is not None:
@@ -76,12 +77,13 @@ def visible(
     q_segments: Tensor | None = None,
     k_segments: Tensor | None = None,
     key_padding_mask: Tensor | None = None,
+    itself: bool = True,
 ) -> Tensor:
     """The visibility of queries at global indices [q_lo, q_hi) to keys [k_lo, k_hi): bool (bq, bk), or
     (B, 1, bq, bk) with segments (already sliced to the block: (B, bq) and (B, bk)) or padding (B, bk)."""
     q_idx = torch.arange(q_lo, q_hi, device=device)[:, None]  # (bq, 1)
     k_idx = torch.arange(k_lo, k_hi, device=device)[None, :]  # (1, bk)
-    allowed: Tensor = index_rule(q_idx, k_idx, mask)  # (bq, bk)
+    allowed: Tensor = index_rule(q_idx, k_idx, mask, itself=itself)  # (bq, bk)
     if q_segments is not None:
         same = q_segments[:, :, None] == k_segments[:, None, :]  # (B, bq, bk)
         allowed = allowed & same[:, None]  # (B, 1, bq, bk)

@@ -17,6 +17,7 @@ from posenc.encodings.fox import ForgetGate, ForgetGateRoPE
 from posenc.encodings.kerple import KerpleLog
 from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
+from posenc.encodings.stickbreaking import StickBreaking
 from posenc.encodings.t5 import T5RelativeBias
 from posenc.spec import registered_config
 
@@ -33,6 +34,7 @@ ENCODINGS: dict[str, tuple[str, type[PositionalEncoding]]] = {
     "fire": ("F", FIRE),
     "fox": ("G", ForgetGate),
     "fox_rope": ("H", ForgetGateRoPE),
+    "stickbreaking": ("Z", StickBreaking),
 }
 
 
@@ -82,4 +84,5 @@ __all__ = [
     "FIRE",
     "ForgetGate",
     "ForgetGateRoPE",
+    "StickBreaking",
 ]

@@ -27,6 +27,8 @@ neither contains an encoding-specific branch or a ``getattr`` probe:
 ``head_dim``, ``layout``,  what a q/k encoding acts on (None = any): the attention checks them
 ``scaling``                against its own widths; ``scaling`` is a RoPE frequency schedule dict
 ``decays``                 which of its parameters get weight decay
+``weighting``              how scores become attention weights: softmax (every encoding but one),
+                           or stick-breaking, which needs no positional encoding at all
 =========================  ======================================================================
 
 Each encoding class has a nested ``Config`` (:class:`EncodingConfig`): its options as a frozen
@@ -67,6 +69,31 @@ class ModelDims:
     def __post_init__(self) -> None:
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.n_embd // self.n_head)
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """How the attention kernel turns a row of scores into weights.
+
+    ``"softmax"``: the usual. ``"stickbreaking"`` (Tan et al., ICLR 2025): key j of query i gets
+    sigmoid(z_ij) times the product of (1 - sigmoid(z_ik)) over the keys k between them, so the
+    nearest keys claim their share first; ``attend_current`` lets a query take itself as the nearest
+    key, and what is left of the stick (1 - the sum of the weights) goes to the query's own value
+    (``remainder="self"``) or nowhere (``"drop"``).
+    """
+
+    kind: Literal["softmax", "stickbreaking"] = "softmax"
+    attend_current: bool = False
+    remainder: Literal["self", "drop"] = "self"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("softmax", "stickbreaking"):
+            raise ValueError(f"Weighting.kind must be 'softmax' or 'stickbreaking', got {self.kind!r}")
+        if self.remainder not in ("self", "drop"):
+            raise ValueError(f"Weighting.remainder must be 'self' or 'drop', got {self.remainder!r}")
+
+
+SOFTMAX = Weighting()
 
 
 @spec
@@ -156,6 +183,11 @@ class PositionalEncoding(nn.Module):
         positions or with features. Features are :meth:`token_features` of the queries (..., Tq, F)
         and of the keys (..., Tk, F), sliced like the positions."""
         return None
+
+    @property
+    def weighting(self) -> Weighting:
+        """How the kernel turns this layer's scores into weights (softmax unless the encoding says)."""
+        return SOFTMAX
 
     def decays(self, name: str, parameter: nn.Parameter) -> bool:
         """Whether ``parameter`` (named ``name`` inside this encoding) gets weight decay. The default is

@@ -1,0 +1,141 @@
+"""FlexAttention: the same attention as :func:`~posenc.attention.blockwise.blockwise_attention` through
+``torch.nn.attention.flex_attention`` -- the score bias and the softcap as a ``score_mod``, the
+visibility rule (:mod:`posenc.attention.mask`) as a ``BlockMask`` -- compiled on CUDA, the unfused
+reference implementation on CPU (forward only there: this torch has no CPU backward). An attention
+config's ``backend="flex"`` selects it; see docs/attention.md for what has been verified.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from posenc.attention.blockwise import ScoreBias, _check_extras, _check_inputs, _default_positions
+from posenc.attention.mask import Mask, as_mask, index_rule
+
+
+def flex_block_mask(
+    Tq: int,
+    Tk: int,
+    *,
+    device: torch.device | str,
+    window: int | None = None,
+    chunk: int | None = None,
+    q_segments: Tensor | None = None,
+    k_segments: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+):
+    """The FlexAttention ``BlockMask`` of the visibility rule (:mod:`posenc.attention.mask`).
+
+    Masks that depend only on the shape are cached (built once per (Tq, Tk, mask, device));
+    masks that depend on segment ids or padding depend on data: build them once per forward with
+    this function and pass the result to every layer's :func:`attend` as ``block_mask``.
+    """
+    mask = as_mask(window, chunk)
+    if q_segments is None and key_padding_mask is None:
+        return _structural_block_mask(Tq, Tk, mask, str(torch.device(device)))
+    return _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, device)
+
+
+def _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = Tk - Tq
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = index_rule(q_idx + offset, kv_idx, mask)
+        if q_segments is not None:
+            keep = keep & (q_segments[b, q_idx] == k_segments[b, kv_idx])
+        if key_padding_mask is not None:
+            keep = keep & key_padding_mask[b, kv_idx]
+        return keep
+
+    per_row = q_segments is not None or key_padding_mask is not None
+    B = (q_segments if q_segments is not None else key_padding_mask).shape[0] if per_row else None
+    return create_block_mask(mask_mod, B, None, Tq, Tk, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _structural_block_mask(Tq: int, Tk: int, mask: Mask, device: str):
+    return _build_block_mask(Tq, Tk, mask, None, None, None, device)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _score_mod(score_bias: ScoreBias | None, q_positions: Tensor, k_positions: Tensor, softcap: float | None):
+    """The scores' softcap and ``score_bias`` as a FlexAttention ``score_mod`` of one (b, h, q, k) score."""
+    q_rows, k_rows = q_positions.dim() == 2, k_positions.dim() == 2
+    # broadcasting against a (1,) zero turns the 0-d position into a (1,) one; the compiler
+    # cannot lower a reshape of an indexed value
+    one = torch.zeros(1, dtype=q_positions.dtype, device=q_positions.device)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if softcap is not None:
+            score = softcap * torch.tanh(score / softcap)
+        if score_bias is None:
+            return score
+        qp = q_positions[b, q_idx] if q_rows else q_positions[q_idx]
+        kp = k_positions[b, kv_idx] if k_rows else k_positions[kv_idx]
+        bias = score_bias(qp + one, kp + one)  # (nh, 1, 1)
+        return score + bias[h, 0, 0].to(score.dtype)
+
+    return score_mod
+
+
+def flex_attention_path(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    score_bias: ScoreBias | None = None,
+    q_positions: Tensor | None = None,
+    k_positions: Tensor | None = None,
+    window: int | None = None,
+    chunk: int | None = None,
+    q_segments: Tensor | None = None,
+    k_segments: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    block_mask=None,
+    compiled: bool | None = None,
+) -> Tensor:
+    """The same attention as :func:`blockwise_attention` through FlexAttention (fused on CUDA).
+
+    ``block_mask`` from :func:`flex_block_mask`, or None to take the cached structural one (or to
+    build one from segments/padding). ``compiled``: None compiles on CUDA only; ``False`` runs
+    FlexAttention's unfused reference implementation (it materialises the scores).
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q_segments, k_segments = _check_inputs(q, k, v, q_segments, k_segments, key_padding_mask, 0.0)
+    _check_extras(q, softcap, None)
+    Tq, Tk = q.shape[2], k.shape[2]
+    if block_mask is None:
+        block_mask = flex_block_mask(
+            Tq,
+            Tk,
+            device=q.device,
+            window=window,
+            chunk=chunk,
+            q_segments=q_segments,
+            k_segments=k_segments,
+            key_padding_mask=key_padding_mask,
+        )
+    score_mod = None
+    if score_bias is not None or softcap is not None:
+        q_positions = _default_positions(q_positions, Tk - Tq, Tk, q.device)
+        k_positions = _default_positions(k_positions, 0, Tk, q.device)
+        score_mod = _score_mod(score_bias, q_positions, k_positions, softcap)
+    compiled = q.device.type == "cuda" if compiled is None else compiled
+    fn = _compiled_flex_attention() if compiled else flex_attention
+    return fn(
+        q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )  # (B, nh, Tq, dv)
