@@ -20,7 +20,10 @@ ATTENTION = {
 # the positional variants (those that choose an attention, gqa and mla, are the rows of ATTENTION);
 # MLA refuses QK-norm (a per-head norm of keys is not linear in the latent, so it cannot be absorbed)
 POSITIONAL = [v for v in sorted(VARIANTS) if not {"attention", "n_kv_head"} & set(VARIANTS[v].model)]
-CASES = [(a, v) for a in ATTENTION for v in POSITIONAL if not (a == "mla" and VARIANTS[v].model.get("qk_norm"))]
+# and encodings with a content bias (CoPE reads per-head queries of its own width, which MLA forms only on its
+# decoupled rotary part)
+REFUSED_BY_MLA = {v for v in POSITIONAL if VARIANTS[v].model.get("qk_norm")} | {"cope"}
+CASES = [(a, v) for a in ATTENTION for v in POSITIONAL if not (a == "mla" and v in REFUSED_BY_MLA)]
 
 
 def model(attention: str, variant: str, **extra) -> GPT:
@@ -81,6 +84,7 @@ def test_a_short_training_run_lowers_the_loss(attention: str, variant: str) -> N
         (dict(attention="mla", kv_lora_rank=0), "kv_lora_rank"),
         (dict(attention="mla", qk_rope_head_dim=3), "qk_rope_head_dim"),
         (dict(attention="mla", pe="qknorm"), "qk_norm"),
+        (dict(attention="mla", pe="cope"), "content bias"),
     ],
 )
 def test_configurations_that_cannot_work_are_refused_by_field(overrides: dict, field: str) -> None:

@@ -93,6 +93,7 @@ _SINGLE: dict[str, tuple[str, str]] = {
     "fox": ("GPT FoX", "forget gates from the content (Forgetting Transformer) on every layer"),
     "fox_rope": ("GPT FoX + RoPE", "forget gates and RoPE on every layer"),
     "stickbreaking": ("GPT stick-breaking", "stick-breaking attention weights, no positional encoding"),
+    "cope": ("GPT CoPE", "contextual positions: gated counts of the keys (CoPE) on every layer"),
 }
 
 

@@ -52,6 +52,9 @@ from posenc.encodings.base import SOFTMAX, Weighting
 #: (q_positions, k_positions, q_features, k_features) of a tile -> additive float bias (nh, bq, bk) or
 #: (B, nh, bq, bk), or None. Positions are (bq,) / (bk,) or (B, bq) / (B, bk). An encoding's ``score_bias``.
 ScoreBias = Callable[..., "Tensor | None"]
+#: (q block (B, nh, bq, hs), its scaled scores (B, nh, bq, span), the visibility mask, scale) -> additive
+#: bias (B, nh, bq, span) or None. An encoding's ``content_bias`` (CoPE).
+ContentBias = Callable[[Tensor, Tensor, Tensor, float], "Tensor | None"]
 
 
 def _check_inputs(
@@ -149,6 +152,7 @@ def _tile(
     k_feat: Tensor | None,
     allowed: Tensor,
     score_bias: ScoreBias | None,
+    content_bias: ContentBias | None,
     scale: float,
     softcap: float | None,
     sinks: Tensor | None,
@@ -170,12 +174,15 @@ def _tile(
     qg = q.reshape(B, n_kv, g * bq, hs)  # (B, n_kv, g*bq, hs)
     s = torch.matmul(qg, k.transpose(-1, -2)).view(B, nh, bq, span)  # (B, nh, bq, span)
     s = s.to(torch.promote_types(s.dtype, torch.float32)) * scale  # at least float32; float64 stays float64
+    content = None if content_bias is None else content_bias(q, s, allowed, scale)  # from the raw scaled scores
     if softcap is not None:
         s = softcap * torch.tanh(s / softcap)
     if score_bias is not None:
         bias = score_bias(q_pos, k_pos, q_feat, k_feat)  # (nh, bq, span) or (B, nh, bq, span)
         if bias is not None:
             s = s + bias
+    if content is not None:
+        s = s + content
     if weighting.kind == "stickbreaking":
         p, rest = _stickbreaking_weights(s, allowed)
     else:
@@ -195,6 +202,7 @@ def blockwise_attention(
     v: Tensor,
     *,
     score_bias: ScoreBias | None = None,
+    content_bias: ContentBias | None = None,
     q_positions: Tensor | None = None,
     k_positions: Tensor | None = None,
     q_features: Tensor | None = None,
@@ -241,7 +249,7 @@ def blockwise_attention(
     k_chunks, v_chunks = k.split(block_k, dim=2), v.split(block_k, dim=2)
     # Recompute tiles in backward (saving none) unless the tiles are few: a local mask without a
     # bias keeps T x (window + block_k) scores in all, linear in T, and saving them halves the work.
-    recompute = torch.is_grad_enabled() and not (score_bias is None and mask.local)
+    recompute = torch.is_grad_enabled() and not (score_bias is None and content_bias is None and mask.local)
     rows = dict(q_positions=q_positions, k_positions=k_positions, q_features=q_features, k_features=k_features)
     rows |= dict(q_segments=q_segments, k_segments=k_segments, key_padding_mask=key_padding_mask, device=q.device)
     outputs = []
@@ -251,7 +259,7 @@ def blockwise_attention(
         c_lo, c_hi = mask.first_key(first) // block_k, last // block_k + 1  # key chunks [c_lo, c_hi)
         k_lo, k_hi = c_lo * block_k, min(c_hi * block_k, Tk)
         allowed, pos, feat = _block(rows, q_lo, q_lo + q_blk.shape[2], first, k_lo, k_hi, mask, weighting, score_bias)
-        args = (q_blk, k_chunks[c_lo:c_hi], v_chunks[c_lo:c_hi], *pos, *feat, allowed, score_bias, scale)
+        args = (q_blk, k_chunks[c_lo:c_hi], v_chunks[c_lo:c_hi], *pos, *feat, allowed, score_bias, content_bias, scale)
         args += (softcap, sinks, dropout_p, weighting, first - k_lo)
         if recompute:
             outputs.append(checkpoint(_tile, *args, use_reentrant=False))

@@ -18,7 +18,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from posenc.attention.blockwise import ScoreBias, _check_inputs, blockwise_attention
+from posenc.attention.blockwise import ContentBias, ScoreBias, _check_inputs, blockwise_attention
 from posenc.attention.flex import flex_attention_path
 from posenc.attention.mask import Mask, visible
 from posenc.encodings.base import SOFTMAX, Weighting
@@ -65,6 +65,7 @@ def attend(
     v: Tensor,
     *,
     score_bias: ScoreBias | None = None,
+    content_bias: ContentBias | None = None,
     q_positions: Tensor | None = None,
     k_positions: Tensor | None = None,
     q_features: Tensor | None = None,
@@ -94,7 +95,13 @@ def attend(
     extras = dict(score_bias=score_bias, window=window, chunk=chunk, q_segments=q_segments, k_segments=k_segments)
     extras |= dict(key_padding_mask=key_padding_mask, softcap=softcap)
     if backend == "auto":
-        backend = choose_backend(q, k, sinks=sinks, weighting=weighting, **extras)
+        backend = (
+            "blockwise"
+            if content_bias is not None
+            else choose_backend(q, k, sinks=sinks, weighting=weighting, **extras)
+        )
+    if backend != "blockwise" and content_bias is not None:
+        raise ValueError(f"backend={backend!r} takes no content bias (CoPE); it runs 'blockwise'")
     if backend != "blockwise" and weighting.kind != "softmax":
         raise ValueError(f"backend={backend!r} runs softmax attention only; {weighting.kind} weights run 'blockwise'")
     if backend == "sdpa":
@@ -112,7 +119,7 @@ def attend(
         if sinks is not None or q_features is not None:
             raise ValueError("FlexAttention takes no sinks and no per-token features here; use 'blockwise'")
         return flex_attention_path(q, k, v, scale=scale, block_mask=block_mask, **positions, **extras)
-    features = dict(q_features=q_features, k_features=k_features)
+    features = dict(q_features=q_features, k_features=k_features, content_bias=content_bias)
     return blockwise_attention(
         q, k, v, scale=scale, sinks=sinks, weighting=weighting, dropout_p=dropout_p, **positions, **features, **extras
     )

@@ -173,6 +173,8 @@ class MultiHeadLatentAttention(Attention):
 
         def check(self, dims: ModelDims, encoding: EncodingConfig | None = None) -> None:
             self.dims(dims)
+            if encoding is not None and encoding.encoding.has_content_bias:
+                raise ValueError(_NO_CONTENT_BIAS.format(name=encoding.encoding.__name__))
             layout = None if encoding is None else encoding.options().get("layout", "half")
             if self.rope_interleave and layout not in (None, "half"):
                 raise ValueError(_INTERLEAVE_NEEDS_HALF.format(name=type(encoding).__qualname__, layout=layout))
@@ -360,8 +362,16 @@ _INTERLEAVE_NEEDS_HALF = (
 )
 
 
+_NO_CONTENT_BIAS = (
+    "MultiHeadLatentAttention takes no encoding with a content bias ({name}): it reads per-head queries "
+    "of the encoding's width, which MLA forms only on its decoupled rotary part"
+)
+
+
 def _check_encoding(pe: PositionalEncoding, dims: MLADims, rope_interleave: bool) -> None:
     name = type(pe).__name__
+    if pe.has_content_bias:
+        raise ValueError(_NO_CONTENT_BIAS.format(name=name))
     if pe.where not in ("qk", "scores", "none"):
         raise ValueError(
             f"MultiHeadLatentAttention takes encodings with where 'qk', 'scores' or 'none'; {name} has where={pe.where!r}"

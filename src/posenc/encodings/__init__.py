@@ -12,6 +12,7 @@ from __future__ import annotations
 from posenc.encodings.absolute import AbsolutePE, SinusoidalPE
 from posenc.encodings.alibi import ALiBi
 from posenc.encodings.base import EncodingConfig, PositionalEncoding
+from posenc.encodings.cope import ContextualPosition
 from posenc.encodings.fire import FIRE
 from posenc.encodings.fox import ForgetGate, ForgetGateRoPE
 from posenc.encodings.kerple import KerpleLog
@@ -35,6 +36,7 @@ ENCODINGS: dict[str, tuple[str, type[PositionalEncoding]]] = {
     "fox": ("G", ForgetGate),
     "fox_rope": ("H", ForgetGateRoPE),
     "stickbreaking": ("Z", StickBreaking),
+    "cope": ("C", ContextualPosition),
 }
 
 
@@ -85,4 +87,5 @@ __all__ = [
     "ForgetGate",
     "ForgetGateRoPE",
     "StickBreaking",
+    "ContextualPosition",
 ]

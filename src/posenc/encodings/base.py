@@ -23,6 +23,9 @@ neither contains an encoding-specific branch or a ``getattr`` probe:
                            biases, e.g. forget gates); attention caches them beside the keys
 ``score_bias``             additive scores for (query, key) positions and, when the encoding has
                            features, the queries' and keys' features
+``content_bias``           additive scores from the tile's queries and their scaled q.k scores
+                           (CoPE's gated counts), called by the kernel on each tile when the
+                           encoding says ``has_content_bias``
 ``supports_segments``      packed documents (document masks) are exact with this encoding
 ``head_dim``, ``layout``,  what a q/k encoding acts on (None = any): the attention checks them
 ``scaling``                against its own widths; ``scaling`` is a RoPE frequency schedule dict
@@ -127,6 +130,8 @@ class PositionalEncoding(nn.Module):
     Config: ClassVar[type[EncodingConfig]] = EncodingConfig
     #: packed documents are exact: nothing of one document reaches another through the encoding
     supports_segments: ClassVar[bool] = True
+    #: the kernel calls ``content_bias`` on every tile (it needs the tile's queries and scores)
+    has_content_bias: ClassVar[bool] = False
     #: largest position + 1 the encoding can represent; None means any position
     max_positions: int | None = None
     #: the q/k head size it acts on, the channel-pair layout it rotates, its frequency schedule
@@ -188,6 +193,12 @@ class PositionalEncoding(nn.Module):
     def weighting(self) -> Weighting:
         """How the kernel turns this layer's scores into weights (softmax unless the encoding says)."""
         return SOFTMAX
+
+    def content_bias(self, q: Tensor, scores: Tensor, visible: Tensor, scale: float) -> Tensor | None:
+        """Additive bias from one tile's queries q (B, nh, bq, hs) and their scaled scores q.k * scale
+        (B, nh, bq, span) over its visible keys (``visible``: (bq, span) or (B, 1, bq, span)); the
+        tile holds each query's whole row of visible keys. None: no such bias."""
+        return None
 
     def decays(self, name: str, parameter: nn.Parameter) -> bool:
         """Whether ``parameter`` (named ``name`` inside this encoding) gets weight decay. The default is
