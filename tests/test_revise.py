@@ -95,3 +95,31 @@ def test_a_json_of_another_study_or_training_is_refused():
     other["train_config"] = dict(other["train_config"], max_iters=5)
     with pytest.raises(ValueError, match="max_iters"):
         revise(old, other, "x")
+    other = shifted(old, "table", "fire", 0.0)
+    other["seeds"] = [0]
+    with pytest.raises(ValueError, match="seeds"):
+        revise(old, other, "x")
+
+
+def renamed(new: dict, kind: str, src: str, dst: str) -> dict:
+    """``new`` (rows of ``src`` alone) with its rows presented as those of ``dst``."""
+    text = json.dumps(new).replace(f'"{src}"', f'"{dst}"').replace(f"{src}/s", f"{dst}/s")
+    text = text.replace(f"extrapolating/{src}", f"extrapolating/{dst}").replace(f"{src}-s", f"{dst}-s")
+    return json.loads(text)
+
+
+@pytest.mark.parametrize(("kind", "src"), [("table", "rope"), ("synthetic", "rope"), ("extension", "alibi")])
+def test_a_variant_the_page_lacks_is_added_beside_the_others(kind, src):
+    old = json.loads(COMMITTED[kind].read_text())
+    new = renamed(shifted(old, kind, src, 0.0), kind, src, "fox")
+    revised = revise(old, new, "FoX added", "")
+    (r,) = revised["revisions"]
+    assert r["variants"] == [] and r["added"] == ["fox"] and r["moved"] == {}
+    if kind == "extension":
+        assert revised["rows"]["extrapolating/fox"]["loss"] == old["rows"][f"extrapolating/{src}"]["loss"]
+        assert all(revised["rows"][k] == v for k, v in old["rows"].items())
+    else:
+        assert revised["variants"] == [*old["variants"], "fox"]
+        table = "mean_accuracy" if kind == "synthetic" else "aggregate"
+        assert revised[table]["fox"] == old[table][src]
+    assert "GPT FoX added.** FoX added" in "\n".join(revisions_markdown(revised))

@@ -33,6 +33,8 @@ def _check_compatible(old: dict[str, Any], new: dict[str, Any]) -> None:
     for key in ("preset", "block_size"):
         if old.get(key) != new.get(key):
             raise ValueError(f"the two jsons differ in {key!r}: {old.get(key)!r} vs {new.get(key)!r}")
+    if old.get("seeds") != new.get("seeds"):
+        raise ValueError(f"the two jsons differ in their seeds: {old.get('seeds')} vs {new.get('seeds')}")
     if _kind(old) == "table":
         a, b = ({k: v for k, v in r["train_config"].items() if k not in _PLACEMENT} for r in (old, new))
         if a != b:
@@ -45,10 +47,17 @@ def _mean(xs: list[float | None]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
+def _with_variants(old: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    """A copy of ``old`` whose variant list ends with those of ``variants`` it did not have."""
+    out = json.loads(json.dumps(old))
+    out["variants"] = [*old["variants"], *(v for v in variants if v not in old["variants"])]
+    return out
+
+
 def _replace_table(old: dict[str, Any], new: dict[str, Any], variants: list[str]) -> dict[str, Any]:
     from posenc.report.stats import aggregate, compare_pairs
 
-    out = json.loads(json.dumps(old))
+    out = _with_variants(old, variants)
     out["runs"] = {k: r for k, r in old["runs"].items() if r["variant"] not in variants}
     out["runs"] |= {k: r for k, r in new["runs"].items() if r["variant"] in variants}
     out["aggregate"] = aggregate(out["runs"], out["variants"], out["seeds"])
@@ -59,7 +68,7 @@ def _replace_table(old: dict[str, Any], new: dict[str, Any], variants: list[str]
 def _replace_lr(old: dict[str, Any], new: dict[str, Any], variants: list[str]) -> dict[str, Any]:
     from posenc.report.stats import order_changes
 
-    out = json.loads(json.dumps(old))
+    out = _with_variants(old, variants)
     out["runs"] = {k: r for k, r in old["runs"].items() if r["variant"] not in variants}
     out["runs"] |= {k: r for k, r in new["runs"].items() if r["variant"] in variants}
     for key in ("phase1", "best_lr", "beyond_grid", "at_shared", "at_best"):
@@ -80,10 +89,15 @@ def _replace_rows(old: dict[str, Any], new: dict[str, Any], variants: list[str])
 
 
 def _replace_synthetic(old: dict[str, Any], new: dict[str, Any], variants: list[str]) -> dict[str, Any]:
-    out = json.loads(json.dumps(old))
-    out["runs"] = {k: r for k, r in old["runs"].items() if r["variant"] not in variants}
-    out["runs"] |= {k: r for k, r in new["runs"].items() if r["variant"] in variants}
-    out["mean_accuracy"] |= {v: new["mean_accuracy"][v] for v in variants}
+    out = _with_variants(old, variants)
+    if "counting" in new and "counting" not in out:  # a page from before the counting probe
+        out["counting"] = {**new["counting"], "runs": {}, "mean_accuracy": {}}
+    for part, source in ((out, new), (out.get("counting"), new.get("counting"))):
+        if source is None:
+            continue
+        part["runs"] = {k: r for k, r in part["runs"].items() if r["variant"] not in variants}
+        part["runs"] |= {k: r for k, r in source["runs"].items() if r["variant"] in variants}
+        part["mean_accuracy"] |= {v: source["mean_accuracy"][v] for v in variants}
     return out
 
 
@@ -119,17 +133,20 @@ def _sentences(results: dict[str, Any]) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(skip)]
 
 
+def _variants(results: dict[str, Any]) -> list[str]:
+    if _kind(results) == "extension":
+        return [r["name"] for r in results["rows"].values() if r["section"] == "extrapolating"]
+    return list(results["variants"])
+
+
 def revise(old: dict[str, Any], new: dict[str, Any], why: str, command: str = "") -> dict[str, Any]:
-    """``old`` with the rows of ``new``'s variants replaced by ``new``'s, and the revision recorded."""
+    """``old`` with the rows of ``new``'s variants replaced by ``new``'s (or added, for variants
+    ``old`` lacks), and the revision recorded."""
     _check_compatible(old, new)
-    if _kind(new) == "extension":
-        names = {r["name"] for r in new["rows"].values() if r["section"] == "extrapolating"}
-        variants = sorted(v for v in names if f"extrapolating/{v}" in old["rows"])
-    else:
-        variants = [v for v in new["variants"] if v in old["variants"]]
-    if not variants:
-        raise ValueError("the new json revises no variant of the old one")
-    out = REPLACE[_kind(old)](old, new, variants)
+    names = _variants(new)
+    variants = [v for v in names if v in _variants(old)]
+    added = [v for v in names if v not in _variants(old)]
+    out = REPLACE[_kind(old)](old, new, variants + added)
     before, after = _sentences(old), _sentences(out)
     out["revisions"] = [
         *old.get("revisions", []),
@@ -139,6 +156,7 @@ def revise(old: dict[str, Any], new: dict[str, Any], why: str, command: str = ""
             "source": {k: new.get(k) for k in ("command", "created")},
             "why": why,
             "variants": variants,
+            "added": added,
             "moved": {v: {"before": moved(old, v), "after": moved(out, v)} for v in variants},
             "sentences_changed": [[a, b] for a, b in _changed(before, after)],
         },

@@ -15,8 +15,12 @@ def revisions_markdown(results: dict[str, Any]) -> list[str]:
         return []
     out = ["## Revisions", ""]
     for r in revisions:
-        names = ", ".join(label(v, default=v) for v in r["variants"])
-        out += [f"**{r['date']}: {names} retrained.** {r['why']}", ""]
+        done = []
+        if r["variants"]:
+            done.append(", ".join(label(v, default=v) for v in r["variants"]) + " retrained")
+        if r.get("added"):
+            done.append(", ".join(label(v, default=v) for v in r["added"]) + " added")
+        out += [f"**{r['date']}: {'; '.join(done)}.** {r['why']}", ""]
         if r["command"]:
             out += [
                 f"- Command: `{r['command']}`; the new rows from `{r['source']['command']}` ({r['source']['created']})."

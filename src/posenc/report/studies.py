@@ -362,7 +362,57 @@ def synthetic_markdown(results: dict[str, Any], figures: list[str], assets: str)
         "at distances and absolute positions never seen in training, not how a large language model behaves.",
         "",
     ]
-    return "\n".join(out + revisions_markdown(results))
+    return "\n".join(out + _counting(results) + revisions_markdown(results))
+
+
+#: Claims the counting probe checks: (claim, variant expected ahead, the other).
+COUNTING_EXPECTATIONS: tuple[tuple[str, str, str], ...] = (
+    ("Golovneva et al. 2024 (CoPE): CoPE counts better than RoPE", "cope", "rope"),
+    ("Golovneva et al. 2024 (CoPE): CoPE counts better than NoPE", "cope", "nope"),
+)
+
+
+def _counting(results: dict[str, Any]) -> list[str]:
+    """The counting probe's section (absent from jsons written before it existed)."""
+    counting = results.get("counting")
+    if not counting:
+        return []
+    task, mults, L = counting["task"], results["probe"]["multipliers"], results["probe"]["train_len"]
+    acc = lambda v, s=None: (  # noqa: E731 -- one accuracy per length, of the mean or of one seed
+        [r[0] for r in counting["mean_accuracy"][v]]
+        if s is None
+        else [r[0] for r in counting["runs"][f"{v}/s{s}"]["accuracy"]]
+    )
+    out = [
+        "## Counting",
+        "",
+        f"The task of CoPE's paper in tokens: a program of set, increment and no-op statements over {task['variables']} "
+        f"variables (weights {' : '.join(f'{w:g}' for w in task['weights'])}, values at most {task['max_value']}), "
+        "then `print v` and the value: the model must count one variable's increments since it was last set, among "
+        "many no-ops. The same models and training as above; accuracy of the answer by length (± std over seeds):",
+        "",
+        "| encoding | " + " | ".join(f"{m}x ({m * L})" for m in mults) + " |",
+        "|---|" + "---:|" * len(mults),
+    ]
+    for v in results["variants"]:
+        per_seed = [acc(v, s) for s in results["seeds"]]
+        cells = [
+            f"{np.mean(col):.2f}" + (f" ± {np.std(col, ddof=1):.2f}" if len(col) > 1 else "")
+            for col in zip(*per_seed, strict=True)
+        ]
+        out.append(f"| {row(v)} | " + " | ".join(cells) + " |")
+    out += ["", "Against the published expectation:", ""]
+    for claim, a, b in COUNTING_EXPECTATIONS:
+        if a not in counting["mean_accuracy"] or b not in counting["mean_accuracy"]:
+            continue
+        xa, xb = float(np.mean(acc(a))), float(np.mean(acc(b)))
+        agree = sum(np.mean(acc(a, s)) > np.mean(acc(b, s)) for s in results["seeds"])
+        verdict = "holds here" if xa > xb else "does not hold here"
+        out.append(
+            f"- {claim}: {verdict} ({row(a)} {xa:.2f} vs {row(b)} {xb:.2f}, mean over every length; "
+            f"{agree} of {len(results['seeds'])} seeds)."
+        )
+    return [*out, ""]
 
 
 def plot_synthetic(results: dict[str, Any], path: Path) -> None:

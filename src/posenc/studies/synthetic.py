@@ -32,6 +32,7 @@ from torch import Tensor
 
 from posenc.io import atomic_write
 from posenc.jobs import Sweep
+from posenc.studies import counting
 from posenc.studies.common import environment, write_study
 
 #: Token ids: values, filler, then the two markers.
@@ -100,7 +101,20 @@ def passkey_batch(
     return tokens, targets, start.float() / max(room, 1)
 
 
-def build_model(variant: str, probe: ProbeConfig, seed: int):
+def _passkey(batch: int, length: int, gen: torch.Generator, depth: tuple[float, float] = (0.0, 1.0)):
+    x, y, _ = passkey_batch(batch, length, gen, depth)
+    return x, y
+
+
+#: The probes: name -> (vocabulary, shortest sequence, batch(batch, length, generator, depth bin) ->
+#: (tokens, targets), whether accuracy is split by depth).
+TASKS: dict[str, tuple[int, int, Any, bool]] = {
+    "passkey": (VOCAB, 2 * (KEY_LEN + 1), _passkey, True),
+    "counting": (counting.VOCAB, counting.MIN_LEN, lambda b, n, g, depth=None: counting.counting_batch(b, n, g), False),
+}
+
+
+def build_model(variant: str, probe: ProbeConfig, seed: int, vocab_size: int = VOCAB):
     from posenc.config import GPTConfig
     from posenc.model import GPT
 
@@ -111,7 +125,7 @@ def build_model(variant: str, probe: ProbeConfig, seed: int):
         n_head=probe.n_head,
         n_embd=probe.n_embd,
         block_size=probe.train_len,
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         bias=False,
         dropout=0.0,
     )
@@ -119,21 +133,22 @@ def build_model(variant: str, probe: ProbeConfig, seed: int):
 
 
 def train_probe(
-    variant: str, probe: ProbeConfig, seed: int, device: torch.device | str = "cpu"
+    variant: str, probe: ProbeConfig, seed: int, device: torch.device | str = "cpu", task: str = "passkey"
 ) -> tuple[Any, dict[str, Any]]:
     """The model trained on lengths in [train_len / 4, train_len]; its final training loss and time.
     Batches are drawn on the CPU (the same for every device) and moved to ``device``."""
-    model = build_model(variant, probe, seed).to(device)
+    vocab, shortest, batch_of, _ = TASKS[task]
+    model = build_model(variant, probe, seed, vocab).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=probe.lr, weight_decay=0.0, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(1000 + seed)
     warmup = max(1, probe.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    min_len = max(2 * (KEY_LEN + 1), probe.train_len // 4)
+    min_len = max(shortest, probe.train_len // 4)
     t0, losses = time.time(), []
     model.train()
     for _ in range(probe.steps):
         length = int(torch.randint(min_len, probe.train_len + 1, (1,), generator=gen))
-        x, y, _ = passkey_batch(probe.batch_size, length, gen)
+        x, y = batch_of(probe.batch_size, length, gen)
         x, y = x.to(device), y.to(device)
         logits, _ = model(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
@@ -148,36 +163,37 @@ def train_probe(
 
 
 @torch.no_grad()
-def accuracy_grid(model: Any, probe: ProbeConfig, seed: int) -> list[list[float]]:
-    """Retrieval accuracy [multiplier][depth bin] on fresh sequences (the same ones for every model
-    of one seed)."""
+def accuracy_grid(model: Any, probe: ProbeConfig, seed: int, task: str = "passkey") -> list[list[float]]:
+    """Accuracy [multiplier][depth bin] on fresh sequences (the same ones for every model of one seed);
+    a sequence counts when every target token is the argmax. A task without depths has one bin."""
     model.eval()
     device = next(model.parameters()).device
+    _, _, batch_of, by_depth = TASKS[task]
+    bins = probe.depth_bins if by_depth else 1
     gen = torch.Generator().manual_seed(2000 + seed)
     grid = []
     for m in probe.multipliers:
         row = []
-        for b in range(probe.depth_bins):
-            depth = (b / probe.depth_bins, (b + 1) / probe.depth_bins)
-            x, y, _ = passkey_batch(probe.test_per_cell, m * probe.train_len, gen, depth)
+        for b in range(bins):
+            x, y = batch_of(probe.test_per_cell, m * probe.train_len, gen, (b / bins, (b + 1) / bins))
             x, y = x.to(device), y.to(device)
             logits, _ = model(x)
-            mask = y >= 0
-            hit = (logits.argmax(-1) == y) | ~mask
+            hit = (logits.argmax(-1) == y) | (y < 0)
             row.append(hit.all(dim=1).float().mean().item())
         grid.append(row)
     return grid
 
 
-def probe_run(variant: str, probe: ProbeConfig, seed: int, device: str, path: Path) -> dict[str, Any]:
-    """One (variant, seed): the model trained, its accuracy grid, both saved atomically to ``path``."""
-    model, info = train_probe(variant, probe, seed, device)
+def probe_run(variant: str, probe: ProbeConfig, seed: int, device: str, path: Path, task: str = "passkey") -> dict:
+    """One (variant, seed) of a task: the model trained, its accuracy grid, both saved atomically to ``path``."""
+    model, info = train_probe(variant, probe, seed, device, task)
     saved = {
         "variant": variant,
         "seed": seed,
+        "task": task,
         "probe": _settings(probe),
         **info,
-        "accuracy": accuracy_grid(model, probe, seed),
+        "accuracy": accuracy_grid(model, probe, seed, task),
     }
     atomic_write(path, json.dumps(saved, indent=1))
     return saved
@@ -188,54 +204,35 @@ def _settings(probe: ProbeConfig) -> dict[str, Any]:
 
 
 def run(sweep: Sweep) -> int:
-    """``compare --study synthetic``: every (variant, seed) trained and tested, ``sweep.jobs`` at a time
-    (worker processes of ``sweep.threads`` threads when more than one); each result is kept in
-    ``<out>/synthetic/<variant>-s<seed>.json``, so a rerun continues. A worker's probe is the same
-    to the bit as one trained in this process with the same thread count."""
-    preset_name, out, device, n_jobs, threads = sweep.name, sweep.out, sweep.device, sweep.jobs, sweep.threads
-    probe = PROBE_PRESETS.get(preset_name, PROBE_PRESETS["cpu"])
-    variants = list(sweep.variants or SYNTHETIC_VARIANTS)
-    seeds = list(sweep.seeds)
-    folder = out / "synthetic"
+    """``compare --study synthetic``: every (task, variant, seed) trained and tested, ``sweep.jobs`` at a
+    time (worker processes of ``sweep.threads`` threads when more than one); each result is kept in
+    ``<out>/synthetic/[counting-]<variant>-s<seed>.json``, so a rerun continues. A worker's probe is
+    the same to the bit as one trained in this process with the same thread count."""
+    probe = PROBE_PRESETS.get(sweep.name, PROBE_PRESETS["cpu"])
+    variants, seeds = list(sweep.variants or SYNTHETIC_VARIANTS), list(sweep.seeds)
+    folder = sweep.out / "synthetic"
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     runs: dict[str, Any] = {}
     todo = []
-    for v in variants:
-        for s in seeds:
-            path = folder / f"{v}-s{s}.json"
-            saved = json.loads(path.read_text()) if path.exists() else None
-            if saved is None or saved.get("probe") != _settings(probe):
-                todo.append((v, probe, s, str(device), path))
-            else:
-                runs[f"{v}/s{s}"] = saved
-    print(f"[synthetic] {len(todo)} probe(s) to train, {min(n_jobs, max(1, len(todo)))} at a time", flush=True)
-    pool = None
-    if n_jobs > 1 and len(todo) > 1:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
-        pool = ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads or 1,))
-        done = (f.result() for f in as_completed([pool.submit(probe_run, *job) for job in todo]))
-    else:
-        done = (probe_run(*job) for job in todo)
-    try:
-        for saved in done:
-            runs[f"{saved['variant']}/s{saved['seed']}"] = saved
-            acc = saved["accuracy"]
-            print(
-                f"[synthetic] {saved['variant']} seed {saved['seed']}: accuracy by length "
-                + ", ".join(f"{m}x {sum(r) / len(r):.2f}" for m, r in zip(probe.multipliers, acc, strict=True)),
-                flush=True,
-            )
-    finally:
-        if pool is not None:  # an error or an interrupt: drop the queued probes (the finished ones are saved)
-            pool.shutdown(cancel_futures=True)
-    runs = {f"{v}/s{s}": runs[f"{v}/s{s}"] for v in variants for s in seeds}
+    for task in TASKS:
+        for v in variants:
+            for s in seeds:
+                path = folder / f"{'' if task == 'passkey' else task + '-'}{v}-s{s}.json"
+                saved = json.loads(path.read_text()) if path.exists() else None
+                if saved is None or saved.get("probe") != _settings(probe):
+                    todo.append((v, probe, s, str(sweep.device), path, task))
+                else:
+                    runs[_key(task, v, s)] = saved
+    runs |= _train_all(todo, sweep, probe)
+    passkey = {f"{v}/s{s}": runs[_key("passkey", v, s)] for v in variants for s in seeds}
+    counted = {f"{v}/s{s}": runs[_key("counting", v, s)] for v in variants for s in seeds}
     results = {
         "kind": "synthetic",
         "format": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": sweep.command,
-        "preset": preset_name,
+        "preset": sweep.name,
         "probe": _settings(probe),
         "task": {
             "value_vocab": VALUE_VOCAB,
@@ -245,16 +242,57 @@ def run(sweep: Sweep) -> int:
         },
         "variants": variants,
         "seeds": seeds,
-        "environment": environment(device, n_jobs, threads if n_jobs > 1 else torch.get_num_threads()),
+        "environment": environment(
+            sweep.device, sweep.jobs, sweep.threads if sweep.jobs > 1 else torch.get_num_threads()
+        ),
         "wall_time_s": time.time() - t0,
-        "runs": runs,
-        "mean_accuracy": {
-            v: [
-                [sum(runs[f"{v}/s{s}"]["accuracy"][i][j] for s in seeds) / len(seeds) for j in range(probe.depth_bins)]
-                for i in range(len(probe.multipliers))
-            ]
-            for v in variants
+        "runs": passkey,
+        "mean_accuracy": _means(passkey, variants, seeds),
+        "counting": {
+            "task": {"variables": counting.N_VARS, "max_value": counting.MAX_VAL, "weights": list(counting.WEIGHTS)},
+            "runs": counted,
+            "mean_accuracy": _means(counted, variants, seeds),
         },
     }
-    write_study(results, out, sweep.render)
+    write_study(results, sweep.out, sweep.render)
     return 0
+
+
+def _key(task: str, v: str, s: int) -> str:
+    return f"{task}/{v}/s{s}"
+
+
+def _means(runs: dict[str, Any], variants: list[str], seeds: list[int]) -> dict[str, list[list[float]]]:
+    """Per variant, the accuracy grid averaged over seeds."""
+    grids = {v: [runs[f"{v}/s{s}"]["accuracy"] for s in seeds] for v in variants}
+    return {
+        v: [[sum(c) / len(c) for c in zip(*rows, strict=True)] for rows in zip(*g, strict=True)]
+        for v, g in grids.items()
+    }
+
+
+def _train_all(todo: list[tuple], sweep: Sweep, probe: ProbeConfig) -> dict[str, Any]:
+    """Train the probes still to run, ``sweep.jobs`` at a time; their results by key."""
+    print(f"[synthetic] {len(todo)} probe(s) to train, {min(sweep.jobs, max(1, len(todo)))} at a time", flush=True)
+    pool, runs = None, {}
+    if sweep.jobs > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
+        pool = ProcessPoolExecutor(
+            sweep.jobs, mp_context=ctx, initializer=torch.set_num_threads, initargs=(sweep.threads or 1,)
+        )
+        done = (f.result() for f in as_completed([pool.submit(probe_run, *job) for job in todo]))
+    else:
+        done = (probe_run(*job) for job in todo)
+    try:
+        for saved in done:
+            runs[_key(saved["task"], saved["variant"], saved["seed"])] = saved
+            acc = saved["accuracy"]
+            print(
+                f"[synthetic] {saved['task']} {saved['variant']} seed {saved['seed']}: accuracy by length "
+                + ", ".join(f"{m}x {sum(r) / len(r):.2f}" for m, r in zip(probe.multipliers, acc, strict=True)),
+                flush=True,
+            )
+    finally:
+        if pool is not None:  # an error or an interrupt: drop the queued probes (the finished ones are saved)
+            pool.shutdown(cancel_futures=True)
+    return runs
