@@ -17,7 +17,7 @@ from posenc import GPT, GPTConfig, jobs
 from posenc import sweep as compare
 from posenc.encodings.rope_scaling import validate_scaling
 from posenc.report.studies import render_study
-from posenc.studies import extension, lr, synthetic
+from posenc.studies import counting, extension, lr, synthetic
 from posenc.train import RunSpec
 
 
@@ -207,6 +207,41 @@ def test_passkey_needs_room():
         synthetic.passkey_batch(1, 5, torch.Generator())
 
 
+def run_program(tokens: list[int]) -> int:
+    """An independent interpreter of a counting program: the printed variable's value."""
+    values, i = {}, 0
+    while tokens[i] != counting.PRINT:
+        if tokens[i] == counting.PASS:
+            i += 1
+            continue
+        var, op = tokens[i], tokens[i + 1]
+        assert var < counting.N_VARS and op in (counting.SET, counting.INC)
+        assert op == counting.SET or var in values  # only a variable already set is incremented
+        values[var] = 0 if op == counting.SET else values[var] + 1
+        assert values[var] <= counting.MAX_VAL
+        i += 2
+    assert i == len(tokens) - 3
+    return values[tokens[i + 1]]
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 4), length=st.integers(counting.MIN_LEN, 300), seed=st.integers(0, 1000))
+def test_counting_programs_are_answered_by_their_own_count(batch, length, seed):
+    x, y = counting.counting_batch(batch, length, torch.Generator().manual_seed(seed))
+    assert x.shape == y.shape == (batch, length)
+    for row in x.tolist():
+        assert row[-1] == counting.VALUE0 + run_program(row)
+    assert torch.equal(y[:, -2], x[:, -1]) and bool((y[:, :-2] == -1).all()) and bool((y[:, -1] == -1).all())
+    with pytest.raises(ValueError, match=f"at least {counting.MIN_LEN} tokens, got length=5"):
+        counting.counting_batch(1, 5, torch.Generator())
+
+
+def test_counting_majority_floor_is_the_most_common_answer():
+    gen = torch.Generator().manual_seed(0)
+    answers = [run_program(counting._program(64, gen)[0]) for _ in range(500)]
+    assert counting.majority_accuracy(64, samples=500) == max(answers.count(a) for a in set(answers)) / 500
+
+
 def test_the_probe_is_learnable(one_thread):
     # a small NoPE model learns retrieval at the training length well above chance (1/256)
     probe = synthetic.ProbeConfig(train_len=16, steps=200, n_embd=32, batch_size=32, test_per_cell=32, depth_bins=2)
@@ -219,6 +254,9 @@ def test_the_probe_is_learnable(one_thread):
 def test_synthetic_study_records_each_run_and_continues(studies, data_dir, capsys):
     r = studies["synthetic"]
     assert set(r["runs"]) == {f"{v}/s{s}" for v in ("rope", "nope") for s in (0, 1)}
+    assert set(r["counting"]["runs"]) == set(r["runs"]) and len(r["counting"]["majority"]) == len(
+        r["probe"]["multipliers"]
+    )
     saved = studies["out"] / "synthetic" / "rope-s0.json"
     assert json.loads(saved.read_text())["accuracy"] == r["runs"]["rope/s0"]["accuracy"]
     again = study(studies["out"], data_dir, "--study", "synthetic", "--variants", "rope", "nope")
@@ -251,6 +289,7 @@ def test_pages_come_from_the_json(studies, tmp_path, kind):
         assert f"{results['rows']['fine-tuned/yarn']['loss']['4']:.4f}" in text
     else:
         assert "Kazemnejad et al. 2023: NoPE generalises better than RoPE" in text
+        assert "## Counting" in text and "| *the most common answer, always* |" in text
 
 
 def test_a_study_page_renders_from_its_json_alone(studies, tmp_path, capsys):

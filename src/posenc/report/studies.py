@@ -394,13 +394,17 @@ def _counting(results: dict[str, Any]) -> list[str]:
         "| encoding | " + " | ".join(f"{m}x ({m * L})" for m in mults) + " |",
         "|---|" + "---:|" * len(mults),
     ]
-    for v in results["variants"]:
+    for v in (v for v in results["variants"] if v in counting["mean_accuracy"]):
         per_seed = [acc(v, s) for s in results["seeds"]]
         cells = [
             f"{np.mean(col):.2f}" + (f" ± {np.std(col, ddof=1):.2f}" if len(col) > 1 else "")
             for col in zip(*per_seed, strict=True)
         ]
         out.append(f"| {row(v)} | " + " | ".join(cells) + " |")
+    if "majority" in counting:
+        out.append(
+            "| *the most common answer, always* | " + " | ".join(f"{a:.2f}" for a in counting["majority"]) + " |"
+        )
     out += ["", "Against the published expectation:", ""]
     for claim, a, b in COUNTING_EXPECTATIONS:
         if a not in counting["mean_accuracy"] or b not in counting["mean_accuracy"]:

@@ -61,3 +61,11 @@ def counting_batch(batch: int, length: int, generator: torch.Generator) -> tuple
     targets = torch.full_like(tokens, -1)
     targets[:, -2] = tokens[:, -1]
     return tokens, targets
+
+
+def majority_accuracy(length: int, samples: int = 2000, seed: int = 0) -> float:
+    """The accuracy at ``length`` of always answering the most common value: the floor a model that
+    ignores the program reaches (the capped value ``MAX_VAL`` grows common as programs grow)."""
+    gen = torch.Generator().manual_seed(seed)
+    answers = torch.tensor([_program(length, gen)[1] for _ in range(samples)])
+    return torch.bincount(answers).max().item() / samples

@@ -250,6 +250,7 @@ def run(sweep: Sweep) -> int:
         "mean_accuracy": _means(passkey, variants, seeds),
         "counting": {
             "task": {"variables": counting.N_VARS, "max_value": counting.MAX_VAL, "weights": list(counting.WEIGHTS)},
+            "majority": [counting.majority_accuracy(m * probe.train_len) for m in probe.multipliers],
             "runs": counted,
             "mean_accuracy": _means(counted, variants, seeds),
         },
