@@ -13,7 +13,11 @@ fixed upstream gradient. Cases:
   with the encoding's ``score_bias``;
 - ``window256``: blockwise with a 256-token sliding window and no bias;
 - ``dense-alibi``: SDPA with the full (nh, T, T) ALiBi bias as ``attn_mask`` (what a dense path
-  costs), run only up to ``--dense-max`` tokens.
+  costs), run only up to ``--dense-max`` tokens;
+- ``layer:<pe>``: a whole attention layer of ``GPTConfig(pe=<pe>)`` (n_embd 256, the same 4 heads
+  of 64) on x (B=1, T, 256), projections included: the content-dependent encodings, whose
+  inputs are not q, k, v alone (FoX's gates read x). ``layer:rope`` (the SDPA path) is their
+  baseline: ``--cases layer:rope layer:fox layer:cope``.
 
 Each case runs in its own ``python`` subprocess so that peak resident memory (``ru_maxrss``)
 belongs to that case alone. Reported: peak RSS of the process, and the peak above the RSS
@@ -38,6 +42,7 @@ import time
 from pathlib import Path
 
 CASES = ("sdpa", "alibi", "t5", "kerple", "fire", "window256", "dense-alibi")
+LAYER_CASES = tuple(f"layer:{pe}" for pe in ("rope", "fox", "fox_rope", "cope", "stickbreaking", "rope_sinks"))
 
 
 def _rss_bytes() -> int:
@@ -63,7 +68,18 @@ def run_case(case: str, T: int, repeats: int, threads: int) -> dict:
     grad = torch.randn(B, nh, T, hs)
     encodings = {"alibi": ALiBi, "t5": T5RelativeBias, "kerple": KerpleLog, "fire": FIRE}
 
-    if case == "sdpa":
+    if case.startswith("layer:"):
+        from posenc import GPTConfig
+
+        config = GPTConfig(pe=case.removeprefix("layer:"), n_layer=1, n_head=nh, n_embd=nh * hs, block_size=T)
+        layer = config.build_layers()[0].attn
+        q = torch.randn(B, T, nh * hs, requires_grad=True)  # the layer's input, in q's place
+        k = v = torch.zeros(0, requires_grad=True)
+        grad = torch.randn(B, T, nh * hs)
+
+        def step():
+            return layer(q)
+    elif case == "sdpa":
 
         def step():
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -113,7 +129,7 @@ def run_case(case: str, T: int, repeats: int, threads: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(prog="benchmarks/bench_blockwise.py", description=__doc__.split("\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES + LAYER_CASES)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in each case")
     p.add_argument("--dense-max", type=int, default=4096, help="longest T for the dense-alibi case")
@@ -152,13 +168,14 @@ def main() -> None:
 
 
 def markdown(results: list[dict]) -> str:
-    base = {r["T"]: r for r in results if r["case"] == "sdpa"}
+    """The table; each row's ratios are to its baseline: ``sdpa`` for kernels, ``layer:rope`` for layers."""
+    base = {(r["T"], r["case"].startswith("layer:")): r for r in results if r["case"] in ("sdpa", "layer:rope")}
     lines = [
-        "| T | path | fwd+bwd ms | x SDPA time | peak RSS MiB | x SDPA RSS | extra MiB | x SDPA extra |",
+        "| T | path | fwd+bwd ms | x base time | peak RSS MiB | x base RSS | extra MiB | x base extra |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        b = base.get(r["T"])
+        b = base.get((r["T"], r["case"].startswith("layer:")))
         ratios = {
             key: "-" if b is None or b[key] <= 0 else f"{r[key] / b[key]:.2f}"
             for key in ("time_s", "peak_rss_mib", "extra_mib")
