@@ -277,6 +277,28 @@ def test_one_seed_and_missing_variants():
     assert f"{STUDY['params'] / 2e6:.0f}x fewer parameters" in claims.scale(r)
 
 
+def test_published_claims_are_checked_seed_by_seed(results):
+    for run in results["runs"].values():  # stand-ins: ALiBi's runs as FoX's, NoPE's as stick-breaking's
+        run["variant"] = {"alibi": "fox", "nope": "stickbreaking"}.get(run["variant"], run["variant"])
+    lines = claims.published_claims(results)
+    runs = {(r["variant"], r["seed"]): r for r in results["runs"].values()}
+    fox = [runs[("fox", s)]["val_loss"] for s in results["seeds"]]
+    rope = [runs[("rope", s)]["val_loss"] for s in results["seeds"]]
+    wins = sum(a < b for a, b in zip(fox, rope, strict=True))
+    verdict = "holds" if sum(fox) < sum(rope) else "does not hold"
+    assert (
+        f"- **Lin et al. 2025 (FoX): the Forgetting Transformer has lower loss than RoPE:** {verdict} here "
+        f"(validation loss, mean over seeds: GPT FoX {sum(fox) / 3:.4f} vs GPT ROPE {sum(rope) / 3:.4f}); "
+        f"in {wins} of 3 seeds." in lines
+    )
+    growth = [runs[("stickbreaking", s)]["eval"]["extrapolation"] for s in results["seeds"]]
+    growth = [e["16"] - e["1"] for e in growth]
+    [sb] = [line for line in lines if "with no positional encoding" in line]
+    assert f"in {sum(g < 0 for g in growth)} of 3 seeds" in sb and f"{sum(growth) / 3:+.4f}" in sb
+    assert not any("sinks" in line for line in lines)  # variants not run: no claim
+    assert set(lines) <= set(discussion(results))
+
+
 def test_kv_cache_bytes_beside_the_loss(committed):
     # cpu sizes: 4 layers, 4 heads of 32; fp16 keys and values per token
     mha = 4 * 2 * 4 * 32 * 2

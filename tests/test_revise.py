@@ -13,6 +13,7 @@ import pytest
 from posenc import sweep as compare
 from posenc.report.revise import revise
 from posenc.report.revisions import revisions_markdown
+from posenc.report.stats import aggregate
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 COMMITTED = {
@@ -123,3 +124,21 @@ def test_a_variant_the_page_lacks_is_added_beside_the_others(kind, src):
         table = "mean_accuracy" if kind == "synthetic" else "aggregate"
         assert revised[table]["fox"] == old[table][src]
     assert "GPT FoX added.** FoX added" in "\n".join(revisions_markdown(revised))
+
+
+def test_a_full_rerun_replaces_the_page_and_keeps_its_history():
+    old = json.loads(COMMITTED["table"].read_text())
+    old = revise(old, shifted(old, "table", "t5", 0.0), "an earlier revision")
+    new = shifted(old, "table", "fire", 0.25)
+    new["variants"] = old["variants"]  # every variant rerun, FIRE moved
+    new["aggregate"] = aggregate(new["runs"], new["variants"], new["seeds"])
+    new.pop("revisions")
+    revised = revise(old, new, "rerun", "")
+    assert {k: v for k, v in revised.items() if k != "revisions"} == new  # the rerun's own json
+    assert [r["why"] for r in revised["revisions"]] == ["an earlier revision", "rerun"]
+    last = revised["revisions"][-1]
+    assert last["variants"] == old["variants"] and last["added"] == []
+    assert last["moved"]["fire"]["after"]["val_loss"] == pytest.approx(
+        last["moved"]["fire"]["before"]["val_loss"] + 0.25
+    )
+    assert last["moved"]["rope"]["after"] == last["moved"]["rope"]["before"]

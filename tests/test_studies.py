@@ -4,6 +4,7 @@ schedules) on hand-made inputs, and pages whose numbers come from each study's j
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -134,13 +135,19 @@ def test_extension_study_has_every_row_on_the_same_tokens(studies, data_dir):
     for row in r["rows"].values():
         assert set(row["loss"]) == {str(m) for m in extension.MULTIPLIERS}
         assert all(math.isfinite(x) for x in row["loss"].values())
+        assert row["seeds"] == r["seeds"] and len(r["seeds"]) > 1  # every row at every seed, its mean shown
+        for m, x in row["loss"].items():
+            assert x == pytest.approx(sum(b[m] for b in row["loss_by_seed"].values()) / len(r["seeds"]))
+    by_seed = r["rows"]["zero-shot/plain"]["loss_by_seed"]
+    assert by_seed["0"] != by_seed["1"]  # each seed's own RoPE run
     # zero-shot plain is the base run; at 1x every schedule but p-RoPE is the plain model
     plain = r["rows"]["zero-shot/plain"]["loss"]
     for name in ("linear", "yarn", "llama3"):
         assert r["rows"][f"zero-shot/{name}"]["loss"]["1"] == plain["1"]
     # the fine-tunes ran at 4x the context from the base run, each with its schedule
-    for name, scaling in extension.FINE_TUNES.items():
-        folder = studies["out"] / "runs" / f"extend-{name}-s0"
+    for (name, scaling), seed in itertools.product(extension.FINE_TUNES.items(), r["seeds"]):
+        folder = studies["out"] / "runs" / f"extend-{name}-s{seed}"
+        assert RunSpec.load(folder).train.init_from == str(studies["out"] / "runs" / f"rope-s{seed}")
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["config"]["block_size"] == extension.FACTOR * r["block_size"]
         pe = GPTConfig.from_dict(summary["config"]).layers[0].pe
@@ -306,7 +313,9 @@ def test_pages_change_when_the_json_does(studies, tmp_path):
     results = json.loads(json.dumps(studies["extension"]))
     results["rows"]["zero-shot/yarn"]["loss"]["16"] = 0.1234
     render_study(results, tmp_path / "p.md", figures=False)
-    assert re.search(r"zero-shot schedule: yarn \|.*\*\*0\.1234\*\* \|$", (tmp_path / "p.md").read_text(), re.M)
+    assert re.search(
+        r"zero-shot schedule: yarn \|.*\*\*0\.1234 ± [\d.]+\*\* \|$", (tmp_path / "p.md").read_text(), re.M
+    )
 
 
 def test_lr_page_says_when_the_one_seed_best_rate_is_worse_over_seeds(studies, tmp_path):

@@ -132,6 +132,18 @@ class _Variants(Mapping):
 #: The one registry of named variants: name -> :class:`Variant`.
 VARIANTS: Mapping[str, Variant] = _Variants()
 
+#: The variants whose positions depend on the content (forget gates, counted gates, stick-breaking,
+#: sinks), and the windowed hybrid the sinks are compared with: rows every study runs.
+CONTENT_DEPENDENT: tuple[str, ...] = (
+    "fox",
+    "fox_rope",
+    "cope",
+    "stickbreaking",
+    "rope_sinks",
+    "rnope_swa",
+    "rnope_swa_sinks",
+)
+
 
 def label(name: str, default: str | None = None) -> str:
     """The report's row name of a variant: its own, else ``default``, else ``"GPT <name>"``."""

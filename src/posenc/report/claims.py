@@ -179,6 +179,66 @@ def qk_norm_agreement(results: dict[str, Any], study: dict[str, Any] = STUDY) ->
     )
 
 
+#: Published claims about content-dependent positions, checked seed by seed: (claim, a, b, measure).
+#: ``a`` beats ``b`` on the measure when its value is lower; ``b`` None: ``a``'s value is below 0.
+#: Measures: "val" (validation loss), "16x" (loss at the largest context), "growth" (largest context
+#: minus 1x).
+PUBLISHED: tuple[tuple[str, str, str | None, str], ...] = (
+    ("Lin et al. 2025 (FoX): the Forgetting Transformer has lower loss than RoPE", "fox", "rope", "val"),
+    ("Lin et al. 2025 (FoX): FoX with RoPE has lower loss than RoPE", "fox_rope", "rope", "val"),
+    ("Lin et al. 2025 (FoX): FoX extrapolates better than RoPE", "fox", "rope", "16x"),
+    (
+        "Tan et al. 2025: stick-breaking attention extrapolates with no positional encoding",
+        "stickbreaking",
+        None,
+        "growth",
+    ),
+    ("Tan et al. 2025: stick-breaking attention extrapolates better than RoPE", "stickbreaking", "rope", "16x"),
+    (
+        "Xiao et al. 2024, gpt-oss: sinks stabilise windowed layers past the context",
+        "rnope_swa_sinks",
+        "rnope_swa",
+        "16x",
+    ),
+    ("Xiao et al. 2024, gpt-oss: sinks help RoPE past the context", "rope_sinks", "rope", "16x"),
+)
+
+
+def _per_seed(results: dict[str, Any], v: str, measure: str) -> dict[int, float]:
+    out = {}
+    for r in results.get("runs", {}).values():
+        if r["variant"] != v or r.get("val_loss") is None:
+            continue
+        ext = r["eval"]["extrapolation"]
+        last, first = ext[list(ext)[-1]], ext[list(ext)[0]]
+        value = {"val": r["val_loss"], "16x": last, "growth": None if last is None else last - first}[measure]
+        if value is not None:
+            out[r["seed"]] = value
+    return out
+
+
+def published_claims(results: dict[str, Any]) -> list[str]:
+    """Each published claim whose variants were run: whether it holds in the mean, and in how many seeds."""
+    out = []
+    for claim, a, b, measure in PUBLISHED:
+        xa = _per_seed(results, a, measure)
+        xb = _per_seed(results, b, measure) if b is not None else dict.fromkeys(xa, 0.0)
+        seeds = sorted(set(xa) & set(xb))
+        if not seeds:
+            continue
+        ma, mb = statistics.fmean(xa[s] for s in seeds), statistics.fmean(xb[s] for s in seeds)
+        wins = sum(xa[s] < xb[s] for s in seeds)
+        what = {"val": "validation loss", "16x": "loss at the largest context", "growth": "largest context − 1x"}[
+            measure
+        ]
+        numbers = f"{label(a)} {ma:+.4f}" if b is None else f"{label(a)} {ma:.4f} vs {label(b)} {mb:.4f}"
+        out.append(
+            f"- **{claim}:** {'holds' if ma < mb else 'does not hold'} here ({what}, mean over seeds: {numbers}); "
+            f"in {wins} of {len(seeds)} seeds."
+        )
+    return out
+
+
 def discussion(results: dict[str, Any], sc: dict[str, Any] | None = None) -> list[str]:
     """The discussion bullets, in order; ``sc`` is :func:`~posenc.report.stats.study_comparison`
     of ``results`` (computed when not given)."""
@@ -190,6 +250,7 @@ def discussion(results: dict[str, Any], sc: dict[str, Any] | None = None) -> lis
         qk_norm_meaning(results),
         qk_norm_agreement(results),
         beyond_context(results),
+        *published_claims(results),
         position_in_context(results),
         scale(results),
     ]

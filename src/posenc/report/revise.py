@@ -2,7 +2,9 @@
 
 When a change of the library moves only some variants (a corrected initialisation, say), the
 rows of those variants are retrained and :func:`revise` puts them into the study's json in place
-of the old ones; every other row stays as it was, bit for bit. The revised json records the
+of the old ones; every other row stays as it was, bit for bit. Variants the old json lacks are
+added. A new json with every row of the old one (a full rerun) replaces it whole, keeping its
+history. The revised json records the
 revision -- when, the command, why, how much each revised row moved and which of the page's
 computed sentences changed -- and every page renders its revisions (:func:`revisions_markdown`).
 It works for every study's json: results.json (``table``), lr.json, extension.json and
@@ -146,7 +148,10 @@ def revise(old: dict[str, Any], new: dict[str, Any], why: str, command: str = ""
     names = _variants(new)
     variants = [v for v in names if v in _variants(old)]
     added = [v for v in names if v not in _variants(old)]
-    out = REPLACE[_kind(old)](old, new, variants + added)
+    if set(old.get("rows", old.get("variants"))) <= set(new.get("rows", new.get("variants"))):
+        out = json.loads(json.dumps(new))  # a full rerun: the new json, with the old one's history
+    else:
+        out = REPLACE[_kind(old)](old, new, variants + added)
     before, after = _sentences(old), _sentences(out)
     out["revisions"] = [
         *old.get("revisions", []),

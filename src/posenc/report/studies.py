@@ -212,14 +212,14 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
     mults, T, ft = results["multipliers"], results["block_size"], results["finetune"]
     out = ["# Results: context extension and length extrapolation", "", *provenance(results)]
     out += [
-        f"Preset `{results['preset']}`, seed {results['seed']} (a row with seeds listed: the mean over them, "
-        f"± their std), trained at {T} tokens. Validation loss at "
+        f"Preset `{results['preset']}`, trained at {T} tokens; {_seeds_said(results)}. Validation loss at "
         f"contexts of 1x-{mults[-1]}x, each row a KV-free forward from position 0 over the same "
         f"{results['eval_tokens']:,} validation tokens. Zero-shot schedules use factor m at m x the context "
         "(dynamic NTK rescales itself with the length; p-RoPE drops the lowest quarter of the frequencies at "
         f"every length). Fine-tunes: {ft['steps']} steps at {ft['factor'] * T} tokens from the RoPE run's weights "
         f"({ft['tokens']:,} tokens, {ft['tokens'] / ft['pretrain_tokens']:.0%} of pretraining; peak lr "
-        f"{ft['lr']:g}, fresh optimizer), the same budget for each. The lowest loss of each column in bold.",
+        f"{ft['lr']:g}, fresh optimizer), the same budget for each, from each seed's RoPE run. The lowest loss of "
+        "each column in bold.",
         "",
         "| row | " + " | ".join(f"{m}x" for m in mults) + " |",
         "|---|" + "---:|" * len(mults),
@@ -235,7 +235,8 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
             x = r["loss"][str(m)]
             cell = _fmt(x) + _seed_std(r, str(m))
             cells.append(f"**{cell}**" if x is not None and x == best[str(m)] else cell)
-        seeds = f" (seeds {', '.join(map(str, r['seeds']))})" if len(r.get("seeds") or []) > 1 else ""
+        shared = r.get("seeds") == results.get("seeds")
+        seeds = f" (seeds {', '.join(map(str, r['seeds']))})" if len(r.get("seeds") or []) > 1 and not shared else ""
         out.append(f"| {SECTION_TITLES[r['section']]}: {row(r['name'])}{seeds} | " + " | ".join(cells) + " |")
     out.append("")
     for section, title in SECTION_TITLES.items():
@@ -252,6 +253,13 @@ def extension_markdown(results: dict[str, Any], figures: list[str], assets: str)
     if "extension.png" in figures:
         out += [f"![loss against context]({assets}/extension.png)", ""]
     return "\n".join(out + revisions_markdown(results))
+
+
+def _seeds_said(results: dict[str, Any]) -> str:
+    seeds = results.get("seeds") or [results["seed"]]
+    if all(r.get("seeds") == seeds for r in results["rows"].values()) and len(seeds) > 1:
+        return f"every row the mean over seeds {', '.join(map(str, seeds))} (± their std)"
+    return f"seed {results['seed']} (a row with seeds listed: the mean over them, ± their std)"
 
 
 def _seed_std(r: dict[str, Any], m: str) -> str:

@@ -1,14 +1,17 @@
 """The extension study: RoPE trained at the sweep's context, then run at 2x-16x that context.
 
-- **Zero-shot**: the trained RoPE model's weights under each frequency schedule, with no training
+- **Zero-shot**: the trained RoPE models' weights under each frequency schedule, with no training
   (``ZERO_SHOT``); at a context of m x the training context a schedule gets factor m.
 - **Fine-tuned**: a short run at 4x the context from the same weights (``--init-from``, a fresh
   optimizer) with plain RoPE, linear interpolation and YaRN (factor 4), each with the same token
   budget (``finetune_fraction`` of pretraining).
-- **Extrapolating encodings**: the encodings designed to run past their training length (ALiBi,
-  KERPLE, FIRE, T5, NoPE, RNoPE and RNoPE with sliding-window RoPE layers), trained at the sweep's
-  context, no fine-tune, each at every seed of the sweep (a row's loss is the mean over its seeds,
-  each seed's kept beside it).
+- **Without a fine-tune** (``EXTRAPOLATING``): the encodings designed to run past their training
+  length (ALiBi, KERPLE, FIRE, T5, NoPE, RNoPE, RNoPE with sliding-window RoPE layers), the
+  content-dependent ones (FoX, CoPE, stick-breaking, sinks) and RoPE under other attentions,
+  trained at the sweep's context.
+
+Every row is at every seed of the sweep: the RoPE rows from each seed's RoPE run, the others from
+their own runs; a row's loss is the mean over its seeds, each seed's kept beside it.
 
 Every row is scored on the same validation tokens: windows of 16x the context cut into rows of
 m x the context, each row a forward from position 0 (:func:`posenc.evaluate.token_losses`).
@@ -33,6 +36,7 @@ from posenc.studies.common import environment, write_study
 from posenc.train.config import TRAIN_PRESETS
 from posenc.train.run import RunSpec
 from posenc.train.runlog import read_summary
+from posenc.variants import CONTENT_DEPENDENT
 
 MULTIPLIERS: tuple[int, ...] = (1, 2, 4, 8, 16)
 FACTOR = 4  # the fine-tunes' context multiplier
@@ -70,8 +74,21 @@ FINE_TUNES: dict[str, Callable[[int], dict[str, Any] | None]] = {
     "yarn": lambda T: {"rope_type": "yarn", "factor": float(FACTOR), "original_max_position_embeddings": T},
 }
 
-#: The encodings designed to extrapolate, trained at the sweep's context (names of posenc.variants).
-EXTRAPOLATING: tuple[str, ...] = ("alibi", "kerple", "fire", "t5", "nope", "rnope", "rnope_swa")
+#: The encodings run past their training length with no fine-tune, trained at the sweep's context
+#: (names of posenc.variants): those designed to extrapolate, the content-dependent ones, and the
+#: table's RoPE variants of other attentions (QK-norm, MLA, GQA) for comparison with plain RoPE.
+EXTRAPOLATING: tuple[str, ...] = (
+    "alibi",
+    "kerple",
+    "fire",
+    "t5",
+    "nope",
+    "rnope",
+    *CONTENT_DEPENDENT,
+    "qknorm",
+    "mla",
+    "gqa",
+)
 
 FINETUNE_FRACTION = 0.05  # of the pretraining tokens
 FINETUNE_BATCH = 8  # rows of FACTOR x the context per step
@@ -140,52 +157,56 @@ def _mean_losses(by_seed: dict[str, dict[str, float | None]]) -> dict[str, float
 
 def run(sweep: Sweep) -> int:
     """``compare --study extension``: train what is missing, evaluate every row, write extension.json."""
-    seeds, seed = list(sweep.seeds), sweep.seeds[0]
+    seeds = list(sweep.seeds)
     extrapolating = list(sweep.variants or EXTRAPOLATING)
     t0 = time.time()
-    # 1. the trained runs at the sweep's context: RoPE (the first seed) and the extrapolating encodings
+    # 1. the trained runs at the sweep's context: RoPE and the extrapolating encodings, every seed
     jobs, folders = [], {}
-    for v, s in [("rope", seed), *((v, s) for v in extrapolating for s in seeds)]:
+    for v, s in dict.fromkeys((v, s) for v in ("rope", *extrapolating) for s in seeds):  # rope may be listed
         folders[(v, s)] = folder = sweep.run_dir(v, s)
         if plan_run(folder, sweep.spec(v, s, folder)):
             jobs.append((v, s, folder))
     print(f"[extension] {len(jobs)} run(s) at the training context to train", flush=True)
     if code := sweep.train(jobs):
         return code
-    base = folders[("rope", seed)]
-    summary = read_summary(base)
-    T = summary["config"]["block_size"]
-    # 2. the fine-tunes at FACTOR x the context, the same token budget each
-    iters = max(1, math.ceil(FINETUNE_FRACTION * summary["tokens"] / (FINETUNE_BATCH * FACTOR * T)))
+    bases = {s: folders[("rope", s)] for s in seeds}
+    summaries = {s: read_summary(b) for s, b in bases.items()}
+    first = summaries[seeds[0]]
+    T = first["config"]["block_size"]
+    # 2. the fine-tunes at FACTOR x the context from each seed's RoPE run, the same token budget each
+    iters = max(1, math.ceil(FINETUNE_FRACTION * first["tokens"] / (FINETUNE_BATCH * FACTOR * T)))
     jobs, tuned = [], {}
     for name, scaling in FINE_TUNES.items():
-        tuned[name] = folder = sweep.out / "runs" / f"extend-{name}-s{seed}"
-        if plan_run(folder, finetune(sweep, base, folder, seed, T, iters, scaling(T))):
-            jobs.append((f"extend {name}", seed, folder))
+        for s in seeds:
+            tuned[(name, s)] = folder = sweep.out / "runs" / f"extend-{name}-s{s}"
+            if plan_run(folder, finetune(sweep, bases[s], folder, s, T, iters, scaling(T))):
+                jobs.append((f"extend {name}", s, folder))
     print(f"[extension] {len(jobs)} fine-tune(s) of {iters} steps at {FACTOR * T} tokens to train", flush=True)
     if code := sweep.train(jobs):
         return code
     # 3. every row on the same windows
-    rows, eval_tokens = _rows(sweep, base, tuned, {v: [folders[(v, s)] for s in seeds] for v in extrapolating})
+    trained = {v: [folders[(v, s)] for s in seeds] for v in extrapolating}
+    rows, eval_tokens = _rows(sweep, bases, tuned, trained)
     results = {
         "kind": "extension",
-        "format": 1,
+        "format": 2,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": sweep.command,
         "preset": sweep.name,
-        "seed": seed,
+        "seed": seeds[0],
         "seeds": seeds,
         "block_size": T,
         "multipliers": list(MULTIPLIERS),
         "eval_tokens": eval_tokens,
-        "base_run": str(base),
-        "base_val_loss": summary["val_loss"],
+        "base_run": str(bases[seeds[0]]),
+        "base_runs": {str(s): str(b) for s, b in bases.items()},
+        "base_val_loss": statistics.fmean(x["val_loss"] for x in summaries.values()),
         "finetune": {
             "factor": FACTOR,
             "fraction": FINETUNE_FRACTION,
             "steps": iters,
             "tokens": iters * FINETUNE_BATCH * FACTOR * T,
-            "pretrain_tokens": summary["tokens"],
+            "pretrain_tokens": first["tokens"],
             "lr": TRAIN_LR_FRACTION * preset_lr(sweep),
         },
         "environment": environment(sweep.device, sweep.jobs, sweep.threads),
@@ -197,46 +218,51 @@ def run(sweep: Sweep) -> int:
 
 
 def _rows(
-    sweep: Sweep, base: Path, tuned: dict[str, Path], trained: dict[str, list[Path]]
+    sweep: Sweep, bases: dict[int, Path], tuned: dict[tuple[str, int], Path], trained: dict[str, list[Path]]
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Every row scored on the same validation windows: (rows, tokens scored)."""
+    """Every row scored on the same validation windows, each at every seed: (rows, tokens scored)."""
     from posenc.data import load_split
     from posenc.evaluate import validation_windows
 
-    _, ckpt = _load(base)
-    mults, T = list(MULTIPLIERS), ckpt["config"]["block_size"]
+    ckpts = {s: _load(b)[1] for s, b in bases.items()}  # each base checkpoint is read once
+    first = next(iter(ckpts.values()))
+    mults, T = list(MULTIPLIERS), first["config"]["block_size"]
     val = load_split(
-        ckpt["data"]["data_dir"], "val", vocab_size=ckpt["config"]["vocab_size"], block_size=max(mults) * T
+        first["data"]["data_dir"], "val", vocab_size=first["config"]["vocab_size"], block_size=max(mults) * T
     )
     windows = validation_windows(val, max(mults) * T, sweep.preset.eval_windows)
     rows: dict[str, dict[str, Any]] = {}
 
-    def record(section: str, name: str, losses: dict[str, float | None], **info: Any) -> None:
-        rows[f"{section}/{name}"] = {"section": section, "name": name, "loss": losses, **info}
+    def record(section: str, name: str, by_seed: dict[str, dict[str, float | None]], **info: Any) -> None:
+        losses = _mean_losses(by_seed)
+        rows[f"{section}/{name}"] = {
+            "section": section,
+            "name": name,
+            "loss": losses,
+            "seeds": [int(s) for s in by_seed],
+            "loss_by_seed": by_seed,
+            **info,
+        }
         shown = ", ".join(f"{m}x {'n/a' if x is None else f'{x:.4f}'}" for m, x in losses.items())
         print(f"[extension] {section} {name}: {shown}", flush=True)
 
     for name, changes in ZERO_SHOT.items():
-        losses = {}
-        for m in mults:
-            model, _ = _load(base, changes(m, T), ckpt)  # the base checkpoint is read once
-            losses |= _losses(model, windows, T, [m], sweep.device)
-        record("zero-shot", name, losses, rope={str(m): changes(m, T) for m in mults})
-    for name, folder in tuned.items():
-        record(
-            "fine-tuned", name, _losses(_load(folder)[0], windows, T, mults, sweep.device), scaling=FINE_TUNES[name](T)
-        )
+        by_seed = {}
+        for s, ckpt in ckpts.items():
+            by_seed[str(s)] = {}
+            for m in mults:
+                model, _ = _load(bases[s], changes(m, T), ckpt)
+                by_seed[str(s)] |= _losses(model, windows, T, [m], sweep.device)
+        record("zero-shot", name, by_seed, rope={str(m): changes(m, T) for m in mults})
+    for name in FINE_TUNES:
+        by_seed = {
+            str(s): _losses(_load(tuned[(n, s)])[0], windows, T, mults, sweep.device) for n, s in tuned if n == name
+        }
+        record("fine-tuned", name, by_seed, scaling=FINE_TUNES[name](T))
     for v, folders in trained.items():
         by_seed = {
             str(RunSpec.load(f).train.seed): _losses(_load(f)[0], windows, T, mults, sweep.device) for f in folders
         }
         val_loss = statistics.fmean(read_summary(f)["val_loss"] for f in folders)
-        record(
-            "extrapolating",
-            v,
-            _mean_losses(by_seed),
-            seeds=[int(s) for s in by_seed],
-            loss_by_seed=by_seed,
-            val_loss=val_loss,
-        )
+        record("extrapolating", v, by_seed, val_loss=val_loss)
     return rows, int(windows.shape[0] * (windows.shape[1] - 1))

@@ -26,11 +26,22 @@ from posenc.report.stats import order_changes, spread
 from posenc.studies.common import environment, read_curve, write_study
 from posenc.train.config import TRAIN_PRESETS
 from posenc.train.runlog import read_summary
+from posenc.variants import CONTENT_DEPENDENT
 
 #: Rates spanning 8x around the presets' 2e-3, and the variants the study asks about: the
-#: reference study's five (QK-norm as RoPE + QK-norm), ALiBi and FIRE.
+#: reference study's five (QK-norm as RoPE + QK-norm), ALiBi, FIRE and the rows of content-dependent
+#: positions (FoX, CoPE, stick-breaking, sinks) and the windowed hybrid.
 LR_GRID: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3)
-LR_VARIANTS: tuple[str, ...] = ("absolute", "nope", "rope", "qknorm", "rnope", "alibi", "fire")
+LR_VARIANTS: tuple[str, ...] = (
+    "absolute",
+    "nope",
+    "rope",
+    "qknorm",
+    "rnope",
+    "alibi",
+    "fire",
+    *CONTENT_DEPENDENT,
+)
 #: The step past the edge of the grid when a variant's best rate lies on it (the grid's own ratio).
 EDGE_FACTOR = 2.0
 

@@ -34,6 +34,7 @@ from posenc.io import atomic_write
 from posenc.jobs import Sweep
 from posenc.studies import counting
 from posenc.studies.common import environment, write_study
+from posenc.variants import CONTENT_DEPENDENT
 
 #: Token ids: values, filler, then the two markers.
 VALUE_VOCAB, FILLER_VOCAB = 16, 32
@@ -43,7 +44,17 @@ KEY_LEN = 2
 
 #: Encodings probed (names of posenc.variants). Learned absolute positions have no vectors past
 #: the training length, so they are left out.
-SYNTHETIC_VARIANTS: tuple[str, ...] = ("nope", "rope", "alibi", "kerple", "fire", "t5", "rnope", "sinusoidal")
+SYNTHETIC_VARIANTS: tuple[str, ...] = (
+    "nope",
+    "rope",
+    "alibi",
+    "kerple",
+    "fire",
+    "t5",
+    "rnope",
+    "sinusoidal",
+    *CONTENT_DEPENDENT,
+)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from posenc.report import STUDY, aggregate, compare_pairs, render_page, study_ta
 from posenc.studies.common import environment, read_curve
 from posenc.train.run import RunSpec
 from posenc.train.runlog import read_summary
+from posenc.variants import CONTENT_DEPENDENT
 
 RESULTS_FORMAT = 1
 #: The summary fields each run of results.json carries.
@@ -140,8 +141,9 @@ def _results(sweep: Sweep, variants, seeds, folders, evals, wall: float, trained
 
 
 #: The variants a sweep trains by default, the rows of docs/results.md: the study's five, four controls,
-#: the attentions (MLA, GQA), the score biases (T5, KERPLE, FIRE) and both QK-norm readings with
-#: the L2 norm (names of posenc.variants).
+#: the attentions (MLA, GQA), the score biases (T5, KERPLE, FIRE), both QK-norm readings with
+#: the L2 norm, and the windowed hybrid and content-dependent positions (FoX, CoPE, stick-breaking,
+#: sinks) (names of posenc.variants).
 DEFAULT_VARIANTS: tuple[str, ...] = (
     "absolute",
     "nope",
@@ -159,4 +161,5 @@ DEFAULT_VARIANTS: tuple[str, ...] = (
     "fire",
     "qknorm_l2",
     "absolute_qknorm_l2",
+    *CONTENT_DEPENDENT,
 )
