@@ -338,3 +338,21 @@ def test_kv_cache_bytes_are_asked_of_each_layers_attention():
         lambda i, layer: layer.replace(attention=MultiHeadLatentAttention.Config(kv_lora_rank=32)) if i else layer
     )
     assert mixed.kv_cache_bytes_per_token() == 2 * 64 * 2 + 3 * (32 + 8) * 2
+
+
+def test_pe_options_must_name_an_encoding_of_the_model_and_its_options():
+    sizes = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)
+    with pytest.raises(ValueError, match=r"options for \['cope'\], which no layer uses; the layers use \['rope'\]"):
+        GPTConfig(**sizes, pe="rope", pe_options={"cope": {"npos": 4}})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bias_init'\]; fox takes no options"):
+        GPTConfig(**sizes, pe="fox", pe_options={"fox": {"bias_init": 1.0}})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['encoding'\]"):  # a class variable is no option
+        GPTConfig(**sizes, pe="fox", pe_options={"fox": {"encoding": 1}})
+
+
+def test_attention_options_join_a_variants_own_unless_they_contradict_them():
+    sizes = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)
+    attention = GPTConfig(**sizes, pe="rope_sinks", attention_options={"softcap": 30.0}).layers[0].attention
+    assert attention.sinks is True and attention.softcap == 30.0
+    with pytest.raises(ValueError, match=r"pe='rope_sinks' sets attention_options=\{'sinks': True\}"):
+        GPTConfig(**sizes, pe="rope_sinks", attention_options={"sinks": False})

@@ -56,6 +56,11 @@ class LayerSpec(Spec):
             raise ValueError(
                 f"LayerSpec.pe={self.encoding!r} acts at the model input; give it as the embedding's input_pe"
             )
+        if self.attention.sinks and not self.pe.encoding.takes_sinks:
+            raise ValueError(
+                f"LayerSpec: attention sinks (the attention config's sinks=True) do not combine with "
+                f"pe={self.encoding!r}, which has no softmax to put them in; drop sinks=True for this layer"
+            )
 
     @property
     def encoding(self) -> str:

@@ -132,6 +132,8 @@ class PositionalEncoding(nn.Module):
     supports_segments: ClassVar[bool] = True
     #: the kernel calls ``content_bias`` on every tile (it needs the tile's queries and scores)
     has_content_bias: ClassVar[bool] = False
+    #: attention sinks (a logit in the softmax's denominator) can join its weighting
+    takes_sinks: ClassVar[bool] = True
     #: largest position + 1 the encoding can represent; None means any position
     max_positions: int | None = None
     #: the q/k head size it acts on, the channel-pair layout it rotates, its frequency schedule
