@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, perturbed
 
 from posenc import GPT
 
@@ -36,10 +37,7 @@ CASES = {
 def hf_smollm3(**overrides):
     torch.manual_seed(0)
     model = transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(**(BASE | overrides))).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return perturbed(model)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -51,15 +49,11 @@ def test_smollm3_logits_and_layers_match(case) -> None:
         ("R" if use else "N").lower() if kind == "sliding_attention" and c.use_sliding_window else ("R" if use else "N")
         for use, kind in zip(c.no_rope_layers, c.layer_types, strict=True)
     )
-    idx = torch.randint(0, 101, (2, 48), generator=torch.Generator().manual_seed(1))  # past 32 and the window
-    with torch.no_grad():
-        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=0, atol=2e-4)
+    assert_logits_match(ours, hf, 101, 48)  # past the context (32) and every window
 
 
 @pytest.mark.parametrize("case", ["every 4th NoPE", "windowed NoPE"])
 def test_smollm3_greedy_generation_equals_hf(case) -> None:
     hf = hf_smollm3(**CASES[case])
     ours = GPT.from_hf(hf).eval()
-    prompt = torch.randint(0, 101, (1, 5), generator=torch.Generator().manual_seed(2))
-    expected = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours.generate(prompt, 20, temperature=0), expected)
+    assert_greedy_generation_equal(ours, hf, 101)

@@ -15,6 +15,7 @@ blockwise path, linear in memory (docs/attention.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal
 
@@ -129,13 +130,15 @@ class CausalSelfAttention(Attention):
 
     @spec
     class Config(AttentionConfig):
-        """MHA's options: ``n_kv_head`` (None = n_head), ``qk_norm`` (None, "rms", "l2"), and
-        biases on the q/k/v (``qkv_bias``) and output (``proj_bias``) projections."""
+        """MHA's options: ``n_kv_head`` (None = n_head), ``qk_norm`` (None, "rms", "l2"), biases on
+        the q/k/v (``qkv_bias``) and output (``proj_bias``) projections, and ``head_dim`` (None =
+        n_embd // n_head; Qwen3 and Gemma set their own: the heads then span n_head * head_dim)."""
 
         n_kv_head: int | None = None
         qk_norm: str | None = None
         qkv_bias: bool = True
         proj_bias: bool = True
+        head_dim: int | None = None
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -144,9 +147,10 @@ class CausalSelfAttention(Attention):
                 check_choice("CausalSelfAttention.Config", "qk_norm", self.qk_norm, QK_NORM_TYPES)
             check_bool("CausalSelfAttention.Config", "qkv_bias", self.qkv_bias)
             check_bool("CausalSelfAttention.Config", "proj_bias", self.proj_bias)
+            check_int("CausalSelfAttention.Config", "head_dim", self.head_dim, optional=True)
 
         def check(self, dims: ModelDims, encoding: EncodingConfig | None = None) -> None:
-            if dims.n_embd % dims.n_head:
+            if self.head_dim is None and dims.n_embd % dims.n_head:
                 raise ValueError(f"n_embd={dims.n_embd} must be divisible by n_head={dims.n_head}")
             n_kv = self.kv_heads(dims)
             if dims.n_head % n_kv:
@@ -155,9 +159,13 @@ class CausalSelfAttention(Attention):
         def kv_heads(self, dims: ModelDims) -> int:
             return dims.n_head if self.n_kv_head is None else self.n_kv_head
 
+        def encoding_dims(self, dims: ModelDims) -> ModelDims:
+            return dims if self.head_dim is None else dataclasses.replace(dims, head_dim=self.head_dim)
+
         def cache_bytes_per_token(self, dims: ModelDims, dtype: torch.dtype = torch.float16) -> int:
             """Keys and values of every KV head: ``2 * n_kv_head * hs`` elements."""
-            return 2 * self.kv_heads(dims) * (dims.n_embd // dims.n_head) * torch.empty((), dtype=dtype).element_size()
+            hs = self.encoding_dims(dims).head_dim
+            return 2 * self.kv_heads(dims) * hs * torch.empty((), dtype=dtype).element_size()
 
     def __init__(
         self,
@@ -177,6 +185,7 @@ class CausalSelfAttention(Attention):
         softcap: float | None = None,
         sinks: bool = False,
         backend: str = "auto",
+        head_dim: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -188,14 +197,15 @@ class CausalSelfAttention(Attention):
             softcap=softcap,
             sinks=sinks,
             backend=backend,
+            head_dim=head_dim,
             **options,  # the fields a subclass's Config adds
         )
         dims = ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size)
         config.check(dims)
         self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, config.kv_heads(dims)
-        self.head_dim = n_embd // n_head
+        self.head_dim = config.encoding_dims(dims).head_dim
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)  # q|k|v
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.proj_bias)
+        self.c_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=config.proj_bias)
         self._setup(config, NoPE() if pe is None else pe, Mask(window=window, chunk=chunk), dropout, n_head)
         self.qk_norm = None if qk_norm is None else QKNorm(self.head_dim, n_head, qk_norm, block_size=block_size)
 
@@ -209,7 +219,7 @@ class CausalSelfAttention(Attention):
         """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T).
         ``segments``: (query ids (B, T), key ids (B, past + T)); a query attends only to keys of its id."""
         kv_width = self.n_kv_head * self.head_dim
-        q, k, v = self.c_attn(x).split((self.n_embd, kv_width, kv_width), dim=2)
+        q, k, v = self.c_attn(x).split((self.n_head * self.head_dim, kv_width, kv_width), dim=2)
         q = rearrange(q, "b t (nh hs) -> b nh t hs", nh=self.n_head)  # (B, nh, T, hs)
         k, v = (rearrange(t, "b t (nkv hs) -> b nkv t hs", nkv=self.n_kv_head) for t in (k, v))  # (B, nkv, T, hs)
         if self.qk_norm is not None:
@@ -230,7 +240,7 @@ class CausalSelfAttention(Attention):
                 k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), rotated
         scale = None if self.qk_norm is None else self.qk_norm.scale
         y = self.attend(q, k, v, q_pos, k_pos, segments, self.features(x, cache), scale)  # (B, nh, T, hs)
-        y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, C)
+        y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))
 
 

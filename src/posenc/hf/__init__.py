@@ -4,7 +4,8 @@ the logits.
 
 Importers are keyed by the config's own ``model_type`` (data, not class names), one file per
 family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``deepseek_v3``
-(dense layers with multi-head latent attention); ``smollm3`` (NoPE layers among RoPE ones). A config field this architecture cannot reproduce
+(dense layers with multi-head latent attention); ``smollm3`` (NoPE layers among RoPE ones);
+``qwen3`` (per-head QK-norm, its own head size). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -19,6 +20,7 @@ from posenc.hf.common import Converted, refuse
 from posenc.hf.deepseek import import_deepseek_v3
 from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
 from posenc.hf.llama import import_llama
+from posenc.hf.qwen3 import import_qwen3
 from posenc.hf.smollm3 import import_smollm3
 
 IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
@@ -28,6 +30,7 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "mistral": import_llama,
     "deepseek_v3": import_deepseek_v3,
     "smollm3": import_smollm3,
+    "qwen3": import_qwen3,
 }
 
 

@@ -26,13 +26,16 @@ def _rope_fields(c: Any) -> dict[str, Any]:
     return fields
 
 
-def common_llama_fields(c: Any, model_type: str) -> dict[str, Any]:
+def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False) -> dict[str, Any]:
+    """GPTConfig's fields of a Llama-style config; ``own_head_dim``: the family sets ``head_dim``
+    apart from hidden_size / num_attention_heads (Qwen3), which the importer then passes on."""
     differ: dict[str, Any] = {}
     if getattr(c, "hidden_act", "silu") != "silu":
         differ["hidden_act"] = c.hidden_act
     head_dim = getattr(c, "head_dim", None)
     # DeepSeek's head_dim is its rotary width (qk_rope_head_dim); MLA sets its own head sizes
-    if model_type != "deepseek_v3" and head_dim is not None and head_dim != c.hidden_size // c.num_attention_heads:
+    own = own_head_dim or model_type == "deepseek_v3"
+    if not own and head_dim is not None and head_dim != c.hidden_size // c.num_attention_heads:
         differ["head_dim"] = head_dim
     if getattr(c, "pretraining_tp", 1) != 1:
         differ["pretraining_tp"] = c.pretraining_tp
