@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from posenc.attention import CausalSelfAttention, attention_config
 from posenc.attention import name_of as attention_name
 from posenc.attention.base import AttentionConfig
@@ -75,6 +77,11 @@ class LayerSpec(Spec):
         """Refuse a layer that cannot be built for a model of sizes ``dims``."""
         self.attention.check(dims, self.pe)
         self.pe.check(self.attention.encoding_dims(dims))
+
+    def cache_bytes_per_token(self, dims: ModelDims, dtype: torch.dtype = torch.float16) -> int:
+        """Bytes one token adds to this layer's cache: its attention's keys and values (in ``dtype``)
+        and its encoding's float32 features (FoX's running gate sum), one set per query head."""
+        return self.attention.cache_bytes_per_token(dims, dtype) + dims.n_head * self.pe.encoding.cached_features * 4
 
     def build(self, dims: ModelDims, dropout: float) -> Block:
         pe = self.pe.build(self.attention.encoding_dims(dims))

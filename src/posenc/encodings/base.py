@@ -134,6 +134,8 @@ class PositionalEncoding(nn.Module):
     has_content_bias: ClassVar[bool] = False
     #: attention sinks (a logit in the softmax's denominator) can join its weighting
     takes_sinks: ClassVar[bool] = True
+    #: float32 features per head that each token adds to the KV cache (``token_features``' last dim)
+    cached_features: ClassVar[int] = 0
     #: largest position + 1 the encoding can represent; None means any position
     max_positions: int | None = None
     #: the q/k head size it acts on, the channel-pair layout it rotates, its frequency schedule

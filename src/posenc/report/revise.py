@@ -127,12 +127,24 @@ def _sentences(results: dict[str, Any]) -> list[str]:
     from posenc.report.markdown import render_markdown
     from posenc.report.studies import RENDERERS
 
+    results = {k: v for k, v in results.items() if k != "revisions"}  # the history is not the page's claims
     if _kind(results) == "table":
         text = render_markdown(results, None, [])
     else:
         text = RENDERERS[_kind(results)][0](results, [], "")
     skip = ("|", "#", "![", "- Command", "- Date", "- Wall time", "- One run", "- Sweep", "  Date")
-    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(skip)]
+    prose, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):  # generated samples: text, not claims
+            fenced = not fenced
+        elif not fenced and line.strip() and not line.lstrip().startswith(skip) and not _heading(line):
+            prose.append(line)
+    return prose
+
+
+def _heading(line: str) -> bool:
+    """A sample's bold heading (``**GPT FoX**``): a label, not a sentence."""
+    return line.startswith("**") and line.endswith("**")
 
 
 def _variants(results: dict[str, Any]) -> list[str]:
@@ -170,9 +182,26 @@ def revise(old: dict[str, Any], new: dict[str, Any], why: str, command: str = ""
 
 
 def _changed(before: list[str], after: list[str]) -> list[tuple[str, str]]:
-    """(old, new) sentence pairs that differ, matched by position among the lines that changed."""
+    """(old, new) sentence pairs that differ: a bullet is matched to the bullet of the same bold
+    title (``- **Seed spread.**``), other lines by position among the lines that changed."""
     gone = [s for s in before if s not in after]
     came = [s for s in after if s not in before]
-    pairs = list(zip(gone, came))
+    pairs = []
+    for s in list(gone):
+        twin = next((t for t in came if _title(t) is not None and _title(t) == _title(s)), None)
+        if twin is not None:
+            pairs.append((s, twin))
+            gone.remove(s)
+            came.remove(twin)
+    pairs += list(zip(gone, came))
     pairs += [(s, "") for s in gone[len(came) :]] + [("", s) for s in came[len(gone) :]]
     return pairs
+
+
+def _title(line: str) -> str | None:
+    """The bold title a bullet starts with, or None."""
+    body = line.lstrip()
+    if not body.startswith("- **"):
+        return None
+    end = body.find("**", 4)
+    return body[4:end] if end > 0 else None
