@@ -356,3 +356,13 @@ def test_attention_options_join_a_variants_own_unless_they_contradict_them():
     assert attention.sinks is True and attention.softcap == 30.0
     with pytest.raises(ValueError, match=r"pe='rope_sinks' sets attention_options=\{'sinks': True\}"):
         GPTConfig(**sizes, pe="rope_sinks", attention_options={"sinks": False})
+
+
+def test_attention_biases_turned_off_under_a_biased_model_stay_off() -> None:
+    # GPT-NeoX with attention_bias=False: LayerNorm and MLP biases on, q/k/v and output biases off
+    config = GPTConfig(n_embd=32, n_head=4, bias=True, qkv_bias=False, proj_bias=False, pe="rope")
+    attention, block = config.layers[0].attention, config.layers[0].block
+    assert (attention.qkv_bias, attention.proj_bias) == (False, False)
+    assert block.norm.bias and block.mlp.bias
+    model = GPT(config)
+    assert model.blocks[0].attn.c_attn.bias is None and model.blocks[0].mlp.c_fc.bias is not None

@@ -242,13 +242,26 @@ def test_llama_family_configs_it_cannot_reproduce_are_refused(family, overrides,
 
 def test_an_unsupported_model_type_is_refused() -> None:
     torch.manual_seed(0)
-    hf = transformers.GPTNeoXForCausalLM(
-        transformers.GPTNeoXConfig(
-            vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
-        )
+    hf = transformers.GPTJForCausalLM(
+        transformers.GPTJConfig(vocab_size=50, n_embd=32, n_layer=1, n_head=4, rotary_dim=4, n_positions=16)
     )
-    with pytest.raises(ValueError, match="model_type='gpt_neox'"):
+    with pytest.raises(ValueError, match="model_type='gptj'"):
         GPT.from_hf(hf)
+
+
+def test_a_mixture_of_experts_model_is_refused_as_one() -> None:
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+    )
+    with pytest.raises(ValueError, match="mixture-of-experts"):
+        GPT.from_hf(transformers.MixtralForCausalLM(config))
 
 
 # -- DeepSeek-V3 (dense layers, multi-head latent attention) ---------------------------------------
@@ -336,5 +349,5 @@ def test_deepseek_v3_whose_head_dim_is_its_rotary_width_imports() -> None:
 
 
 def test_deepseek_v3_with_moe_layers_is_refused() -> None:
-    with pytest.raises(ValueError, match="first_k_dense_replace"):
+    with pytest.raises(ValueError, match="first_k_dense_replace.*mixture-of-experts"):
         GPT.from_hf(hf_deepseek(first_k_dense_replace=1))

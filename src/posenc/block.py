@@ -3,10 +3,11 @@
 Shapes: B batch, T tokens, C = n_embd, H the MLP's hidden width.
 
 - :class:`NormConfig`: LayerNorm (with or without bias) or RMSNorm, and its eps.
-- :class:`MLP` (``MLP.Config``): GPT-2's (c_fc -> tanh GELU -> c_proj) or Llama's SwiGLU
-  (c_proj(silu(w_gate x) * w_up x)).
-- :class:`Block` (``Block.Config``: norm + MLP): pre-norm, ``x + attn(ln_1(x))`` then
-  ``x + mlp(ln_2(x))``; its attention and encoding come from the layer's
+- :class:`MLP` (``MLP.Config``): GPT-2's (c_fc -> tanh GELU -> c_proj), the same with the exact
+  erf GELU (GPT-NeoX/Pythia), or Llama's SwiGLU (c_proj(silu(w_gate x) * w_up x)).
+- :class:`Block` (``Block.Config``: norm + MLP + residual layout): pre-norm, ``x + attn(ln_1(x))``
+  then ``x + mlp(ln_2(x))``, or parallel (GPT-NeoX, GPT-J, Phi, Cohere):
+  ``x + attn(ln_1(x)) + mlp(ln_2(x))``; its attention and encoding come from the layer's
   :class:`~posenc.config.LayerSpec`.
 
 Parameter names (``ln_1``, ``attn``, ``ln_2``, ``mlp.c_fc``, ...) are nanoGPT's: initial weights are
@@ -24,7 +25,7 @@ from posenc.attention.base import LayerKVCache
 from posenc.spec import Spec, check_bool, check_choice, check_int, check_number, spec
 
 NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
-MLPS: tuple[str, ...] = ("gelu", "swiglu")
+MLPS: tuple[str, ...] = ("gelu", "gelu_exact", "swiglu")
 
 
 @spec
@@ -47,15 +48,16 @@ class NormConfig(Spec):
 
 
 class MLP(nn.Module):
-    """GPT-2's MLP (``kind="gelu"``: c_fc -> tanh GELU -> c_proj) or Llama's (``"swiglu"``:
-    c_proj(silu(w_gate x) * w_up x)), of hidden width ``Config.width(C)``."""
+    """GPT-2's MLP (``kind="gelu"``: c_fc -> tanh GELU -> c_proj; ``"gelu_exact"``: the erf GELU,
+    Hugging Face's ``"gelu"``) or Llama's (``"swiglu"``: c_proj(silu(w_gate x) * w_up x)), of hidden
+    width ``Config.width(C)``."""
 
     @spec
     class Config(Spec):
         """``kind``, the hidden width ``hidden`` (None: 4 C for GELU, 8 C / 3 rounded up to 64 for
         SwiGLU) and biases on its projections."""
 
-        kind: Literal["gelu", "swiglu"] = "gelu"
+        kind: Literal["gelu", "gelu_exact", "swiglu"] = "gelu"
         hidden: int | None = None
         bias: bool = True
 
@@ -67,7 +69,7 @@ class MLP(nn.Module):
         def width(self, n_embd: int) -> int:
             if self.hidden is not None:
                 return self.hidden
-            return 4 * n_embd if self.kind == "gelu" else 64 * -(-8 * n_embd // (3 * 64))
+            return 4 * n_embd if self.kind != "swiglu" else 64 * -(-8 * n_embd // (3 * 64))
 
     def __init__(self, n_embd: int, config: Config | None = None, dropout: float = 0.0) -> None:
         super().__init__()
@@ -79,7 +81,8 @@ class MLP(nn.Module):
             self.w_up = nn.Linear(C, H, bias=config.bias)
         else:
             self.c_fc = nn.Linear(C, H, bias=config.bias)
-            self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+            # GPT-2's "gelu_new" (tanh) or the exact erf GELU
+            self.gelu = nn.GELU(approximate="none" if config.kind == "gelu_exact" else "tanh")
         self.c_proj = nn.Linear(H, C, bias=config.bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -89,16 +92,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; with
+    ``Config.parallel``, ``x + attn(ln_1(x)) + mlp(ln_2(x))``."""
 
     @spec
     class Config(Spec):
-        """The block around attention: its norms and its MLP."""
+        """The block around attention: its norms, its MLP and whether attention and MLP read the
+        same input (``parallel``, GPT-NeoX's ``use_parallel_residual``) or one after the other."""
 
         norm: NormConfig = NormConfig()
         mlp: MLP.Config = MLP.Config()
+        parallel: bool = False
 
         def __post_init__(self) -> None:
+            check_bool("Block.Config", "parallel", self.parallel)
             if not isinstance(self.norm, NormConfig):
                 object.__setattr__(self, "norm", NormConfig.from_dict(self.norm))
             if not isinstance(self.mlp, MLP.Config):
@@ -110,6 +117,7 @@ class Block(nn.Module):
         self.attn = attn
         self.ln_2 = config.norm.build(n_embd)
         self.mlp = MLP(n_embd, config.mlp, dropout)
+        self.parallel = config.parallel
 
     def forward(
         self,
@@ -118,5 +126,8 @@ class Block(nn.Module):
         cache: LayerKVCache | None = None,
         segments: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), positions, cache, segments)
+        a = self.attn(self.ln_1(x), positions, cache, segments)
+        if self.parallel:
+            return x + a + self.mlp(self.ln_2(x))
+        x = x + a
         return x + self.mlp(self.ln_2(x))

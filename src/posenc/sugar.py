@@ -342,7 +342,7 @@ def _attention(f: dict[str, Any]) -> Any:
     options: dict[str, Any] = {k: f["bias"] for k in ("bias", "qkv_bias", "proj_bias") if k in fields}
     for field in ATTENTION_FIELDS:
         value = f[field]
-        if value is None or value is False:
+        if value is None or (value is False and field not in fields):  # off, for an attention without it
             continue
         if field not in fields:
             owners = [n for n in _attention_names() if field in _fields(attention_class(n).Config)]

@@ -5,7 +5,8 @@ the logits.
 Importers are keyed by the config's own ``model_type`` (data, not class names), one file per
 family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``deepseek_v3``
 (dense layers with multi-head latent attention); ``smollm3`` (NoPE layers among RoPE ones);
-``qwen3`` (per-head QK-norm, its own head size). A config field this architecture cannot reproduce
+``qwen3`` (per-head QK-norm, its own head size); ``gpt_neox`` (partial rotary, parallel residual,
+fused per-head qkv). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from posenc.hf.common import Converted, refuse
 from posenc.hf.deepseek import import_deepseek_v3
 from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
+from posenc.hf.gpt_neox import import_gpt_neox
 from posenc.hf.llama import import_llama
 from posenc.hf.qwen3 import import_qwen3
 from posenc.hf.smollm3 import import_smollm3
@@ -31,7 +33,13 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "deepseek_v3": import_deepseek_v3,
     "smollm3": import_smollm3,
     "qwen3": import_qwen3,
+    "gpt_neox": import_gpt_neox,
 }
+
+#: Families whose MLPs are mixtures of experts, which posenc does not build
+MIXTURE_OF_EXPERTS: frozenset[str] = frozenset(
+    {"mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "olmoe", "granitemoe", "deepseek_v2", "jamba", "dbrx"}
+)
 
 
 def convert(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> Converted:
@@ -42,6 +50,10 @@ def convert(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: in
             raise ValueError("from_hf(state_dict) needs n_head=..., which weights alone do not determine")
         return gpt2_from_state_dict(dict(model_or_state_dict), n_head)
     model_type = getattr(model_or_state_dict.config, "model_type", None)
+    if model_type in MIXTURE_OF_EXPERTS:
+        raise ValueError(
+            f"from_hf: config.model_type={model_type!r} is a mixture-of-experts model; posenc builds dense MLPs only"
+        )
     if model_type not in IMPORTERS:
         raise ValueError(f"from_hf: config.model_type={model_type!r} is not supported; supported: {sorted(IMPORTERS)}")
     return IMPORTERS[model_type](model_or_state_dict)
