@@ -163,6 +163,28 @@ def run_eval(args: argparse.Namespace) -> int:
     return guarded(go)
 
 
+def export_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Write a run's latest checkpoint as a Hugging Face model folder (config.json, model.safetensors) "
+        "in the family that expresses it exactly (GPT-2, GPT-NeoX, Llama, Qwen3, SmolLM3).",
+    )
+    p.add_argument("run_dir", help="a run folder written by posenc train")
+    p.add_argument("--hf", required=True, metavar="OUT_DIR", help="the folder to write (new or empty)")
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from posenc.hf.export import export_run
+
+    def go() -> int:
+        hf = export_run(args.run_dir, args.hf)
+        print(f"wrote {args.hf}: {hf.config.model_type} ({type(hf).__name__})")
+        return 0
+
+    return guarded(go)
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -170,6 +192,7 @@ COMMANDS = {
     "train": "pretrain a GPT",
     "compare": "train and compare every encoding",
     "eval": "evaluate a run at 1x-16x its context",
+    "export": "write a run's model as a Hugging Face model folder",
 }
 
 
@@ -195,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_prepare(rest, prog)
     if command == "eval":
         return run_eval(eval_parser(prog).parse_args(rest))
+    if command == "export":
+        return run_export(export_parser(prog).parse_args(rest))
     from posenc import sweep
 
     return sweep.run(rest, prog=prog)

@@ -299,6 +299,14 @@ class GPT(nn.Module):
         model.load_state_dict(weights, strict=True)
         return model
 
+    def to_hf(self) -> nn.Module:
+        """This model as a Hugging Face causal LM with the same logits (float32, eval mode), in the
+        first family that expresses it exactly (GPT-2, GPT-NeoX, Llama, Qwen3, SmolLM3); refused,
+        with each family's reason, when none does. See :mod:`posenc.hf.export`."""
+        from posenc.hf.export import to_hf
+
+        return to_hf(self)
+
 
 def _check_range(t: Tensor, lo: int, hi: int, message: str) -> None:
     """Refuse values outside [lo, hi). On the CPU a host check with the offending values; on an

@@ -21,7 +21,10 @@ def _rope_fields(c: Any) -> dict[str, Any]:
     rope = RotaryEmbedding.from_hf_config(c)
     fields: dict[str, Any] = {"rope_base": rope.base, "rope_layout": "half"}
     scaling = {k: v for k, v in rope.scaling.items() if v is not None}
-    if scaling.get("rope_type") != "default" or "partial_rotary_factor" in scaling:
+    if scaling.pop("partial_rotary_factor", None) is not None:
+        # as rotary_dim, which outlives a later change of schedule (config.with_encoding("rope", scaling=...))
+        fields["rotary_dim"] = rope.rotary_dim
+    if scaling.get("rope_type") != "default":
         fields["rope_scaling"] = scaling
     return fields
 
