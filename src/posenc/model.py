@@ -146,11 +146,19 @@ class GPT(nn.Module):
                 raise TypeError(f"targets must hold integer token ids, got dtype {targets.dtype}")
             _check_range(targets, -1, V, f"targets must be in [0, vocab_size={V}) or -1 (ignored)")
         if positions is not None:
-            check_positions(positions, None)
-            T = idx.shape[1]
-            if positions.shape[-1] != T or (positions.dim() == 2 and positions.shape[0] != idx.shape[0]):
+            check_positions(positions, None, axes=True)
+            (B, T), dim = idx.shape, positions.dim()
+            if positions.shape[-1] != T or (dim > 1 and positions.shape[-2] != B):
                 raise ValueError(
-                    f"positions must have shape ({T},) or {tuple(idx.shape)}, got {tuple(positions.shape)}"
+                    f"positions must have shape ({T},), {tuple(idx.shape)} or (n_axes, {B}, {T}), "
+                    f"got {tuple(positions.shape)}"
+                )
+            axes = positions.shape[0] if dim == 3 else 1
+            encodings = ([self.wpe] if self.wpe is not None else []) + [block.attn.pe for block in self.blocks]
+            if wrong := sorted({type(pe).__name__ for pe in encodings if pe.position_axes not in (None, axes)}):
+                raise ValueError(
+                    f"positions of shape {tuple(positions.shape)} give {axes} position axes, which {wrong} "
+                    "do not read (M-RoPE: RotaryEmbedding with an mrope_section of that many axes)"
                 )
 
     def forward(

@@ -138,6 +138,8 @@ class PositionalEncoding(nn.Module):
     cached_features: ClassVar[int] = 0
     #: largest position + 1 the encoding can represent; None means any position
     max_positions: int | None = None
+    #: position axes it reads: positions (axes, B, T) when > 1 (M-RoPE); None: it reads none (NoPE)
+    position_axes: int | None = 1
     #: the q/k head size it acts on, the channel-pair layout it rotates, its frequency schedule
     #: (None: any size / no pairs / no schedule)
     head_dim: int | None = None
@@ -210,8 +212,9 @@ class PositionalEncoding(nn.Module):
         return parameter.dim() >= 2
 
 
-def check_positions(positions: Tensor, limit: int | None, name: str = "positions") -> None:
-    """Refuse non-integer, negative or (when ``limit`` is set) too large positions with a clear error.
+def check_positions(positions: Tensor, limit: int | None, name: str = "positions", axes: bool = False) -> None:
+    """Refuse non-integer, negative or (when ``limit`` is set) too large positions with a clear error;
+    ``axes``: (n_axes, B, T) positions, one row per axis (M-RoPE), are allowed too.
 
     Skipped while compiling (the compiled training path only passes ``arange`` positions); on an
     accelerator the value check is an on-device assert rather than a host sync.
@@ -220,8 +223,9 @@ def check_positions(positions: Tensor, limit: int | None, name: str = "positions
         return
     if positions.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must be an integer tensor, got dtype {positions.dtype}")
-    if positions.dim() not in (1, 2):
-        raise ValueError(f"{name} must have shape (T,) or (B, T), got {tuple(positions.shape)}")
+    if positions.dim() not in ((1, 2, 3) if axes else (1, 2)):
+        shapes = "(T,), (B, T) or (n_axes, B, T)" if axes else "(T,) or (B, T)"
+        raise ValueError(f"{name} must have shape {shapes}, got {tuple(positions.shape)}")
     if positions.numel() == 0:
         return
     if positions.device.type != "cpu":  # no host sync on an accelerator: assert on the device

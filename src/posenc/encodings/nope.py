@@ -18,6 +18,7 @@ class NoPE(PositionalEncoding):
     """Explicitly no positional signal: every hook is the identity / no bias."""
 
     where = "none"
+    position_axes = None
 
     @spec
     class Config(EncodingConfig):

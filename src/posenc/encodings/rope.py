@@ -37,6 +37,16 @@ Options
   ``zeta_i ** ((m - c) / xpos_scale_base)`` and a key by its inverse, ``zeta_i = (2i + 0.4 d) / (1.4 d)``,
   with the centre ``c = seq_len // 2``. q.k then decays like ``zeta ** ((m - n) / xpos_scale_base)``.
 
+Multi-axis positions (M-RoPE; Qwen2-VL, "Qwen2-VL: Enhancing Vision-Language Model's Perception of
+the World at Any Resolution", arXiv:2409.12191): with ``mrope_section=(t, h, w)`` a token has one
+position per axis, ``positions`` of shape (3, B, T), and frequency pair i is rotated by the position
+on its axis. ``mrope_section`` counts pairs per axis (summing to rotary_dim / 2); chunked (Qwen2-VL,
+Qwen2.5-VL: the first t pairs take the time axis, the next h the rows, the last w the columns) or,
+with ``mrope_interleaved=True``, interleaved (Qwen3-VL: pair i takes axis i % 3 while i < 3 x that
+axis's section, axis 0 otherwise, so every axis keeps high and low frequencies). Positions of one
+axis -- (T,) or (B, T), text only -- are the same ids on every axis, which is plain RoPE.
+A module's ``pair_axes`` (``Config.pair_axes(head_dim)``) lists the axis each pair takes.
+
 Length-dependent encodings (``length_dependent``: ``dynamic``, ``longrope``, or xPos, whose centre
 moves) rotate by a function of the total sequence length ``seq_len`` (past + current tokens;
 default: max position + 1, or T without positions). A rotated key is then only valid for the
@@ -111,6 +121,8 @@ class RotaryEmbedding(PositionalEncoding):
             Its ``rope_theta``, if present, must equal ``base``.
         p_rope: keep this fraction (0, 1] of the highest frequencies; the rest become 0.
         xpos: xPos decay; ``xpos_scale_base`` is its length scale.
+        mrope_section: frequency pairs per position axis (M-RoPE, module docstring); positions then
+            may have shape (len(mrope_section), B, T). ``mrope_interleaved``: Qwen3-VL's layout.
         cache_len: positions ``< cache_len`` use the cos/sin tables built here; others are computed.
     """
 
@@ -128,6 +140,8 @@ class RotaryEmbedding(PositionalEncoding):
         p_rope: float | None = None
         xpos: bool = False
         xpos_scale_base: float = 512.0
+        mrope_section: tuple[int, ...] | None = None
+        mrope_interleaved: bool = False
 
         def __post_init__(self) -> None:
             owner = "RotaryEmbedding"
@@ -154,6 +168,22 @@ class RotaryEmbedding(PositionalEncoding):
                 raise TypeError(f"xpos must be a bool, got xpos={self.xpos!r}")
             if isinstance(self.xpos_scale_base, bool) or not self.xpos_scale_base > 0:
                 raise ValueError(f"xpos_scale_base must be > 0, got xpos_scale_base={self.xpos_scale_base!r}")
+            section = self.mrope_section
+            if section is not None:
+                if not isinstance(section, (tuple, list)) or len(section) < 2:
+                    raise ValueError(f"{owner} mrope_section must be a tuple of >= 2 pair counts, got {section!r}")
+                if any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in section):
+                    raise ValueError(f"{owner} mrope_section must hold positive ints, got {section!r}")
+                set_field(self, "mrope_section", tuple(section))
+                if length_key(scaling["rope_type"]) is not None or self.xpos:
+                    raise ValueError(
+                        f"{owner} mrope_section does not combine with a rotation that depends on the sequence "
+                        f"length (rope_type={scaling['rope_type']!r}, xpos={self.xpos}): one length per axis is undefined"
+                    )
+            if not isinstance(self.mrope_interleaved, bool):
+                raise TypeError(f"{owner} mrope_interleaved must be a bool, got {self.mrope_interleaved!r}")
+            if self.mrope_interleaved and section is None:
+                raise ValueError(f"{owner} mrope_interleaved=True needs an mrope_section")
             plain_rope = scaling == {"rope_type": "default"}
             set_field(self, "base", float(self.base))
             set_field(self, "scaling", None if plain_rope else frozen_mapping(scaling))
@@ -174,7 +204,29 @@ class RotaryEmbedding(PositionalEncoding):
             rotary_dim = head_dim if rotary_dim is None else rotary_dim
             if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
                 raise ValueError(f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}")
+            if self.mrope_section is not None and sum(self.mrope_section) != rotary_dim // 2:
+                raise ValueError(
+                    f"mrope_section={self.mrope_section} counts {sum(self.mrope_section)} frequency pairs, "
+                    f"but rotary_dim={rotary_dim} has {rotary_dim // 2}"
+                )
             return rotary_dim
+
+        def pair_axes(self, head_dim: int) -> list[int] | None:
+            """The position axis of each frequency pair (M-RoPE), or None for one axis."""
+            section = self.mrope_section
+            if section is None:
+                return None
+            n, pairs = len(section), self.rotated_channels(head_dim) // 2
+            if not self.mrope_interleaved:  # chunked: section[0] pairs of axis 0, then axis 1, ...
+                return [axis for axis, count in enumerate(section) for _ in range(count)]
+            axes = [next((a for a in range(1, n) if i % n == a and i < n * section[a]), 0) for i in range(pairs)]
+            counts = tuple(axes.count(a) for a in range(n))
+            if counts != section:
+                raise ValueError(
+                    f"mrope_section={section} cannot be interleaved over {pairs} pairs (it gives {counts}): "
+                    "axis a > 0 takes pairs a, a + n, ... below n x its count"
+                )
+            return axes
 
         def check(self, dims: ModelDims) -> None:
             self.rotated_channels(dims.head_dim)
@@ -190,6 +242,8 @@ class RotaryEmbedding(PositionalEncoding):
         p_rope: float | None = None,
         xpos: bool = False,
         xpos_scale_base: float = 512.0,
+        mrope_section: tuple[int, ...] | None = None,
+        mrope_interleaved: bool = False,
         cache_len: int = 2048,
     ) -> None:
         super().__init__()
@@ -205,6 +259,8 @@ class RotaryEmbedding(PositionalEncoding):
             p_rope=p_rope,
             xpos=xpos,
             xpos_scale_base=xpos_scale_base,
+            mrope_section=mrope_section,
+            mrope_interleaved=mrope_interleaved,
         )
         self.scaling = validate_scaling(config.scaling)
         self.rope_type: str = self.scaling["rope_type"]
@@ -213,6 +269,8 @@ class RotaryEmbedding(PositionalEncoding):
         self.cache_len = cache_len
         self.p_rope = None if p_rope is None else float(p_rope)
         self.xpos, self.xpos_scale_base = xpos, float(xpos_scale_base)
+        self.pair_axes = config.pair_axes(head_dim)
+        self.position_axes = 1 if config.mrope_section is None else len(config.mrope_section)
         self._schedule = ROPE_SCALINGS[self.rope_type].fn
         # at seq_len <= this, a length-dependent schedule equals its seq_len=None frequencies
         key = length_key(self.rope_type)
@@ -293,6 +351,9 @@ class RotaryEmbedding(PositionalEncoding):
         self.register_buffer("inv_freq64", inv_freq, persistent=False)
         self.register_buffer("cos_cached", cos, persistent=False)  # (cache_len, rd) float32
         self.register_buffer("sin_cached", sin, persistent=False)
+        if self.pair_axes is not None:  # the axis of each rotated channel, for picking from per-axis tables
+            axes = expand_pairs(torch.tensor(self.pair_axes, device=device), self.layout)
+            self.register_buffer("channel_axes", axes, persistent=False)
         if self.xpos:
             zeta = torch.arange(0, self.rotary_dim, 2, dtype=torch.float64, device=device) + 0.4 * self.rotary_dim
             self.register_buffer("xpos_zeta", zeta / (1.4 * self.rotary_dim), persistent=False)
@@ -329,7 +390,7 @@ class RotaryEmbedding(PositionalEncoding):
         """float32 cos/sin tables (T, rd) or (B, T, rd) for ``positions`` (default ``arange(T)``), the
         attention factor included; ``seq_len`` matters only when ``length_dependent``."""
         if positions is not None:
-            check_positions(positions, None)
+            check_positions(positions, None, axes=self.position_axes > 1)
         seq_len = self._seq_len(positions, T, seq_len)
         if self._short_len is not None and not (isinstance(seq_len, int) and seq_len <= self._short_len):
             inv_freq = self.frequencies(seq_len, self.inv_freq64.device)
@@ -339,7 +400,15 @@ class RotaryEmbedding(PositionalEncoding):
             inv_freq = self.inv_freq64
         if positions is None:
             positions = torch.arange(T, device=device)
-        return rope_cos_sin(positions, inv_freq, self.layout, self.attention_factor)
+        if positions.dim() == 3 and self.pair_axes is None:
+            raise ValueError(
+                f"positions of shape {tuple(positions.shape)} have several axes; this RoPE has no mrope_section"
+            )
+        cos, sin = rope_cos_sin(positions, inv_freq, self.layout, self.attention_factor)
+        if positions.dim() == 3:  # (axes, B, T, rd): each channel from its axis's table
+            index = self.channel_axes.expand(1, *cos.shape[1:])
+            cos, sin = cos.gather(0, index)[0], sin.gather(0, index)[0]
+        return cos, sin
 
     def xpos_scale(
         self,
@@ -360,9 +429,18 @@ class RotaryEmbedding(PositionalEncoding):
         if x.shape[-1] != self.head_dim:
             raise ValueError(f"{name} must have head size {self.head_dim} in its last dim, got {tuple(x.shape)}")
         T = x.shape[-2]
-        if positions is not None and (positions.dim() not in (1, 2) or positions.shape[-1] != T):
+        if positions is None:
+            return
+        if positions.dim() == 3 and self.position_axes > 1:
+            if positions.shape[0] != self.position_axes or positions.shape[-1] != T:
+                raise ValueError(
+                    f"M-RoPE positions must have shape ({self.position_axes}, B, {T}) (one row per mrope_section axis), "
+                    f"got {tuple(positions.shape)}"
+                )
+        elif positions.dim() not in (1, 2) or positions.shape[-1] != T:
             # a (1,) tensor would otherwise broadcast and put every token at one position
-            raise ValueError(f"positions must have shape ({T},) or (B, {T}), got {tuple(positions.shape)}")
+            axes = f", or ({self.position_axes}, B, {T}) with M-RoPE" if self.position_axes > 1 else ""
+            raise ValueError(f"positions must have shape ({T},) or (B, {T}){axes}, got {tuple(positions.shape)}")
 
     def _rotate_one(
         self,
@@ -429,6 +507,10 @@ class RotaryEmbedding(PositionalEncoding):
         extra = "" if self.rope_type == "default" else f", rope_type={self.rope_type!r}"
         extra += "" if self.p_rope is None else f", p_rope={self.p_rope}"
         extra += f", xpos_scale_base={self.xpos_scale_base}" if self.xpos else ""
+        if self.pair_axes is not None:
+            extra += f", mrope_section={self.config.mrope_section}" + (
+                ", interleaved" if self.config.mrope_interleaved else ""
+            )
         return (
             f"head_dim={self.head_dim}, base={self.base}, layout={self.layout!r}, "
             f"rotary_dim={self.rotary_dim}, cache_len={self.cache_len}{extra}"
