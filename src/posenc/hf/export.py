@@ -45,7 +45,7 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError as e:
-        raise ImportError("to_hf needs transformers: pip install 'transformers>=5'") from e
+        raise ImportError("to_hf needs transformers: pip install 'posenc[hf]'") from e
     return transformers
 
 
