@@ -47,5 +47,7 @@ def test_the_digits_example_trains_and_writes_its_results(tmp_path, capsys) -> N
     results = json.loads((tmp_path / "digits.json").read_text())
     assert [r["pe"] for r in results["runs"]] == ["axial_norm", "none"]
     accuracy = results["runs"][0]["accuracy"]
-    assert set(accuracy) == {"8", "12"} and accuracy["8"] > 0.2  # 2 epochs: far above chance (0.1 +- 0.014 on 449 images)
+    assert (
+        set(accuracy) == {"8", "12"} and accuracy["8"] > 0.2
+    )  # 2 epochs: far above chance (0.1 +- 0.014 on 449 images)
     assert "| axial_norm |" in (tmp_path / "table.md").read_text()

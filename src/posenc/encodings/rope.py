@@ -310,6 +310,10 @@ class RotaryEmbedding(PositionalEncoding):
             if params is None:
                 raise ValueError(f"layer_type={layer_type!r} has no RoPE (its parameters are None)")
         params = dict(params)
+        for key in ("mrope_section", "mrope_interleaved"):  # M-RoPE (Qwen2-VL, Qwen3-VL): options, not a schedule
+            if key in params:
+                value = params.pop(key)
+                options.setdefault(key, tuple(value) if key == "mrope_section" else bool(value))
         rope_type = params.get("rope_type", params.get("type", "default"))
         theta = params.pop("rope_theta", None) or get("rope_theta") or 10000.0
         if "partial_rotary_factor" not in params and get("partial_rotary_factor") is not None:

@@ -6,7 +6,7 @@ Importers are keyed by the config's own ``model_type`` (data, not class names), 
 family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``deepseek_v3``
 (dense layers with multi-head latent attention); ``smollm3`` (NoPE layers among RoPE ones);
 ``qwen3`` (per-head QK-norm, its own head size); ``gpt_neox`` (partial rotary, parallel residual,
-fused per-head qkv). A config field this architecture cannot reproduce
+fused per-head qkv); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -23,6 +23,7 @@ from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
 from posenc.hf.gpt_neox import import_gpt_neox
 from posenc.hf.llama import import_llama
 from posenc.hf.qwen3 import import_qwen3
+from posenc.hf.qwen_vl import import_qwen_vl
 from posenc.hf.smollm3 import import_smollm3
 
 IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
@@ -34,6 +35,9 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "smollm3": import_smollm3,
     "qwen3": import_qwen3,
     "gpt_neox": import_gpt_neox,
+    "qwen2_vl": import_qwen_vl,
+    "qwen2_5_vl": import_qwen_vl,
+    "qwen3_vl": import_qwen_vl,
 }
 
 #: Families whose MLPs are mixtures of experts, which posenc does not build

@@ -26,6 +26,9 @@ def _rope_fields(c: Any) -> dict[str, Any]:
         fields["rotary_dim"] = rope.rotary_dim
     if scaling.get("rope_type") != "default":
         fields["rope_scaling"] = scaling
+    if rope.position_axes > 1:  # M-RoPE
+        mrope = {"mrope_section": rope.config.mrope_section, "mrope_interleaved": rope.config.mrope_interleaved}
+        fields["pe_options"] = {"rope": mrope}
     return fields
 
 
