@@ -60,3 +60,75 @@ def test_text_model_logits_match_with_three_axis_positions(family) -> None:
         torch.testing.assert_close(ours(idx, positions=positions)[0], expected, rtol=0, atol=2e-4)
         # text only: one id per token on every axis, as Hugging Face builds for plain text
         torch.testing.assert_close(ours(idx)[0], hf(input_ids=idx).logits, rtol=0, atol=2e-4)
+
+
+def _row(*runs: tuple[int, int]) -> list[int]:
+    return [kind for kind, n in runs for _ in range(n)]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("padded", [False, True])
+def test_position_ids_equal_hugging_face_get_rope_index(family, padded) -> None:
+    from posenc.multiaxis import mrope_positions
+
+    hf = hf_model(family)
+    merge = hf.config.vision_config.spatial_merge_size
+    # text, a 4x4 image (2x2 after the merge), text, a 2-frame 4x6 video (2 x 2x3), text; then a row
+    # with a 2-frame 4x8 video (2 x 2x4), an 8x4 image (4x2) and a 3-frame 2x4 video (3 x 1x2)
+    rows = [
+        _row((0, 3), (1, 4), (0, 2), (2, 12), (0, 4)),
+        _row((0, 1), (2, 16), (0, 2), (1, 8), (0, 2), (2, 6), (0, 1)),
+    ]
+    images = torch.tensor([[1, 4, 4], [1, 8, 4]])
+    videos = torch.tensor([[2, 4, 6], [2, 4, 8], [3, 2, 4]])
+    if family == "qwen3_vl":  # timestamps between frames: each frame its own run of tokens
+        rows[1] = _row(
+            (0, 1), (2, 8), (0, 1), (2, 8), (0, 2), (1, 8), (0, 2), (2, 2), (0, 1), (2, 2), (0, 1), (2, 2), (0, 1)
+        )
+        rows[0] = _row((0, 3), (1, 4), (0, 2), (2, 6), (0, 1), (2, 6), (0, 3))
+    T = max(map(len, rows)) + (3 if padded else 0)
+    types = torch.tensor([[0] * (T - len(r)) + r for r in rows])  # left padding
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows]) if padded else None
+    idx = torch.randint(0, 101, types.shape, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(image_grid_thw=images, video_grid_thw=videos, attention_mask=mask)
+    seconds = torch.tensor([0.5, 1.0, 2.0])
+    if family == "qwen2_5_vl":
+        kwargs["second_per_grid_ts"] = seconds
+    expected, expected_deltas = hf.model.get_rope_index(idx, types, **kwargs)
+    intervals = (hf.config.vision_config.tokens_per_second * seconds).tolist() if family == "qwen2_5_vl" else None
+    got, deltas = mrope_positions(
+        types,
+        images,
+        videos.clone(),
+        spatial_merge_size=merge,
+        video_intervals=intervals,
+        split_video_frames=family == "qwen3_vl",
+        attention_mask=mask,
+    )
+    if mask is not None:  # Hugging Face leaves padding at its zero-initialised id too
+        expected = expected * mask
+    assert torch.equal(got, expected)
+    assert torch.equal(deltas, expected_deltas.reshape(deltas.shape))
+
+
+def test_packed_documents_restart_their_position_ids() -> None:
+    from posenc.multiaxis import mrope_positions
+
+    types = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0]])
+    docs = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    grids = torch.tensor([[1, 2, 2], [1, 2, 2]])
+    got, _ = mrope_positions(types, grids, document_ids=docs)
+    alone, _ = mrope_positions(torch.tensor([[0, 1, 1, 1, 1, 0]]), grids[:1])
+    assert torch.equal(got[:, 0, 7:], alone[:, 0])  # the second document as if it were alone
+    assert got[:, 0, :7].tolist() == [[0, 1, 2, 2, 2, 2, 4], [0, 1, 2, 2, 3, 3, 4], [0, 1, 2, 3, 2, 3, 4]]
+
+
+def test_a_run_that_does_not_fit_its_grid_is_refused() -> None:
+    from posenc.multiaxis import mrope_positions
+
+    with pytest.raises(
+        ValueError, match=r"has 3 tokens, but its grid \(1, 4, 4\) with spatial_merge_size=2 gives 1 x 2 x 2 = 4"
+    ):
+        mrope_positions(torch.tensor([[0, 1, 1, 1]]), torch.tensor([[1, 4, 4]]), spatial_merge_size=2)
+    with pytest.raises(ValueError, match="no video grid left"):
+        mrope_positions(torch.tensor([[0, 2]]))
