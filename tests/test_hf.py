@@ -242,10 +242,8 @@ def test_llama_family_configs_it_cannot_reproduce_are_refused(family, overrides,
 
 def test_an_unsupported_model_type_is_refused() -> None:
     torch.manual_seed(0)
-    hf = transformers.GPTJForCausalLM(
-        transformers.GPTJConfig(vocab_size=50, n_embd=32, n_layer=1, n_head=4, rotary_dim=4, n_positions=16)
-    )
-    with pytest.raises(ValueError, match="model_type='gptj'"):
+    hf = transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=4))
+    with pytest.raises(ValueError, match="model_type='bloom'"):
         GPT.from_hf(hf)
 
 

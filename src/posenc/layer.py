@@ -121,11 +121,14 @@ class EmbeddingConfig(Spec):
 
 @spec
 class HeadConfig(Spec):
-    """The final norm (``ln_f``) and the LM head, tied to the token embedding unless ``tie_embeddings=False``."""
+    """The final norm (``ln_f``) and the LM head, tied to the token embedding unless
+    ``tie_embeddings=False``, with a bias on the logits when ``bias`` (GPT-J, Phi)."""
 
     norm: NormConfig = NormConfig()
     tie_embeddings: bool = True
+    bias: bool = False
 
     def __post_init__(self) -> None:
         set_field(self, "norm", component(self.norm, NormConfig, NormConfig.from_dict))
         check_bool("HeadConfig", "tie_embeddings", self.tie_embeddings)
+        check_bool("HeadConfig", "bias", self.bias)

@@ -91,7 +91,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = config.build_layers()
         self.ln_f = config.head.norm.build(config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head.bias)
         if config.head.tie_embeddings:
             self.wte.weight = self.lm_head.weight
         self.init_weights(init_seed)
