@@ -242,8 +242,11 @@ def test_llama_family_configs_it_cannot_reproduce_are_refused(family, overrides,
 
 def test_an_unsupported_model_type_is_refused() -> None:
     torch.manual_seed(0)
-    hf = transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=4))
-    with pytest.raises(ValueError, match="model_type='bloom'"):
+    config = transformers.Olmo2Config(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
+    )
+    hf = transformers.Olmo2ForCausalLM(config)
+    with pytest.raises(ValueError, match="model_type='olmo2'"):
         GPT.from_hf(hf)
 
 

@@ -94,12 +94,16 @@ class LayerSpec(Spec):
 
 @spec
 class EmbeddingConfig(Spec):
-    """The token embedding's companion: the table added at the input (``input_pe``, an encoding
-    with ``where="input"``), or None."""
+    """The token embedding's companions: the table added at the input (``input_pe``, an encoding
+    with ``where="input"``), or None; and a norm of the embeddings (``norm``: BLOOM's
+    ``word_embeddings_layernorm``), or None."""
 
     input_pe: EncodingConfig | None = None
+    norm: NormConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.norm is not None:
+            set_field(self, "norm", component(self.norm, NormConfig, NormConfig.from_dict))
         if self.input_pe is None:
             return
         set_field(self, "input_pe", component(self.input_pe, EncodingConfig, encoding_config))
@@ -116,7 +120,8 @@ class EmbeddingConfig(Spec):
         return None if self.input_pe is None else self.input_pe.build(dims)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"input_pe": None if self.input_pe is None else named(self.input_pe)}
+        norm = None if self.norm is None else self.norm.to_dict()
+        return {"input_pe": None if self.input_pe is None else named(self.input_pe), "norm": norm}
 
 
 @spec

@@ -88,6 +88,7 @@ class GPT(nn.Module):
         init_seed = int(torch.randint(0, 2**31 - 1, ()))
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = config.embedding.build(config.dims)
+        self.ln_emb = None if config.embedding.norm is None else config.embedding.norm.build(config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = config.build_layers()
         self.ln_f = config.head.norm.build(config.n_embd)
@@ -186,6 +187,8 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe.embed(torch.arange(T, device=idx.device) if positions is None else positions)
+        if self.ln_emb is not None:
+            x = self.ln_emb(x)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, positions, None if cache is None else cache.layers[i], segments)

@@ -6,7 +6,8 @@ Importers are keyed by the config's own ``model_type`` (data, not class names), 
 family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``deepseek_v3``
 (dense layers with multi-head latent attention); ``smollm3`` (NoPE layers among RoPE ones);
 ``qwen3`` (per-head QK-norm, its own head size); ``gpt_neox`` (partial rotary, parallel residual,
-fused per-head qkv); ``gptj``, ``phi`` (parallel blocks with one norm, partial rotary, a head bias); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
+fused per-head qkv); ``gptj``, ``phi`` (parallel blocks with one norm, partial rotary, a head bias); ``bloom``, ``mpt``
+(ALiBi; BLOOM's embedding LayerNorm, MPT's bias-free blocks); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -17,11 +18,13 @@ from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
+from posenc.hf.bloom import import_bloom
 from posenc.hf.common import Converted, refuse
 from posenc.hf.deepseek import import_deepseek_v3
 from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
 from posenc.hf.gpt_neox import import_gpt_neox
 from posenc.hf.llama import import_llama
+from posenc.hf.mpt import import_mpt
 from posenc.hf.parallel import import_gptj, import_phi
 from posenc.hf.qwen3 import import_qwen3
 from posenc.hf.qwen_vl import import_qwen_vl
@@ -38,6 +41,8 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "gpt_neox": import_gpt_neox,
     "gptj": import_gptj,
     "phi": import_phi,
+    "bloom": import_bloom,
+    "mpt": import_mpt,
     "qwen2_vl": import_qwen_vl,
     "qwen2_5_vl": import_qwen_vl,
     "qwen3_vl": import_qwen_vl,

@@ -11,7 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, refuse
+from posenc.hf.common import Converted, per_head_qkv, refuse
 from posenc.hf.llama import _rope_fields
 
 #: Hugging Face's activation names and posenc's MLP kinds
@@ -71,7 +71,5 @@ def neox_weights(sd: dict[str, Tensor], n_layer: int, n_head: int) -> dict[str, 
                     ours[f"{dst}.{mine}.{p}"] = sd[f"{src}.{theirs}.{p}"]
         for p in ("weight", "bias"):
             if f"{src}.attention.query_key_value.{p}" in sd:
-                w = sd[f"{src}.attention.query_key_value.{p}"]  # rows (head, q/k/v, head_dim)
-                rows = w.reshape(n_head, 3, -1, *w.shape[1:]).transpose(0, 1)  # (q/k/v, head, head_dim, ...)
-                ours[f"{dst}.attn.c_attn.{p}"] = rows.reshape(w.shape)
+                ours[f"{dst}.attn.c_attn.{p}"] = per_head_qkv(sd[f"{src}.attention.query_key_value.{p}"], n_head)
     return ours
