@@ -104,6 +104,10 @@ class KVCache:
     def __init__(self, layers: int | list) -> None:
         self.layers = [LayerKVCache() for _ in range(layers)] if isinstance(layers, int) else list(layers)
         self.segments: Tensor | None = None  # (B, T_past) document ids, when the model packs documents
+        # kept only for models with a length-dependent rotation, which recompute when it changes
+        self.tokens: Tensor | None = None  # (B, T_past) token ids
+        self.positions: Tensor | None = None  # (T_past,) or (B, T_past) their positions
+        self.rotation: tuple | None = None  # every layer's rotation_state when they were computed
 
     @property
     def length(self) -> int:

@@ -228,8 +228,8 @@ class CausalSelfAttention(Attention):
         k_pos = q_pos
         if self.pe.length_dependent:
             # the rotation depends on the total length (dynamic NTK, LongRoPE, xPos): the cache keeps
-            # un-rotated keys and every step rotates all of them with the current length, so cached
-            # decoding equals the uncached forward (at the price of re-rotating past + T keys per step)
+            # un-rotated keys and every step rotates all of them with the current length (the GPT
+            # recomputes the cached hidden states when the rotation changes: posenc.model)
             if cache is not None:
                 k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), not rotated
             q = self.pe.rotate_queries(q, positions)

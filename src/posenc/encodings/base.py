@@ -19,6 +19,8 @@ neither contains an encoding-specific branch or a ``getattr`` probe:
 ``rotate_queries/_keys``   q or k alone, at a total length ``seq_len`` (``length_dependent`` encodings)
 ``length_dependent``       the rotation depends on the total length: the cache must hold UN-rotated
                            keys and rotate all of them again at every step
+``rotation_state``         what the rotation at a total length depends on; when it changes, the
+                           hidden states of every cached token are stale and the model recomputes
 ``token_features``         per-token features computed from the layer's input ``x`` (content-dependent
                            biases, e.g. forget gates); attention caches them beside the keys
 ``score_bias``             additive scores for (query, key) positions and, when the encoding has
@@ -45,6 +47,7 @@ initialisation leaves them alone). Shapes: B batch, T tokens, C channels, nh hea
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -161,6 +164,13 @@ class PositionalEncoding(nn.Module):
     def length_dependent(self) -> bool:
         """True when the rotation depends on the total sequence length (the cache keeps un-rotated keys)."""
         return False
+
+    def rotation_state(self, seq_len: int) -> Hashable:
+        """What the rotation at total length ``seq_len`` depends on (None: nothing). Re-rotating
+        cached keys is not enough when it changes: every cached token's hidden state in the layers
+        above was computed under the old rotation, so the GPT recomputes them (module docstring of
+        :mod:`posenc.model`)."""
+        return None
 
     def embed(self, positions: Tensor) -> Tensor | None:
         """Vectors added to the token embeddings: positions (T,) or (B, T) -> (T, C) or (B, T, C)."""

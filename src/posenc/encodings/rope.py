@@ -57,8 +57,9 @@ again at every step with the current ``seq_len``:
     q = rope.rotate_queries(q, positions_q, seq_len=S)            # (B, nh, T, hs)
     k_all = rope.rotate_keys(k_all, positions_k, seq_len=S)       # (B, nh, S, hs)
 
-which makes cached decoding equal to the uncached forward. Static encodings may cache rotated keys
-and call ``rotate(q, k, positions)`` on the new tokens only.
+which makes one layer's cached step equal to its uncached forward; a model also recomputes the
+cached tokens' hidden states when ``rotation_state`` changes (:mod:`posenc.model`). Static
+encodings may cache rotated keys and call ``rotate(q, k, positions)`` on the new tokens only.
 
 API: ``rotate(q, k, positions=None, *, seq_len=None)``, ``rotate_queries(q, positions=None, *,
 seq_len=None)``, ``rotate_keys(k, positions=None, *, seq_len=None)``, ``cos_sin(positions, T, device,
@@ -333,6 +334,18 @@ class RotaryEmbedding(PositionalEncoding):
     def length_dependent(self) -> bool:
         """True when the rotation depends on the total sequence length (see the module docstring)."""
         return self._short_len is not None or self.xpos
+
+    def rotation_state(self, seq_len: int) -> Any:
+        """None while the rotation is that of no length (static schedules; a length-dependent one
+        within its original context); past it, LongRoPE's long factors (one state), or the length
+        itself (dynamic NTK, whose frequencies move at every length; xPos, whose centre moves)."""
+        if not self.length_dependent:
+            return None
+        if self.xpos:
+            return seq_len
+        if seq_len <= self._short_len:  # type: ignore[operator]
+            return None
+        return "long" if self.rope_type == "longrope" else seq_len
 
     def frequencies(self, seq_len: int | Tensor | None = None, device: torch.device | None = None) -> Tensor:
         """float64 inverse frequencies (rotary_dim/2,) at total length ``seq_len``, p-RoPE applied."""

@@ -7,7 +7,7 @@ family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``
 (dense layers with multi-head latent attention); ``smollm3`` (NoPE layers among RoPE ones);
 ``qwen3`` (per-head QK-norm, its own head size); ``gpt_neox`` (partial rotary, parallel residual,
 fused per-head qkv); ``gptj``, ``phi`` (parallel blocks with one norm, partial rotary, a head bias); ``bloom``, ``mpt``
-(ALiBi; BLOOM's embedding LayerNorm, MPT's bias-free blocks); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
+(ALiBi; BLOOM's embedding LayerNorm, MPT's bias-free blocks); ``phi3`` (LongRoPE, fused projections); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -26,6 +26,7 @@ from posenc.hf.gpt_neox import import_gpt_neox
 from posenc.hf.llama import import_llama
 from posenc.hf.mpt import import_mpt
 from posenc.hf.parallel import import_gptj, import_phi
+from posenc.hf.phi3 import import_phi3
 from posenc.hf.qwen3 import import_qwen3
 from posenc.hf.qwen_vl import import_qwen_vl
 from posenc.hf.smollm3 import import_smollm3
@@ -41,6 +42,7 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "gpt_neox": import_gpt_neox,
     "gptj": import_gptj,
     "phi": import_phi,
+    "phi3": import_phi3,
     "bloom": import_bloom,
     "mpt": import_mpt,
     "qwen2_vl": import_qwen_vl,
