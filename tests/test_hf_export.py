@@ -33,20 +33,53 @@ CASES = {
     ),
     "QK-norm (Qwen3)": ("qwen3", dict(pe="rope", qk_norm=True, qk_norm_type="rms", n_kv_head=2, **LLAMA_BLOCK)),
     "RNoPE (SmolLM3)": ("smollm3", dict(pe="rnope", **LLAMA_BLOCK)),
+    "RNoPE-SWA, parallel (Cohere 2)": (
+        "cohere2",
+        dict(
+            layer_pe=("rope", "rope", "rope", "nope"),
+            layer_window=(6, 6, 6, None),
+            rope_layout="interleaved",
+            norm="layernorm",
+            mlp="swiglu",
+            bias=False,
+            n_kv_head=2,
+        ),
+    ),
+    "ALiBi, embedding norm (BLOOM)": ("bloom", dict(pe="alibi", bias=True)),
+    "ALiBi, no biases, exact GELU (MPT)": ("mpt", dict(pe="alibi", bias=False, mlp="gelu_exact")),
+}
+#: configurations beyond the flat fields: every block parallel with one norm, a logit scale, an
+#: embedding norm
+STRUCTURE = {
+    "RNoPE-SWA, parallel (Cohere 2)": lambda c: c.map_layers(
+        lambda i, layer: layer.replace(block=layer.block.replace(parallel=True))
+    ).replace(head=c.head.replace(logit_scale=0.5)),
+    "ALiBi, embedding norm (BLOOM)": lambda c: c.replace(embedding=c.embedding.replace(norm={"eps": 1e-5})),
 }
 VOCAB, BLOCK = 97, 32
 
 
-def posenc_model(fields: dict, parallel: bool = False) -> GPT:
+def posenc_model(fields: dict, parallel: bool = False, structure=None) -> GPT:
     config = GPTConfig(n_layer=4, n_head=4, n_embd=32, block_size=BLOCK, vocab_size=VOCAB, **fields)
     if parallel:
         config = config.map_layers(lambda i, layer: layer.replace(block=layer.block.replace(parallel=True)))
+    if structure is not None:
+        config = structure(config)
     torch.manual_seed(0)
     return perturbed(GPT(config))
 
 
+def one_norm(model: GPT) -> GPT:
+    """Parallel blocks reading one norm (Cohere 2): ln_2 equal to ln_1."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ln_2.load_state_dict(block.ln_1.state_dict())
+    return model
+
+
 def assert_same_logits(ours: GPT, hf: torch.nn.Module) -> None:
-    T = BLOCK if ours.config.input_encoding else BLOCK + 16  # a learned table ends at the context
+    # a learned table ends at the context, and so does MPT's ALiBi tensor in Hugging Face's model
+    T = BLOCK if ours.config.input_encoding or hf.config.model_type == "mpt" else BLOCK + 16
     idx = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=0, atol=2e-4)
@@ -55,7 +88,9 @@ def assert_same_logits(ours: GPT, hf: torch.nn.Module) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_export_matches_logits_and_reloads(case, tmp_path) -> None:
     family, fields = CASES[case]
-    ours = posenc_model(fields, parallel="parallel" in case)
+    ours = posenc_model(fields, parallel="parallel" in case, structure=STRUCTURE.get(case))
+    if family == "cohere2":
+        ours = one_norm(ours)
     hf = ours.to_hf()
     assert hf.config.model_type == family
     assert_same_logits(ours, hf)
@@ -76,6 +111,13 @@ def test_exported_greedy_generation_equals_posenc(case) -> None:
     assert torch.equal(hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0), expected)
 
 
+def test_parallel_blocks_with_two_different_norms_do_not_export_to_one_norm() -> None:
+    case = "RNoPE-SWA, parallel (Cohere 2)"
+    model = posenc_model(CASES[case][1], structure=STRUCTURE[case])  # ln_1 and ln_2 differ
+    with pytest.raises(ValueError, match=r"cohere2: cohere2 has one tensor for 'blocks.0.ln_\d.weight'"):
+        model.to_hf()
+
+
 @pytest.mark.parametrize("pe", ["fire", "kerple", "t5"])
 def test_what_no_family_expresses_is_refused_with_every_reason(pe) -> None:
     with pytest.raises(ValueError, match="no Hugging Face family expresses") as e:
@@ -84,8 +126,8 @@ def test_what_no_family_expresses_is_refused_with_every_reason(pe) -> None:
     assert all(f"{family}: " in message for family in EXPORTERS) and f"'{pe}'" in message
 
 
-def test_interleaved_rope_is_refused_by_the_families_that_rotate_halves() -> None:
-    with pytest.raises(ValueError, match="'interleaved' layout; gpt_neox rotates halves"):
+def test_interleaved_rope_without_windows_is_refused_by_the_families_that_rotate_halves() -> None:
+    with pytest.raises(ValueError, match="gpt_neox: RoPE pairs channels in the 'interleaved' layout; gpt_neox uses 'half'"):
         posenc_model(dict(pe="rope", rope_layout="interleaved")).to_hf()
 
 

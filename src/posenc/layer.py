@@ -23,7 +23,7 @@ from posenc.encodings import ENCODINGS, encoding_config
 from posenc.encodings import name_of as encoding_name
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
-from posenc.spec import Spec, check_bool, set_field, spec
+from posenc.spec import Spec, check_bool, check_number, set_field, spec
 
 
 def component(value: Any, cls: type, from_value: Callable[[Any], Any]) -> Any:
@@ -127,13 +127,16 @@ class EmbeddingConfig(Spec):
 @spec
 class HeadConfig(Spec):
     """The final norm (``ln_f``) and the LM head, tied to the token embedding unless
-    ``tie_embeddings=False``, with a bias on the logits when ``bias`` (GPT-J, Phi)."""
+    ``tie_embeddings=False``, with a bias on the logits when ``bias`` (GPT-J, Phi) and the logits
+    multiplied by ``logit_scale`` (Cohere's)."""
 
     norm: NormConfig = NormConfig()
     tie_embeddings: bool = True
     bias: bool = False
+    logit_scale: float = 1.0
 
     def __post_init__(self) -> None:
         set_field(self, "norm", component(self.norm, NormConfig, NormConfig.from_dict))
         check_bool("HeadConfig", "tie_embeddings", self.tie_embeddings)
         check_bool("HeadConfig", "bias", self.bias)
+        check_number("HeadConfig", "logit_scale", self.logit_scale, low=0)

@@ -215,6 +215,8 @@ class GPT(nn.Module):
             cache.positions = seen if cache.positions is None else append_positions(cache.positions, seen, B)
             cache.rotation = state
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        if self.config.head.logit_scale != 1.0:
+            logits = logits * self.config.head.logit_scale
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

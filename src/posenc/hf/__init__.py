@@ -7,7 +7,8 @@ family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``
 (dense layers with multi-head latent attention); ``smollm3`` (NoPE layers among RoPE ones);
 ``qwen3`` (per-head QK-norm, its own head size); ``gpt_neox`` (partial rotary, parallel residual,
 fused per-head qkv); ``gptj``, ``phi`` (parallel blocks with one norm, partial rotary, a head bias); ``bloom``, ``mpt``
-(ALiBi; BLOOM's embedding LayerNorm, MPT's bias-free blocks); ``phi3`` (LongRoPE, fused projections); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
+(ALiBi; BLOOM's embedding LayerNorm, MPT's bias-free blocks); ``phi3`` (LongRoPE, fused projections); ``cohere2`` (sliding RoPE layers, global NoPE
+layers, parallel blocks, a logit scale); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable, Mapping
 from torch import Tensor, nn
 
 from posenc.hf.bloom import import_bloom
+from posenc.hf.cohere2 import import_cohere2
 from posenc.hf.common import Converted, refuse
 from posenc.hf.deepseek import import_deepseek_v3
 from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
@@ -43,6 +45,7 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "gptj": import_gptj,
     "phi": import_phi,
     "phi3": import_phi3,
+    "cohere2": import_cohere2,
     "bloom": import_bloom,
     "mpt": import_mpt,
     "qwen2_vl": import_qwen_vl,

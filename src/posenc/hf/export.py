@@ -58,15 +58,18 @@ def _uniform(config: GPTConfig, family: str) -> LayerSpec:
     return first
 
 
-def _rope_parameters(config: GPTConfig, family: str, layer: LayerSpec | None = None) -> dict[str, Any]:
-    """Hugging Face's ``rope_parameters`` for the RoPE of ``layer`` (default: the first RoPE layer)."""
+def _rope_parameters(
+    config: GPTConfig, family: str, layer: LayerSpec | None = None, layout: str = "half"
+) -> dict[str, Any]:
+    """Hugging Face's ``rope_parameters`` for the RoPE of ``layer`` (default: the first RoPE layer),
+    in a family that pairs channels in ``layout``."""
     ropes = [spec for spec in config.layers if spec.encoding == "rope"]
     layer = layer or (ropes[0] if ropes else None)
     if layer is None or layer.encoding != "rope":
         raise Unfit(f"no layer uses RoPE, and {family} rotates q and k")
     pe = layer.pe
-    if pe.layout != "half":
-        raise Unfit(f"RoPE pairs channels in the {pe.layout!r} layout; {family} rotates halves ('half')")
+    if pe.layout != layout:
+        raise Unfit(f"RoPE pairs channels in the {pe.layout!r} layout; {family} uses {layout!r}")
     params = {"rope_type": "default"} | {
         k: v for k, v in dict(pe.scaling or {}).items() if k != "max_position_embeddings"
     }
@@ -159,6 +162,60 @@ def smollm3_config(config: GPTConfig) -> Any:
     )
 
 
+def cohere2_config(config: GPTConfig) -> Any:
+    layer = _uniform(config, "cohere2")
+    windows = {spec.window for spec in config.layers if spec.encoding == "rope"}
+    if len(windows) != 1 or None in windows:
+        raise Unfit(
+            f"its RoPE layers have windows {sorted(windows, key=str)}; cohere2 has one window on every RoPE layer"
+        )
+    return _transformers().Cohere2Config(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=layer.block.mlp.width(config.n_embd),
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=getattr(layer.attention, "n_kv_head", None) or config.n_head,
+        max_position_embeddings=config.block_size,
+        layer_norm_eps=layer.block.norm.eps,
+        attention_bias=bool(getattr(layer.attention, "qkv_bias", False)),
+        tie_word_embeddings=config.head.tie_embeddings,
+        logit_scale=config.head.logit_scale,
+        sliding_window=windows.pop(),
+        layer_types=["sliding_attention" if spec.encoding == "rope" else "full_attention" for spec in config.layers],
+        rope_parameters=_rope_parameters(config, "cohere2", layout="interleaved"),
+        **_no_token_ids(),
+    )
+
+
+def bloom_config(config: GPTConfig) -> Any:
+    layer = _uniform(config, "bloom")
+    return _transformers().BloomConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        layer_norm_epsilon=layer.block.norm.eps,
+        tie_word_embeddings=config.head.tie_embeddings,
+        seq_length=config.block_size,
+        **_no_token_ids(),
+    )
+
+
+def mpt_config(config: GPTConfig) -> Any:
+    layer = _uniform(config, "mpt")
+    return _transformers().MptConfig(
+        vocab_size=config.vocab_size,
+        d_model=config.n_embd,
+        n_layers=config.n_layer,
+        n_heads=config.n_head,
+        max_seq_len=config.block_size,
+        layer_norm_epsilon=layer.block.norm.eps,
+        tie_word_embeddings=config.head.tie_embeddings,
+        **_no_token_ids(),
+    )
+
+
 #: Families tried in order; each writes the config that should express a posenc model.
 EXPORTERS: dict[str, Callable[[GPTConfig], Any]] = {
     "gpt2": gpt2_config,
@@ -166,6 +223,9 @@ EXPORTERS: dict[str, Callable[[GPTConfig], Any]] = {
     "llama": llama_config,
     "qwen3": qwen3_config,
     "smollm3": smollm3_config,
+    "cohere2": cohere2_config,
+    "bloom": bloom_config,
+    "mpt": mpt_config,
 }
 
 
@@ -217,6 +277,10 @@ def _weights(model: GPT, family: str, hf_config: Any) -> dict[str, Tensor]:
         else:
             raise Unfit(f"{family}'s import makes {name!r}, which this model does not have")
         flat[where.long().flatten()] = value.flatten()
+    for name, where in imported.items():  # tensors the family shares must agree here (one norm for two)
+        if name in ours and not torch.equal(flat[where.long()], ours[name].detach().to(torch.float64)):
+            shared = sorted(k for k, w in imported.items() if k != name and bool(torch.isin(w, where).any()))
+            raise Unfit(f"{family} has one tensor for {name!r} and {shared}, which differ in this model")
     out: dict[str, Tensor] = {}
     for name, t in theirs.items():
         value = flat[ids[name].long()]
