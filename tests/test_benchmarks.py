@@ -108,3 +108,12 @@ def test_nanogpt_baseline_matches_absolute_gpt_dimensions():
     models = bench.build_models("tiny", torch.device("cpu"))
     n = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     assert n["nanoGPT baseline"] == n["absolute"]
+
+
+def test_bench_hf_times_the_same_model_both_ways():
+    pytest.importorskip("transformers")
+    bench = load("bench_hf")
+    rows = bench.bench("llama", T=16, new=2, repeats=1)  # checks the logits agree before timing
+    assert [r["what"] for r in rows] == ["forward", "generate 2"] and all(r["ratio"] > 0 for r in rows)
+    assert rows[1]["same_tokens"] is True
+    assert "| llama | forward | 16 |" in bench.markdown(rows)
