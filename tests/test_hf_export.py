@@ -127,7 +127,9 @@ def test_what_no_family_expresses_is_refused_with_every_reason(pe) -> None:
 
 
 def test_interleaved_rope_without_windows_is_refused_by_the_families_that_rotate_halves() -> None:
-    with pytest.raises(ValueError, match="gpt_neox: RoPE pairs channels in the 'interleaved' layout; gpt_neox uses 'half'"):
+    with pytest.raises(
+        ValueError, match="gpt_neox: RoPE pairs channels in the 'interleaved' layout; gpt_neox uses 'half'"
+    ):
         posenc_model(dict(pe="rope", rope_layout="interleaved")).to_hf()
 
 

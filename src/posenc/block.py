@@ -7,8 +7,10 @@ Shapes: B batch, T tokens, C = n_embd, H the MLP's hidden width.
   erf GELU (GPT-NeoX/Pythia), or Llama's SwiGLU (c_proj(silu(w_gate x) * w_up x)).
 - :class:`Block` (``Block.Config``: norm + MLP + residual layout): pre-norm, ``x + attn(ln_1(x))``
   then ``x + mlp(ln_2(x))``, or parallel (GPT-NeoX, GPT-J, Phi, Cohere):
-  ``x + attn(ln_1(x)) + mlp(ln_2(x))``; its attention and encoding come from the layer's
-  :class:`~posenc.config.LayerSpec`.
+  ``x + attn(ln_1(x)) + mlp(ln_2(x))``; with ``post_norm`` each branch's output is normalised
+  before it joins the residual (``post_attn_norm``, ``post_mlp_norm``: Gemma 2/3 beside the
+  pre-norms, OLMo 2/3 instead of them, ``pre_norm=False``); its attention and encoding come from
+  the layer's :class:`~posenc.config.LayerSpec`.
 
 Parameter names (``ln_1``, ``attn``, ``ln_2``, ``mlp.c_fc``, ...) are nanoGPT's: initial weights are
 seeded by name, and checkpoints load by name.
@@ -103,9 +105,12 @@ class Block(nn.Module):
         norm: NormConfig = NormConfig()
         mlp: MLP.Config = MLP.Config()
         parallel: bool = False
+        pre_norm: bool = True
+        post_norm: bool = False
 
         def __post_init__(self) -> None:
-            check_bool("Block.Config", "parallel", self.parallel)
+            for name in ("parallel", "pre_norm", "post_norm"):
+                check_bool("Block.Config", name, getattr(self, name))
             if not isinstance(self.norm, NormConfig):
                 object.__setattr__(self, "norm", NormConfig.from_dict(self.norm))
             if not isinstance(self.mlp, MLP.Config):
@@ -113,11 +118,15 @@ class Block(nn.Module):
 
     def __init__(self, n_embd: int, config: Config, attn: nn.Module, dropout: float = 0.0) -> None:
         super().__init__()
-        self.ln_1 = config.norm.build(n_embd)
+        pre = (lambda: config.norm.build(n_embd)) if config.pre_norm else nn.Identity
+        self.ln_1 = pre()
         self.attn = attn
-        self.ln_2 = config.norm.build(n_embd)
+        self.ln_2 = pre()
         self.mlp = MLP(n_embd, config.mlp, dropout)
-        self.parallel = config.parallel
+        if config.post_norm:
+            self.post_attn_norm = config.norm.build(n_embd)
+            self.post_mlp_norm = config.norm.build(n_embd)
+        self.parallel, self.post_norm = config.parallel, config.post_norm
 
     def forward(
         self,
@@ -127,7 +136,11 @@ class Block(nn.Module):
         segments: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         a = self.attn(self.ln_1(x), positions, cache, segments)
-        if self.parallel:
-            return x + a + self.mlp(self.ln_2(x))
-        x = x + a
-        return x + self.mlp(self.ln_2(x))
+        if self.post_norm:
+            a = self.post_attn_norm(a)
+        if not self.parallel:
+            x = x + a
+        m = self.mlp(self.ln_2(x))
+        if self.post_norm:
+            m = self.post_mlp_norm(m)
+        return x + a + m if self.parallel else x + m

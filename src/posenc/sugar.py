@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from posenc.attention import attention_class
+from posenc.attention.core import QK_NORM_TYPES
 from posenc.attention.mask import Mask
 from posenc.block import MLP, Block, NormConfig
 from posenc.encodings import ENCODINGS, codes, encoding_class
@@ -115,7 +116,7 @@ def resolve(dims: ModelDims, sugar: Mapping[str, Any]) -> dict[str, Any]:
         check_bool("GPTConfig", name, f[name])
     for name in ("qkv_bias", "proj_bias", "mlp_bias"):
         check_bool("GPTConfig", name, f[name], optional=True)
-    check_choice("GPTConfig", "qk_norm_type", f["qk_norm_type"], ("rms", "l2"))
+    check_choice("GPTConfig", "qk_norm_type", f["qk_norm_type"], QK_NORM_TYPES)
     _check_pe_options(f["pe_options"])
     input_pe, names, windows = _encodings(f, dims.n_layer)
     attention = _attention(f)

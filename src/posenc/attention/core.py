@@ -41,28 +41,43 @@ __all__ = [
     "causal_attention",
 ]
 
-QKNormType = Literal["rms", "l2"]
-QK_NORM_TYPES: tuple[str, ...] = ("rms", "l2")
+QKNormType = Literal["rms", "rms_full", "l2"]
+QK_NORM_TYPES: tuple[str, ...] = ("rms", "rms_full", "l2")
 
 
 class QKNorm(nn.Module):
     """Normalise q and k per head before the dot product.
 
     - ``"rms"``: RMSNorm over the head dimension with a learnable gain (separate for q and k,
-      shared by heads), eps 1e-6; attention keeps the 1/sqrt(hs) scale (OLMo 2, Qwen3, Gemma 3).
+      shared by heads), eps 1e-6; attention keeps the 1/sqrt(hs) scale (Qwen3, Gemma 3).
+    - ``"rms_full"``: RMSNorm over the whole projection before the head split -- all heads of q
+      (nh x hs channels) together, all key heads of k together -- with one gain per channel, eps
+      1e-6 (OLMo 2, OLMo 3).
     - ``"l2"``: unit L2 norm and a learnable per-head temperature g replacing 1/sqrt(hs)
       (Henry et al. 2020, "Query-Key Normalization for Transformers", arXiv:2010.04245), with g
       initialised to log2(L^2 - L) for training length L, as in the paper. Plain 1/sqrt(hs) on unit
       vectors would cap every score at 1/sqrt(hs) and make attention nearly uniform.
     """
 
-    def __init__(self, head_dim: int, n_head: int, kind: QKNormType = "rms", *, block_size: int = 1024) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        n_head: int,
+        kind: QKNormType = "rms",
+        *,
+        block_size: int = 1024,
+        n_kv_head: int | None = None,
+    ) -> None:
         super().__init__()
         check_choice("QKNorm", "kind", kind, QK_NORM_TYPES)
         self.kind = kind
         if kind == "rms":
             self.q_norm = nn.RMSNorm(head_dim, eps=1e-6)
             self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
+            self.temperature = None
+        elif kind == "rms_full":
+            self.q_norm = nn.RMSNorm(n_head * head_dim, eps=1e-6)
+            self.k_norm = nn.RMSNorm((n_kv_head or n_head) * head_dim, eps=1e-6)
             self.temperature = None
         else:
             g0 = math.log2(block_size**2 - block_size) if block_size > 1 else 1.0
@@ -74,6 +89,11 @@ class QKNorm(nn.Module):
         return None if self.temperature is None else 1.0
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        if self.kind == "rms_full":  # over every head's channels at once: (B, h, T, hs) -> (B, T, h hs)
+            whole = lambda x, norm: rearrange(
+                norm(rearrange(x, "b h t d -> b t (h d)")), "b t (h d) -> b h t d", h=x.shape[1]
+            )  # noqa: E731
+            return whole(q, self.q_norm), whole(k, self.k_norm)
         if self.temperature is None:
             return self.q_norm(q), self.k_norm(k)
         q = F.normalize(q, dim=-1) * self.temperature.view(1, -1, 1, 1).to(q.dtype)  # (B, nh, T, hs)
@@ -207,7 +227,11 @@ class CausalSelfAttention(Attention):
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)  # q|k|v
         self.c_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=config.proj_bias)
         self._setup(config, NoPE() if pe is None else pe, Mask(window=window, chunk=chunk), dropout, n_head)
-        self.qk_norm = None if qk_norm is None else QKNorm(self.head_dim, n_head, qk_norm, block_size=block_size)
+        self.qk_norm = (
+            None
+            if qk_norm is None
+            else QKNorm(self.head_dim, n_head, qk_norm, block_size=block_size, n_kv_head=self.n_kv_head)
+        )
 
     def forward(
         self,

@@ -8,7 +8,8 @@ family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``
 ``qwen3`` (per-head QK-norm, its own head size); ``gpt_neox`` (partial rotary, parallel residual,
 fused per-head qkv); ``gptj``, ``phi`` (parallel blocks with one norm, partial rotary, a head bias); ``bloom``, ``mpt``
 (ALiBi; BLOOM's embedding LayerNorm, MPT's bias-free blocks); ``phi3`` (LongRoPE, fused projections); ``cohere2`` (sliding RoPE layers, global NoPE
-layers, parallel blocks, a logit scale); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
+layers, parallel blocks, a logit scale); ``olmo2``, ``olmo3`` (norms after each sublayer, QK-norm
+over the whole projection); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -27,6 +28,7 @@ from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
 from posenc.hf.gpt_neox import import_gpt_neox
 from posenc.hf.llama import import_llama
 from posenc.hf.mpt import import_mpt
+from posenc.hf.olmo import import_olmo
 from posenc.hf.parallel import import_gptj, import_phi
 from posenc.hf.phi3 import import_phi3
 from posenc.hf.qwen3 import import_qwen3
@@ -46,6 +48,8 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "phi": import_phi,
     "phi3": import_phi3,
     "cohere2": import_cohere2,
+    "olmo2": import_olmo,
+    "olmo3": import_olmo,
     "bloom": import_bloom,
     "mpt": import_mpt,
     "qwen2_vl": import_qwen_vl,

@@ -32,9 +32,11 @@ def _rope_fields(c: Any) -> dict[str, Any]:
     return fields
 
 
-def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False) -> dict[str, Any]:
+def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False, rope: bool = True) -> dict[str, Any]:
     """GPTConfig's fields of a Llama-style config; ``own_head_dim``: the family sets ``head_dim``
-    apart from hidden_size / num_attention_heads (Qwen3), which the importer then passes on."""
+    apart from hidden_size / num_attention_heads (Qwen3), which the importer then passes on;
+    ``rope=False``: without the RoPE fields (a family with RoPE parameters per layer type sets
+    each layer's own)."""
     differ: dict[str, Any] = {}
     if getattr(c, "hidden_act", "silu") != "silu":
         differ["hidden_act"] = c.hidden_act
@@ -59,7 +61,7 @@ def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False) -> 
         intermediate_size=c.intermediate_size,
         tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
         dropout=0.0,
-        **_rope_fields(c),
+        **(_rope_fields(c) if rope else {}),
     )
 
 
