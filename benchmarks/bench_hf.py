@@ -1,6 +1,6 @@
 """Imported models beside Hugging Face's own: the same weights, forward and cached greedy generation.
 
-    python benchmarks/bench_hf.py                          # Llama- and Cohere-2-style, T=512, fp32, CPU
+    python benchmarks/bench_hf.py                          # Llama-, Gemma-3- and Cohere-2-style, T=512, fp32, CPU
     python benchmarks/bench_hf.py --families llama --length 512 --new 32 --repeats 5 --markdown
 
 Each family is a random Hugging Face model of one size (6 layers, 512 channels, 8 query and 4
@@ -10,7 +10,7 @@ repeat so that load on the machine falls on both alike: the forward over a (1, T
 ``GPT.generate`` beside ``model.generate(do_sample=False)``). Reported: medians and the ratio
 posenc / Hugging Face (below 1: posenc is faster). Both run fp32 with the same intra-op threads;
 Hugging Face uses its default attention implementation (SDPA). The outputs are checked equal
-before timing. Gemma-3 is not imported by posenc yet, so its row is missing.
+before timing.
 """
 
 from __future__ import annotations
@@ -37,6 +37,15 @@ SIZES = dict(
 )
 FAMILIES = {
     "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**SIZES, pad_token_id=0)),
+    "gemma3": lambda: transformers.Gemma3ForCausalLM(
+        transformers.Gemma3TextConfig(
+            **SIZES,
+            head_dim=64,
+            sliding_window=128,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+            pad_token_id=0,
+        )
+    ),
     "cohere2": lambda: transformers.Cohere2ForCausalLM(
         transformers.Cohere2Config(
             **SIZES,

@@ -297,7 +297,7 @@ def test_layers_say_per_layer_what_hugging_face_layer_types_say():
 def test_a_layer_spec_takes_names_and_dicts_and_checks_itself():
     spec = LayerSpec(attention="mha", pe="alibi", mask={"window": 8})
     assert spec == LayerSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
-    assert spec.to_dict()["pe"] == {"name": "alibi"} and spec.window == 8
+    assert spec.to_dict()["pe"] == {"name": "alibi", "bias_max": 8.0} and spec.window == 8
     with pytest.raises(ValueError, match="acts at the model input"):
         LayerSpec(pe="absolute")
     with pytest.raises(ValueError, match="unknown positional encoding 'xpos'"):

@@ -4,7 +4,8 @@ Shapes: B batch, T tokens, C = n_embd, H the MLP's hidden width.
 
 - :class:`NormConfig`: LayerNorm (with or without bias) or RMSNorm, and its eps.
 - :class:`MLP` (``MLP.Config``): GPT-2's (c_fc -> tanh GELU -> c_proj), the same with the exact
-  erf GELU (GPT-NeoX/Pythia), or Llama's SwiGLU (c_proj(silu(w_gate x) * w_up x)).
+  erf GELU (GPT-NeoX/Pythia), Llama's SwiGLU (c_proj(silu(w_gate x) * w_up x)) or Gemma's GeGLU
+  (tanh GELU in place of SiLU).
 - :class:`Block` (``Block.Config``: norm + MLP + residual layout): pre-norm, ``x + attn(ln_1(x))``
   then ``x + mlp(ln_2(x))``, or parallel (GPT-NeoX, GPT-J, Phi, Cohere):
   ``x + attn(ln_1(x)) + mlp(ln_2(x))``; with ``post_norm`` each branch's output is normalised
@@ -18,6 +19,7 @@ seeded by name, and checkpoints load by name.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch.nn.functional as F
@@ -27,7 +29,9 @@ from posenc.attention.base import LayerKVCache
 from posenc.spec import Spec, check_bool, check_choice, check_int, check_number, spec
 
 NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
-MLPS: tuple[str, ...] = ("gelu", "gelu_exact", "swiglu")
+MLPS: tuple[str, ...] = ("gelu", "gelu_exact", "swiglu", "geglu")
+#: gated MLPs: c_proj(act(w_gate x) * w_up x), SiLU (Llama) or tanh GELU (Gemma)
+GATED: tuple[str, ...] = ("swiglu", "geglu")
 
 
 @spec
@@ -51,7 +55,8 @@ class NormConfig(Spec):
 
 class MLP(nn.Module):
     """GPT-2's MLP (``kind="gelu"``: c_fc -> tanh GELU -> c_proj; ``"gelu_exact"``: the erf GELU,
-    Hugging Face's ``"gelu"``) or Llama's (``"swiglu"``: c_proj(silu(w_gate x) * w_up x)), of hidden
+    Hugging Face's ``"gelu"``), Llama's (``"swiglu"``: c_proj(silu(w_gate x) * w_up x)) or Gemma's
+    (``"geglu"``: the same with the tanh GELU), of hidden
     width ``Config.width(C)``."""
 
     @spec
@@ -59,7 +64,7 @@ class MLP(nn.Module):
         """``kind``, the hidden width ``hidden`` (None: 4 C for GELU, 8 C / 3 rounded up to 64 for
         SwiGLU) and biases on its projections."""
 
-        kind: Literal["gelu", "gelu_exact", "swiglu"] = "gelu"
+        kind: Literal["gelu", "gelu_exact", "swiglu", "geglu"] = "gelu"
         hidden: int | None = None
         bias: bool = True
 
@@ -71,14 +76,15 @@ class MLP(nn.Module):
         def width(self, n_embd: int) -> int:
             if self.hidden is not None:
                 return self.hidden
-            return 4 * n_embd if self.kind != "swiglu" else 64 * -(-8 * n_embd // (3 * 64))
+            return 4 * n_embd if self.kind not in GATED else 64 * -(-8 * n_embd // (3 * 64))
 
     def __init__(self, n_embd: int, config: Config | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         config = MLP.Config() if config is None else config
         C, H = n_embd, config.width(n_embd)
-        self.swiglu = config.kind == "swiglu"
-        if self.swiglu:
+        self.gated = config.kind in GATED
+        self.act = F.silu if config.kind == "swiglu" else functools.partial(F.gelu, approximate="tanh")
+        if self.gated:
             self.w_gate = nn.Linear(C, H, bias=config.bias)
             self.w_up = nn.Linear(C, H, bias=config.bias)
         else:
@@ -89,7 +95,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.silu(self.w_gate(x)) * self.w_up(x) if self.swiglu else self.gelu(self.c_fc(x))  # (B, T, H)
+        h = self.act(self.w_gate(x)) * self.w_up(x) if self.gated else self.gelu(self.c_fc(x))  # (B, T, H)
         return self.dropout(self.c_proj(h))
 
 

@@ -96,12 +96,15 @@ class LayerSpec(Spec):
 class EmbeddingConfig(Spec):
     """The token embedding's companions: the table added at the input (``input_pe``, an encoding
     with ``where="input"``), or None; and a norm of the embeddings (``norm``: BLOOM's
-    ``word_embeddings_layernorm``), or None."""
+    ``word_embeddings_layernorm``), or None; and a factor on the token embeddings (``scale``: Gemma's
+    sqrt(n_embd))."""
 
     input_pe: EncodingConfig | None = None
     norm: NormConfig | None = None
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
+        check_number("EmbeddingConfig", "scale", self.scale, low=0)
         if self.norm is not None:
             set_field(self, "norm", component(self.norm, NormConfig, NormConfig.from_dict))
         if self.input_pe is None:
@@ -121,22 +124,25 @@ class EmbeddingConfig(Spec):
 
     def to_dict(self) -> dict[str, Any]:
         norm = None if self.norm is None else self.norm.to_dict()
-        return {"input_pe": None if self.input_pe is None else named(self.input_pe), "norm": norm}
+        return {"input_pe": None if self.input_pe is None else named(self.input_pe), "norm": norm, "scale": self.scale}
 
 
 @spec
 class HeadConfig(Spec):
     """The final norm (``ln_f``) and the LM head, tied to the token embedding unless
     ``tie_embeddings=False``, with a bias on the logits when ``bias`` (GPT-J, Phi) and the logits
-    multiplied by ``logit_scale`` (Cohere's)."""
+    multiplied by ``logit_scale`` (Cohere's) and soft-capped at ``softcap`` (Gemma 2's
+    ``cap * tanh(logits / cap)``)."""
 
     norm: NormConfig = NormConfig()
     tie_embeddings: bool = True
     bias: bool = False
     logit_scale: float = 1.0
+    softcap: float | None = None
 
     def __post_init__(self) -> None:
         set_field(self, "norm", component(self.norm, NormConfig, NormConfig.from_dict))
         check_bool("HeadConfig", "tie_embeddings", self.tie_embeddings)
         check_bool("HeadConfig", "bias", self.bias)
         check_number("HeadConfig", "logit_scale", self.logit_scale, low=0)
+        check_number("HeadConfig", "softcap", self.softcap, low=0, optional=True)

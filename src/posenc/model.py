@@ -200,6 +200,8 @@ class GPT(nn.Module):
         if positions is None and past:
             positions = torch.arange(past, past + T, device=idx.device)
         x = self.wte(idx)  # (B, T, C)
+        if self.config.embedding.scale != 1.0:
+            x = x * torch.tensor(self.config.embedding.scale, dtype=x.dtype)
         if self.wpe is not None:
             x = x + self.wpe.embed(torch.arange(T, device=idx.device) if positions is None else positions)
         if self.ln_emb is not None:
@@ -217,6 +219,8 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         if self.config.head.logit_scale != 1.0:
             logits = logits * self.config.head.logit_scale
+        if self.config.head.softcap is not None:
+            logits = self.config.head.softcap * torch.tanh(logits / self.config.head.softcap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -29,7 +29,7 @@ from posenc.attention.kernel import attend
 from posenc.attention.mask import Mask
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
-from posenc.spec import check_bool, check_choice, check_int, spec
+from posenc.spec import check_bool, check_choice, check_int, check_number, spec
 
 __all__ = [
     "CausalSelfAttention",
@@ -152,13 +152,15 @@ class CausalSelfAttention(Attention):
     class Config(AttentionConfig):
         """MHA's options: ``n_kv_head`` (None = n_head), ``qk_norm`` (None, "rms", "l2"), biases on
         the q/k/v (``qkv_bias``) and output (``proj_bias``) projections, and ``head_dim`` (None =
-        n_embd // n_head; Qwen3 and Gemma set their own: the heads then span n_head * head_dim)."""
+        n_embd // n_head; Qwen3 and Gemma set their own: the heads then span n_head * head_dim), and
+        ``softmax_scale`` (None = 1/sqrt(head_dim); Gemma: ``query_pre_attn_scalar ** -0.5``)."""
 
         n_kv_head: int | None = None
         qk_norm: str | None = None
         qkv_bias: bool = True
         proj_bias: bool = True
         head_dim: int | None = None
+        softmax_scale: float | None = None
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -168,6 +170,9 @@ class CausalSelfAttention(Attention):
             check_bool("CausalSelfAttention.Config", "qkv_bias", self.qkv_bias)
             check_bool("CausalSelfAttention.Config", "proj_bias", self.proj_bias)
             check_int("CausalSelfAttention.Config", "head_dim", self.head_dim, optional=True)
+            check_number("CausalSelfAttention.Config", "softmax_scale", self.softmax_scale, low=0, optional=True)
+            if self.softmax_scale is not None and self.qk_norm == "l2":
+                raise ValueError("CausalSelfAttention.Config: the L2 QK-norm learns its own scale; drop softmax_scale")
 
         def check(self, dims: ModelDims, encoding: EncodingConfig | None = None) -> None:
             if self.head_dim is None and dims.n_embd % dims.n_head:
@@ -206,6 +211,7 @@ class CausalSelfAttention(Attention):
         sinks: bool = False,
         backend: str = "auto",
         head_dim: int | None = None,
+        softmax_scale: float | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -218,6 +224,7 @@ class CausalSelfAttention(Attention):
             sinks=sinks,
             backend=backend,
             head_dim=head_dim,
+            softmax_scale=softmax_scale,
             **options,  # the fields a subclass's Config adds
         )
         dims = ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size)
@@ -262,7 +269,7 @@ class CausalSelfAttention(Attention):
             q, k = self.pe.rotate(q, k, positions)
             if cache is not None:
                 k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), rotated
-        scale = None if self.qk_norm is None else self.qk_norm.scale
+        scale = self.config.softmax_scale if self.qk_norm is None or self.qk_norm.scale is None else self.qk_norm.scale
         y = self.attend(q, k, v, q_pos, k_pos, segments, self.features(x, cache), scale)  # (B, nh, T, hs)
         y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))

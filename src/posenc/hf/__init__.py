@@ -10,7 +10,8 @@ fused per-head qkv); ``gptj``, ``phi`` (parallel blocks with one norm, partial r
 (ALiBi; BLOOM's embedding LayerNorm, MPT's bias-free blocks); ``phi3`` (LongRoPE, fused projections); ``cohere2`` (sliding RoPE layers, global NoPE
 layers, parallel blocks, a logit scale); ``olmo2``, ``olmo3`` (norms after each sublayer, QK-norm
 over the whole projection); ``exaone4`` (sliding RoPE / global NoPE layers, per-head QK-norm,
-post-sublayer norms); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
+post-sublayer norms); ``gemma2``, ``gemma3_text`` ((1 + w) norms, scaled embeddings, sandwich norms,
+softcapping, RoPE per layer type); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -26,6 +27,7 @@ from posenc.hf.cohere2 import import_cohere2
 from posenc.hf.common import Converted, refuse
 from posenc.hf.deepseek import import_deepseek_v3
 from posenc.hf.exaone4 import import_exaone4
+from posenc.hf.gemma import import_gemma
 from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
 from posenc.hf.gpt_neox import import_gpt_neox
 from posenc.hf.llama import import_llama
@@ -53,6 +55,8 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "olmo2": import_olmo,
     "olmo3": import_olmo,
     "exaone4": import_exaone4,
+    "gemma2": import_gemma,
+    "gemma3_text": import_gemma,
     "bloom": import_bloom,
     "mpt": import_mpt,
     "qwen2_vl": import_qwen_vl,
