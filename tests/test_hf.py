@@ -242,11 +242,11 @@ def test_llama_family_configs_it_cannot_reproduce_are_refused(family, overrides,
 
 def test_an_unsupported_model_type_is_refused() -> None:
     torch.manual_seed(0)
-    config = transformers.Llama4TextConfig(
-        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, head_dim=8
+    config = transformers.Starcoder2Config(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
     )
-    hf = transformers.Llama4ForCausalLM(config)
-    with pytest.raises(ValueError, match="model_type='llama4_text'"):
+    hf = transformers.Starcoder2ForCausalLM(config)
+    with pytest.raises(ValueError, match="model_type='starcoder2'"):
         GPT.from_hf(hf)
 
 

@@ -32,6 +32,8 @@ Options
   ``int(p * rotary_dim // 2)`` (highest) frequencies and set the others to 0, so those pairs carry
   no position. Hugging Face's ``proportional`` schedule is the same thing for ``p =
   partial_rotary_factor``.
+- ``norm_after_eps=eps``: q and k divided by their RMS over the head, without a gain, after the
+  rotation (Llama 4's weightless QK-norm, which its RoPE layers apply after RoPE).
 - ``xpos=True`` (Sun et al. 2022, "A Length-Extrapolatable Transformer", arXiv:2212.10554), as
   rotary-embedding-torch's ``use_xpos``: pair i of a query at position m is also multiplied by
   ``zeta_i ** ((m - c) / xpos_scale_base)`` and a key by its inverse, ``zeta_i = (2i + 0.4 d) / (1.4 d)``,
@@ -91,7 +93,7 @@ from posenc.encodings.rotation import (
     rope_inv_freq,
     rotate_pairs,
 )
-from posenc.spec import frozen_mapping, set_field, spec
+from posenc.spec import check_number, frozen_mapping, set_field, spec
 
 __all__ = [
     "LAYOUTS",
@@ -124,6 +126,8 @@ class RotaryEmbedding(PositionalEncoding):
         xpos: xPos decay; ``xpos_scale_base`` is its length scale.
         mrope_section: frequency pairs per position axis (M-RoPE, module docstring); positions then
             may have shape (len(mrope_section), B, T). ``mrope_interleaved``: Qwen3-VL's layout.
+        norm_after_eps: after the rotation, divide q and k by their RMS over the head (no gain) with
+            this eps (Llama 4's QK-norm on its RoPE layers); None: off.
         cache_len: positions ``< cache_len`` use the cos/sin tables built here; others are computed.
     """
 
@@ -143,6 +147,7 @@ class RotaryEmbedding(PositionalEncoding):
         xpos_scale_base: float = 512.0
         mrope_section: tuple[int, ...] | None = None
         mrope_interleaved: bool = False
+        norm_after_eps: float | None = None
 
         def __post_init__(self) -> None:
             owner = "RotaryEmbedding"
@@ -183,6 +188,8 @@ class RotaryEmbedding(PositionalEncoding):
                     )
             if not isinstance(self.mrope_interleaved, bool):
                 raise TypeError(f"{owner} mrope_interleaved must be a bool, got {self.mrope_interleaved!r}")
+            if self.norm_after_eps is not None:
+                check_number(owner, "norm_after_eps", self.norm_after_eps, low=0)
             if self.mrope_interleaved and section is None:
                 raise ValueError(f"{owner} mrope_interleaved=True needs an mrope_section")
             plain_rope = scaling == {"rope_type": "default"}
@@ -245,6 +252,7 @@ class RotaryEmbedding(PositionalEncoding):
         xpos_scale_base: float = 512.0,
         mrope_section: tuple[int, ...] | None = None,
         mrope_interleaved: bool = False,
+        norm_after_eps: float | None = None,
         cache_len: int = 2048,
     ) -> None:
         super().__init__()
@@ -262,6 +270,7 @@ class RotaryEmbedding(PositionalEncoding):
             xpos_scale_base=xpos_scale_base,
             mrope_section=mrope_section,
             mrope_interleaved=mrope_interleaved,
+            norm_after_eps=norm_after_eps,
         )
         self.scaling = validate_scaling(config.scaling)
         self.rope_type: str = self.scaling["rope_type"]
@@ -472,7 +481,14 @@ class RotaryEmbedding(PositionalEncoding):
             scale = self.xpos_scale(positions, T, x.device, seq_len=self._seq_len(positions, T, seq_len))
             scale = scale.reciprocal() if key else scale
             cos, sin = cos * scale, sin * scale
-        return apply_rotary(x, cos, sin, self.layout)
+        return self._norm_after(apply_rotary(x, cos, sin, self.layout))
+
+    def _norm_after(self, x: Tensor) -> Tensor:
+        """x / RMS(x) over the head, without a gain (``norm_after_eps``), or x."""
+        eps = self.config.norm_after_eps
+        if eps is None:
+            return x
+        return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
     def rotate_queries(
         self,
@@ -516,7 +532,9 @@ class RotaryEmbedding(PositionalEncoding):
         if self.xpos:
             return self._rotate_one(q, positions, seq_len, key=False), self._rotate_one(k, positions, seq_len, key=True)
         cos, sin = self.cos_sin(positions, T, q.device, seq_len=seq_len)
-        return apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
+        return self._norm_after(apply_rotary(q, cos, sin, self.layout)), self._norm_after(
+            apply_rotary(k, cos, sin, self.layout)
+        )
 
     forward = rotate
 
