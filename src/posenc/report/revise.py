@@ -29,13 +29,15 @@ def _kind(results: dict[str, Any]) -> str:
     return results.get("kind", "table")
 
 
-def _check_compatible(old: dict[str, Any], new: dict[str, Any]) -> None:
+def _check_compatible(old: dict[str, Any], new: dict[str, Any], full: bool = False) -> None:
+    """Refuse jsons that cannot share a page; a full rerun (``full``) may have other seeds, since it
+    replaces every row."""
     if _kind(old) != _kind(new):
         raise ValueError(f"cannot revise a {_kind(old)} page with a {_kind(new)} json")
     for key in ("preset", "block_size"):
         if old.get(key) != new.get(key):
             raise ValueError(f"the two jsons differ in {key!r}: {old.get(key)!r} vs {new.get(key)!r}")
-    if old.get("seeds") != new.get("seeds"):
+    if old.get("seeds") != new.get("seeds") and not full:
         raise ValueError(f"the two jsons differ in their seeds: {old.get('seeds')} vs {new.get('seeds')}")
     if _kind(old) == "table":
         a, b = ({k: v for k, v in r["train_config"].items() if k not in _PLACEMENT} for r in (old, new))
@@ -156,11 +158,12 @@ def _variants(results: dict[str, Any]) -> list[str]:
 def revise(old: dict[str, Any], new: dict[str, Any], why: str, command: str = "") -> dict[str, Any]:
     """``old`` with the rows of ``new``'s variants replaced by ``new``'s (or added, for variants
     ``old`` lacks), and the revision recorded."""
-    _check_compatible(old, new)
+    full = set(old.get("rows", old.get("variants"))) <= set(new.get("rows", new.get("variants")))
+    _check_compatible(old, new, full)
     names = _variants(new)
     variants = [v for v in names if v in _variants(old)]
     added = [v for v in names if v not in _variants(old)]
-    if set(old.get("rows", old.get("variants"))) <= set(new.get("rows", new.get("variants"))):
+    if full:
         out = json.loads(json.dumps(new))  # a full rerun: the new json, with the old one's history
     else:
         out = REPLACE[_kind(old)](old, new, variants + added)
