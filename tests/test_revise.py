@@ -143,3 +143,17 @@ def test_a_full_rerun_replaces_the_page_and_keeps_its_history():
         last["moved"]["fire"]["before"]["val_loss"] + 0.25
     )
     assert last["moved"]["rope"]["after"] == last["moved"]["rope"]["before"]
+
+
+def test_a_full_rerun_may_bring_other_seeds_and_a_partial_one_may_not():
+    """A full rerun replaces every row, so it may have more seeds (the extension page went from
+    one seed to three); a revision of some rows must share the page's seeds."""
+    old = json.loads(COMMITTED["extension"].read_text())
+    new = copy.deepcopy(old)
+    new["seeds"] = [*old["seeds"], 99]
+    new.pop("revisions", None)
+    assert revise(old, new, "more seeds")["seeds"] == new["seeds"]
+    partial = copy.deepcopy(new)
+    partial["rows"] = {k: r for k, r in new["rows"].items() if k == "extrapolating/fire"}
+    with pytest.raises(ValueError, match="seeds"):
+        revise(old, partial, "x")
