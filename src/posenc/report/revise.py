@@ -99,9 +99,11 @@ def _replace_synthetic(old: dict[str, Any], new: dict[str, Any], variants: list[
     for part, source in ((out, new), (out.get("counting"), new.get("counting"))):
         if source is None:
             continue
-        part["runs"] = {k: r for k, r in part["runs"].items() if r["variant"] not in variants}
-        part["runs"] |= {k: r for k, r in source["runs"].items() if r["variant"] in variants}
-        part["mean_accuracy"] |= {v: source["mean_accuracy"][v] for v in variants}
+        # a variant may have passkey rows and no counting ones (counted only for some variants)
+        here = [v for v in variants if v in source["mean_accuracy"]]
+        part["runs"] = {k: r for k, r in part["runs"].items() if r["variant"] not in here}
+        part["runs"] |= {k: r for k, r in source["runs"].items() if r["variant"] in here}
+        part["mean_accuracy"] |= {v: source["mean_accuracy"][v] for v in here}
     return out
 
 
