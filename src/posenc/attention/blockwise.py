@@ -254,7 +254,9 @@ def blockwise_attention(
         raise ValueError(
             "stick-breaking attention takes no sinks: the stick left over already goes nowhere or to the query"
         )
-    block_q = query_block(q.shape[0], q.shape[1], k.shape[2]) if block_q is None else block_q
+    if block_q is None:  # a window bounds the keys a query block reads: size the block by that span
+        span = k.shape[2] if mask.window is None else min(k.shape[2], mask.window + 2 * block_k)
+        block_q = query_block(q.shape[0], q.shape[1], span)
     if block_q <= 0 or block_k <= 0:
         raise ValueError(f"block_q and block_k must be positive, got {block_q} and {block_k}")
     Tq, Tk = q.shape[2], k.shape[2]
@@ -265,9 +267,10 @@ def blockwise_attention(
     # one split per tensor: backward assembles each gradient once, instead of one full-size
     # zero-filled gradient per query block that a slice would cost
     k_chunks, v_chunks = k.split(block_k, dim=2), v.split(block_k, dim=2)
-    # Recompute tiles in backward (saving none) unless the tiles are few: a local mask without a
-    # bias keeps T x (window + block_k) scores in all, linear in T, and saving them halves the work.
-    recompute = torch.is_grad_enabled() and not (score_bias is None and content_bias is None and mask.local)
+    # Recompute tiles in backward, saving none: even a window's T x (window + block_k) saved scores
+    # took the layer to 2.6x the RoPE layer's memory at T=4096 (docs/attention.md); with query blocks
+    # sized by the window's span the recompute costs no more time than SDPA's causal kernel there.
+    recompute = torch.is_grad_enabled()
     rows = dict(q_positions=q_positions, k_positions=k_positions, q_features=q_features, k_features=k_features)
     rows |= dict(q_segments=q_segments, k_segments=k_segments, key_padding_mask=key_padding_mask, device=q.device)
     rows |= _starts(mask, k_segments, Tq)
