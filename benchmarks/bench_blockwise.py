@@ -22,7 +22,9 @@ fixed upstream gradient. Cases:
 
 Each case runs in its own ``python`` subprocess so that peak resident memory (``ru_maxrss``)
 belongs to that case alone. Reported: peak RSS of the process, and the peak above the RSS
-measured after imports and input allocation ("extra"). Time: the fastest of ``--repeats``
+measured after imports and input allocation ("extra"). Every case imports ``torch._dynamo`` before
+that baseline: the blockwise path's first ``torch.utils.checkpoint`` call imports it (~80 MiB, once
+per process, already paid by any run that compiles), which is not the layer's memory. Time: the fastest of ``--repeats``
 fwd+bwd runs after one warm-up (the least disturbed by other load on the machine), with one
 intra-op thread unless ``--threads`` says otherwise.
 
@@ -55,6 +57,7 @@ def _rss_bytes() -> int:
 def run_case(case: str, T: int, repeats: int, threads: int) -> dict:
     """One measurement, in this process (called in the child)."""
     import torch
+    import torch._dynamo  # noqa: F401  what the first checkpoint imports (~80 MiB): once per process, not per layer
     import torch.nn.functional as F
 
     from posenc.attention.blockwise import blockwise_attention
