@@ -175,10 +175,17 @@ def export_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from posenc.hf.export import export_run
+    from posenc.checkpoint import load_checkpoint
+    from posenc.config import GPTConfig
+    from posenc.hf.export import save_hf
+    from posenc.model import GPT
 
     def go() -> int:
-        hf = export_run(args.run_dir, args.hf)
+        ckpt = load_checkpoint(args.run_dir, map_location="cpu")
+        model = GPT(GPTConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        hf = model.eval().to_hf()
+        save_hf(hf, args.hf)
         print(f"wrote {args.hf}: {hf.config.model_type} ({type(hf).__name__})")
         return 0
 

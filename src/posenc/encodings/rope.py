@@ -39,15 +39,9 @@ Options
   ``zeta_i ** ((m - c) / xpos_scale_base)`` and a key by its inverse, ``zeta_i = (2i + 0.4 d) / (1.4 d)``,
   with the centre ``c = seq_len // 2``. q.k then decays like ``zeta ** ((m - n) / xpos_scale_base)``.
 
-Multi-axis positions (M-RoPE; Qwen2-VL, "Qwen2-VL: Enhancing Vision-Language Model's Perception of
-the World at Any Resolution", arXiv:2409.12191): with ``mrope_section=(t, h, w)`` a token has one
-position per axis, ``positions`` of shape (3, B, T), and frequency pair i is rotated by the position
-on its axis. ``mrope_section`` counts pairs per axis (summing to rotary_dim / 2); chunked (Qwen2-VL,
-Qwen2.5-VL: the first t pairs take the time axis, the next h the rows, the last w the columns) or,
-with ``mrope_interleaved=True``, interleaved (Qwen3-VL: pair i takes axis i % 3 while i < 3 x that
-axis's section, axis 0 otherwise, so every axis keeps high and low frequencies). Positions of one
-axis -- (T,) or (B, T), text only -- are the same ids on every axis, which is plain RoPE.
-A module's ``pair_axes`` (``Config.pair_axes(head_dim)``) lists the axis each pair takes.
+Multi-axis positions (M-RoPE, :mod:`posenc.encodings.mrope`): with ``mrope_section=(t, h, w)``
+positions may have shape (3, B, T) and pair i is rotated by the position on its axis (chunked, or
+``mrope_interleaved``); a module's ``pair_axes`` lists the axis each pair takes.
 
 Length-dependent encodings (``length_dependent``: ``dynamic``, ``longrope``, or xPos, whose centre
 moves) rotate by a function of the total sequence length ``seq_len`` (past + current tokens;
@@ -83,7 +77,14 @@ import torch
 from torch import Tensor
 
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions
-from posenc.encodings.rope_scaling import ROPE_SCALINGS, length_key, scaling_rotary_dim, validate_scaling
+from posenc.encodings.mrope import check_section, pair_axes
+from posenc.encodings.rope_scaling import (
+    ROPE_SCALINGS,
+    hf_rope_arguments,
+    length_key,
+    scaling_rotary_dim,
+    validate_scaling,
+)
 from posenc.encodings.rotation import (
     LAYOUTS,
     Layout,
@@ -174,24 +175,9 @@ class RotaryEmbedding(PositionalEncoding):
                 raise TypeError(f"xpos must be a bool, got xpos={self.xpos!r}")
             if isinstance(self.xpos_scale_base, bool) or not self.xpos_scale_base > 0:
                 raise ValueError(f"xpos_scale_base must be > 0, got xpos_scale_base={self.xpos_scale_base!r}")
-            section = self.mrope_section
-            if section is not None:
-                if not isinstance(section, (tuple, list)) or len(section) < 2:
-                    raise ValueError(f"{owner} mrope_section must be a tuple of >= 2 pair counts, got {section!r}")
-                if any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in section):
-                    raise ValueError(f"{owner} mrope_section must hold positive ints, got {section!r}")
-                set_field(self, "mrope_section", tuple(section))
-                if length_key(scaling["rope_type"]) is not None or self.xpos:
-                    raise ValueError(
-                        f"{owner} mrope_section does not combine with a rotation that depends on the sequence "
-                        f"length (rope_type={scaling['rope_type']!r}, xpos={self.xpos}): one length per axis is undefined"
-                    )
-            if not isinstance(self.mrope_interleaved, bool):
-                raise TypeError(f"{owner} mrope_interleaved must be a bool, got {self.mrope_interleaved!r}")
-            if self.norm_after_eps is not None:
-                check_number(owner, "norm_after_eps", self.norm_after_eps, low=0)
-            if self.mrope_interleaved and section is None:
-                raise ValueError(f"{owner} mrope_interleaved=True needs an mrope_section")
+            section = check_section(owner, self.mrope_section, self.mrope_interleaved, scaling["rope_type"], self.xpos)
+            set_field(self, "mrope_section", section)
+            check_number(owner, "norm_after_eps", self.norm_after_eps, low=0, optional=True)
             plain_rope = scaling == {"rope_type": "default"}
             set_field(self, "base", float(self.base))
             set_field(self, "scaling", None if plain_rope else frozen_mapping(scaling))
@@ -212,29 +198,15 @@ class RotaryEmbedding(PositionalEncoding):
             rotary_dim = head_dim if rotary_dim is None else rotary_dim
             if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
                 raise ValueError(f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}")
-            if self.mrope_section is not None and sum(self.mrope_section) != rotary_dim // 2:
-                raise ValueError(
-                    f"mrope_section={self.mrope_section} counts {sum(self.mrope_section)} frequency pairs, "
-                    f"but rotary_dim={rotary_dim} has {rotary_dim // 2}"
-                )
+            if self.mrope_section is not None:
+                pair_axes(self.mrope_section, self.mrope_interleaved, rotary_dim)  # refuses a section that does not fit
             return rotary_dim
 
         def pair_axes(self, head_dim: int) -> list[int] | None:
             """The position axis of each frequency pair (M-RoPE), or None for one axis."""
-            section = self.mrope_section
-            if section is None:
+            if self.mrope_section is None:
                 return None
-            n, pairs = len(section), self.rotated_channels(head_dim) // 2
-            if not self.mrope_interleaved:  # chunked: section[0] pairs of axis 0, then axis 1, ...
-                return [axis for axis, count in enumerate(section) for _ in range(count)]
-            axes = [next((a for a in range(1, n) if i % n == a and i < n * section[a]), 0) for i in range(pairs)]
-            counts = tuple(axes.count(a) for a in range(n))
-            if counts != section:
-                raise ValueError(
-                    f"mrope_section={section} cannot be interleaved over {pairs} pairs (it gives {counts}): "
-                    "axis a > 0 takes pairs a, a + n, ... below n x its count"
-                )
-            return axes
+            return pair_axes(self.mrope_section, self.mrope_interleaved, self.rotated_channels(head_dim))
 
         def check(self, dims: ModelDims) -> None:
             self.rotated_channels(dims.head_dim)
@@ -303,41 +275,8 @@ class RotaryEmbedding(PositionalEncoding):
         picks one. ``options`` go to the constructor (layout, cache_len, ...); the layout is
         Hugging Face's ``"half"`` unless given.
         """
-        get = config.get if isinstance(config, Mapping) else (lambda key, default=None: getattr(config, key, default))
-        sizes = get  # per-layer sizes: Gemma 4's global layers have their own head_dim
-        if layer_type is not None and not isinstance(config, Mapping) and hasattr(config, "per_layer_config"):
-            view = config.per_layer_config[layer_type]
-            sizes = lambda key, default=None: getattr(view, key, default)
-        params = get("rope_parameters") or get("rope_scaling") or {}
-        layer_types = set(get("layer_types") or ()) | {k for k, v in params.items() if isinstance(v, Mapping)}
-        nested = bool(params) and all(k in layer_types for k in params)
-        if nested:
-            if layer_type is None:
-                raise ValueError(f"this config has per-layer RoPE parameters; pass layer_type, one of {sorted(params)}")
-            if layer_type not in params:
-                raise ValueError(f"layer_type={layer_type!r} is not in the config's RoPE parameters {sorted(params)}")
-            params = params[layer_type]
-            if params is None:
-                raise ValueError(f"layer_type={layer_type!r} has no RoPE (its parameters are None)")
-        params = dict(params)
-        for key in ("mrope_section", "mrope_interleaved"):  # M-RoPE (Qwen2-VL, Qwen3-VL): options, not a schedule
-            if key in params:
-                value = params.pop(key)
-                options.setdefault(key, tuple(value) if key == "mrope_section" else bool(value))
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        theta = params.pop("rope_theta", None) or get("rope_theta") or 10000.0
-        if "partial_rotary_factor" not in params and get("partial_rotary_factor") is not None:
-            params["partial_rotary_factor"] = get("partial_rotary_factor")
-        mpe = get("max_position_embeddings")
-        if rope_type in ("llama3", "yarn", "longrope"):
-            if get("original_max_position_embeddings") is not None:  # Hugging Face gives it priority
-                params["original_max_position_embeddings"] = get("original_max_position_embeddings")
-            elif mpe is not None:
-                params.setdefault("original_max_position_embeddings", mpe)
-        if mpe is not None:
-            params["max_position_embeddings"] = mpe
-        head_dim = sizes("head_dim") or sizes("hidden_size") // sizes("num_attention_heads")
-        return cls(head_dim, base=float(theta), scaling=params, **options)
+        head_dim, theta, params, found = hf_rope_arguments(config, layer_type)
+        return cls(head_dim, base=theta, scaling=params, **(found | options))
 
     @property
     def length_dependent(self) -> bool:

@@ -22,16 +22,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from posenc.config import GPTConfig, LayerSpec
 from posenc.io import replace_durably
-
-if TYPE_CHECKING:
-    from posenc.model import GPT
 
 #: config keys that say whether a projection or norm has a bias: an absent bias is a zero one
 BIAS_KEYS = frozenset({"bias", "qkv_bias", "proj_bias"})
@@ -229,7 +226,7 @@ EXPORTERS: dict[str, Callable[[GPTConfig], Any]] = {
 }
 
 
-def to_hf(model: GPT) -> Any:
+def to_hf(model: Any) -> Any:
     """The Hugging Face causal LM (float32, eval mode) whose logits are ``model``'s, in the first
     family of :data:`EXPORTERS` that expresses it exactly; refused by name when none does."""
     why: dict[str, str] = {}
@@ -247,7 +244,7 @@ def to_hf(model: GPT) -> Any:
     raise ValueError(f"to_hf: no Hugging Face family expresses this model ({model.config.describe()}); tried {tried}")
 
 
-def _weights(model: GPT, family: str, hf_config: Any) -> dict[str, Tensor]:
+def _weights(model: Any, family: str, hf_config: Any) -> dict[str, Tensor]:
     """The Hugging Face state dict of ``model`` in ``family``, through the family's importer in reverse."""
     from posenc.hf import IMPORTERS
 
@@ -347,20 +344,11 @@ def _diff(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(path, a, b)]
 
 
-def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Any:
-    """Write the latest checkpoint of a posenc run as a Hugging Face model folder (``save_pretrained``:
-    ``config.json`` and ``model.safetensors``) that ``AutoModelForCausalLM.from_pretrained`` loads
-    without posenc; returns the exported model. The folder appears whole or not at all."""
-    from posenc.checkpoint import load_checkpoint
-    from posenc.model import GPT
-
+def save_hf(hf: Any, out_dir: str | os.PathLike) -> None:
+    """``hf.save_pretrained`` into a new or empty folder that appears whole or not at all."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"export: {out} already exists and is not an empty folder; give a new one")
-    ckpt = load_checkpoint(run_dir, map_location="cpu")
-    model = GPT(GPTConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    hf = to_hf(model.eval())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
@@ -371,4 +359,3 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Any:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return hf
