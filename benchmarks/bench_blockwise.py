@@ -15,13 +15,16 @@ fixed upstream gradient. Cases:
 - ``dense-alibi``: SDPA with the full (nh, T, T) ALiBi bias as ``attn_mask`` (what a dense path
   costs), run only up to ``--dense-max`` tokens;
 - ``layer:<pe>``: a whole attention layer of ``GPTConfig(pe=<pe>)`` (n_embd 256, the same 4 heads
-  of 64) on x (B=1, T, 256), projections included: the content-dependent encodings, whose
-  inputs are not q, k, v alone (FoX's gates read x). ``layer:rope`` (the SDPA path) is their
-  baseline: ``--cases layer:rope layer:fox layer:cope``.
+  of 64) on x (B=1, T, 256), projections included, as a user pays for it (and the only way to
+  measure the content-dependent encodings, whose inputs are not q, k, v alone: FoX's gates read
+  x); ``layer:rope_window256`` is the RoPE layer with a 256-token window. ``layer:rope`` (the SDPA
+  path) is their baseline: ``--cases layer:rope layer:alibi layer:fire layer:rope_window256``.
 
 Each case runs in its own ``python`` subprocess so that peak resident memory (``ru_maxrss``)
 belongs to that case alone. Reported: peak RSS of the process, and the peak above the RSS
-measured after imports and input allocation ("extra"). Time: the fastest of ``--repeats``
+measured after imports and input allocation ("extra"). Every case imports ``torch._dynamo`` before
+that baseline: the blockwise path's first ``torch.utils.checkpoint`` call imports it (~80 MiB, once
+per process, already paid by any run that compiles), which is not the layer's memory. Time: the fastest of ``--repeats``
 fwd+bwd runs after one warm-up (the least disturbed by other load on the machine), with one
 intra-op thread unless ``--threads`` says otherwise.
 
@@ -42,7 +45,8 @@ import time
 from pathlib import Path
 
 CASES = ("sdpa", "alibi", "t5", "kerple", "fire", "window256", "dense-alibi")
-LAYER_CASES = tuple(f"layer:{pe}" for pe in ("rope", "fox", "fox_rope", "cope", "stickbreaking", "rope_sinks"))
+LAYER_ENCODINGS = ("rope", "alibi", "kerple", "t5", "fire", "fox", "fox_rope", "cope", "stickbreaking", "rope_sinks")
+LAYER_CASES = tuple(f"layer:{pe}" for pe in LAYER_ENCODINGS) + ("layer:rope_window256",)
 
 
 def _rss_bytes() -> int:
@@ -53,6 +57,7 @@ def _rss_bytes() -> int:
 def run_case(case: str, T: int, repeats: int, threads: int) -> dict:
     """One measurement, in this process (called in the child)."""
     import torch
+    import torch._dynamo  # noqa: F401  what the first checkpoint imports (~80 MiB): once per process, not per layer
     import torch.nn.functional as F
 
     from posenc.attention.blockwise import blockwise_attention
@@ -71,7 +76,9 @@ def run_case(case: str, T: int, repeats: int, threads: int) -> dict:
     if case.startswith("layer:"):
         from posenc import GPTConfig
 
-        config = GPTConfig(pe=case.removeprefix("layer:"), n_layer=1, n_head=nh, n_embd=nh * hs, block_size=T)
+        pe, window = case.removeprefix("layer:").removesuffix("_window256"), case.endswith("_window256")
+        sizes = dict(n_layer=1, n_head=nh, n_embd=nh * hs, block_size=T)
+        config = GPTConfig(pe=pe, **sizes, **({"sliding_window": 256} if window else {}))
         layer = config.build_layers()[0].attn
         q = torch.randn(B, T, nh * hs, requires_grad=True)  # the layer's input, in q's place
         k = v = torch.zeros(0, requires_grad=True)

@@ -3,39 +3,52 @@
 # for RoPE, torch.compile, SDPA's default = flash backend), in under 8 minutes on one H200.
 #
 #   bash benchmarks/run_gpu.sh OUT_DIR
+#   bash benchmarks/run_gpu.sh --dry-run OUT_DIR   # CPU, tiny sizes: every step runs (the test suite does)
 #
 # Writes OUT_DIR/bench_{rope,attention,train}.json and .md (each script's printed tables) and
 # prints a summary. Every step has its own time limit so that one slow step cannot take the
 # others' time; a step that fails or times out is reported and the rest still run.
 set -uo pipefail
 
-OUT=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR}
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+OUT=${1:?usage: bash benchmarks/run_gpu.sh [--dry-run] OUT_DIR}
+OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
 PY=${PYTHON:-python}
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
-
-$PY - <<'PY' || exit 1
+DEVICE=cuda
+SMOKE=()
+if [ $DRY -eq 1 ]; then
+  DEVICE=cpu
+  SMOKE=(--smoke)
+  echo "dry run: CPU, tiny sizes"
+else
+  $PY - <<'PY' || exit 1
 import sys, torch
 if not torch.cuda.is_available():
-    sys.exit(f"run_gpu.sh needs CUDA; torch {torch.__version__} sees no device")
+    sys.exit(f"run_gpu.sh needs CUDA; torch {torch.__version__} sees no device (--dry-run runs on CPU)")
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
 PY
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+fi
+FAILED=0
 
 step() {  # step NAME LIMIT_S ARGS...
   local name=$1 limit=$2; shift 2
+  [ $DRY -eq 0 ] || set --  # a dry run: the script's own tiny sizes, not the GPU's
   local t0=$SECONDS
   echo "== $name (limit ${limit}s)"
-  timeout "$limit" $PY "benchmarks/$name.py" --device cuda --out "$OUT/$name.json" "$@" > "$OUT/$name.md" 2> "$OUT/$name.log"
+  timeout "$limit" $PY "benchmarks/$name.py" --device $DEVICE --out "$OUT/$name.json" "$@" "${SMOKE[@]}" \
+    > "$OUT/$name.md" 2> "$OUT/$name.log"
   local rc=$?
   echo "   rc=$rc in $((SECONDS - t0))s; tables in $OUT/$name.md"
-  [ $rc -eq 0 ] || tail -n 5 "$OUT/$name.log"
+  [ $rc -eq 0 ] || { FAILED=1; tail -n 5 "$OUT/$name.log"; }
 }
 
 step bench_rope 120 --dtypes fp32 bf16 fp16 --repeats 30
 step bench_attention 120 --batch 4 --n-head 12 --n-embd 768 --seq-lens 1024 4096 8192 --repeats 10
 step bench_train 200 --settings owt-16m --repeats 10 \
-  --compile-models "nanoGPT baseline" absolute rope nope qknorm rnope
+  --compile-models "nanoGPT baseline" absolute rope nope qknorm rnope alibi fire fox
 
 $PY - "$OUT" <<'PY'
 import json, sys
@@ -63,3 +76,4 @@ for name in ("bench_rope", "bench_attention", "bench_train"):
             print(f"  {r['setting']} {r['mode']} {r['model']}: {r['tokens_per_s']:.0f} tok/s, "
                   f"{r['x_baseline']:.3f}x baseline, peak {r['peak_bytes'] / 2**20:.0f} MiB")
 PY
+exit $FAILED

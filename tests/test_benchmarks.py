@@ -1,13 +1,17 @@
-"""Smoke tests for benchmarks/: each script runs on a tiny size and writes valid JSON; the RoPE
-benchmark's candidates compute the same rotation (so the table compares equal work).
-Timings are never asserted: the benchmarks are scripts, not timed tests."""
+"""Smoke tests for benchmarks/: ``run_gpu.sh --dry-run`` runs every script of the GPU run on CPU
+at tiny sizes, and each writes valid JSON and its tables; the RoPE benchmark's candidates compute
+the same rotation (so the table compares equal work). Timings are never asserted: the
+benchmarks are scripts, not timed tests."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from _scripts import load_script
 
@@ -33,32 +37,39 @@ def check_payload(path: Path, benchmark: str) -> dict:
     return data
 
 
-def test_bench_rope_smoke(tmp_path, capsys):
-    out = tmp_path / "rope.json"
-    load("bench_rope").main(["--smoke", "--out", str(out)])
-    data = check_payload(out, "bench_rope")
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> Path:
+    """``bash benchmarks/run_gpu.sh --dry-run OUT``: the GPU run's every step, on CPU at tiny sizes."""
+    out = tmp_path_factory.mktemp("gpu-dry-run")
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(BENCH / "run_gpu.sh"), "--dry-run", str(out)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "dry run: CPU" in done.stdout and "## Summary" in done.stdout and "no result" not in done.stdout
+    return out
+
+
+def test_bench_rope_smoke(dry_run):
+    data = check_payload(dry_run / "bench_rope.json", "bench_rope")
     candidates = {r["candidate"] for r in data["results"]}
     assert {"copy floor", "posenc", "rotate-half formula", "complex multiply"} <= candidates
     assert {r["mode"] for r in data["results"]} == {"fwd", "fwd+bwd"}
-    assert "| candidate |" in capsys.readouterr().out
+    assert "| candidate |" in (dry_run / "bench_rope.md").read_text()
 
 
-def test_bench_attention_smoke(tmp_path):
-    out = tmp_path / "attention.json"
-    load("bench_attention").main(["--smoke", "--out", str(out)])
-    data = check_payload(out, "bench_attention")
+def test_bench_attention_smoke(dry_run):
+    data = check_payload(dry_run / "bench_attention.json", "bench_attention")
     paths = {r["path"] for r in data["results"] if r["part"] == "encodings"}
-    assert {"alibi [B]", "qknorm [R]", "rnope-swa [r]", "rnope-swa [N]"} <= paths
+    assert {"alibi [B]", "qknorm [R]", "rnope-swa [r]", "rnope-swa [N]", "fox [G]"} <= paths
     impls = {r["impl"] for r in data["results"] if r["part"] == "kernels"}
     assert impls == {"sdpa default", "sdpa math", "naive"}
 
 
-def test_bench_train_smoke(tmp_path):
-    out = tmp_path / "train.json"
-    load("bench_train").main(["--smoke", "--out", str(out)])
-    data = check_payload(out, "bench_train")
+def test_bench_train_smoke(dry_run):
+    data = check_payload(dry_run / "bench_train.json", "bench_train")
     models = {r["model"] for r in data["results"]}
-    assert {"nanoGPT baseline", "absolute", "rope", "rnope-swa"} <= models
+    assert {"nanoGPT baseline", "absolute", "rope", "rnope-swa", "alibi", "fire", "fox"} <= models
     assert all(r["tokens_per_s"] > 0 for r in data["results"])
 
 
@@ -97,3 +108,12 @@ def test_nanogpt_baseline_matches_absolute_gpt_dimensions():
     models = bench.build_models("tiny", torch.device("cpu"))
     n = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     assert n["nanoGPT baseline"] == n["absolute"]
+
+
+def test_bench_hf_times_the_same_model_both_ways():
+    pytest.importorskip("transformers")
+    bench = load("bench_hf")
+    rows = bench.bench("llama", T=16, new=2, repeats=1)  # checks the logits agree before timing
+    assert [r["what"] for r in rows] == ["forward", "generate 2"] and all(r["ratio"] > 0 for r in rows)
+    assert rows[1]["same_tokens"] is True
+    assert "| llama | forward | 16 |" in bench.markdown(rows)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+from posenc.attention import blockwise, dense
 from posenc.attention.blockwise import blockwise_attention
 from posenc.attention.flex import flex_attention_path
 from posenc.attention.kernel import attend, choose_backend
@@ -291,7 +292,9 @@ def test_shape_errors_name_the_shapes():
 # ----------------------------------------------------------------------------- dispatch
 
 
-def test_choose_backend_rules():
+def test_choose_backend_rules(monkeypatch):
+    """Past the dense path's budget (tests/test_dense.py checks the rule within it)."""
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 0)
     q, k, _ = qkv(1, 2, 2, 8, 8, 4)
     q1 = q[:, :, -1:]
     enc = ALiBi(2)
@@ -313,7 +316,7 @@ def test_attend_plain_is_sdpa_is_causal():
     assert_parity(None, q, k, v, None, None, fn=attend)
 
 
-@pytest.mark.parametrize("backend", ["auto", "blockwise"])
+@pytest.mark.parametrize("backend", ["auto", "dense", "blockwise"])
 def test_attend_with_bias_window_and_cache(backend):
     enc = make_encoding("kerple", 4)
     q, k, v = qkv(2, 4, 4, 5, 21, 8)
@@ -324,7 +327,7 @@ def test_attend_with_bias_window_and_cache(backend):
 def test_attend_refuses_bad_backend_requests():
     q, k, v = qkv(1, 2, 2, 8, 8, 4)
     with pytest.raises(ValueError, match="backend must be"):
-        attend(q, k, v, backend="dense")
+        attend(q, k, v, backend="fused")
     with pytest.raises(ValueError, match="supports no score_bias"):
         attend(q, k, v, backend="sdpa", window=3)
     with pytest.raises(ValueError, match="no attention dropout"):
@@ -405,3 +408,12 @@ def test_compiled_flex_forward_on_cpu():
     with torch.no_grad():
         assert_parity(None, q, k, v, None, None, fn=flex_attention_path, check_grads=False, window=9)
     assert flex_block_mask(128, 128, device="cpu", window=9) is flex_block_mask(128, 128, device="cpu", window=9)
+
+
+def test_query_blocks_keep_a_tile_within_its_budget():
+    assert blockwise.query_block(1, 4, 128) == 128  # short rows: the largest block
+    assert blockwise.query_block(1, 4, 4096) == 32  # 1 x 4 x 32 x 4096 = 2**19 elements
+    assert blockwise.query_block(16, 4, 4096) == 16  # never below 16, whatever the budget
+    for B, nh, Tk in [(1, 4, 1000), (2, 8, 3000), (3, 2, 70000)]:
+        bq = blockwise.query_block(B, nh, Tk)
+        assert bq == 16 or (B * nh * bq * Tk <= blockwise.TILE_BUDGET < B * nh * 2 * bq * Tk or bq == 128)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _data_helpers import prep, write_jsonl
 
 from posenc import VARIANTS, GPTConfig
 from posenc.cli import main, train_parser
@@ -210,16 +211,27 @@ def test_init_from_weights_that_do_not_fit_is_refused_by_name(data_dir, tmp_path
     assert "init_from" in err and "wpe.weight" in err and "Traceback" not in err
 
 
-def test_pack_documents_trains_with_document_segments(data_dir, tmp_path):
+def test_pack_documents_trains_with_document_segments(tmp_path):
+    # short documents (a few dozen bytes each), so that most 32-token rows hold a document boundary
+    docs = [f"Document {i}: " + " ".join(f"word{j}" for j in range(i % 7 + 1)) for i in range(4000)]
+    data = prep(tmp_path / "data", [write_jsonl(tmp_path / "docs.jsonl", docs)])
     packed, plain = tmp_path / "packed", tmp_path / "plain"
-    assert (
-        train(packed, data_dir, "--pe", "rope", "--pack-documents", "--max-iters", "20", "--eval-interval", "10") == 0
-    )
-    assert train(plain, data_dir, "--pe", "rope", "--max-iters", "20", "--eval-interval", "10") == 0
+    files = ("--dataset", "files", "--data-files", str(tmp_path / "docs.jsonl"), "--max-iters", "20")
+    assert train(packed, data, "--pe", "rope", "--pack-documents", *files, "--eval-interval", "10") == 0
+    assert train(plain, data, "--pe", "rope", *files, "--eval-interval", "10") == 0
     val = evals(packed)
     assert val[-1] < val[0] - 0.5
     assert json.loads((packed / "summary.json").read_text())["train_config"]["pack_documents"] is True
     steps = lambda out: [
         json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines() if '"train"' in line
     ]  # noqa: E731
-    assert steps(packed) != steps(plain)  # the segments change the training (the embedded corpus has many documents)
+    assert steps(packed) != steps(plain)  # the segments change the training: rows hold several documents
+
+
+def test_a_data_dir_of_another_corpus_is_refused_not_overwritten(tmp_path, capsys):
+    data = prep(tmp_path / "data", [write_jsonl(tmp_path / "docs.jsonl", [f"doc {i}" * 9 for i in range(50)])])
+    before = (data / "train.bin").read_bytes()
+    assert train(tmp_path / "run", data, "--pe", "rope", "--max-iters", "1") == 2  # the preset's corpus: embedded
+    err = capsys.readouterr().err
+    assert "holds the shards of source='files'" in err and "source='embedded'" in err and "Traceback" not in err
+    assert (data / "train.bin").read_bytes() == before

@@ -297,7 +297,7 @@ def test_layers_say_per_layer_what_hugging_face_layer_types_say():
 def test_a_layer_spec_takes_names_and_dicts_and_checks_itself():
     spec = LayerSpec(attention="mha", pe="alibi", mask={"window": 8})
     assert spec == LayerSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
-    assert spec.to_dict()["pe"] == {"name": "alibi"} and spec.window == 8
+    assert spec.to_dict()["pe"] == {"name": "alibi", "bias_max": 8.0} and spec.window == 8
     with pytest.raises(ValueError, match="acts at the model input"):
         LayerSpec(pe="absolute")
     with pytest.raises(ValueError, match="unknown positional encoding 'xpos'"):
@@ -338,3 +338,31 @@ def test_kv_cache_bytes_are_asked_of_each_layers_attention():
         lambda i, layer: layer.replace(attention=MultiHeadLatentAttention.Config(kv_lora_rank=32)) if i else layer
     )
     assert mixed.kv_cache_bytes_per_token() == 2 * 64 * 2 + 3 * (32 + 8) * 2
+
+
+def test_pe_options_must_name_an_encoding_of_the_model_and_its_options():
+    sizes = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)
+    with pytest.raises(ValueError, match=r"options for \['cope'\], which no layer uses; the layers use \['rope'\]"):
+        GPTConfig(**sizes, pe="rope", pe_options={"cope": {"npos": 4}})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bias_init'\]; fox takes no options"):
+        GPTConfig(**sizes, pe="fox", pe_options={"fox": {"bias_init": 1.0}})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['encoding'\]"):  # a class variable is no option
+        GPTConfig(**sizes, pe="fox", pe_options={"fox": {"encoding": 1}})
+
+
+def test_attention_options_join_a_variants_own_unless_they_contradict_them():
+    sizes = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)
+    attention = GPTConfig(**sizes, pe="rope_sinks", attention_options={"softcap": 30.0}).layers[0].attention
+    assert attention.sinks is True and attention.softcap == 30.0
+    with pytest.raises(ValueError, match=r"pe='rope_sinks' sets attention_options=\{'sinks': True\}"):
+        GPTConfig(**sizes, pe="rope_sinks", attention_options={"sinks": False})
+
+
+def test_attention_biases_turned_off_under_a_biased_model_stay_off() -> None:
+    # GPT-NeoX with attention_bias=False: LayerNorm and MLP biases on, q/k/v and output biases off
+    config = GPTConfig(n_embd=32, n_head=4, bias=True, qkv_bias=False, proj_bias=False, pe="rope")
+    attention, block = config.layers[0].attention, config.layers[0].block
+    assert (attention.qkv_bias, attention.proj_bias) == (False, False)
+    assert block.norm.bias and block.mlp.bias
+    model = GPT(config)
+    assert model.blocks[0].attn.c_attn.bias is None and model.blocks[0].mlp.c_fc.bias is not None

@@ -156,3 +156,42 @@ def test_in_a_gpt_the_mlp_keeps_nn_linears_initialisation_and_the_references_wei
     decayed = {id(p) for p in groups[0]["params"]}
     names = {n for n, p in encs[0].named_parameters() if id(p) in decayed}
     assert names == {"mlp_in.weight", "mlp_out.weight", "c", "threshold_multiplier"}  # all but the biases
+
+
+def piecewise(enc: FIRE, x: torch.Tensor) -> torch.Tensor:
+    """``score_bias``'s evaluation of the MLP on inputs x (...,) -> (..., nh)."""
+    kinks, slope, intercept = enc.segments()
+    seg = torch.searchsorted(kinks, x.detach().contiguous())
+    return (slope[:, seg] * x + intercept[:, seg]).movedim(0, -1)
+
+
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0.0, 0.3, 1.0]))
+def test_the_piecewise_linear_mlp_equals_the_mlp(seed, zeros):
+    """Everywhere, at the kinks themselves and with units whose input weight is 0 (on or off)."""
+    enc = fire(seed=seed % 1000)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        dead = torch.rand(enc.mlp_width, generator=g) < zeros
+        enc.mlp_in.weight[dead, 0] = 0.0
+    kinks = (-enc.mlp_in.bias / enc.mlp_in.weight[:, 0]).detach()
+    x = torch.cat((torch.randn(200, generator=g) * 3, kinks[torch.isfinite(kinks)]))
+    # float32 rounding: slope * x + intercept sums the same terms in another order; kinks of a small
+    # input weight lie far out, where the terms are large
+    got, want = piecewise(enc, x), enc.mlp(x)
+    bound = 1e-5 * (1.0 + x.abs()[:, None] + want.abs())
+    assert ((got - want).abs() <= bound).all(), (got - want).abs().max()
+
+
+def test_the_piecewise_evaluation_has_the_mlps_gradients():
+    enc = fire()
+    pos = torch.arange(48)
+    weights = torch.randn(3, 48, 48, generator=torch.Generator().manual_seed(1))
+    (enc.score_bias(pos, pos) * weights).sum().backward()
+    fast = {name: p.grad.clone() for name, p in enc.named_parameters()}
+    enc.zero_grad()
+    x = enc.normalized_distance(pos, pos)
+    (enc.mlp(x).movedim(-1, 0) * weights).sum().backward()
+    for name, p in enc.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -121,3 +121,15 @@ def test_in_a_gpt_with_mla_the_gates_read_the_layer_input():
         steps = torch.cat([model(idx[:, i : i + 1], cache=cache)[0] for i in range(10)], dim=1)
         torch.testing.assert_close(steps, model(idx)[0], rtol=0, atol=1e-9)
     assert math.isfinite(model(idx)[0].sum().item())
+
+
+def test_the_rope_fields_set_fox_ropes_rotation():
+    sizes = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)
+    scaling = {"rope_type": "linear", "factor": 2.0}
+    config = GPTConfig(
+        **sizes, pe="fox_rope", rope_base=5e5, rope_layout="interleaved", rotary_dim=8, rope_scaling=scaling
+    )
+    pe = config.layers[0].pe
+    assert (pe.base, pe.layout, pe.rotary_dim, pe.scaling["factor"]) == (5e5, "interleaved", 8, 2.0)
+    with pytest.raises(ValueError, match=r"pe_options\['fox_rope'\] sets \['base'\]: use the fields rope_base"):
+        GPTConfig(**sizes, pe="fox_rope", pe_options={"fox_rope": {"base": 3.0}})

@@ -242,13 +242,27 @@ def test_llama_family_configs_it_cannot_reproduce_are_refused(family, overrides,
 
 def test_an_unsupported_model_type_is_refused() -> None:
     torch.manual_seed(0)
-    hf = transformers.GPTNeoXForCausalLM(
-        transformers.GPTNeoXConfig(
-            vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
-        )
+    config = transformers.Starcoder2Config(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4
     )
-    with pytest.raises(ValueError, match="model_type='gpt_neox'"):
+    hf = transformers.Starcoder2ForCausalLM(config)
+    with pytest.raises(ValueError, match="model_type='starcoder2'"):
         GPT.from_hf(hf)
+
+
+def test_a_mixture_of_experts_model_is_refused_as_one() -> None:
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=2,
+    )
+    with pytest.raises(ValueError, match="mixture-of-experts"):
+        GPT.from_hf(transformers.MixtralForCausalLM(config))
 
 
 # -- DeepSeek-V3 (dense layers, multi-head latent attention) ---------------------------------------
@@ -336,5 +350,5 @@ def test_deepseek_v3_whose_head_dim_is_its_rotary_width_imports() -> None:
 
 
 def test_deepseek_v3_with_moe_layers_is_refused() -> None:
-    with pytest.raises(ValueError, match="first_k_dense_replace"):
+    with pytest.raises(ValueError, match="first_k_dense_replace.*mixture-of-experts"):
         GPT.from_hf(hf_deepseek(first_k_dense_replace=1))

@@ -331,19 +331,38 @@ SCHEDULES = {
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 def test_every_rope_schedule_decodes_with_the_cache_as_the_uncached_forward(schedule: str) -> None:
     """Each cached step equals the uncached forward over the same tokens -- also for the
-    length-dependent schedules (dynamic, longrope), whose keys the cache keeps un-rotated."""
+    length-dependent schedules (dynamic, longrope), whose rotation changes past the original
+    context: then the cached tokens' hidden states are stale in every layer above the first, and
+    the model recomputes them. The weights are far from their small initial values, which would
+    hide a stale cache (attention nearly uniform)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("tiny", pe="rope", rope_scaling=SCHEDULES[schedule])).double().eval()
+    for p in model.parameters():
+        p.add_(0.3 * torch.randn_like(p))
     idx = tokens(1, 24)  # past every schedule's original context (8)
     cache = model.new_cache()
     for i in range(24):
         step, _ = model(idx[:, i : i + 1], cache=cache)
         alone, _ = model(idx[:, : i + 1])
-        torch.testing.assert_close(step[:, -1], alone[:, -1], rtol=0, atol=1e-4)
+        torch.testing.assert_close(step[:, -1], alone[:, -1], rtol=0, atol=1e-9)
     prompt = idx[:, :3]
     assert torch.equal(
         model.generate(prompt, 20, temperature=0), model.generate(prompt, 20, temperature=0, use_cache=False)
     )
+
+
+@torch.no_grad()
+def test_longrope_recomputes_the_cache_once_when_it_switches_factors(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", pe="rope", rope_scaling=SCHEDULES["longrope"])).eval()
+    calls = []
+    recompute = model._recompute
+    monkeypatch.setattr(model, "_recompute", lambda *a: calls.append(a[0].shape) or recompute(*a))
+    cache, idx = model.new_cache(), tokens(1, 20)
+    model(idx[:, :4], cache=cache)
+    for i in range(4, 20):  # crosses the original context (8) at the 9th token, once
+        model(idx[:, i : i + 1], cache=cache)
+    assert len(calls) == 1 and cache.length == 20 and cache.tokens.shape == (1, 20)
 
 
 @torch.no_grad()

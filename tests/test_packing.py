@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from posenc import GPT, VARIANTS, GPTConfig
+from posenc import GPT, VARIANTS, GPTConfig, Mask
 from posenc.data import document_ids
 from posenc.packing import positions_in_documents
 
@@ -20,7 +20,16 @@ def model(variant: str, **extra) -> GPT:
     return GPT(GPTConfig.from_preset("tiny", pe=variant, **extra)).double().eval()
 
 
-MODELS = {v: model(v) for v in sorted(VARIANTS)}
+def chunked(variant: str, chunk: int = 4) -> GPT:
+    """``variant`` with every layer chunked (Llama 4): chunks count from each document's start."""
+    config = GPTConfig.from_preset("tiny", pe=variant).map_layers(
+        lambda i, layer: layer.replace(mask=Mask(chunk=chunk))
+    )
+    torch.manual_seed(0)
+    return GPT(config).double().eval()
+
+
+MODELS = {v: model(v) for v in sorted(VARIANTS)} | {f"{v}+chunk4": chunked(v) for v in ("rope", "alibi", "cope")}
 
 
 def tokens(n: int, seed: int) -> torch.Tensor:
@@ -28,7 +37,7 @@ def tokens(n: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(MODELS))
 @given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4), seed=st.integers(0, 1000))
 def test_a_packed_row_equals_separate_forwards_of_its_documents(variant, lengths, seed) -> None:
     m = MODELS[variant]
@@ -41,7 +50,7 @@ def test_a_packed_row_equals_separate_forwards_of_its_documents(variant, lengths
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(MODELS))
 def test_a_packed_row_decodes_chunk_by_chunk_as_in_one_forward(variant) -> None:
     m = MODELS[variant]
     row = tokens(14, 3)
@@ -62,7 +71,7 @@ def test_packing_changes_the_logits_of_later_documents() -> None:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(MODELS))
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_left_padded_generation_equals_each_row_alone(variant, use_cache) -> None:
     m = MODELS[variant]

@@ -56,7 +56,8 @@ def shifted(old: dict, kind: str, variant: str, by: float) -> dict:
 def test_a_revision_replaces_only_its_variants_and_is_recorded(kind, tmp_path):
     old = json.loads(COMMITTED[kind].read_text())
     revised = revise(old, shifted(old, kind, "fire", 0.25), "a test", "the command")
-    (r,) = revised["revisions"]
+    assert len(revised["revisions"]) == len(old.get("revisions", [])) + 1
+    r = revised["revisions"][-1]
     assert r["variants"] == ["fire"] and r["why"] == "a test" and r["source"]["command"] == "the new sweep"
     before, after = r["moved"]["fire"]["before"], r["moved"]["fire"]["after"]
     assert before != after and before.keys() == after.keys()
@@ -82,10 +83,10 @@ def test_a_revision_replaces_only_its_variants_and_is_recorded(kind, tmp_path):
 def test_a_table_revision_names_the_sentences_it_changed():
     old = json.loads(COMMITTED["table"].read_text())
     revised = revise(old, shifted(old, "table", "fire", -1.0), "fire became the best", "")
-    changed = revised["revisions"][0]["sentences_changed"]
+    changed = revised["revisions"][-1]["sentences_changed"]
     assert changed and any("FIRE" in a or "FIRE" in b for a, b in changed)
     same = revise(old, shifted(old, "table", "fire", 0.0), "nothing moved", "")
-    assert same["revisions"][0]["sentences_changed"] == []  # the control: no move, no changed sentence
+    assert same["revisions"][-1]["sentences_changed"] == []  # the control: no move, no changed sentence
 
 
 def test_a_json_of_another_study_or_training_is_refused():
@@ -109,21 +110,21 @@ def renamed(new: dict, kind: str, src: str, dst: str) -> dict:
     return json.loads(text)
 
 
-@pytest.mark.parametrize(("kind", "src"), [("table", "rope"), ("synthetic", "rope"), ("extension", "alibi")])
+@pytest.mark.parametrize(("kind", "src"), [("table", "gqa"), ("synthetic", "rope"), ("extension", "alibi")])
 def test_a_variant_the_page_lacks_is_added_beside_the_others(kind, src):
     old = json.loads(COMMITTED[kind].read_text())
-    new = renamed(shifted(old, kind, src, 0.0), kind, src, "fox")
-    revised = revise(old, new, "FoX added", "")
-    (r,) = revised["revisions"]
-    assert r["variants"] == [] and r["added"] == ["fox"] and r["moved"] == {}
+    new = renamed(shifted(old, kind, src, 0.0), kind, src, "newcomer")  # a variant no page has
+    revised = revise(old, new, "newcomer added", "")
+    r = revised["revisions"][-1]
+    assert r["variants"] == [] and r["added"] == ["newcomer"] and r["moved"] == {}
     if kind == "extension":
-        assert revised["rows"]["extrapolating/fox"]["loss"] == old["rows"][f"extrapolating/{src}"]["loss"]
+        assert revised["rows"]["extrapolating/newcomer"]["loss"] == old["rows"][f"extrapolating/{src}"]["loss"]
         assert all(revised["rows"][k] == v for k, v in old["rows"].items())
     else:
-        assert revised["variants"] == [*old["variants"], "fox"]
+        assert revised["variants"] == [*old["variants"], "newcomer"]
         table = "mean_accuracy" if kind == "synthetic" else "aggregate"
-        assert revised[table]["fox"] == old[table][src]
-    assert "GPT FoX added.** FoX added" in "\n".join(revisions_markdown(revised))
+        assert revised[table]["newcomer"] == old[table][src]
+    assert "newcomer added.** newcomer added" in "\n".join(revisions_markdown(revised))
 
 
 def test_a_full_rerun_replaces_the_page_and_keeps_its_history():
@@ -135,10 +136,24 @@ def test_a_full_rerun_replaces_the_page_and_keeps_its_history():
     new.pop("revisions")
     revised = revise(old, new, "rerun", "")
     assert {k: v for k, v in revised.items() if k != "revisions"} == new  # the rerun's own json
-    assert [r["why"] for r in revised["revisions"]] == ["an earlier revision", "rerun"]
+    assert [r["why"] for r in revised["revisions"][-2:]] == ["an earlier revision", "rerun"]
     last = revised["revisions"][-1]
     assert last["variants"] == old["variants"] and last["added"] == []
     assert last["moved"]["fire"]["after"]["val_loss"] == pytest.approx(
         last["moved"]["fire"]["before"]["val_loss"] + 0.25
     )
     assert last["moved"]["rope"]["after"] == last["moved"]["rope"]["before"]
+
+
+def test_a_full_rerun_may_bring_other_seeds_and_a_partial_one_may_not():
+    """A full rerun replaces every row, so it may have more seeds (the extension page went from
+    one seed to three); a revision of some rows must share the page's seeds."""
+    old = json.loads(COMMITTED["extension"].read_text())
+    new = copy.deepcopy(old)
+    new["seeds"] = [*old["seeds"], 99]
+    new.pop("revisions", None)
+    assert revise(old, new, "more seeds")["seeds"] == new["seeds"]
+    partial = copy.deepcopy(new)
+    partial["rows"] = {k: r for k, r in new["rows"].items() if k == "extrapolating/fire"}
+    with pytest.raises(ValueError, match="seeds"):
+        revise(old, partial, "x")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from posenc import GPT, CausalSelfAttention, GPTConfig
+from posenc import GPT, CausalSelfAttention, GPTConfig, LayerSpec
 from posenc.attention.kernel import attend
 from posenc.encodings.base import Weighting
 from posenc.encodings.stickbreaking import StickBreaking
@@ -88,3 +88,10 @@ def test_in_a_model_and_refusing_what_it_cannot_do():
         CausalSelfAttention(16, 2, pe=StickBreaking(), backend="sdpa")(torch.randn(1, 4, 16))
     with pytest.raises(ValueError, match="remainder"):
         StickBreaking(remainder="sink")
+
+
+def test_sinks_are_refused_when_the_layer_is_configured():
+    with pytest.raises(ValueError, match="sinks=True.* do not combine with pe='stickbreaking'"):
+        GPTConfig.from_preset("tiny", pe="stickbreaking", attention_options={"sinks": True})
+    with pytest.raises(ValueError, match="no softmax to put them in"):
+        LayerSpec(attention=CausalSelfAttention.Config(sinks=True), pe="stickbreaking")

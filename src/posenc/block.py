@@ -3,11 +3,15 @@
 Shapes: B batch, T tokens, C = n_embd, H the MLP's hidden width.
 
 - :class:`NormConfig`: LayerNorm (with or without bias) or RMSNorm, and its eps.
-- :class:`MLP` (``MLP.Config``): GPT-2's (c_fc -> tanh GELU -> c_proj) or Llama's SwiGLU
-  (c_proj(silu(w_gate x) * w_up x)).
-- :class:`Block` (``Block.Config``: norm + MLP): pre-norm, ``x + attn(ln_1(x))`` then
-  ``x + mlp(ln_2(x))``; its attention and encoding come from the layer's
-  :class:`~posenc.config.LayerSpec`.
+- :class:`MLP` (``MLP.Config``): GPT-2's (c_fc -> tanh GELU -> c_proj), the same with the exact
+  erf GELU (GPT-NeoX/Pythia), Llama's SwiGLU (c_proj(silu(w_gate x) * w_up x)) or Gemma's GeGLU
+  (tanh GELU in place of SiLU).
+- :class:`Block` (``Block.Config``: norm + MLP + residual layout): pre-norm, ``x + attn(ln_1(x))``
+  then ``x + mlp(ln_2(x))``, or parallel (GPT-NeoX, GPT-J, Phi, Cohere):
+  ``x + attn(ln_1(x)) + mlp(ln_2(x))``; with ``post_norm`` each branch's output is normalised
+  before it joins the residual (``post_attn_norm``, ``post_mlp_norm``: Gemma 2/3 beside the
+  pre-norms, OLMo 2/3 instead of them, ``pre_norm=False``); its attention and encoding come from
+  the layer's :class:`~posenc.config.LayerSpec`.
 
 Parameter names (``ln_1``, ``attn``, ``ln_2``, ``mlp.c_fc``, ...) are nanoGPT's: initial weights are
 seeded by name, and checkpoints load by name.
@@ -15,6 +19,7 @@ seeded by name, and checkpoints load by name.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch.nn.functional as F
@@ -24,7 +29,9 @@ from posenc.attention.base import LayerKVCache
 from posenc.spec import Spec, check_bool, check_choice, check_int, check_number, spec
 
 NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
-MLPS: tuple[str, ...] = ("gelu", "swiglu")
+MLPS: tuple[str, ...] = ("gelu", "gelu_exact", "swiglu", "geglu")
+#: gated MLPs: c_proj(act(w_gate x) * w_up x), SiLU (Llama) or tanh GELU (Gemma)
+GATED: tuple[str, ...] = ("swiglu", "geglu")
 
 
 @spec
@@ -47,15 +54,17 @@ class NormConfig(Spec):
 
 
 class MLP(nn.Module):
-    """GPT-2's MLP (``kind="gelu"``: c_fc -> tanh GELU -> c_proj) or Llama's (``"swiglu"``:
-    c_proj(silu(w_gate x) * w_up x)), of hidden width ``Config.width(C)``."""
+    """GPT-2's MLP (``kind="gelu"``: c_fc -> tanh GELU -> c_proj; ``"gelu_exact"``: the erf GELU,
+    Hugging Face's ``"gelu"``), Llama's (``"swiglu"``: c_proj(silu(w_gate x) * w_up x)) or Gemma's
+    (``"geglu"``: the same with the tanh GELU), of hidden
+    width ``Config.width(C)``."""
 
     @spec
     class Config(Spec):
         """``kind``, the hidden width ``hidden`` (None: 4 C for GELU, 8 C / 3 rounded up to 64 for
         SwiGLU) and biases on its projections."""
 
-        kind: Literal["gelu", "swiglu"] = "gelu"
+        kind: Literal["gelu", "gelu_exact", "swiglu", "geglu"] = "gelu"
         hidden: int | None = None
         bias: bool = True
 
@@ -67,38 +76,47 @@ class MLP(nn.Module):
         def width(self, n_embd: int) -> int:
             if self.hidden is not None:
                 return self.hidden
-            return 4 * n_embd if self.kind == "gelu" else 64 * -(-8 * n_embd // (3 * 64))
+            return 4 * n_embd if self.kind not in GATED else 64 * -(-8 * n_embd // (3 * 64))
 
     def __init__(self, n_embd: int, config: Config | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         config = MLP.Config() if config is None else config
         C, H = n_embd, config.width(n_embd)
-        self.swiglu = config.kind == "swiglu"
-        if self.swiglu:
+        self.gated = config.kind in GATED
+        self.act = F.silu if config.kind == "swiglu" else functools.partial(F.gelu, approximate="tanh")
+        if self.gated:
             self.w_gate = nn.Linear(C, H, bias=config.bias)
             self.w_up = nn.Linear(C, H, bias=config.bias)
         else:
             self.c_fc = nn.Linear(C, H, bias=config.bias)
-            self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+            # GPT-2's "gelu_new" (tanh) or the exact erf GELU
+            self.gelu = nn.GELU(approximate="none" if config.kind == "gelu_exact" else "tanh")
         self.c_proj = nn.Linear(H, C, bias=config.bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.silu(self.w_gate(x)) * self.w_up(x) if self.swiglu else self.gelu(self.c_fc(x))  # (B, T, H)
+        h = self.act(self.w_gate(x)) * self.w_up(x) if self.gated else self.gelu(self.c_fc(x))  # (B, T, H)
         return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; with
+    ``Config.parallel``, ``x + attn(ln_1(x)) + mlp(ln_2(x))``."""
 
     @spec
     class Config(Spec):
-        """The block around attention: its norms and its MLP."""
+        """The block around attention: its norms, its MLP and whether attention and MLP read the
+        same input (``parallel``, GPT-NeoX's ``use_parallel_residual``) or one after the other."""
 
         norm: NormConfig = NormConfig()
         mlp: MLP.Config = MLP.Config()
+        parallel: bool = False
+        pre_norm: bool = True
+        post_norm: bool = False
 
         def __post_init__(self) -> None:
+            for name in ("parallel", "pre_norm", "post_norm"):
+                check_bool("Block.Config", name, getattr(self, name))
             if not isinstance(self.norm, NormConfig):
                 object.__setattr__(self, "norm", NormConfig.from_dict(self.norm))
             if not isinstance(self.mlp, MLP.Config):
@@ -106,10 +124,15 @@ class Block(nn.Module):
 
     def __init__(self, n_embd: int, config: Config, attn: nn.Module, dropout: float = 0.0) -> None:
         super().__init__()
-        self.ln_1 = config.norm.build(n_embd)
+        pre = (lambda: config.norm.build(n_embd)) if config.pre_norm else nn.Identity
+        self.ln_1 = pre()
         self.attn = attn
-        self.ln_2 = config.norm.build(n_embd)
+        self.ln_2 = pre()
         self.mlp = MLP(n_embd, config.mlp, dropout)
+        if config.post_norm:
+            self.post_attn_norm = config.norm.build(n_embd)
+            self.post_mlp_norm = config.norm.build(n_embd)
+        self.parallel, self.post_norm = config.parallel, config.post_norm
 
     def forward(
         self,
@@ -118,5 +141,12 @@ class Block(nn.Module):
         cache: LayerKVCache | None = None,
         segments: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), positions, cache, segments)
-        return x + self.mlp(self.ln_2(x))
+        a = self.attn(self.ln_1(x), positions, cache, segments)
+        if self.post_norm:
+            a = self.post_attn_norm(a)
+        if not self.parallel:
+            x = x + a
+        m = self.mlp(self.ln_2(x))
+        if self.post_norm:
+            m = self.post_mlp_norm(m)
+        return x + a + m if self.parallel else x + m

@@ -163,6 +163,35 @@ def run_eval(args: argparse.Namespace) -> int:
     return guarded(go)
 
 
+def export_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Write a run's latest checkpoint as a Hugging Face model folder (config.json, model.safetensors) "
+        "in the family that expresses it exactly (GPT-2, GPT-NeoX, Llama, Qwen3, SmolLM3).",
+    )
+    p.add_argument("run_dir", help="a run folder written by posenc train")
+    p.add_argument("--hf", required=True, metavar="OUT_DIR", help="the folder to write (new or empty)")
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from posenc.checkpoint import load_checkpoint
+    from posenc.config import GPTConfig
+    from posenc.hf.export import save_hf
+    from posenc.model import GPT
+
+    def go() -> int:
+        ckpt = load_checkpoint(args.run_dir, map_location="cpu")
+        model = GPT(GPTConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        hf = model.eval().to_hf()
+        save_hf(hf, args.hf)
+        print(f"wrote {args.hf}: {hf.config.model_type} ({type(hf).__name__})")
+        return 0
+
+    return guarded(go)
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -170,6 +199,7 @@ COMMANDS = {
     "train": "pretrain a GPT",
     "compare": "train and compare every encoding",
     "eval": "evaluate a run at 1x-16x its context",
+    "export": "write a run's model as a Hugging Face model folder",
 }
 
 
@@ -195,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_prepare(rest, prog)
     if command == "eval":
         return run_eval(eval_parser(prog).parse_args(rest))
+    if command == "export":
+        return run_export(export_parser(prog).parse_args(rest))
     from posenc import sweep
 
     return sweep.run(rest, prog=prog)

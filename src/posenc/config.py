@@ -149,8 +149,8 @@ class GPTConfig(Spec):
         return {"layer_codes": "".join(self.layer_codes)} | {k: v for k, v in self.to_dict().items() if k in STRUCTURE}
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float16) -> int:
-        """Bytes one token adds to the KV cache over all layers (each layer's attention says its own)."""
-        return sum(layer.attention.cache_bytes_per_token(self.dims, dtype) for layer in self.layers)
+        """Bytes one token adds to the KV cache over all layers (each layer says its own)."""
+        return sum(layer.cache_bytes_per_token(self.dims, dtype) for layer in self.layers)
 
     def build_layers(self) -> nn.ModuleList:
         return nn.ModuleList(layer.build(self.dims, self.dropout) for layer in self.layers)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from posenc.attention import CausalSelfAttention, attention_config
 from posenc.attention import name_of as attention_name
 from posenc.attention.base import AttentionConfig
@@ -21,7 +23,7 @@ from posenc.encodings import ENCODINGS, encoding_config
 from posenc.encodings import name_of as encoding_name
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
-from posenc.spec import Spec, check_bool, set_field, spec
+from posenc.spec import Spec, check_bool, check_number, set_field, spec
 
 
 def component(value: Any, cls: type, from_value: Callable[[Any], Any]) -> Any:
@@ -56,6 +58,11 @@ class LayerSpec(Spec):
             raise ValueError(
                 f"LayerSpec.pe={self.encoding!r} acts at the model input; give it as the embedding's input_pe"
             )
+        if self.attention.sinks and not self.pe.encoding.takes_sinks:
+            raise ValueError(
+                f"LayerSpec: attention sinks (the attention config's sinks=True) do not combine with "
+                f"pe={self.encoding!r}, which has no softmax to put them in; drop sinks=True for this layer"
+            )
 
     @property
     def encoding(self) -> str:
@@ -71,6 +78,11 @@ class LayerSpec(Spec):
         self.attention.check(dims, self.pe)
         self.pe.check(self.attention.encoding_dims(dims))
 
+    def cache_bytes_per_token(self, dims: ModelDims, dtype: torch.dtype = torch.float16) -> int:
+        """Bytes one token adds to this layer's cache: its attention's keys and values (in ``dtype``)
+        and its encoding's float32 features (FoX's running gate sum), one set per query head."""
+        return self.attention.cache_bytes_per_token(dims, dtype) + dims.n_head * self.pe.encoding.cached_features * 4
+
     def build(self, dims: ModelDims, dropout: float) -> Block:
         pe = self.pe.build(self.attention.encoding_dims(dims))
         attn = self.attention.build(dims, pe=pe, mask=self.mask, dropout=dropout)
@@ -82,12 +94,19 @@ class LayerSpec(Spec):
 
 @spec
 class EmbeddingConfig(Spec):
-    """The token embedding's companion: the table added at the input (``input_pe``, an encoding
-    with ``where="input"``), or None."""
+    """The token embedding's companions: the table added at the input (``input_pe``, an encoding
+    with ``where="input"``), or None; and a norm of the embeddings (``norm``: BLOOM's
+    ``word_embeddings_layernorm``), or None; and a factor on the token embeddings (``scale``: Gemma's
+    sqrt(n_embd))."""
 
     input_pe: EncodingConfig | None = None
+    norm: NormConfig | None = None
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
+        check_number("EmbeddingConfig", "scale", self.scale, low=0)
+        if self.norm is not None:
+            set_field(self, "norm", component(self.norm, NormConfig, NormConfig.from_dict))
         if self.input_pe is None:
             return
         set_field(self, "input_pe", component(self.input_pe, EncodingConfig, encoding_config))
@@ -104,16 +123,26 @@ class EmbeddingConfig(Spec):
         return None if self.input_pe is None else self.input_pe.build(dims)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"input_pe": None if self.input_pe is None else named(self.input_pe)}
+        norm = None if self.norm is None else self.norm.to_dict()
+        return {"input_pe": None if self.input_pe is None else named(self.input_pe), "norm": norm, "scale": self.scale}
 
 
 @spec
 class HeadConfig(Spec):
-    """The final norm (``ln_f``) and the LM head, tied to the token embedding unless ``tie_embeddings=False``."""
+    """The final norm (``ln_f``) and the LM head, tied to the token embedding unless
+    ``tie_embeddings=False``, with a bias on the logits when ``bias`` (GPT-J, Phi) and the logits
+    multiplied by ``logit_scale`` (Cohere's) and soft-capped at ``softcap`` (Gemma 2's
+    ``cap * tanh(logits / cap)``)."""
 
     norm: NormConfig = NormConfig()
     tie_embeddings: bool = True
+    bias: bool = False
+    logit_scale: float = 1.0
+    softcap: float | None = None
 
     def __post_init__(self) -> None:
         set_field(self, "norm", component(self.norm, NormConfig, NormConfig.from_dict))
         check_bool("HeadConfig", "tie_embeddings", self.tie_embeddings)
+        check_bool("HeadConfig", "bias", self.bias)
+        check_number("HeadConfig", "logit_scale", self.logit_scale, low=0)
+        check_number("HeadConfig", "softcap", self.softcap, low=0, optional=True)

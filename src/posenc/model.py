@@ -2,6 +2,15 @@
 carries its own positional encoding, and a tied language-model head.
 
 Shapes: B batch, T tokens, C = n_embd, V = vocab_size, nh heads, hs head size.
+
+Cached decoding equals the uncached forward for every encoding. A length-dependent rotation (dynamic
+NTK or LongRoPE past the original context, xPos) changes with the total length; re-rotating the
+cached keys of a layer is not enough, since the hidden states of every cached token in the layers
+above were computed under the old rotation. So the cache keeps the tokens it has seen and their
+positions, and when any layer's ``rotation_state`` at the new total length differs from the one
+they were computed under, the forward recomputes the whole sequence into the cache (Hugging Face
+does the same for Phi-3 when LongRoPE switches factors, its PR 33129). LongRoPE recomputes once,
+at the step that crosses the original context; dynamic NTK and xPos at every step past it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.attention import KVCache
+from posenc.attention.base import append_positions
 from posenc.block import MLP, Block, NormConfig
 from posenc.config import GPTConfig
 from posenc.encodings.base import PositionalEncoding, check_positions
@@ -88,10 +98,12 @@ class GPT(nn.Module):
         init_seed = int(torch.randint(0, 2**31 - 1, ()))
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = config.embedding.build(config.dims)
+        self.ln_emb = None if config.embedding.norm is None else config.embedding.norm.build(config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = config.build_layers()
         self.ln_f = config.head.norm.build(config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.length_dependent = any(block.attn.pe.length_dependent for block in self.blocks)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head.bias)
         if config.head.tie_embeddings:
             self.wte.weight = self.lm_head.weight
         self.init_weights(init_seed)
@@ -146,11 +158,19 @@ class GPT(nn.Module):
                 raise TypeError(f"targets must hold integer token ids, got dtype {targets.dtype}")
             _check_range(targets, -1, V, f"targets must be in [0, vocab_size={V}) or -1 (ignored)")
         if positions is not None:
-            check_positions(positions, None)
-            T = idx.shape[1]
-            if positions.shape[-1] != T or (positions.dim() == 2 and positions.shape[0] != idx.shape[0]):
+            check_positions(positions, None, axes=True)
+            (B, T), dim = idx.shape, positions.dim()
+            if positions.shape[-1] != T or (dim > 1 and positions.shape[-2] != B):
                 raise ValueError(
-                    f"positions must have shape ({T},) or {tuple(idx.shape)}, got {tuple(positions.shape)}"
+                    f"positions must have shape ({T},), {tuple(idx.shape)} or (n_axes, {B}, {T}), "
+                    f"got {tuple(positions.shape)}"
+                )
+            axes = positions.shape[0] if dim == 3 else 1
+            encodings = ([self.wpe] if self.wpe is not None else []) + [block.attn.pe for block in self.blocks]
+            if wrong := sorted({type(pe).__name__ for pe in encodings if pe.position_axes not in (None, axes)}):
+                raise ValueError(
+                    f"positions of shape {tuple(positions.shape)} give {axes} position axes, which {wrong} "
+                    "do not read (M-RoPE: RotaryEmbedding with an mrope_section of that many axes)"
                 )
 
     def forward(
@@ -169,6 +189,10 @@ class GPT(nn.Module):
             self._check_inputs(idx, targets, positions)
         B, T = idx.shape
         past = 0 if cache is None else cache.length
+        if cache is not None and self.length_dependent:
+            state = tuple(block.attn.pe.rotation_state(past + T) for block in self.blocks)
+            if past and cache.rotation != state:
+                return self._recompute(idx, targets, positions, cache, document_ids)
         segments = None
         if document_ids is not None or (cache is not None and cache.segments is not None):
             segments, doc_positions = self._segments(idx, document_ids, cache)
@@ -176,14 +200,27 @@ class GPT(nn.Module):
         if positions is None and past:
             positions = torch.arange(past, past + T, device=idx.device)
         x = self.wte(idx)  # (B, T, C)
+        if self.config.embedding.scale != 1.0:
+            x = x * torch.tensor(self.config.embedding.scale, dtype=x.dtype)
         if self.wpe is not None:
             x = x + self.wpe.embed(torch.arange(T, device=idx.device) if positions is None else positions)
+        if self.ln_emb is not None:
+            x = self.ln_emb(x)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, positions, None if cache is None else cache.layers[i], segments)
         if segments is not None and cache is not None:
             cache.segments = segments[1]
+        if cache is not None and self.length_dependent:  # what a recompute needs
+            seen = positions if positions is not None else torch.arange(T, device=idx.device)
+            cache.tokens = idx if cache.tokens is None else torch.cat((cache.tokens, idx), dim=1)
+            cache.positions = seen if cache.positions is None else append_positions(cache.positions, seen, B)
+            cache.rotation = state
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        if self.config.head.logit_scale != 1.0:
+            logits = logits * self.config.head.logit_scale
+        if self.config.head.softcap is not None:
+            logits = self.config.head.softcap * torch.tanh(logits / self.config.head.softcap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -212,6 +249,36 @@ class GPT(nn.Module):
                 else check_document_ids(torch.cat((past, ids), dim=1), (idx.shape[0], past.shape[1] + idx.shape[1]))
             )
         return (ids, keys), positions_in_documents(keys)[:, -idx.shape[1] :]
+
+    def _recompute(
+        self, idx: Tensor, targets: Tensor | None, positions: Tensor | None, cache: KVCache, document_ids: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The forward of the cached tokens and ``idx`` together, into an emptied ``cache``; the new
+        tokens' logits (module docstring)."""
+        B, T = idx.shape
+        tokens, seen, ids = cache.tokens, cache.positions, cache.segments
+        if positions is None:  # as the cached path would place them
+            positions = self._segments(idx, document_ids, cache)[1] if ids is not None else None
+            if positions is None:
+                positions = torch.arange(cache.length, cache.length + T, device=idx.device)
+        if ids is not None:
+            new = document_ids if document_ids is not None else ids[:, -1:].expand(-1, T)
+            document_ids = torch.cat((ids, new), dim=1)
+        fresh = self.new_cache()
+        cache.layers, cache.segments, cache.tokens, cache.positions, cache.rotation = (
+            fresh.layers,
+            None,
+            None,
+            None,
+            None,
+        )
+        full = torch.cat((tokens, idx), dim=1)
+        logits, _ = self(full, positions=append_positions(seen, positions, B), cache=cache, document_ids=document_ids)
+        logits = logits[:, -T:]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
 
     def new_cache(self) -> KVCache:
         return KVCache([block.attn.new_cache() for block in self.blocks])
@@ -298,6 +365,14 @@ class GPT(nn.Module):
         model = cls(config)
         model.load_state_dict(weights, strict=True)
         return model
+
+    def to_hf(self) -> nn.Module:
+        """This model as a Hugging Face causal LM with the same logits (float32, eval mode), in the
+        first family that expresses it exactly (GPT-2, GPT-NeoX, Llama, Qwen3, SmolLM3); refused,
+        with each family's reason, when none does. See :mod:`posenc.hf.export`."""
+        from posenc.hf.export import to_hf
+
+        return to_hf(self)
 
 
 def _check_range(t: Tensor, lo: int, hi: int, message: str) -> None:

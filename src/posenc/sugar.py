@@ -23,14 +23,17 @@ names the flat field it came from. Only the sugar's own fields and rules are che
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from posenc.attention import attention_class
+from posenc.attention.core import QK_NORM_TYPES
 from posenc.attention.mask import Mask
 from posenc.block import MLP, Block, NormConfig
 from posenc.encodings import ENCODINGS, codes, encoding_class
 from posenc.encodings.base import EncodingConfig, ModelDims
+from posenc.encodings.rope import RotaryEmbedding
 from posenc.layer import EmbeddingConfig, HeadConfig, LayerSpec
 from posenc.spec import check_bool, check_choice, check_int
 from posenc.variants import variant, variant_names
@@ -113,7 +116,7 @@ def resolve(dims: ModelDims, sugar: Mapping[str, Any]) -> dict[str, Any]:
         check_bool("GPTConfig", name, f[name])
     for name in ("qkv_bias", "proj_bias", "mlp_bias"):
         check_bool("GPTConfig", name, f[name], optional=True)
-    check_choice("GPTConfig", "qk_norm_type", f["qk_norm_type"], ("rms", "l2"))
+    check_choice("GPTConfig", "qk_norm_type", f["qk_norm_type"], QK_NORM_TYPES)
     _check_pe_options(f["pe_options"])
     input_pe, names, windows = _encodings(f, dims.n_layer)
     attention = _attention(f)
@@ -164,6 +167,13 @@ def _with_variant(f: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]
         raise ValueError(f"GPTConfig.pe must be one of {variant_names()}, got {f['pe']!r}")
     for name, value in variant(f["pe"]).model.items():
         mine = given.get(name, DEFAULTS[name])
+        if (
+            isinstance(value, Mapping)
+            and isinstance(mine, Mapping)
+            and all(mine.get(k, v) == v for k, v in value.items())
+        ):
+            f[name] = dict(mine) | dict(value)  # options added to the variant's, none contradicting them
+            continue
         if mine != DEFAULTS[name] and mine != value:
             raise ValueError(f"GPTConfig: pe={f['pe']!r} sets {name}={value!r}, but {name}={mine!r} was given")
         f[name] = value
@@ -256,23 +266,23 @@ def _check_pe_options(options: Any) -> None:
             raise ValueError(f"GPTConfig.pe_options has unknown encoding {name!r}; known: {sorted(ENCODINGS)}")
         if not isinstance(opts, Mapping):
             raise TypeError(f"GPTConfig.pe_options[{name!r}] must be a mapping, got {opts!r}")
-        if name == "rope" and (taken := sorted(set(opts) & set(ROPE_FIELDS.values()))):
+        if _is_rope(encoding_class(name).Config) and (taken := sorted(set(opts) & set(ROPE_FIELDS.values()))):
             flat = [k for k, v in ROPE_FIELDS.items() if v in taken]
             raise ValueError(
-                f"GPTConfig.pe_options['rope'] sets {taken}: use the fields {', '.join(flat)} "
-                "(pe_options['rope'] is for RoPE's other options, e.g. p_rope, xpos)"
+                f"GPTConfig.pe_options[{name!r}] sets {taken}: use the fields {', '.join(flat)} "
+                f"(pe_options[{name!r}] is for RoPE's other options, e.g. p_rope, xpos)"
             )
 
 
 def _encoding(name: str, f: dict[str, Any], dims: ModelDims) -> EncodingConfig:
     options = dict((f["pe_options"] or {}).get(name, {}))
     config_cls = encoding_class(name).Config
-    fields = set(config_cls.__dataclass_fields__)
+    fields = _fields(config_cls)
     if unknown := sorted(set(options) - fields):
         raise ValueError(
-            f"GPTConfig.pe_options[{name!r}] has unknown option(s) {unknown}; {name} takes {sorted(fields)}"
+            f"GPTConfig.pe_options[{name!r}] has unknown option(s) {unknown}; {name} takes {sorted(fields) or 'no options'}"
         )
-    if name != "rope":
+    if not _is_rope(config_cls):
         return config_cls(**options)
     rope = {field: f[flat] for flat, field in ROPE_FIELDS.items()}
     if rope["scaling"] is not None:
@@ -305,24 +315,38 @@ def _fails(make: Any) -> bool:
     return False
 
 
+def _is_rope(config_cls: type) -> bool:
+    """RoPE's config or one that extends it (FoX with RoPE): the rope_* fields set it."""
+    return issubclass(config_cls, RotaryEmbedding.Config)
+
+
+def _fields(config_cls: type) -> set[str]:
+    """The options a config takes (its dataclass fields, not its class variables)."""
+    return {f.name for f in dataclasses.fields(config_cls)}
+
+
 def _check_rope_fields(f: dict[str, Any], encodings: dict[str, EncodingConfig]) -> None:
-    if "rope" not in encodings:
+    if not any(_is_rope(type(c)) for c in encodings.values()):
         for name in ("rotary_dim", "rope_scaling"):
             if f[name] is not None:
                 raise ValueError(f"GPTConfig.{name}={f[name]!r} is set but no layer uses RoPE")
+    if unused := sorted(set(f["pe_options"] or {}) - set(encodings)):
+        raise ValueError(
+            f"GPTConfig.pe_options has options for {unused}, which no layer uses; the layers use {sorted(encodings)}"
+        )
 
 
 def _attention(f: dict[str, Any]) -> Any:
     name = f["attention"]
     cls = _blame("attention", name, lambda: attention_class(name))
-    fields = set(cls.Config.__dataclass_fields__)
+    fields = _fields(cls.Config)
     options: dict[str, Any] = {k: f["bias"] for k in ("bias", "qkv_bias", "proj_bias") if k in fields}
     for field in ATTENTION_FIELDS:
         value = f[field]
-        if value is None or value is False:
+        if value is None or (value is False and field not in fields):  # off, for an attention without it
             continue
         if field not in fields:
-            owners = [n for n in _attention_names() if field in attention_class(n).Config.__dataclass_fields__]
+            owners = [n for n in _attention_names() if field in _fields(attention_class(n).Config)]
             raise ValueError(
                 f"GPTConfig.{field}={value!r} is an option of attention={owners[0]!r}, not of attention={name!r}"
             )
@@ -335,7 +359,9 @@ def _attention(f: dict[str, Any]) -> Any:
     if not isinstance(extra, Mapping):
         raise TypeError(f"GPTConfig.attention_options must be a mapping, got {extra!r}")
     if unknown := sorted(set(extra) - fields):
-        raise ValueError(f"GPTConfig.attention_options has unknown option(s) {unknown}; {name} takes {sorted(fields)}")
+        raise ValueError(
+            f"GPTConfig.attention_options has unknown option(s) {unknown}; {name} takes {sorted(fields) or 'no options'}"
+        )
     return cls.Config(**(options | dict(extra)))
 
 

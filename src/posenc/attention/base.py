@@ -104,6 +104,10 @@ class KVCache:
     def __init__(self, layers: int | list) -> None:
         self.layers = [LayerKVCache() for _ in range(layers)] if isinstance(layers, int) else list(layers)
         self.segments: Tensor | None = None  # (B, T_past) document ids, when the model packs documents
+        # kept only for models with a length-dependent rotation, which recompute when it changes
+        self.tokens: Tensor | None = None  # (B, T_past) token ids
+        self.positions: Tensor | None = None  # (T_past,) or (B, T_past) their positions
+        self.rotation: tuple | None = None  # every layer's rotation_state when they were computed
 
     @property
     def length(self) -> int:
@@ -157,11 +161,15 @@ class Attention(nn.Module):
 
     @staticmethod
     def default_positions(x: Tensor, positions: Tensor | None, past: int) -> tuple[Tensor | None, Tensor]:
-        """(positions as given or ``past + arange(T)`` after a cache, the queries' positions)."""
+        """(positions as given or ``past + arange(T)`` after a cache, the queries' positions). With
+        several position axes (M-RoPE's (axes, B, T)) the queries' positions for masks and caches are
+        their order, ``past + arange(T)``, as Hugging Face's masks are."""
         T = x.shape[1]
         if positions is None and past:
             positions = torch.arange(past, past + T, device=x.device)
-        return positions, torch.arange(T, device=x.device) if positions is None else positions
+        if positions is None:
+            return None, torch.arange(T, device=x.device)
+        return positions, torch.arange(past, past + T, device=x.device) if positions.dim() == 3 else positions
 
     def features(self, x: Tensor, cache: LayerKVCache | None) -> tuple[Tensor | None, Tensor | None]:
         """The encoding's (new tokens', all keys') token features; cached beside the keys."""

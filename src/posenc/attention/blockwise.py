@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from posenc.attention.mask import Mask, as_mask, visible
+from posenc.attention.mask import Mask, as_mask, document_starts, visible
 from posenc.encodings.base import SOFTMAX, Weighting
 
 #: (q_positions, k_positions, q_features, k_features) of a tile -> additive float bias (nh, bq, bk) or
@@ -55,6 +55,22 @@ ScoreBias = Callable[..., "Tensor | None"]
 #: (q block (B, nh, bq, hs), its scaled scores (B, nh, bq, span), the visibility mask, scale) -> additive
 #: bias (B, nh, bq, span) or None. An encoding's ``content_bias`` (CoPE).
 ContentBias = Callable[[Tensor, Tensor, Tensor, float], "Tensor | None"]
+
+
+#: The most elements of one tile's scores (B, nh, bq, span) that ``block_q=None`` allows: 2**19
+#: (2 MiB in float32). Every intermediate of a tile (bias, weights, their gradients) is this size,
+#: so it bounds the kernel's working memory beside the O(T) inputs and outputs.
+TILE_BUDGET: int = 2**19
+
+
+def query_block(B: int, nh: int, Tk: int, budget: int | None = None) -> int:
+    """The query block size for ``Tk`` keys: the largest power of two from 16 to 128 whose tile
+    (B, nh, bq, Tk) has at most ``budget`` (default :data:`TILE_BUDGET`) elements; 16 at least."""
+    budget = TILE_BUDGET if budget is None else budget
+    bq = 128
+    while bq > 16 and B * nh * bq * Tk > budget:
+        bq //= 2
+    return bq
 
 
 def _check_inputs(
@@ -217,7 +233,7 @@ def blockwise_attention(
     sinks: Tensor | None = None,
     weighting: Weighting = SOFTMAX,
     dropout_p: float = 0.0,
-    block_q: int = 128,
+    block_q: int | None = None,
     block_k: int = 128,
 ) -> Tensor:
     """Exact causal attention for q (B, nh, Tq, hs) against k (B, n_kv, Tk, hs), v (B, n_kv, Tk, dv)
@@ -228,7 +244,8 @@ def blockwise_attention(
     receives, block by block; they default to ``arange(Tk - Tq, Tk)`` and ``arange(Tk)``; so are
     ``q_features``/``k_features`` (..., Tq, F) / (..., Tk, F). ``scale`` defaults to 1/sqrt(hs).
     ``block_q``/``block_k``: tile sizes; a query block reads whole key blocks, so the key span is
-    rounded out to multiples of ``block_k``.
+    rounded out to multiples of ``block_k``. ``block_q=None`` sizes the query blocks so that one
+    tile's scores stay within :data:`TILE_BUDGET` elements (:func:`query_block`).
     """
     q_segments, k_segments = _check_inputs(q, k, v, q_segments, k_segments, key_padding_mask, dropout_p)
     mask = as_mask(window, chunk)
@@ -237,6 +254,9 @@ def blockwise_attention(
         raise ValueError(
             "stick-breaking attention takes no sinks: the stick left over already goes nowhere or to the query"
         )
+    if block_q is None:  # a window bounds the keys a query block reads: size the block by that span
+        span = k.shape[2] if mask.window is None else min(k.shape[2], mask.window + 2 * block_k)
+        block_q = query_block(q.shape[0], q.shape[1], span)
     if block_q <= 0 or block_k <= 0:
         raise ValueError(f"block_q and block_k must be positive, got {block_q} and {block_k}")
     Tq, Tk = q.shape[2], k.shape[2]
@@ -247,16 +267,20 @@ def blockwise_attention(
     # one split per tensor: backward assembles each gradient once, instead of one full-size
     # zero-filled gradient per query block that a slice would cost
     k_chunks, v_chunks = k.split(block_k, dim=2), v.split(block_k, dim=2)
-    # Recompute tiles in backward (saving none) unless the tiles are few: a local mask without a
-    # bias keeps T x (window + block_k) scores in all, linear in T, and saving them halves the work.
-    recompute = torch.is_grad_enabled() and not (score_bias is None and content_bias is None and mask.local)
+    # Recompute tiles in backward, saving none: even a window's T x (window + block_k) saved scores
+    # took the layer to 2.6x the RoPE layer's memory at T=4096 (docs/attention.md); with query blocks
+    # sized by the window's span the recompute costs no more time than SDPA's causal kernel there.
+    recompute = torch.is_grad_enabled()
     rows = dict(q_positions=q_positions, k_positions=k_positions, q_features=q_features, k_features=k_features)
     rows |= dict(q_segments=q_segments, k_segments=k_segments, key_padding_mask=key_padding_mask, device=q.device)
+    rows |= _starts(mask, k_segments, Tq)
+    # chunks counted from each document's start need not align with the row's: bound by the window only
+    bound = Mask(window=mask.window) if rows["k_starts"] is not None else mask
     outputs = []
     for n, q_blk in enumerate(q.split(block_q, dim=2)):
         q_lo = n * block_q
         first, last = Tk - Tq + q_lo, Tk - Tq + q_lo + q_blk.shape[2] - 1  # global indices of the block's queries
-        c_lo, c_hi = mask.first_key(first) // block_k, last // block_k + 1  # key chunks [c_lo, c_hi)
+        c_lo, c_hi = bound.first_key(first) // block_k, last // block_k + 1  # key chunks [c_lo, c_hi)
         k_lo, k_hi = c_lo * block_k, min(c_hi * block_k, Tk)
         allowed, pos, feat = _block(rows, q_lo, q_lo + q_blk.shape[2], first, k_lo, k_hi, mask, weighting, score_bias)
         args = (q_blk, k_chunks[c_lo:c_hi], v_chunks[c_lo:c_hi], *pos, *feat, allowed, score_bias, content_bias, scale)
@@ -266,6 +290,15 @@ def blockwise_attention(
         else:
             outputs.append(_tile(*args))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (B, nh, Tq, dv)
+
+
+def _starts(mask: Mask, k_segments: Tensor | None, Tq: int) -> dict[str, Tensor | None]:
+    """Each token's document start, for a chunked mask over packed documents (the queries are the
+    last Tq keys); None otherwise."""
+    if mask.chunk is None or k_segments is None:
+        return {"q_starts": None, "k_starts": None}
+    k_starts = document_starts(k_segments)
+    return {"q_starts": k_starts[:, k_starts.shape[1] - Tq :], "k_starts": k_starts}
 
 
 def _block(
@@ -284,6 +317,8 @@ def _block(
         k_segments=None if k_seg is None else k_seg[:, k_lo:k_hi],
         key_padding_mask=None if pad is None else pad[:, k_lo:k_hi],
         itself=weighting.kind != "stickbreaking" or weighting.attend_current,
+        q_starts=None if rows["q_starts"] is None else rows["q_starts"][:, q_lo:q_hi],
+        k_starts=None if rows["k_starts"] is None else rows["k_starts"][:, k_lo:k_hi],
     )
     pos = feat = (None, None)
     if score_bias is not None:

@@ -15,6 +15,7 @@ blockwise path, linear in memory (docs/attention.md).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ from posenc.attention.kernel import attend
 from posenc.attention.mask import Mask
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
-from posenc.spec import check_bool, check_choice, check_int, spec
+from posenc.spec import check_bool, check_choice, check_int, check_number, spec
 
 __all__ = [
     "CausalSelfAttention",
@@ -40,28 +41,43 @@ __all__ = [
     "causal_attention",
 ]
 
-QKNormType = Literal["rms", "l2"]
-QK_NORM_TYPES: tuple[str, ...] = ("rms", "l2")
+QKNormType = Literal["rms", "rms_full", "l2"]
+QK_NORM_TYPES: tuple[str, ...] = ("rms", "rms_full", "l2")
 
 
 class QKNorm(nn.Module):
     """Normalise q and k per head before the dot product.
 
     - ``"rms"``: RMSNorm over the head dimension with a learnable gain (separate for q and k,
-      shared by heads), eps 1e-6; attention keeps the 1/sqrt(hs) scale (OLMo 2, Qwen3, Gemma 3).
+      shared by heads), eps 1e-6; attention keeps the 1/sqrt(hs) scale (Qwen3, Gemma 3).
+    - ``"rms_full"``: RMSNorm over the whole projection before the head split -- all heads of q
+      (nh x hs channels) together, all key heads of k together -- with one gain per channel, eps
+      1e-6 (OLMo 2, OLMo 3).
     - ``"l2"``: unit L2 norm and a learnable per-head temperature g replacing 1/sqrt(hs)
       (Henry et al. 2020, "Query-Key Normalization for Transformers", arXiv:2010.04245), with g
       initialised to log2(L^2 - L) for training length L, as in the paper. Plain 1/sqrt(hs) on unit
       vectors would cap every score at 1/sqrt(hs) and make attention nearly uniform.
     """
 
-    def __init__(self, head_dim: int, n_head: int, kind: QKNormType = "rms", *, block_size: int = 1024) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        n_head: int,
+        kind: QKNormType = "rms",
+        *,
+        block_size: int = 1024,
+        n_kv_head: int | None = None,
+    ) -> None:
         super().__init__()
         check_choice("QKNorm", "kind", kind, QK_NORM_TYPES)
         self.kind = kind
         if kind == "rms":
             self.q_norm = nn.RMSNorm(head_dim, eps=1e-6)
             self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
+            self.temperature = None
+        elif kind == "rms_full":
+            self.q_norm = nn.RMSNorm(n_head * head_dim, eps=1e-6)
+            self.k_norm = nn.RMSNorm((n_kv_head or n_head) * head_dim, eps=1e-6)
             self.temperature = None
         else:
             g0 = math.log2(block_size**2 - block_size) if block_size > 1 else 1.0
@@ -73,6 +89,11 @@ class QKNorm(nn.Module):
         return None if self.temperature is None else 1.0
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        if self.kind == "rms_full":  # over every head's channels at once: (B, h, T, hs) -> (B, T, h hs)
+            whole = lambda x, norm: rearrange(
+                norm(rearrange(x, "b h t d -> b t (h d)")), "b t (h d) -> b h t d", h=x.shape[1]
+            )  # noqa: E731
+            return whole(q, self.q_norm), whole(k, self.k_norm)
         if self.temperature is None:
             return self.q_norm(q), self.k_norm(k)
         q = F.normalize(q, dim=-1) * self.temperature.view(1, -1, 1, 1).to(q.dtype)  # (B, nh, T, hs)
@@ -129,13 +150,17 @@ class CausalSelfAttention(Attention):
 
     @spec
     class Config(AttentionConfig):
-        """MHA's options: ``n_kv_head`` (None = n_head), ``qk_norm`` (None, "rms", "l2"), and
-        biases on the q/k/v (``qkv_bias``) and output (``proj_bias``) projections."""
+        """MHA's options: ``n_kv_head`` (None = n_head), ``qk_norm`` (None, "rms", "l2"), biases on
+        the q/k/v (``qkv_bias``) and output (``proj_bias``) projections, and ``head_dim`` (None =
+        n_embd // n_head; Qwen3 and Gemma set their own: the heads then span n_head * head_dim), and
+        ``softmax_scale`` (None = 1/sqrt(head_dim); Gemma: ``query_pre_attn_scalar ** -0.5``)."""
 
         n_kv_head: int | None = None
         qk_norm: str | None = None
         qkv_bias: bool = True
         proj_bias: bool = True
+        head_dim: int | None = None
+        softmax_scale: float | None = None
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -144,9 +169,13 @@ class CausalSelfAttention(Attention):
                 check_choice("CausalSelfAttention.Config", "qk_norm", self.qk_norm, QK_NORM_TYPES)
             check_bool("CausalSelfAttention.Config", "qkv_bias", self.qkv_bias)
             check_bool("CausalSelfAttention.Config", "proj_bias", self.proj_bias)
+            check_int("CausalSelfAttention.Config", "head_dim", self.head_dim, optional=True)
+            check_number("CausalSelfAttention.Config", "softmax_scale", self.softmax_scale, low=0, optional=True)
+            if self.softmax_scale is not None and self.qk_norm == "l2":
+                raise ValueError("CausalSelfAttention.Config: the L2 QK-norm learns its own scale; drop softmax_scale")
 
         def check(self, dims: ModelDims, encoding: EncodingConfig | None = None) -> None:
-            if dims.n_embd % dims.n_head:
+            if self.head_dim is None and dims.n_embd % dims.n_head:
                 raise ValueError(f"n_embd={dims.n_embd} must be divisible by n_head={dims.n_head}")
             n_kv = self.kv_heads(dims)
             if dims.n_head % n_kv:
@@ -155,9 +184,13 @@ class CausalSelfAttention(Attention):
         def kv_heads(self, dims: ModelDims) -> int:
             return dims.n_head if self.n_kv_head is None else self.n_kv_head
 
+        def encoding_dims(self, dims: ModelDims) -> ModelDims:
+            return dims if self.head_dim is None else dataclasses.replace(dims, head_dim=self.head_dim)
+
         def cache_bytes_per_token(self, dims: ModelDims, dtype: torch.dtype = torch.float16) -> int:
             """Keys and values of every KV head: ``2 * n_kv_head * hs`` elements."""
-            return 2 * self.kv_heads(dims) * (dims.n_embd // dims.n_head) * torch.empty((), dtype=dtype).element_size()
+            hs = self.encoding_dims(dims).head_dim
+            return 2 * self.kv_heads(dims) * hs * torch.empty((), dtype=dtype).element_size()
 
     def __init__(
         self,
@@ -177,6 +210,8 @@ class CausalSelfAttention(Attention):
         softcap: float | None = None,
         sinks: bool = False,
         backend: str = "auto",
+        head_dim: int | None = None,
+        softmax_scale: float | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -188,16 +223,22 @@ class CausalSelfAttention(Attention):
             softcap=softcap,
             sinks=sinks,
             backend=backend,
+            head_dim=head_dim,
+            softmax_scale=softmax_scale,
             **options,  # the fields a subclass's Config adds
         )
         dims = ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size)
         config.check(dims)
         self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, config.kv_heads(dims)
-        self.head_dim = n_embd // n_head
+        self.head_dim = config.encoding_dims(dims).head_dim
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)  # q|k|v
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.proj_bias)
+        self.c_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=config.proj_bias)
         self._setup(config, NoPE() if pe is None else pe, Mask(window=window, chunk=chunk), dropout, n_head)
-        self.qk_norm = None if qk_norm is None else QKNorm(self.head_dim, n_head, qk_norm, block_size=block_size)
+        self.qk_norm = (
+            None
+            if qk_norm is None
+            else QKNorm(self.head_dim, n_head, qk_norm, block_size=block_size, n_kv_head=self.n_kv_head)
+        )
 
     def forward(
         self,
@@ -209,7 +250,7 @@ class CausalSelfAttention(Attention):
         """x (B, T, C) -> (B, T, C). ``positions`` (T,) or (B, T) default to past + arange(T).
         ``segments``: (query ids (B, T), key ids (B, past + T)); a query attends only to keys of its id."""
         kv_width = self.n_kv_head * self.head_dim
-        q, k, v = self.c_attn(x).split((self.n_embd, kv_width, kv_width), dim=2)
+        q, k, v = self.c_attn(x).split((self.n_head * self.head_dim, kv_width, kv_width), dim=2)
         q = rearrange(q, "b t (nh hs) -> b nh t hs", nh=self.n_head)  # (B, nh, T, hs)
         k, v = (rearrange(t, "b t (nkv hs) -> b nkv t hs", nkv=self.n_kv_head) for t in (k, v))  # (B, nkv, T, hs)
         if self.qk_norm is not None:
@@ -218,8 +259,8 @@ class CausalSelfAttention(Attention):
         k_pos = q_pos
         if self.pe.length_dependent:
             # the rotation depends on the total length (dynamic NTK, LongRoPE, xPos): the cache keeps
-            # un-rotated keys and every step rotates all of them with the current length, so cached
-            # decoding equals the uncached forward (at the price of re-rotating past + T keys per step)
+            # un-rotated keys and every step rotates all of them with the current length (the GPT
+            # recomputes the cached hidden states when the rotation changes: posenc.model)
             if cache is not None:
                 k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), not rotated
             q = self.pe.rotate_queries(q, positions)
@@ -228,9 +269,9 @@ class CausalSelfAttention(Attention):
             q, k = self.pe.rotate(q, k, positions)
             if cache is not None:
                 k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), rotated
-        scale = None if self.qk_norm is None else self.qk_norm.scale
+        scale = self.config.softmax_scale if self.qk_norm is None or self.qk_norm.scale is None else self.qk_norm.scale
         y = self.attend(q, k, v, q_pos, k_pos, segments, self.features(x, cache), scale)  # (B, nh, T, hs)
-        y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, C)
+        y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))
 
 

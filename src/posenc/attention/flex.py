@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from posenc.attention.blockwise import ScoreBias, _check_extras, _check_inputs, _default_positions
-from posenc.attention.mask import Mask, as_mask, index_rule
+from posenc.attention.mask import Mask, as_mask, document_starts, index_rule
 
 
 def flex_block_mask(
@@ -43,9 +43,15 @@ def _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, de
     from torch.nn.attention.flex_attention import create_block_mask
 
     offset = Tk - Tq
+    starts = None if mask.chunk is None or k_segments is None else document_starts(k_segments)
 
     def mask_mod(b, h, q_idx, kv_idx):
-        keep = index_rule(q_idx + offset, kv_idx, mask)
+        if starts is None:
+            keep = index_rule(q_idx + offset, kv_idx, mask)
+        else:  # chunks counted from each document's start
+            keep = index_rule(
+                q_idx + offset, kv_idx, mask, q_start=starts[b, q_idx + offset], k_start=starts[b, kv_idx]
+            )
         if q_segments is not None:
             keep = keep & (q_segments[b, q_idx] == k_segments[b, kv_idx])
         if key_padding_mask is not None:

@@ -3,9 +3,11 @@
 - ``"sdpa"``: ``scaled_dot_product_attention`` -- a softmax of q.k shaped by nothing but causality:
   ``is_causal=True`` (the flash kernel where one exists), or a boolean (Tq, Tk) mask in a KV-cache
   step;
+- ``"dense"``: :func:`posenc.attention.dense.dense_attention`, one SDPA call with the bias and the
+  visibility as an additive mask, for score biases, windows, chunks, documents, padding and sinks
+  while that mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (float32/64 inputs);
 - ``"blockwise"``: :func:`posenc.attention.blockwise.blockwise_attention`, exact at linear memory for
-  everything else (score biases, features, windows, chunks, documents, softcap, sinks,
-  stick-breaking weights);
+  everything else (past the budget, softcap, content biases, stick-breaking weights);
 - ``"flex"``: :func:`posenc.attention.flex.flex_attention_path`, opt-in.
 
 Rules and costs: docs/attention.md.
@@ -19,12 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from posenc.attention.blockwise import ContentBias, ScoreBias, _check_inputs, blockwise_attention
+from posenc.attention.dense import dense_attention, dense_fits
 from posenc.attention.flex import flex_attention_path
 from posenc.attention.mask import Mask, visible
 from posenc.encodings.base import SOFTMAX, Weighting
 
-Backend = Literal["auto", "sdpa", "blockwise", "flex"]
-BACKENDS: tuple[str, ...] = ("auto", "sdpa", "blockwise", "flex")
+Backend = Literal["auto", "sdpa", "dense", "blockwise", "flex"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "blockwise", "flex")
 
 
 def choose_backend(
@@ -40,14 +43,18 @@ def choose_backend(
     softcap: float | None = None,
     sinks: Tensor | None = None,
     weighting: Weighting = SOFTMAX,
-) -> Literal["sdpa", "blockwise"]:
+) -> Literal["sdpa", "dense", "blockwise"]:
     """The path :func:`attend` takes with ``backend="auto"`` (rules in docs/attention.md): SDPA when
-    nothing but causality shapes a softmax of the scores, else blockwise. FlexAttention is opt-in
-    only: its compiled kernel has not been checked on CUDA here, and on CPU it has no backward."""
+    nothing but causality shapes a softmax of the scores; else one SDPA call with a dense mask while
+    the mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (softmax, no softcap); else
+    blockwise. FlexAttention is opt-in only: its compiled kernel has not been checked on CUDA here,
+    and on CPU it has no backward."""
     extras = (score_bias, window, chunk, q_segments, k_segments, key_padding_mask, softcap, sinks)
-    if all(x is None for x in extras) and weighting.kind == "softmax":
+    if weighting.kind != "softmax":
+        return "blockwise"
+    if all(x is None for x in extras):
         return "sdpa"
-    return "blockwise"
+    return "dense" if softcap is None and dense_fits(q, k) else "blockwise"
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float | None, dropout_p: float) -> Tensor:
@@ -100,6 +107,8 @@ def attend(
             if content_bias is not None
             else choose_backend(q, k, sinks=sinks, weighting=weighting, **extras)
         )
+    if backend == "dense" and softcap is not None:
+        raise ValueError("backend='dense' takes no softcap (it caps the scores before the bias); use 'blockwise'")
     if backend != "blockwise" and content_bias is not None:
         raise ValueError(f"backend={backend!r} takes no content bias (CoPE); it runs 'blockwise'")
     if backend != "blockwise" and weighting.kind != "softmax":
@@ -119,6 +128,12 @@ def attend(
         if sinks is not None or q_features is not None:
             raise ValueError("FlexAttention takes no sinks and no per-token features here; use 'blockwise'")
         return flex_attention_path(q, k, v, scale=scale, block_mask=block_mask, **positions, **extras)
+    if backend == "dense":
+        features = dict(q_features=q_features, k_features=k_features)
+        extras.pop("softcap")
+        return dense_attention(
+            q, k, v, scale=scale, sinks=sinks, dropout_p=dropout_p, **positions, **features, **extras
+        )
     features = dict(q_features=q_features, k_features=k_features, content_bias=content_bias)
     return blockwise_attention(
         q, k, v, scale=scale, sinks=sinks, weighting=weighting, dropout_p=dropout_p, **positions, **features, **extras

@@ -5,7 +5,8 @@ A query at global index i (the queries are the last Tq of Tk keys) sees key j wh
 - ``j <= i`` (causal, by index);
 - ``i - j < window`` (a sliding window: the ``window`` most recent keys, itself included);
 - ``i // chunk == j // chunk`` (chunked attention, Llama 4: the keys of its own chunk of ``chunk``
-  indices);
+  indices; with packed documents the chunks are counted from each document's first token, as if
+  the document were alone);
 - ``q_segments[b, i] == k_segments[b, j]`` (packed documents: its own document only);
 - ``key_padding_mask[b, j]`` (True = a real token).
 
@@ -55,15 +56,28 @@ class Mask(Spec):
         return ", ".join(p for p in parts if p) or "causal"
 
 
-def index_rule(q_idx: Tensor, k_idx: Tensor, mask: Mask, *, itself: bool = True) -> Tensor:
+def index_rule(
+    q_idx: Tensor, k_idx: Tensor, mask: Mask, *, itself: bool = True, q_start: Any = 0, k_start: Any = 0
+) -> Tensor:
     """Causal + window + chunk on broadcastable global indices (e.g. (bq, 1) and (1, bk)) -> bool;
-    ``itself=False`` leaves a query's own key out (stick-breaking attention by default)."""
+    ``itself=False`` leaves a query's own key out (stick-breaking attention by default).
+    ``q_start``/``k_start``: the index of each token's document start (broadcastable likewise), from
+    which chunks are counted."""
     keep = k_idx <= q_idx if itself else k_idx < q_idx
     if mask.window is not None:
         keep = keep & (q_idx - k_idx < mask.window)
     if mask.chunk is not None:
-        keep = keep & (q_idx // mask.chunk == k_idx // mask.chunk)
+        keep = keep & ((q_idx - q_start) // mask.chunk == (k_idx - k_start) // mask.chunk)
     return keep
+
+
+def document_starts(segments: Tensor) -> Tensor:
+    """(B, T) document ids -> (B, T): the index of the first token of each token's document (a
+    document is a run of equal ids)."""
+    idx = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+    new = torch.ones_like(segments, dtype=torch.bool)
+    new[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    return torch.where(new, idx, torch.zeros_like(idx)).cummax(dim=1).values
 
 
 def visible(
@@ -78,18 +92,25 @@ def visible(
     k_segments: Tensor | None = None,
     key_padding_mask: Tensor | None = None,
     itself: bool = True,
+    q_starts: Tensor | None = None,
+    k_starts: Tensor | None = None,
 ) -> Tensor:
     """The visibility of queries at global indices [q_lo, q_hi) to keys [k_lo, k_hi): bool (bq, bk), or
-    (B, 1, bq, bk) with segments (already sliced to the block: (B, bq) and (B, bk)) or padding (B, bk)."""
+    (B, 1, bq, bk) with segments (already sliced to the block: (B, bq) and (B, bk)) or padding (B, bk).
+    ``q_starts``/``k_starts`` (sliced likewise; :func:`document_starts` of the whole rows): the chunks
+    of a chunked mask start at each document's first token."""
     q_idx = torch.arange(q_lo, q_hi, device=device)[:, None]  # (bq, 1)
     k_idx = torch.arange(k_lo, k_hi, device=device)[None, :]  # (1, bk)
-    allowed: Tensor = index_rule(q_idx, k_idx, mask, itself=itself)  # (bq, bk)
+    if mask.chunk is not None and q_starts is not None:
+        starts = dict(q_start=q_starts[:, :, None], k_start=k_starts[:, None, :])  # (B, bq, 1), (B, 1, bk)
+        allowed = index_rule(q_idx, k_idx, mask, itself=itself, **starts)  # (B, bq, bk)
+    else:
+        allowed = index_rule(q_idx, k_idx, mask, itself=itself)  # (bq, bk)
     if q_segments is not None:
-        same = q_segments[:, :, None] == k_segments[:, None, :]  # (B, bq, bk)
-        allowed = allowed & same[:, None]  # (B, 1, bq, bk)
+        allowed = allowed & (q_segments[:, :, None] == k_segments[:, None, :])  # (B, bq, bk)
     if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask[:, None, None, :]  # (B, 1, bq, bk)
-    return allowed
+        allowed = allowed & key_padding_mask[:, None, :]  # (B, bq, bk)
+    return allowed[:, None] if allowed.dim() == 3 else allowed  # (B, 1, bq, bk)
 
 
 def as_mask(window: Any = None, chunk: Any = None) -> Mask:

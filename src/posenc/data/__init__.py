@@ -33,6 +33,7 @@ from posenc.data.shards import (
     load_split,
     prepare,
     read_meta,
+    refuse_another_corpus,
     shard_dtype,
 )
 from posenc.data.tokenizers import (
@@ -66,6 +67,7 @@ __all__ = [
     "get_tokenizer",
     "load_split",
     "prepare",
+    "refuse_another_corpus",
     "read_meta",
     "shard_dtype",
     "split_documents",

@@ -186,6 +186,27 @@ def _documents_digest(docs: Sequence[str]) -> str:
 # Public: prepare and load
 
 
+def refuse_another_corpus(folder: str | Path, source: str, tokenizer: str) -> None:
+    """Raise :class:`DataError` when ``folder`` holds the shards of another source or tokenizer: a
+    training run reads the corpus it asks for, and never replaces a prepared one with it (an
+    explicit :func:`prepare` may)."""
+    folder = Path(folder).expanduser()
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return  # an unreadable meta.json is an interrupted preparation: it is redone
+    held = (meta.get("source"), meta.get("tokenizer"))
+    if held != (source, tokenizer):
+        raise DataError(
+            f"{folder} holds the shards of source={held[0]!r} with tokenizer={held[1]!r}; this asks for "
+            f"source={source!r} with tokenizer={tokenizer!r}. Point --data-dir at another folder (or remove "
+            "this one), or ask for the corpus it holds (--dataset, --tokenizer): it is not overwritten"
+        )
+
+
 def prepare(
     out_dir: str | os.PathLike[str],
     *,

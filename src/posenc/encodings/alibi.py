@@ -5,7 +5,7 @@ Where it acts: on the attention scores (``where = "scores"``): head h adds
 ``-slope_h * (i - j)`` to the score of query position i and key position j (j <= i under the
 causal mask), so the bias depends on positions only through their distance.
 
-Slopes: for n heads, a power of two, slope_h = 2^(-8h/n), h = 1..n. For other head counts, the
+Slopes: for n heads, a power of two, slope_h = 2^(-8h/n), h = 1..n (``bias_max`` replaces the 8). For other head counts, the
 slopes of the closest smaller power of two p, followed by every other slope of 2p -- the
 reference implementation's rule (``get_slopes`` in ofirpress/attention_with_linear_biases).
 
@@ -25,17 +25,18 @@ import torch
 from torch import Tensor
 
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
-from posenc.spec import spec
+from posenc.spec import check_number, spec
 
 
-def alibi_slopes(n_head: int) -> list[float]:
-    """The standard ALiBi slopes for any number of heads."""
+def alibi_slopes(n_head: int, bias_max: float = 8.0) -> list[float]:
+    """The standard ALiBi slopes for any number of heads; ``bias_max`` replaces the 8 of
+    ``2^(-8h/n)`` (MPT's ``alibi_bias_max``, whose head order is this same rule)."""
     if not isinstance(n_head, int) or n_head <= 0:
         raise ValueError(f"n_head must be a positive int, got {n_head!r}")
     p = 2 ** math.floor(math.log2(n_head))
-    slopes = [2.0 ** (-8.0 * h / p) for h in range(1, p + 1)]
+    slopes = [2.0 ** (-bias_max * h / p) for h in range(1, p + 1)]
     if p < n_head:
-        slopes += [2.0 ** (-8.0 * h / (2 * p)) for h in range(1, 2 * p + 1, 2)][: n_head - p]
+        slopes += [2.0 ** (-bias_max * h / (2 * p)) for h in range(1, 2 * p + 1, 2)][: n_head - p]
     return slopes
 
 
@@ -46,13 +47,19 @@ class ALiBi(PositionalEncoding):
 
     @spec
     class Config(EncodingConfig):
-        """ALiBi has no options: its slopes follow from the number of heads."""
+        """``bias_max``: the 8 of the slopes ``2^(-8h/n)`` (MPT's ``alibi_bias_max``)."""
 
-    def __init__(self, n_head: int) -> None:
+        bias_max: float = 8.0
+
+        def __post_init__(self) -> None:
+            check_number("ALiBi", "bias_max", self.bias_max, low=0)
+
+    def __init__(self, n_head: int, bias_max: float = 8.0) -> None:
         super().__init__()
-        self.config = self.Config()
+        self.config = self.Config(bias_max=bias_max)
         self.n_head = n_head
-        self.register_buffer("slopes", torch.tensor(alibi_slopes(n_head), dtype=torch.float32), persistent=False)
+        slopes = torch.tensor(alibi_slopes(n_head, float(bias_max)), dtype=torch.float32)
+        self.register_buffer("slopes", slopes, persistent=False)
 
     @classmethod
     def build(cls, dims: ModelDims, **options: Any) -> ALiBi:

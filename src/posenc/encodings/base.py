@@ -19,6 +19,8 @@ neither contains an encoding-specific branch or a ``getattr`` probe:
 ``rotate_queries/_keys``   q or k alone, at a total length ``seq_len`` (``length_dependent`` encodings)
 ``length_dependent``       the rotation depends on the total length: the cache must hold UN-rotated
                            keys and rotate all of them again at every step
+``rotation_state``         what the rotation at a total length depends on; when it changes, the
+                           hidden states of every cached token are stale and the model recomputes
 ``token_features``         per-token features computed from the layer's input ``x`` (content-dependent
                            biases, e.g. forget gates); attention caches them beside the keys
 ``score_bias``             additive scores for (query, key) positions and, when the encoding has
@@ -45,6 +47,7 @@ initialisation leaves them alone). Shapes: B batch, T tokens, C channels, nh hea
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -132,8 +135,14 @@ class PositionalEncoding(nn.Module):
     supports_segments: ClassVar[bool] = True
     #: the kernel calls ``content_bias`` on every tile (it needs the tile's queries and scores)
     has_content_bias: ClassVar[bool] = False
+    #: attention sinks (a logit in the softmax's denominator) can join its weighting
+    takes_sinks: ClassVar[bool] = True
+    #: float32 features per head that each token adds to the KV cache (``token_features``' last dim)
+    cached_features: ClassVar[int] = 0
     #: largest position + 1 the encoding can represent; None means any position
     max_positions: int | None = None
+    #: position axes it reads: positions (axes, B, T) when > 1 (M-RoPE); None: it reads none (NoPE)
+    position_axes: int | None = 1
     #: the q/k head size it acts on, the channel-pair layout it rotates, its frequency schedule
     #: (None: any size / no pairs / no schedule)
     head_dim: int | None = None
@@ -155,6 +164,13 @@ class PositionalEncoding(nn.Module):
     def length_dependent(self) -> bool:
         """True when the rotation depends on the total sequence length (the cache keeps un-rotated keys)."""
         return False
+
+    def rotation_state(self, seq_len: int) -> Hashable:
+        """What the rotation at total length ``seq_len`` depends on (None: nothing). Re-rotating
+        cached keys is not enough when it changes: every cached token's hidden state in the layers
+        above was computed under the old rotation, so the GPT recomputes them (module docstring of
+        :mod:`posenc.model`)."""
+        return None
 
     def embed(self, positions: Tensor) -> Tensor | None:
         """Vectors added to the token embeddings: positions (T,) or (B, T) -> (T, C) or (B, T, C)."""
@@ -206,8 +222,9 @@ class PositionalEncoding(nn.Module):
         return parameter.dim() >= 2
 
 
-def check_positions(positions: Tensor, limit: int | None, name: str = "positions") -> None:
-    """Refuse non-integer, negative or (when ``limit`` is set) too large positions with a clear error.
+def check_positions(positions: Tensor, limit: int | None, name: str = "positions", axes: bool = False) -> None:
+    """Refuse non-integer, negative or (when ``limit`` is set) too large positions with a clear error;
+    ``axes``: (n_axes, B, T) positions, one row per axis (M-RoPE), are allowed too.
 
     Skipped while compiling (the compiled training path only passes ``arange`` positions); on an
     accelerator the value check is an on-device assert rather than a host sync.
@@ -216,8 +233,9 @@ def check_positions(positions: Tensor, limit: int | None, name: str = "positions
         return
     if positions.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must be an integer tensor, got dtype {positions.dtype}")
-    if positions.dim() not in (1, 2):
-        raise ValueError(f"{name} must have shape (T,) or (B, T), got {tuple(positions.shape)}")
+    if positions.dim() not in ((1, 2, 3) if axes else (1, 2)):
+        shapes = "(T,), (B, T) or (n_axes, B, T)" if axes else "(T,) or (B, T)"
+        raise ValueError(f"{name} must have shape {shapes}, got {tuple(positions.shape)}")
     if positions.numel() == 0:
         return
     if positions.device.type != "cpu":  # no host sync on an accelerator: assert on the device

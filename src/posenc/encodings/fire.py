@@ -31,6 +31,14 @@ Weight decay, as that repository's optimizer groups: every parameter but the MLP
 ``limited_decay_keys`` exempt names containing "bias"), so the MLP's weights, c and the threshold
 multiplier are decayed.
 
+Evaluation: the MLP of one scalar input is piecewise linear, with a kink where each hidden unit
+switches on (x = -b1_k / w1_k), so ``score_bias`` sorts the ``mlp_width`` kinks once per call,
+computes each segment's slope and intercept per head (differentiable in every parameter), and
+evaluates each score as ``slope[seg(x)] * x + intercept[seg(x)]`` -- exact up to rounding, and per
+score it holds a segment index and two values per head instead of the ``2 * mlp_width`` hidden
+activations of the direct MLP (``mlp``), which is what made FIRE's attention tiles the largest at
+long contexts.
+
 Precision: evaluated in float32 (parameters upcast) whatever dtype the model is cast to; the bias
 is float32.
 
@@ -116,10 +124,34 @@ class FIRE(PositionalEncoding):
         q_features: Tensor | None = None,
         k_features: Tensor | None = None,
     ) -> Tensor:
-        x = self.normalized_distance(q_positions, k_positions)[..., None]  # (..., Tq, Tk, 1)
-        h = F.relu(F.linear(x, self.mlp_in.weight.float(), self.mlp_in.bias.float()))  # (..., Tq, Tk, width)
-        bias = F.linear(h, self.mlp_out.weight.float(), self.mlp_out.bias.float())  # (..., Tq, Tk, nh)
-        return bias.movedim(-1, -3)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+        x = self.normalized_distance(q_positions, k_positions)  # (..., Tq, Tk)
+        kinks, slope, intercept = self.segments()
+        seg = torch.searchsorted(kinks, x.detach().contiguous(), out_int32=True)  # (..., Tq, Tk)
+        # (nh, ..., Tq, Tk): per head, the line of each score's segment
+        bias = slope[:, seg] * x + intercept[:, seg]
+        return bias if bias.dim() == 3 else bias.movedim(0, 1)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def segments(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The MLP as a piecewise-linear function (module docstring): the sorted kinks (width,) and,
+        per head and segment, slope and intercept (nh, width + 1); float32, differentiable."""
+        w1, b1 = self.mlp_in.weight.float()[:, 0], self.mlp_in.bias.float()  # (width,)
+        w2, b2 = self.mlp_out.weight.float(), self.mlp_out.bias.float()  # (nh, width), (nh,)
+        with torch.no_grad():
+            kinks = torch.where(w1 != 0, -b1 / w1, torch.full_like(b1, float("inf"))).sort().values
+            # one point inside each segment: between neighbouring kinks, and beyond the ends
+            finite = torch.where(torch.isfinite(kinks), kinks, torch.zeros_like(kinks))  # static shapes: compiles
+            lo, hi = finite.min() - 1.0, finite.max() + 1.0
+            edges = torch.cat((lo[None], kinks.clamp(lo, hi), hi[None]))
+            inside = (edges[:-1] + edges[1:]) / 2  # (width + 1,)
+            active = (inside[:, None] * w1 + b1 > 0).float()  # (width + 1, width): units on in each segment
+        slope = (w2 * w1) @ active.T  # (nh, width + 1)
+        intercept = (w2 * b1) @ active.T + b2[:, None]
+        return kinks, slope, intercept
+
+    def mlp(self, x: Tensor) -> Tensor:
+        """The MLP evaluated directly on inputs (...,) -> (..., nh): the reference for ``segments``."""
+        h = F.relu(F.linear(x[..., None], self.mlp_in.weight.float(), self.mlp_in.bias.float()))
+        return F.linear(h, self.mlp_out.weight.float(), self.mlp_out.bias.float())
 
     def decays(self, name: str, parameter: nn.Parameter) -> bool:
         return not name.endswith("bias")  # the reference's groups (module docstring)

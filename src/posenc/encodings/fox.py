@@ -44,6 +44,7 @@ class _Gates:
     """The forget gates shared by FoX with and without RoPE (a mixin of a PositionalEncoding)."""
 
     where = "scores"
+    cached_features = 1  # F_t, the running sum of log forget gates, per head
 
     def _init_gate(self, n_embd: int, n_head: int) -> None:
         check_int(type(self).__name__, "n_embd", n_embd)

@@ -32,10 +32,16 @@ Options
   ``int(p * rotary_dim // 2)`` (highest) frequencies and set the others to 0, so those pairs carry
   no position. Hugging Face's ``proportional`` schedule is the same thing for ``p =
   partial_rotary_factor``.
+- ``norm_after_eps=eps``: q and k divided by their RMS over the head, without a gain, after the
+  rotation (Llama 4's weightless QK-norm, which its RoPE layers apply after RoPE).
 - ``xpos=True`` (Sun et al. 2022, "A Length-Extrapolatable Transformer", arXiv:2212.10554), as
   rotary-embedding-torch's ``use_xpos``: pair i of a query at position m is also multiplied by
   ``zeta_i ** ((m - c) / xpos_scale_base)`` and a key by its inverse, ``zeta_i = (2i + 0.4 d) / (1.4 d)``,
   with the centre ``c = seq_len // 2``. q.k then decays like ``zeta ** ((m - n) / xpos_scale_base)``.
+
+Multi-axis positions (M-RoPE, :mod:`posenc.encodings.mrope`): with ``mrope_section=(t, h, w)``
+positions may have shape (3, B, T) and pair i is rotated by the position on its axis (chunked, or
+``mrope_interleaved``); a module's ``pair_axes`` lists the axis each pair takes.
 
 Length-dependent encodings (``length_dependent``: ``dynamic``, ``longrope``, or xPos, whose centre
 moves) rotate by a function of the total sequence length ``seq_len`` (past + current tokens;
@@ -47,8 +53,9 @@ again at every step with the current ``seq_len``:
     q = rope.rotate_queries(q, positions_q, seq_len=S)            # (B, nh, T, hs)
     k_all = rope.rotate_keys(k_all, positions_k, seq_len=S)       # (B, nh, S, hs)
 
-which makes cached decoding equal to the uncached forward. Static encodings may cache rotated keys
-and call ``rotate(q, k, positions)`` on the new tokens only.
+which makes one layer's cached step equal to its uncached forward; a model also recomputes the
+cached tokens' hidden states when ``rotation_state`` changes (:mod:`posenc.model`). Static
+encodings may cache rotated keys and call ``rotate(q, k, positions)`` on the new tokens only.
 
 API: ``rotate(q, k, positions=None, *, seq_len=None)``, ``rotate_queries(q, positions=None, *,
 seq_len=None)``, ``rotate_keys(k, positions=None, *, seq_len=None)``, ``cos_sin(positions, T, device,
@@ -70,7 +77,14 @@ import torch
 from torch import Tensor
 
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions
-from posenc.encodings.rope_scaling import ROPE_SCALINGS, length_key, scaling_rotary_dim, validate_scaling
+from posenc.encodings.mrope import check_section, pair_axes
+from posenc.encodings.rope_scaling import (
+    ROPE_SCALINGS,
+    hf_rope_arguments,
+    length_key,
+    scaling_rotary_dim,
+    validate_scaling,
+)
 from posenc.encodings.rotation import (
     LAYOUTS,
     Layout,
@@ -80,7 +94,7 @@ from posenc.encodings.rotation import (
     rope_inv_freq,
     rotate_pairs,
 )
-from posenc.spec import frozen_mapping, set_field, spec
+from posenc.spec import check_number, frozen_mapping, set_field, spec
 
 __all__ = [
     "LAYOUTS",
@@ -111,6 +125,10 @@ class RotaryEmbedding(PositionalEncoding):
             Its ``rope_theta``, if present, must equal ``base``.
         p_rope: keep this fraction (0, 1] of the highest frequencies; the rest become 0.
         xpos: xPos decay; ``xpos_scale_base`` is its length scale.
+        mrope_section: frequency pairs per position axis (M-RoPE, module docstring); positions then
+            may have shape (len(mrope_section), B, T). ``mrope_interleaved``: Qwen3-VL's layout.
+        norm_after_eps: after the rotation, divide q and k by their RMS over the head (no gain) with
+            this eps (Llama 4's QK-norm on its RoPE layers); None: off.
         cache_len: positions ``< cache_len`` use the cos/sin tables built here; others are computed.
     """
 
@@ -128,6 +146,9 @@ class RotaryEmbedding(PositionalEncoding):
         p_rope: float | None = None
         xpos: bool = False
         xpos_scale_base: float = 512.0
+        mrope_section: tuple[int, ...] | None = None
+        mrope_interleaved: bool = False
+        norm_after_eps: float | None = None
 
         def __post_init__(self) -> None:
             owner = "RotaryEmbedding"
@@ -154,6 +175,9 @@ class RotaryEmbedding(PositionalEncoding):
                 raise TypeError(f"xpos must be a bool, got xpos={self.xpos!r}")
             if isinstance(self.xpos_scale_base, bool) or not self.xpos_scale_base > 0:
                 raise ValueError(f"xpos_scale_base must be > 0, got xpos_scale_base={self.xpos_scale_base!r}")
+            section = check_section(owner, self.mrope_section, self.mrope_interleaved, scaling["rope_type"], self.xpos)
+            set_field(self, "mrope_section", section)
+            check_number(owner, "norm_after_eps", self.norm_after_eps, low=0, optional=True)
             plain_rope = scaling == {"rope_type": "default"}
             set_field(self, "base", float(self.base))
             set_field(self, "scaling", None if plain_rope else frozen_mapping(scaling))
@@ -174,7 +198,15 @@ class RotaryEmbedding(PositionalEncoding):
             rotary_dim = head_dim if rotary_dim is None else rotary_dim
             if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
                 raise ValueError(f"rotary_dim must be an even int in [2, head_dim={head_dim}], got {rotary_dim!r}")
+            if self.mrope_section is not None:
+                pair_axes(self.mrope_section, self.mrope_interleaved, rotary_dim)  # refuses a section that does not fit
             return rotary_dim
+
+        def pair_axes(self, head_dim: int) -> list[int] | None:
+            """The position axis of each frequency pair (M-RoPE), or None for one axis."""
+            if self.mrope_section is None:
+                return None
+            return pair_axes(self.mrope_section, self.mrope_interleaved, self.rotated_channels(head_dim))
 
         def check(self, dims: ModelDims) -> None:
             self.rotated_channels(dims.head_dim)
@@ -190,6 +222,9 @@ class RotaryEmbedding(PositionalEncoding):
         p_rope: float | None = None,
         xpos: bool = False,
         xpos_scale_base: float = 512.0,
+        mrope_section: tuple[int, ...] | None = None,
+        mrope_interleaved: bool = False,
+        norm_after_eps: float | None = None,
         cache_len: int = 2048,
     ) -> None:
         super().__init__()
@@ -205,6 +240,9 @@ class RotaryEmbedding(PositionalEncoding):
             p_rope=p_rope,
             xpos=xpos,
             xpos_scale_base=xpos_scale_base,
+            mrope_section=mrope_section,
+            mrope_interleaved=mrope_interleaved,
+            norm_after_eps=norm_after_eps,
         )
         self.scaling = validate_scaling(config.scaling)
         self.rope_type: str = self.scaling["rope_type"]
@@ -213,6 +251,8 @@ class RotaryEmbedding(PositionalEncoding):
         self.cache_len = cache_len
         self.p_rope = None if p_rope is None else float(p_rope)
         self.xpos, self.xpos_scale_base = xpos, float(xpos_scale_base)
+        self.pair_axes = config.pair_axes(head_dim)
+        self.position_axes = 1 if config.mrope_section is None else len(config.mrope_section)
         self._schedule = ROPE_SCALINGS[self.rope_type].fn
         # at seq_len <= this, a length-dependent schedule equals its seq_len=None frequencies
         key = length_key(self.rope_type)
@@ -235,42 +275,25 @@ class RotaryEmbedding(PositionalEncoding):
         picks one. ``options`` go to the constructor (layout, cache_len, ...); the layout is
         Hugging Face's ``"half"`` unless given.
         """
-        get = config.get if isinstance(config, Mapping) else (lambda key, default=None: getattr(config, key, default))
-        sizes = get  # per-layer sizes: Gemma 4's global layers have their own head_dim
-        if layer_type is not None and not isinstance(config, Mapping) and hasattr(config, "per_layer_config"):
-            view = config.per_layer_config[layer_type]
-            sizes = lambda key, default=None: getattr(view, key, default)
-        params = get("rope_parameters") or get("rope_scaling") or {}
-        layer_types = set(get("layer_types") or ()) | {k for k, v in params.items() if isinstance(v, Mapping)}
-        nested = bool(params) and all(k in layer_types for k in params)
-        if nested:
-            if layer_type is None:
-                raise ValueError(f"this config has per-layer RoPE parameters; pass layer_type, one of {sorted(params)}")
-            if layer_type not in params:
-                raise ValueError(f"layer_type={layer_type!r} is not in the config's RoPE parameters {sorted(params)}")
-            params = params[layer_type]
-            if params is None:
-                raise ValueError(f"layer_type={layer_type!r} has no RoPE (its parameters are None)")
-        params = dict(params)
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        theta = params.pop("rope_theta", None) or get("rope_theta") or 10000.0
-        if "partial_rotary_factor" not in params and get("partial_rotary_factor") is not None:
-            params["partial_rotary_factor"] = get("partial_rotary_factor")
-        mpe = get("max_position_embeddings")
-        if rope_type in ("llama3", "yarn", "longrope"):
-            if get("original_max_position_embeddings") is not None:  # Hugging Face gives it priority
-                params["original_max_position_embeddings"] = get("original_max_position_embeddings")
-            elif mpe is not None:
-                params.setdefault("original_max_position_embeddings", mpe)
-        if mpe is not None:
-            params["max_position_embeddings"] = mpe
-        head_dim = sizes("head_dim") or sizes("hidden_size") // sizes("num_attention_heads")
-        return cls(head_dim, base=float(theta), scaling=params, **options)
+        head_dim, theta, params, found = hf_rope_arguments(config, layer_type)
+        return cls(head_dim, base=theta, scaling=params, **(found | options))
 
     @property
     def length_dependent(self) -> bool:
         """True when the rotation depends on the total sequence length (see the module docstring)."""
         return self._short_len is not None or self.xpos
+
+    def rotation_state(self, seq_len: int) -> Any:
+        """None while the rotation is that of no length (static schedules; a length-dependent one
+        within its original context); past it, LongRoPE's long factors (one state), or the length
+        itself (dynamic NTK, whose frequencies move at every length; xPos, whose centre moves)."""
+        if not self.length_dependent:
+            return None
+        if self.xpos:
+            return seq_len
+        if seq_len <= self._short_len:  # type: ignore[operator]
+            return None
+        return "long" if self.rope_type == "longrope" else seq_len
 
     def frequencies(self, seq_len: int | Tensor | None = None, device: torch.device | None = None) -> Tensor:
         """float64 inverse frequencies (rotary_dim/2,) at total length ``seq_len``, p-RoPE applied."""
@@ -293,6 +316,9 @@ class RotaryEmbedding(PositionalEncoding):
         self.register_buffer("inv_freq64", inv_freq, persistent=False)
         self.register_buffer("cos_cached", cos, persistent=False)  # (cache_len, rd) float32
         self.register_buffer("sin_cached", sin, persistent=False)
+        if self.pair_axes is not None:  # the axis of each rotated channel, for picking from per-axis tables
+            axes = expand_pairs(torch.tensor(self.pair_axes, device=device), self.layout)
+            self.register_buffer("channel_axes", axes, persistent=False)
         if self.xpos:
             zeta = torch.arange(0, self.rotary_dim, 2, dtype=torch.float64, device=device) + 0.4 * self.rotary_dim
             self.register_buffer("xpos_zeta", zeta / (1.4 * self.rotary_dim), persistent=False)
@@ -329,7 +355,7 @@ class RotaryEmbedding(PositionalEncoding):
         """float32 cos/sin tables (T, rd) or (B, T, rd) for ``positions`` (default ``arange(T)``), the
         attention factor included; ``seq_len`` matters only when ``length_dependent``."""
         if positions is not None:
-            check_positions(positions, None)
+            check_positions(positions, None, axes=self.position_axes > 1)
         seq_len = self._seq_len(positions, T, seq_len)
         if self._short_len is not None and not (isinstance(seq_len, int) and seq_len <= self._short_len):
             inv_freq = self.frequencies(seq_len, self.inv_freq64.device)
@@ -339,7 +365,15 @@ class RotaryEmbedding(PositionalEncoding):
             inv_freq = self.inv_freq64
         if positions is None:
             positions = torch.arange(T, device=device)
-        return rope_cos_sin(positions, inv_freq, self.layout, self.attention_factor)
+        if positions.dim() == 3 and self.pair_axes is None:
+            raise ValueError(
+                f"positions of shape {tuple(positions.shape)} have several axes; this RoPE has no mrope_section"
+            )
+        cos, sin = rope_cos_sin(positions, inv_freq, self.layout, self.attention_factor)
+        if positions.dim() == 3:  # (axes, B, T, rd): each channel from its axis's table
+            index = self.channel_axes.expand(1, *cos.shape[1:])
+            cos, sin = cos.gather(0, index)[0], sin.gather(0, index)[0]
+        return cos, sin
 
     def xpos_scale(
         self,
@@ -360,9 +394,18 @@ class RotaryEmbedding(PositionalEncoding):
         if x.shape[-1] != self.head_dim:
             raise ValueError(f"{name} must have head size {self.head_dim} in its last dim, got {tuple(x.shape)}")
         T = x.shape[-2]
-        if positions is not None and (positions.dim() not in (1, 2) or positions.shape[-1] != T):
+        if positions is None:
+            return
+        if positions.dim() == 3 and self.position_axes > 1:
+            if positions.shape[0] != self.position_axes or positions.shape[-1] != T:
+                raise ValueError(
+                    f"M-RoPE positions must have shape ({self.position_axes}, B, {T}) (one row per mrope_section axis), "
+                    f"got {tuple(positions.shape)}"
+                )
+        elif positions.dim() not in (1, 2) or positions.shape[-1] != T:
             # a (1,) tensor would otherwise broadcast and put every token at one position
-            raise ValueError(f"positions must have shape ({T},) or (B, {T}), got {tuple(positions.shape)}")
+            axes = f", or ({self.position_axes}, B, {T}) with M-RoPE" if self.position_axes > 1 else ""
+            raise ValueError(f"positions must have shape ({T},) or (B, {T}){axes}, got {tuple(positions.shape)}")
 
     def _rotate_one(
         self,
@@ -377,7 +420,14 @@ class RotaryEmbedding(PositionalEncoding):
             scale = self.xpos_scale(positions, T, x.device, seq_len=self._seq_len(positions, T, seq_len))
             scale = scale.reciprocal() if key else scale
             cos, sin = cos * scale, sin * scale
-        return apply_rotary(x, cos, sin, self.layout)
+        return self._norm_after(apply_rotary(x, cos, sin, self.layout))
+
+    def _norm_after(self, x: Tensor) -> Tensor:
+        """x / RMS(x) over the head, without a gain (``norm_after_eps``), or x."""
+        eps = self.config.norm_after_eps
+        if eps is None:
+            return x
+        return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
     def rotate_queries(
         self,
@@ -421,7 +471,9 @@ class RotaryEmbedding(PositionalEncoding):
         if self.xpos:
             return self._rotate_one(q, positions, seq_len, key=False), self._rotate_one(k, positions, seq_len, key=True)
         cos, sin = self.cos_sin(positions, T, q.device, seq_len=seq_len)
-        return apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
+        return self._norm_after(apply_rotary(q, cos, sin, self.layout)), self._norm_after(
+            apply_rotary(k, cos, sin, self.layout)
+        )
 
     forward = rotate
 
@@ -429,6 +481,10 @@ class RotaryEmbedding(PositionalEncoding):
         extra = "" if self.rope_type == "default" else f", rope_type={self.rope_type!r}"
         extra += "" if self.p_rope is None else f", p_rope={self.p_rope}"
         extra += f", xpos_scale_base={self.xpos_scale_base}" if self.xpos else ""
+        if self.pair_axes is not None:
+            extra += f", mrope_section={self.config.mrope_section}" + (
+                ", interleaved" if self.config.mrope_interleaved else ""
+            )
         return (
             f"head_dim={self.head_dim}, base={self.base}, layout={self.layout!r}, "
             f"rotary_dim={self.rotary_dim}, cache_len={self.cache_len}{extra}"

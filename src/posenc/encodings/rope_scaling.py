@@ -431,3 +431,43 @@ def scaling_rotary_dim(head_dim: int, params: Mapping[str, Any]) -> int:
     if params["rope_type"] == "proportional":
         return head_dim
     return int(head_dim * params.get("partial_rotary_factor", 1.0))
+
+
+def hf_rope_arguments(config: Any, layer_type: str | None = None) -> tuple[int, float, dict[str, Any], dict[str, Any]]:
+    """(head_dim, base, scaling dict, options) of the RoPE of a transformers config (object or
+    ``config.json`` dict), resolved as Hugging Face does (see ``RotaryEmbedding.from_hf_config``);
+    options: M-RoPE's ``mrope_section`` / ``mrope_interleaved`` where the parameters have them."""
+    get = config.get if isinstance(config, Mapping) else (lambda key, default=None: getattr(config, key, default))
+    sizes = get  # per-layer sizes: Gemma 4's global layers have their own head_dim
+    if layer_type is not None and not isinstance(config, Mapping) and hasattr(config, "per_layer_config"):
+        view = config.per_layer_config[layer_type]
+        sizes = lambda key, default=None: getattr(view, key, default)  # noqa: E731
+    params = get("rope_parameters") or get("rope_scaling") or {}
+    layer_types = set(get("layer_types") or ()) | {k for k, v in params.items() if isinstance(v, Mapping)}
+    if params and all(k in layer_types for k in params):  # per layer type
+        if layer_type is None:
+            raise ValueError(f"this config has per-layer RoPE parameters; pass layer_type, one of {sorted(params)}")
+        if layer_type not in params:
+            raise ValueError(f"layer_type={layer_type!r} is not in the config's RoPE parameters {sorted(params)}")
+        params = params[layer_type]
+        if params is None:
+            raise ValueError(f"layer_type={layer_type!r} has no RoPE (its parameters are None)")
+    params, options = dict(params), {}
+    if "mrope_section" in params:  # M-RoPE (Qwen2-VL, Qwen3-VL): options, not a schedule
+        options["mrope_section"] = tuple(params.pop("mrope_section"))
+    if "mrope_interleaved" in params:
+        options["mrope_interleaved"] = bool(params.pop("mrope_interleaved"))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    theta = params.pop("rope_theta", None) or get("rope_theta") or 10000.0
+    if "partial_rotary_factor" not in params and get("partial_rotary_factor") is not None:
+        params["partial_rotary_factor"] = get("partial_rotary_factor")
+    mpe = get("max_position_embeddings")
+    if rope_type in ("llama3", "yarn", "longrope"):
+        if get("original_max_position_embeddings") is not None:  # Hugging Face gives it priority
+            params["original_max_position_embeddings"] = get("original_max_position_embeddings")
+        elif mpe is not None:
+            params.setdefault("original_max_position_embeddings", mpe)
+    if mpe is not None:
+        params["max_position_embeddings"] = mpe
+    head_dim = sizes("head_dim") or sizes("hidden_size") // sizes("num_attention_heads")
+    return head_dim, float(theta), params, options

@@ -7,6 +7,7 @@ interleaved one). Pure functions of tensors;
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -65,6 +66,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -
 
     cos/sin: (T, rd) or (B, T, rd), any float dtype; they are cast to x.dtype for the multiply.
     """
+    tables = cos, sin
     if cos.dim() == 3:  # per-row positions (B, T, rd) -> (B, 1, T, rd) to broadcast over heads
         cos, sin = cos[:, None], sin[:, None]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -76,7 +78,29 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -
         or _is_func_transformed(x)  # torch.func (vmap, grad, jvp) wrappers refuse out= ops
     ):
         return _rotary_reference(x, cos, sin, layout)
+    if x.is_cuda:  # one fused kernel where Triton is installed; else the formula (which compile fuses)
+        fused = _triton_rotary()
+        if fused is None or not _fits_kernel(x, tables[0]):
+            return _rotary_reference(x, cos, sin, layout)
+        return fused.TritonRotary.apply(x, *tables, layout == "interleaved")
     return _Rotary.apply(x, cos, sin, layout)
+
+
+def _fits_kernel(x: Tensor, table: Tensor) -> bool:
+    """x (B, H, T, hs) with contiguous channels, the table (T, rd) or (B, T, rd)."""
+    if x.dim() != 4 or x.stride(-1) != 1 or table.shape[-2] != x.shape[2]:
+        return False
+    return table.dim() == 2 or (table.dim() == 3 and table.shape[0] == x.shape[0])
+
+
+@functools.cache
+def _triton_rotary():
+    """The Triton kernel's module, or None where Triton is not installed."""
+    try:
+        from posenc.encodings import rotation_triton
+    except ImportError:
+        return None
+    return rotation_triton
 
 
 def _is_func_transformed(x: Tensor) -> bool:

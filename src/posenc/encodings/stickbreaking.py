@@ -37,6 +37,9 @@ class StickBreaking(PositionalEncoding):
 
     where = "none"
 
+    #: no softmax, so no denominator for a sink: the stick left over already goes nowhere or to the query
+    takes_sinks = False
+
     @spec
     class Config(EncodingConfig):
         """``attend_current``: a query may attend to itself; ``remainder``: where the rest of the stick

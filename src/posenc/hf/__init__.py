@@ -4,7 +4,15 @@ the logits.
 
 Importers are keyed by the config's own ``model_type`` (data, not class names), one file per
 family: ``gpt2``; ``llama``, ``qwen2``, ``mistral`` (:mod:`posenc.hf.llama`); ``deepseek_v3``
-(dense layers with multi-head latent attention). A config field this architecture cannot reproduce
+(dense layers with multi-head latent attention); ``smollm3`` (NoPE layers among RoPE ones);
+``qwen3`` (per-head QK-norm, its own head size); ``gpt_neox`` (partial rotary, parallel residual,
+fused per-head qkv); ``gptj``, ``phi`` (parallel blocks with one norm, partial rotary, a head bias); ``bloom``, ``mpt``
+(ALiBi; BLOOM's embedding LayerNorm, MPT's bias-free blocks); ``phi3`` (LongRoPE, fused projections); ``cohere2`` (sliding RoPE layers, global NoPE
+layers, parallel blocks, a logit scale); ``olmo2``, ``olmo3`` (norms after each sublayer, QK-norm
+over the whole projection); ``exaone4`` (sliding RoPE / global NoPE layers, per-head QK-norm,
+post-sublayer norms); ``gemma2``, ``gemma3_text`` ((1 + w) norms, scaled embeddings, sandwich norms,
+softcapping, RoPE per layer type); ``llama4_text`` (dense: iRoPE, chunked attention, QK-norm after
+RoPE, NoPE query temperature); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
 """
@@ -15,10 +23,23 @@ from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
+from posenc.hf.bloom import import_bloom
+from posenc.hf.cohere2 import import_cohere2
 from posenc.hf.common import Converted, refuse
 from posenc.hf.deepseek import import_deepseek_v3
+from posenc.hf.exaone4 import import_exaone4
+from posenc.hf.gemma import import_gemma
 from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
+from posenc.hf.gpt_neox import import_gpt_neox
 from posenc.hf.llama import import_llama
+from posenc.hf.llama4 import import_llama4_text
+from posenc.hf.mpt import import_mpt
+from posenc.hf.olmo import import_olmo
+from posenc.hf.parallel import import_gptj, import_phi
+from posenc.hf.phi3 import import_phi3
+from posenc.hf.qwen3 import import_qwen3
+from posenc.hf.qwen_vl import import_qwen_vl
+from posenc.hf.smollm3 import import_smollm3
 
 IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "gpt2": import_gpt2,
@@ -26,7 +47,30 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "qwen2": import_llama,
     "mistral": import_llama,
     "deepseek_v3": import_deepseek_v3,
+    "smollm3": import_smollm3,
+    "qwen3": import_qwen3,
+    "gpt_neox": import_gpt_neox,
+    "gptj": import_gptj,
+    "phi": import_phi,
+    "phi3": import_phi3,
+    "cohere2": import_cohere2,
+    "olmo2": import_olmo,
+    "olmo3": import_olmo,
+    "exaone4": import_exaone4,
+    "gemma2": import_gemma,
+    "gemma3_text": import_gemma,
+    "llama4_text": import_llama4_text,
+    "bloom": import_bloom,
+    "mpt": import_mpt,
+    "qwen2_vl": import_qwen_vl,
+    "qwen2_5_vl": import_qwen_vl,
+    "qwen3_vl": import_qwen_vl,
 }
+
+#: Families whose MLPs are mixtures of experts, which posenc does not build
+MIXTURE_OF_EXPERTS: frozenset[str] = frozenset(
+    {"mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "olmoe", "granitemoe", "deepseek_v2", "jamba", "dbrx"}
+)
 
 
 def convert(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> Converted:
@@ -37,6 +81,10 @@ def convert(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: in
             raise ValueError("from_hf(state_dict) needs n_head=..., which weights alone do not determine")
         return gpt2_from_state_dict(dict(model_or_state_dict), n_head)
     model_type = getattr(model_or_state_dict.config, "model_type", None)
+    if model_type in MIXTURE_OF_EXPERTS:
+        raise ValueError(
+            f"from_hf: config.model_type={model_type!r} is a mixture-of-experts model; posenc builds dense MLPs only"
+        )
     if model_type not in IMPORTERS:
         raise ValueError(f"from_hf: config.model_type={model_type!r} is not supported; supported: {sorted(IMPORTERS)}")
     return IMPORTERS[model_type](model_or_state_dict)

@@ -22,7 +22,7 @@ def import_deepseek_v3(model: nn.Module) -> Converted:
                 "first_k_dense_replace": dense,
                 "num_hidden_layers": c.num_hidden_layers,
                 "n_routed_experts": c.n_routed_experts,
-                "why": "layers past first_k_dense_replace are MoE",
+                "why": "layers past first_k_dense_replace are mixture-of-experts, which posenc does not build",
             },
         )
     fields = common_llama_fields(c, "deepseek_v3") | {name: getattr(c, name) for name in MLA_FIELDS}

@@ -21,18 +21,29 @@ def _rope_fields(c: Any) -> dict[str, Any]:
     rope = RotaryEmbedding.from_hf_config(c)
     fields: dict[str, Any] = {"rope_base": rope.base, "rope_layout": "half"}
     scaling = {k: v for k, v in rope.scaling.items() if v is not None}
-    if scaling.get("rope_type") != "default" or "partial_rotary_factor" in scaling:
+    if scaling.pop("partial_rotary_factor", None) is not None:
+        # as rotary_dim, which outlives a later change of schedule (config.with_encoding("rope", scaling=...))
+        fields["rotary_dim"] = rope.rotary_dim
+    if scaling.get("rope_type") != "default":
         fields["rope_scaling"] = scaling
+    if rope.position_axes > 1:  # M-RoPE
+        mrope = {"mrope_section": rope.config.mrope_section, "mrope_interleaved": rope.config.mrope_interleaved}
+        fields["pe_options"] = {"rope": mrope}
     return fields
 
 
-def common_llama_fields(c: Any, model_type: str) -> dict[str, Any]:
+def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False, rope: bool = True) -> dict[str, Any]:
+    """GPTConfig's fields of a Llama-style config; ``own_head_dim``: the family sets ``head_dim``
+    apart from hidden_size / num_attention_heads (Qwen3), which the importer then passes on;
+    ``rope=False``: without the RoPE fields (a family with RoPE parameters per layer type sets
+    each layer's own)."""
     differ: dict[str, Any] = {}
     if getattr(c, "hidden_act", "silu") != "silu":
         differ["hidden_act"] = c.hidden_act
     head_dim = getattr(c, "head_dim", None)
     # DeepSeek's head_dim is its rotary width (qk_rope_head_dim); MLA sets its own head sizes
-    if model_type != "deepseek_v3" and head_dim is not None and head_dim != c.hidden_size // c.num_attention_heads:
+    own = own_head_dim or model_type == "deepseek_v3"
+    if not own and head_dim is not None and head_dim != c.hidden_size // c.num_attention_heads:
         differ["head_dim"] = head_dim
     if getattr(c, "pretraining_tp", 1) != 1:
         differ["pretraining_tp"] = c.pretraining_tp
@@ -50,7 +61,7 @@ def common_llama_fields(c: Any, model_type: str) -> dict[str, Any]:
         intermediate_size=c.intermediate_size,
         tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
         dropout=0.0,
-        **_rope_fields(c),
+        **(_rope_fields(c) if rope else {}),
     )
 
 

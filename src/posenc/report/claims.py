@@ -232,9 +232,10 @@ def published_claims(results: dict[str, Any]) -> list[str]:
             measure
         ]
         numbers = f"{label(a)} {ma:+.4f}" if b is None else f"{label(a)} {ma:.4f} vs {label(b)} {mb:.4f}"
+        split = "" if wins in (0, len(seeds)) else ": the seeds disagree, so this is within seed noise"
         out.append(
             f"- **{claim}:** {'holds' if ma < mb else 'does not hold'} here ({what}, mean over seeds: {numbers}); "
-            f"in {wins} of {len(seeds)} seeds."
+            f"in {wins} of {len(seeds)} seeds{split}."
         )
     return out
 

@@ -57,7 +57,7 @@ def study_table(results: dict[str, Any]) -> str:
         f"{' to '.join(sorted({f'{p / 1e6:.2f}M' for p in (params[0], params[-1])}))} parameters (non-embedding, as nanoGPT counts); "
         "train loss = mean over the last evaluation interval, validation loss = the final evaluation; "
         "KV cache = what one token adds to the cache over all layers in fp16 (keys and values of every KV "
-        "head; MLA: its latent and shared rotary key).",
+        "head; MLA: its latent and shared rotary key; FoX also its float32 running sum of log forget gates, one per head).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -29,13 +29,15 @@ def _kind(results: dict[str, Any]) -> str:
     return results.get("kind", "table")
 
 
-def _check_compatible(old: dict[str, Any], new: dict[str, Any]) -> None:
+def _check_compatible(old: dict[str, Any], new: dict[str, Any], full: bool = False) -> None:
+    """Refuse jsons that cannot share a page; a full rerun (``full``) may have other seeds, since it
+    replaces every row."""
     if _kind(old) != _kind(new):
         raise ValueError(f"cannot revise a {_kind(old)} page with a {_kind(new)} json")
     for key in ("preset", "block_size"):
         if old.get(key) != new.get(key):
             raise ValueError(f"the two jsons differ in {key!r}: {old.get(key)!r} vs {new.get(key)!r}")
-    if old.get("seeds") != new.get("seeds"):
+    if old.get("seeds") != new.get("seeds") and not full:
         raise ValueError(f"the two jsons differ in their seeds: {old.get('seeds')} vs {new.get('seeds')}")
     if _kind(old) == "table":
         a, b = ({k: v for k, v in r["train_config"].items() if k not in _PLACEMENT} for r in (old, new))
@@ -97,9 +99,11 @@ def _replace_synthetic(old: dict[str, Any], new: dict[str, Any], variants: list[
     for part, source in ((out, new), (out.get("counting"), new.get("counting"))):
         if source is None:
             continue
-        part["runs"] = {k: r for k, r in part["runs"].items() if r["variant"] not in variants}
-        part["runs"] |= {k: r for k, r in source["runs"].items() if r["variant"] in variants}
-        part["mean_accuracy"] |= {v: source["mean_accuracy"][v] for v in variants}
+        # a variant may have passkey rows and no counting ones (counted only for some variants)
+        here = [v for v in variants if v in source["mean_accuracy"]]
+        part["runs"] = {k: r for k, r in part["runs"].items() if r["variant"] not in here}
+        part["runs"] |= {k: r for k, r in source["runs"].items() if r["variant"] in here}
+        part["mean_accuracy"] |= {v: source["mean_accuracy"][v] for v in here}
     return out
 
 
@@ -127,12 +131,24 @@ def _sentences(results: dict[str, Any]) -> list[str]:
     from posenc.report.markdown import render_markdown
     from posenc.report.studies import RENDERERS
 
+    results = {k: v for k, v in results.items() if k != "revisions"}  # the history is not the page's claims
     if _kind(results) == "table":
         text = render_markdown(results, None, [])
     else:
         text = RENDERERS[_kind(results)][0](results, [], "")
     skip = ("|", "#", "![", "- Command", "- Date", "- Wall time", "- One run", "- Sweep", "  Date")
-    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(skip)]
+    prose, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):  # generated samples: text, not claims
+            fenced = not fenced
+        elif not fenced and line.strip() and not line.lstrip().startswith(skip) and not _heading(line):
+            prose.append(line)
+    return prose
+
+
+def _heading(line: str) -> bool:
+    """A sample's bold heading (``**GPT FoX**``): a label, not a sentence."""
+    return line.startswith("**") and line.endswith("**")
 
 
 def _variants(results: dict[str, Any]) -> list[str]:
@@ -144,11 +160,12 @@ def _variants(results: dict[str, Any]) -> list[str]:
 def revise(old: dict[str, Any], new: dict[str, Any], why: str, command: str = "") -> dict[str, Any]:
     """``old`` with the rows of ``new``'s variants replaced by ``new``'s (or added, for variants
     ``old`` lacks), and the revision recorded."""
-    _check_compatible(old, new)
+    full = set(old.get("rows", old.get("variants"))) <= set(new.get("rows", new.get("variants")))
+    _check_compatible(old, new, full)
     names = _variants(new)
     variants = [v for v in names if v in _variants(old)]
     added = [v for v in names if v not in _variants(old)]
-    if set(old.get("rows", old.get("variants"))) <= set(new.get("rows", new.get("variants"))):
+    if full:
         out = json.loads(json.dumps(new))  # a full rerun: the new json, with the old one's history
     else:
         out = REPLACE[_kind(old)](old, new, variants + added)
@@ -170,9 +187,26 @@ def revise(old: dict[str, Any], new: dict[str, Any], why: str, command: str = ""
 
 
 def _changed(before: list[str], after: list[str]) -> list[tuple[str, str]]:
-    """(old, new) sentence pairs that differ, matched by position among the lines that changed."""
+    """(old, new) sentence pairs that differ: a bullet is matched to the bullet of the same bold
+    title (``- **Seed spread.**``), other lines by position among the lines that changed."""
     gone = [s for s in before if s not in after]
     came = [s for s in after if s not in before]
-    pairs = list(zip(gone, came))
+    pairs = []
+    for s in list(gone):
+        twin = next((t for t in came if _title(t) is not None and _title(t) == _title(s)), None)
+        if twin is not None:
+            pairs.append((s, twin))
+            gone.remove(s)
+            came.remove(twin)
+    pairs += list(zip(gone, came))
     pairs += [(s, "") for s in gone[len(came) :]] + [("", s) for s in came[len(gone) :]]
     return pairs
+
+
+def _title(line: str) -> str | None:
+    """The bold title a bullet starts with, or None."""
+    body = line.lstrip()
+    if not body.startswith("- **"):
+        return None
+    end = body.find("**", 4)
+    return body[4:end] if end > 0 else None

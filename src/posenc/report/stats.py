@@ -90,6 +90,7 @@ def kv_cache_bytes(results: dict[str, Any], variant: str, dtype: Any = None) -> 
 
     from posenc.attention import attention_config
     from posenc.encodings.base import ModelDims
+    from posenc.layer import LayerSpec
 
     mc = results["model_config"]
     dims = ModelDims(n_embd=mc["n_embd"], n_head=mc["n_head"], block_size=mc["block_size"])
@@ -98,10 +99,11 @@ def kv_cache_bytes(results: dict[str, Any], variant: str, dtype: Any = None) -> 
         return None
     arch = run.get("architecture") or {"attention": "mha", "layers": [None] * mc["n_layer"]}
     if arch["layers"] and isinstance(arch["layers"][0], dict) and "attention" in arch["layers"][0]:
-        attentions = [attention_config(layer["attention"]) for layer in arch["layers"]]
-    else:  # one attention for every layer, its options flat (None = the default)
-        options = {k: v for k, v in (arch.get("attention_options") or {}).items() if v is not None}
-        attentions = [attention_config(arch["attention"], **options)] * len(arch["layers"])
+        layers = [LayerSpec(attention=layer["attention"], pe=layer["pe"]) for layer in arch["layers"]]
+        return sum(layer.cache_bytes_per_token(dims, dtype or torch.float16) for layer in layers)
+    # one attention for every layer, its options flat (None = the default)
+    options = {k: v for k, v in (arch.get("attention_options") or {}).items() if v is not None}
+    attentions = [attention_config(arch["attention"], **options)] * len(arch["layers"])
     return sum(a.cache_bytes_per_token(dims, dtype or torch.float16) for a in attentions)
 
 

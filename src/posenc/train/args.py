@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from posenc.block import MLPS
 from posenc.checkpoint import CheckpointError
 from posenc.config import PRESETS, GPTConfig
 from posenc.data import DataError
@@ -204,7 +205,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         choices=["layernorm", "rmsnorm"],
         help="normalisation layers (GPT-2: layernorm; Llama: rmsnorm)",
     )
-    g.add_argument("--mlp", default=None, choices=["gelu", "swiglu"], help="MLP (GPT-2: gelu; Llama: swiglu)")
+    g.add_argument(
+        "--mlp", default=None, choices=MLPS, help="MLP (GPT-2: gelu, tanh; GPT-NeoX: gelu_exact; Llama: swiglu)"
+    )
     g.add_argument(
         "--intermediate-size", type=int, default=None, help="MLP hidden width (default 4C for gelu, 8C/3 for swiglu)"
     )

@@ -26,7 +26,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from posenc.checkpoint import save_checkpoint
 from posenc.config import GPTConfig
-from posenc.data import batch_offsets, document_ids, get_batch, get_tokenizer, load_split, prepare
+from posenc.data import (
+    batch_offsets,
+    document_ids,
+    get_batch,
+    get_tokenizer,
+    load_split,
+    prepare,
+    refuse_another_corpus,
+)
 from posenc.evaluate import validation_loss
 from posenc.io import atomic_write
 from posenc.model import GPT
@@ -77,6 +85,7 @@ class Trainer:
         cfg, T = self.cfg, self.config.block_size
         self.data_dir = data_dir_of(cfg)
         if self.dist.master:
+            refuse_another_corpus(self.data_dir, cfg.dataset, get_tokenizer(cfg.tokenizer).name)
             prepare(
                 self.data_dir,
                 source=cfg.dataset,

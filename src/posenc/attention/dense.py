@@ -1,0 +1,111 @@
+"""The dense path: one fused SDPA call with the score bias and the visibility as an additive mask.
+
+For short sequences the (B, nh, Tq, Tk) scores are small, and one ``scaled_dot_product_attention``
+call with a float ``attn_mask`` -- the encoding's bias where a key is visible, -inf where it is
+not -- is faster forward and backward than walking tiles in Python (docs/attention.md measures
+both). :func:`posenc.attention.kernel.attend` takes this path when that mask has at most
+:data:`DENSE_BUDGET` elements; past it, the blockwise kernel keeps memory linear in T.
+
+Same inputs and outputs as :func:`~posenc.attention.blockwise.blockwise_attention`, for softmax
+weights without a logit softcap or a content bias (those need the scores themselves): score
+biases (with their per-token features), windows, chunks, document segments, key padding, GQA,
+KV-cache steps, dropout, and per-head sinks as one extra key whose score is the sink's logit and
+whose value is zero. Rows with no visible key return 0. Half-precision inputs do not take this
+path: SDPA would add the bias in half precision, where the blockwise kernel computes in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from posenc.attention.blockwise import ScoreBias, _check_extras, _check_inputs, _default_positions, _starts
+from posenc.attention.mask import as_mask, visible
+
+#: The most elements of the (B, nh, Tq, Tk) mask for which ``attend(backend="auto")`` takes the
+#: dense path: 2**24 (64 MiB in float32; SDPA's math kernel keeps about three such tensors per
+#: layer for backward). Set ``posenc.attention.dense.DENSE_BUDGET`` to change it; 0 turns it off.
+DENSE_BUDGET: int = 2**24
+
+#: The input dtypes the dense path takes (see the module docstring).
+DENSE_DTYPES = (torch.float32, torch.float64)
+
+
+def dense_fits(q: Tensor, k: Tensor, budget: int | None = None) -> bool:
+    """Whether the mask of q (B, nh, Tq, hs) against k (B, n_kv, Tk, hs) fits the budget."""
+    budget = DENSE_BUDGET if budget is None else budget
+    B, nh, Tq, _ = q.shape
+    return q.dtype in DENSE_DTYPES and B * nh * Tq * k.shape[2] <= budget
+
+
+def dense_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    score_bias: ScoreBias | None = None,
+    q_positions: Tensor | None = None,
+    k_positions: Tensor | None = None,
+    q_features: Tensor | None = None,
+    k_features: Tensor | None = None,
+    window: int | None = None,
+    chunk: int | None = None,
+    q_segments: Tensor | None = None,
+    k_segments: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    scale: float | None = None,
+    sinks: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Causal attention q (B, nh, Tq, hs), k (B, n_kv, Tk, hs), v (B, n_kv, Tk, dv) -> (B, nh, Tq, dv)
+    through one SDPA call (arguments as :func:`~posenc.attention.blockwise.blockwise_attention`)."""
+    q_segments, k_segments = _check_inputs(q, k, v, q_segments, k_segments, key_padding_mask, dropout_p)
+    _check_extras(q, None, sinks)
+    B, nh, Tq, hs = q.shape
+    Tk = k.shape[2]
+    mask = as_mask(window, chunk)
+    allowed = visible(
+        Tk - Tq,
+        Tk,
+        0,
+        Tk,
+        mask,
+        device=q.device,
+        q_segments=q_segments,
+        k_segments=k_segments,
+        key_padding_mask=key_padding_mask,
+        **_starts(mask, k_segments, Tq),
+    )  # (Tq, Tk) or (B, 1, Tq, Tk)
+    mask = torch.where(allowed, 0.0, float("-inf")).to(q.dtype)
+    if score_bias is not None:
+        q_positions = _default_positions(q_positions, Tk - Tq, Tk, q.device)
+        k_positions = _default_positions(k_positions, 0, Tk, q.device)
+        bias = score_bias(q_positions, k_positions, q_features, k_features)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+        if bias is not None:
+            mask = mask + bias.to(q.dtype)
+    empty = None
+    if sinks is None:
+        empty = ~allowed.any(dim=-1, keepdim=True)  # rows with no visible key: SDPA would return NaN
+        if bool(empty.any()):
+            mask = mask.masked_fill(empty, 0.0)
+        else:
+            empty = None
+    else:  # one more key: score q.0 + sink = the sink's logit, value 0
+        mask = mask.expand(B, nh, Tq, Tk)
+        sink = sinks.to(q.dtype).view(1, nh, 1, 1).expand(B, nh, Tq, 1)
+        mask = torch.cat([mask, sink], dim=-1)
+        k = torch.cat([k, k.new_zeros(B, k.shape[1], 1, hs)], dim=2)
+        v = torch.cat([v, v.new_zeros(B, v.shape[1], 1, v.shape[3])], dim=2)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        scale=1.0 / math.sqrt(hs) if scale is None else scale,
+        enable_gqa=k.shape[1] != nh,
+    )
+    return out if empty is None else out.masked_fill(empty, 0.0)

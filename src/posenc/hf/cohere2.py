@@ -1,0 +1,63 @@
+"""Cohere 2 (``cohere2``, Command R7B / Command A): sliding-window RoPE layers beside global NoPE
+layers (``layer_types``; the RNoPE-SWA row of posenc's own extension study), RoPE in the
+interleaved layout, parallel blocks reading one LayerNorm without bias (``ln_2`` a copy of
+``ln_1``), SwiGLU MLPs, GQA, and logits multiplied by ``logit_scale``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from posenc.config import GPTConfig
+from posenc.hf.common import Converted, refuse
+from posenc.hf.llama import _rope_fields
+
+
+def import_cohere2(model: nn.Module) -> Converted:
+    c = model.config
+    if c.hidden_act != "silu":
+        refuse("cohere2", {"hidden_act": c.hidden_act})
+    n = c.num_hidden_layers
+    sliding = [kind == "sliding_attention" for kind in c.layer_types[:n]]
+    attention_bias = bool(getattr(c, "attention_bias", False))
+    fields: dict[str, Any] = dict(
+        vocab_size=c.vocab_size,
+        n_embd=c.hidden_size,
+        n_layer=n,
+        n_head=c.num_attention_heads,
+        n_kv_head=c.num_key_value_heads or c.num_attention_heads,
+        block_size=c.max_position_embeddings,
+        norm="layernorm",
+        norm_eps=c.layer_norm_eps,
+        bias=False,
+        qkv_bias=attention_bias,
+        proj_bias=attention_bias,
+        mlp="swiglu",
+        intermediate_size=c.intermediate_size,
+        tie_embeddings=bool(c.tie_word_embeddings),
+        layer_pe=tuple("rope" if s else "nope" for s in sliding),
+        layer_window=tuple(c.sliding_window if s else None for s in sliding),
+        **(_rope_fields(c) | {"rope_layout": "interleaved"}),
+    )
+    config = GPTConfig(**fields)
+    config = config.map_layers(lambda i, layer: layer.replace(block=layer.block.replace(parallel=True)))
+    config = config.replace(head=config.head.replace(logit_scale=float(c.logit_scale)))
+    sd = model.state_dict()
+    ours = {
+        "wte.weight": sd["model.embed_tokens.weight"],
+        "ln_f.weight": sd["model.norm.weight"],
+        "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"]),
+    }
+    for i in range(n):
+        src, dst = f"model.layers.{i}", f"blocks.{i}"
+        ours[f"{dst}.ln_1.weight"] = ours[f"{dst}.ln_2.weight"] = sd[f"{src}.input_layernorm.weight"]
+        for p in ("weight", "bias"):
+            if f"{src}.self_attn.q_proj.{p}" in sd:
+                ours[f"{dst}.attn.c_attn.{p}"] = torch.cat([sd[f"{src}.self_attn.{x}_proj.{p}"] for x in "qkv"])
+            if f"{src}.self_attn.o_proj.{p}" in sd:
+                ours[f"{dst}.attn.c_proj.{p}"] = sd[f"{src}.self_attn.o_proj.{p}"]
+        for theirs, mine in (("gate_proj", "w_gate"), ("up_proj", "w_up"), ("down_proj", "c_proj")):
+            ours[f"{dst}.mlp.{mine}.weight"] = sd[f"{src}.mlp.{theirs}.weight"]
+    return config, ours

@@ -1,0 +1,107 @@
+"""Gemma 2 and Gemma 3 (``gemma2``, ``gemma3_text``): RMSNorms that scale by ``1 + w`` (imported as
+posenc gains ``w + 1``), token embeddings multiplied by sqrt(hidden_size) (``EmbeddingConfig.scale``),
+norms before and after each sublayer (``Block.Config(post_norm=True)``), GeGLU MLPs (tanh GELU gate),
+a softmax scale of ``query_pre_attn_scalar ** -0.5`` and a ``head_dim`` of their own, sliding windows
+on the layers ``layer_types`` marks, RoPE per layer type (Gemma 3: local base 1e4, global 1e6 with its
+own scaling), and tied output embeddings. Gemma 2 soft-caps the attention logits and the final
+logits; Gemma 3 has per-head RMS QK-norm (``1 + w`` too) instead. Bidirectional attention (Gemma 3's
+``use_bidirectional_attention``) is refused; posenc's QK-norm eps is 1e-6."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from posenc.config import GPTConfig, LayerSpec
+from posenc.encodings.rope import RotaryEmbedding
+from posenc.hf.common import Converted, refuse
+from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.olmo import _per_layer_type
+from posenc.hf.qwen3 import QK_NORM_EPS
+
+TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
+
+
+def import_gemma(model: nn.Module) -> Converted:
+    c = model.config
+    model_type = c.model_type
+    gemma3 = model_type == "gemma3_text"
+    act = getattr(c, "hidden_activation", None) or c.hidden_act
+    differ: dict[str, Any] = {}
+    if act not in TANH_GELU:
+        differ["hidden_activation"] = act
+    if getattr(c, "use_bidirectional_attention", False):
+        differ["use_bidirectional_attention"] = True
+    if gemma3 and c.rms_norm_eps != QK_NORM_EPS:
+        differ["rms_norm_eps"] = c.rms_norm_eps
+    refuse(model_type, differ)
+    n = c.num_hidden_layers
+    types = list(c.layer_types)[:n]
+    nested = _per_layer_type(c)
+    plain = _ActSilu(c)  # common_llama_fields checks for SiLU; the MLP kind is set below
+    fields = common_llama_fields(plain, model_type, own_head_dim=True, rope=not nested)
+    attention: dict[str, Any] = {"head_dim": c.head_dim, "softmax_scale": c.query_pre_attn_scalar**-0.5}
+    if getattr(c, "attn_logit_softcapping", None) is not None:
+        attention["softcap"] = float(c.attn_logit_softcapping)
+    attention_bias = bool(getattr(c, "attention_bias", False))
+    fields |= dict(
+        bias=False,
+        qkv_bias=attention_bias,
+        proj_bias=attention_bias,
+        mlp="geglu",
+        mlp_bias=False,
+        tie_embeddings=True,
+        attention_options=attention,
+        layer_pe=("rope",),
+        layer_window=tuple(c.sliding_window if kind == "sliding_attention" else None for kind in types),
+    )
+    if gemma3:
+        fields |= dict(qk_norm=True, qk_norm_type="rms")
+
+    def layer(i: int, spec: LayerSpec) -> LayerSpec:
+        spec = spec.replace(block=spec.block.replace(post_norm=True))
+        if nested:
+            return spec.replace(pe=RotaryEmbedding.from_hf_config(c, layer_type=types[i]).config)
+        return spec
+
+    config = GPTConfig(**fields).map_layers(layer)
+    softcap = getattr(c, "final_logit_softcapping", None)
+    head = config.head.replace(softcap=None if softcap is None else float(softcap))
+    config = config.replace(embedding=config.embedding.replace(scale=c.hidden_size**0.5), head=head)
+    return config, _gemma_weights(model.state_dict(), n, gemma3)
+
+
+class _ActSilu:
+    """A view of a Gemma config that reads as SiLU to the Llama field reader (the MLP is set apart)."""
+
+    def __init__(self, c: Any) -> None:
+        self._c = c
+
+    def __getattr__(self, name: str) -> Any:
+        return "silu" if name == "hidden_act" else getattr(self._c, name)
+
+
+def _gemma_weights(sd: dict[str, Tensor], n_layer: int, qk_norm: bool) -> dict[str, Tensor]:
+    """Llama's renaming plus the post-sublayer norms; every norm gain ``w`` becomes ``1 + w``."""
+    sd = dict(sd)
+    post = {}
+    for i in range(n_layer):
+        src = f"model.layers.{i}"
+        post[f"blocks.{i}.post_attn_norm.weight"] = sd[f"{src}.post_attention_layernorm.weight"]
+        post[f"blocks.{i}.post_mlp_norm.weight"] = sd[f"{src}.post_feedforward_layernorm.weight"]
+        sd[f"{src}.post_attention_layernorm.weight"] = sd[f"{src}.pre_feedforward_layernorm.weight"]  # -> ln_2
+
+    def attention(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
+        out = _mha_weights(sd, src, dst)
+        if qk_norm:
+            out[f"{dst}.qk_norm.q_norm.weight"] = sd[f"{src}.q_norm.weight"]
+            out[f"{dst}.qk_norm.k_norm.weight"] = sd[f"{src}.k_norm.weight"]
+        return out
+
+    ours = llama_weights(sd, n_layer, attention=attention) | post
+    gains = (".ln_1.weight", ".ln_2.weight", "_norm.weight", "ln_f.weight")
+    return {k: (v.float() + 1.0).to(v.dtype) if k.endswith(gains) else v for k, v in ours.items()}
+
+
+__all__ = ["import_gemma"]

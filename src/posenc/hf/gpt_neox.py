@@ -1,0 +1,75 @@
+"""GPT-NeoX / Pythia (``gpt_neox``): LayerNorm, GELU (exact by default), biases on every projection
+unless ``attention_bias`` is off, partial rotary in the half layout (``partial_rotary_factor``,
+Pythia: 0.25), a parallel residual (``x + attn(ln_1 x) + mlp(ln_2 x)``) unless
+``use_parallel_residual`` is off, and one fused qkv projection whose output is grouped by head
+(``[q_h, k_h, v_h]`` for each head h), which is regrouped here into posenc's ``[q, k, v]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from posenc.config import GPTConfig
+from posenc.hf.common import Converted, per_head_qkv, refuse
+from posenc.hf.llama import _rope_fields
+
+#: Hugging Face's activation names and posenc's MLP kinds
+ACTIVATIONS: dict[str, str] = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
+
+
+def import_gpt_neox(model: nn.Module) -> Converted:
+    c = model.config
+    if c.hidden_act not in ACTIVATIONS:
+        refuse("gpt_neox", {"hidden_act": c.hidden_act})
+    attention_bias = bool(getattr(c, "attention_bias", True))
+    fields: dict[str, Any] = dict(
+        vocab_size=c.vocab_size,
+        n_embd=c.hidden_size,
+        n_layer=c.num_hidden_layers,
+        n_head=c.num_attention_heads,
+        block_size=c.max_position_embeddings,
+        norm="layernorm",
+        norm_eps=c.layer_norm_eps,
+        bias=True,
+        qkv_bias=attention_bias,
+        proj_bias=attention_bias,
+        mlp=ACTIVATIONS[c.hidden_act],
+        intermediate_size=c.intermediate_size,
+        tie_embeddings=bool(c.tie_word_embeddings),
+        dropout=0.0,
+        pe="rope",
+        **_rope_fields(c),
+    )
+    config = GPTConfig(**fields)
+    if c.use_parallel_residual:
+        config = config.map_layers(lambda i, layer: layer.replace(block=layer.block.replace(parallel=True)))
+    return config, neox_weights(model.state_dict(), c.num_hidden_layers, c.num_attention_heads)
+
+
+def neox_weights(sd: dict[str, Tensor], n_layer: int, n_head: int) -> dict[str, Tensor]:
+    """posenc names for a GPT-NeoX state dict."""
+    sd = {k.removeprefix("gpt_neox."): v for k, v in sd.items()}
+    ours = {
+        "wte.weight": sd["embed_in.weight"],
+        "ln_f.weight": sd["final_layer_norm.weight"],
+        "ln_f.bias": sd["final_layer_norm.bias"],
+        "lm_head.weight": sd.get("lm_head.weight", sd.get("embed_out.weight", sd["embed_in.weight"])),
+    }
+    renames = {
+        "input_layernorm": "ln_1",
+        "post_attention_layernorm": "ln_2",
+        "attention.dense": "attn.c_proj",
+        "mlp.dense_h_to_4h": "mlp.c_fc",
+        "mlp.dense_4h_to_h": "mlp.c_proj",
+    }
+    for i in range(n_layer):
+        src, dst = f"layers.{i}", f"blocks.{i}"
+        for theirs, mine in renames.items():
+            for p in ("weight", "bias"):
+                if f"{src}.{theirs}.{p}" in sd:
+                    ours[f"{dst}.{mine}.{p}"] = sd[f"{src}.{theirs}.{p}"]
+        for p in ("weight", "bias"):
+            if f"{src}.attention.query_key_value.{p}" in sd:
+                ours[f"{dst}.attn.c_attn.{p}"] = per_head_qkv(sd[f"{src}.attention.query_key_value.{p}"], n_head)
+    return ours

@@ -1,0 +1,44 @@
+"""Qwen3 (``qwen3``): a Llama with RMS QK-norm on each head of q and k before RoPE (one gain of
+``head_dim`` for q, one for k, shared by the heads), a ``head_dim`` set apart from the width
+(Qwen3-0.6B: 128 with 1024 / 16 heads), no biases, and sliding windows on the layers its
+``layer_types`` mark when ``use_sliding_window`` is on."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from posenc.config import GPTConfig
+from posenc.hf.common import Converted, refuse
+from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+
+#: posenc's RMS QK-norm eps; a config with another one is refused, not approximated
+QK_NORM_EPS = 1e-6
+
+
+def import_qwen3(model: nn.Module) -> Converted:
+    c = model.config
+    if c.rms_norm_eps != QK_NORM_EPS:
+        refuse("qwen3", {"rms_norm_eps": c.rms_norm_eps})  # its q_norm/k_norm share it
+    fields = common_llama_fields(c, "qwen3", own_head_dim=True)
+    attention_bias = bool(getattr(c, "attention_bias", False))
+    n = c.num_hidden_layers
+    windowed = [bool(c.use_sliding_window) and kind == "sliding_attention" for kind in c.layer_types[:n]]
+    fields |= dict(
+        bias=False,
+        qkv_bias=attention_bias,
+        proj_bias=attention_bias,
+        mlp_bias=False,
+        qk_norm=True,
+        qk_norm_type="rms",
+        attention_options={"head_dim": c.head_dim},
+        layer_pe=("rope",),
+        layer_window=tuple(c.sliding_window if w else None for w in windowed),
+    )
+    return GPTConfig(**fields), llama_weights(model.state_dict(), n, attention=_qk_normed_weights)
+
+
+def _qk_normed_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
+    return _mha_weights(sd, src, dst) | {
+        f"{dst}.qk_norm.q_norm.weight": sd[f"{src}.q_norm.weight"],
+        f"{dst}.qk_norm.k_norm.weight": sd[f"{src}.k_norm.weight"],
+    }

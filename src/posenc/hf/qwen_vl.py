@@ -1,0 +1,45 @@
+"""The text models of Qwen2-VL, Qwen2.5-VL and Qwen3-VL (``qwen2_vl``, ``qwen2_5_vl``,
+``qwen3_vl``: ``...ForConditionalGeneration``, not ``AutoModelForCausalLM`` models): a Qwen2 (q/k/v
+biases) or Qwen3 (per-head QK-norm, no biases) decoder whose RoPE is M-RoPE -- ``mrope_section``
+chunked, or interleaved for Qwen3-VL -- so the GPT takes (3, B, T) position ids. The vision tower
+is not imported: the GPT reproduces the logits of the language model given its token ids and its
+3-axis positions (images and videos enter Hugging Face's model as embeddings that replace
+placeholder tokens, which posenc does not build)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from posenc.config import GPTConfig
+from posenc.hf.common import Converted, refuse
+from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.qwen3 import QK_NORM_EPS, _qk_normed_weights
+
+
+def import_qwen_vl(model: nn.Module) -> Converted:
+    model_type = model.config.model_type
+    c = model.config.text_config
+    fields = common_llama_fields(c, model_type, own_head_dim=model_type == "qwen3_vl")
+    if model_type == "qwen3_vl":
+        if c.rms_norm_eps != QK_NORM_EPS:
+            refuse(model_type, {"text_config.rms_norm_eps": c.rms_norm_eps})
+        bias = bool(getattr(c, "attention_bias", False))
+        fields |= dict(qkv_bias=bias, proj_bias=bias, qk_norm=True, qk_norm_type="rms")
+        fields |= dict(attention_options={"head_dim": c.head_dim})
+        attention = _qk_normed_weights
+    else:  # Qwen2: q/k/v biases only
+        if getattr(c, "use_sliding_window", False):
+            refuse(model_type, {"text_config.use_sliding_window": True})
+        fields |= dict(qkv_bias=True, proj_bias=False)
+        attention = _mha_weights
+    fields |= dict(bias=False, mlp_bias=False, pe="rope")
+    sd = {_text_name(k): v for k, v in model.state_dict().items() if not k.startswith(("model.visual.", "visual."))}
+    return GPTConfig(**fields), llama_weights(sd, c.num_hidden_layers, attention=attention)
+
+
+def _text_name(key: str) -> str:
+    """``model.language_model.layers.0...`` -> ``model.layers.0...`` (the Llama names)."""
+    return key.replace("model.language_model.", "model.", 1)
+
+
+__all__ = ["import_qwen_vl"]

@@ -1,0 +1,31 @@
+"""SmolLM3 (``smollm3``): a Llama whose ``no_rope_layers`` turn RoPE off on some layers (NoPE every
+4th layer by default), with an optional sliding window on those NoPE layers (``use_sliding_window``
+with ``layer_types``). Each layer becomes a posenc ``rope`` or ``nope`` layer, with its window."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from posenc.config import GPTConfig
+from posenc.hf.common import Converted
+from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+
+
+def import_smollm3(model: nn.Module) -> Converted:
+    c = model.config
+    fields = common_llama_fields(c, "smollm3")
+    attention_bias = bool(getattr(c, "attention_bias", False))
+    fields |= dict(
+        bias=False, qkv_bias=attention_bias, proj_bias=attention_bias, mlp_bias=bool(getattr(c, "mlp_bias", False))
+    )
+    n = c.num_hidden_layers
+    uses_rope = list(c.no_rope_layers)[:n]  # 1: the layer rotates q and k, 0: NoPE
+    windowed = [
+        bool(c.use_sliding_window) and c.sliding_window is not None and kind == "sliding_attention"
+        for kind in c.layer_types[:n]
+    ]
+    fields |= dict(
+        layer_pe=tuple("rope" if use else "nope" for use in uses_rope),
+        layer_window=tuple(c.sliding_window if w else None for w in windowed),
+    )
+    return GPTConfig(**fields), llama_weights(model.state_dict(), n, attention=_mha_weights)
