@@ -375,3 +375,16 @@ def test_a_length_dependent_schedule_changes_the_logits_past_its_context() -> No
     idx = tokens(1, 24)
     torch.testing.assert_close(dynamic(idx[:, :8])[0], plain(idx[:, :8])[0], rtol=0, atol=1e-6)  # within its context
     assert (dynamic(idx)[0] - plain(idx)[0]).abs().max() > 1e-5  # 100x the difference inside the context
+
+
+@torch.no_grad()
+def test_last_only_gives_the_last_positions_logits() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", pe="rope")).eval()
+    idx = tokens(2, 12)
+    full, _ = model(idx)
+    last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, model.config.vocab_size)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="last_only=True gives one position's logits"):
+        model(idx, targets=idx, last_only=True)

@@ -84,7 +84,9 @@ class GPT(nn.Module):
     """A nanoGPT-style decoder whose positional encoding is chosen per layer by ``config``.
 
     ``logits, loss = model(idx, targets=None, positions=None, cache=None)``: logits (B, T, V) for
-    every position; ``loss`` is the mean cross-entropy over targets != -1, or ``None``.
+    every position (with ``last_only=True`` the last one's, (B, 1, V): what generation reads, without
+    the head's cost over a whole prompt); ``loss`` is the mean cross-entropy over targets != -1, or
+    ``None``.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -181,6 +183,7 @@ class GPT(nn.Module):
         positions: Tensor | None = None,
         cache: KVCache | None = None,
         document_ids: Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """``document_ids`` (B, T), non-decreasing per row, packs several documents in a row: a token
         attends only to its own document and its position restarts at 0 there (unless ``positions``
@@ -192,7 +195,7 @@ class GPT(nn.Module):
         if cache is not None and self.length_dependent:
             state = tuple(block.attn.pe.rotation_state(past + T) for block in self.blocks)
             if past and cache.rotation != state:
-                return self._recompute(idx, targets, positions, cache, document_ids)
+                return self._recompute(idx, targets, positions, cache, document_ids, last_only)
         segments = None
         if document_ids is not None or (cache is not None and cache.segments is not None):
             segments, doc_positions = self._segments(idx, document_ids, cache)
@@ -216,6 +219,10 @@ class GPT(nn.Module):
             cache.tokens = idx if cache.tokens is None else torch.cat((cache.tokens, idx), dim=1)
             cache.positions = seen if cache.positions is None else append_positions(cache.positions, seen, B)
             cache.rotation = state
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only=True gives one position's logits; a loss needs every position's")
+            x = x[:, -1:]
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         if self.config.head.logit_scale != 1.0:
             logits = logits * self.config.head.logit_scale
@@ -251,7 +258,13 @@ class GPT(nn.Module):
         return (ids, keys), positions_in_documents(keys)[:, -idx.shape[1] :]
 
     def _recompute(
-        self, idx: Tensor, targets: Tensor | None, positions: Tensor | None, cache: KVCache, document_ids: Tensor | None
+        self,
+        idx: Tensor,
+        targets: Tensor | None,
+        positions: Tensor | None,
+        cache: KVCache,
+        document_ids: Tensor | None,
+        last_only: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """The forward of the cached tokens and ``idx`` together, into an emptied ``cache``; the new
         tokens' logits (module docstring)."""
@@ -273,7 +286,8 @@ class GPT(nn.Module):
             None,
         )
         full = torch.cat((tokens, idx), dim=1)
-        logits, _ = self(full, positions=append_positions(seen, positions, B), cache=cache, document_ids=document_ids)
+        full_positions = append_positions(seen, positions, B)
+        logits, _ = self(full, positions=full_positions, cache=cache, document_ids=document_ids, last_only=last_only)
         logits = logits[:, -T:]
         loss = None
         if targets is not None:
@@ -347,7 +361,7 @@ class GPT(nn.Module):
                 cache, start = self.new_cache(), idx.shape[1] - block
             lo = max(start, idx.shape[1] - block) if cache is None else start
             docs = None if ids is None else ids[:, lo:]
-            logits, _ = self(idx[:, lo:], cache=cache, document_ids=docs)
+            logits, _ = self(idx[:, lo:], cache=cache, document_ids=docs, last_only=True)
             next_id = sample(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
             if ids is not None:
