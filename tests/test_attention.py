@@ -315,6 +315,14 @@ def test_qk_norm_attention_is_causal_self_attention_with_rms_default() -> None:
     assert QKNormAttention(C, NH, qk_norm="l2").qk_norm.kind == "l2"
 
 
+@pytest.mark.parametrize("kind", ["rms", "rms_full"])
+def test_qk_norm_eps_reaches_both_norms(kind) -> None:
+    norm = QKNormAttention(C, NH, qk_norm=kind, qk_norm_eps=0.5).qk_norm
+    assert norm.q_norm.eps == norm.k_norm.eps == 0.5
+    q = torch.full((1, NH, 3, HS), 0.1)  # mean square 0.01: the eps of 0.5 dominates
+    torch.testing.assert_close(norm(q, q)[0], q / math.sqrt(0.01 + 0.5))
+
+
 # -- refusals -----------------------------------------------------------------------------------
 
 
@@ -331,8 +339,11 @@ def test_attention_refuses_an_input_level_encoding(pe) -> None:
         (dict(n_embd=C, n_head=NH, window=0), "window must be an int >= 1, got 0"),
         (dict(n_embd=C, n_head=NH, window=2.5), "2.5"),
         (dict(n_embd=C, n_head=NH, qk_norm="layer"), "'layer'"),
+        (dict(n_embd=C, n_head=NH, qk_norm="rms", qk_norm_eps=0.0), "qk_norm_eps"),
+        (dict(n_embd=C, n_head=NH, qk_norm="l2", qk_norm_eps=1e-5), "qk_norm='l2'"),
+        (dict(n_embd=C, n_head=NH, qk_norm_eps=1e-5), "qk_norm=None"),
     ],
-    ids=["indivisible", "window-0", "window-float", "qk-norm-kind"],
+    ids=["indivisible", "window-0", "window-float", "qk-norm-kind", "qk-eps-0", "qk-eps-l2", "qk-eps-no-norm"],
 )
 def test_attention_refuses_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):

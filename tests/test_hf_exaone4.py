@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, perturbed
+from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, assert_qk_norm_eps_carried, perturbed
 
 from posenc import GPT
 
@@ -52,3 +52,7 @@ def test_logits_match(case) -> None:
 def test_greedy_generation_equals_hf() -> None:
     hf = hf_exaone4("hybrid")
     assert_greedy_generation_equal(GPT.from_hf(hf).eval(), hf, 101)
+
+
+def test_the_qk_norm_takes_the_familys_eps() -> None:
+    assert_qk_norm_eps_carried(hf_exaone4("hybrid", rms_norm_eps=0.1), 101)

@@ -32,6 +32,12 @@ CASES = {
         | LLAMA_BLOCK,
     ),
     "QK-norm (Qwen3)": ("qwen3", dict(pe="rope", qk_norm=True, qk_norm_type="rms", n_kv_head=2, **LLAMA_BLOCK)),
+    "QK-norm, eps 1e-5 (Qwen3)": (
+        "qwen3",
+        dict(pe="rope", qk_norm=True, qk_norm_type="rms", attention_options={"qk_norm_eps": 1e-5})
+        | LLAMA_BLOCK
+        | dict(norm_eps=1e-5),
+    ),
     "RNoPE (SmolLM3)": ("smollm3", dict(pe="rnope", **LLAMA_BLOCK)),
     "RNoPE-SWA, parallel (Cohere 2)": (
         "cohere2",
@@ -124,6 +130,12 @@ def test_what_no_family_expresses_is_refused_with_every_reason(pe) -> None:
         posenc_model(dict(pe=pe)).to_hf()
     message = str(e.value)
     assert all(f"{family}: " in message for family in EXPORTERS) and f"'{pe}'" in message
+
+
+def test_a_qk_norm_eps_apart_from_the_block_norms_is_refused_by_qwen3() -> None:
+    fields = dict(pe="rope", qk_norm=True, qk_norm_type="rms") | LLAMA_BLOCK | dict(norm_eps=1e-5)
+    with pytest.raises(ValueError, match=r"qwen3: layers\[i\]\.attention\.qk_norm_eps is 1e-06 here, 1e-05 in qwen3"):
+        posenc_model(fields).to_hf()  # Hugging Face's Qwen3 has one rms_norm_eps for both
 
 
 def test_interleaved_rope_without_windows_is_refused_by_the_families_that_rotate_halves() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, perturbed
+from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, assert_qk_norm_eps_carried, perturbed
 
 from posenc import GPT
 
@@ -71,6 +71,10 @@ def test_logits_match(name) -> None:
 def test_greedy_generation_equals_hf(name) -> None:
     hf = hf_model(name)
     assert_greedy_generation_equal(GPT.from_hf(hf).eval(), hf, 101)
+
+
+def test_gemma3s_qk_norm_takes_the_familys_eps() -> None:
+    assert_qk_norm_eps_carried(hf_model("gemma3", rms_norm_eps=0.1), 101)
 
 
 def test_bidirectional_attention_is_refused() -> None:

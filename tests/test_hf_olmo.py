@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, perturbed
+from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, assert_qk_norm_eps_carried, perturbed
 
 from posenc import GPT
 
@@ -70,6 +70,6 @@ def test_greedy_generation_equals_hf(name) -> None:
     assert_greedy_generation_equal(GPT.from_hf(hf).eval(), hf, 101)
 
 
-def test_another_qk_norm_eps_is_refused() -> None:
-    with pytest.raises(ValueError, match="rms_norm_eps"):
-        GPT.from_hf(hf_model("olmo2", rms_norm_eps=1e-5))
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_qk_norm_takes_the_familys_eps(name) -> None:
+    assert_qk_norm_eps_carried(hf_model(name, rms_norm_eps=0.1), 101)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, perturbed
+from _hf_helpers import assert_greedy_generation_equal, assert_logits_match, assert_qk_norm_eps_carried, perturbed
 
 from posenc import GPT
 
@@ -65,6 +65,5 @@ def test_qwen3_greedy_generation_equals_hf(case) -> None:
     assert_greedy_generation_equal(ours, hf, 101)
 
 
-def test_a_qk_norm_eps_posenc_does_not_have_is_refused() -> None:
-    with pytest.raises(ValueError, match="rms_norm_eps"):
-        GPT.from_hf(hf_qwen3(rms_norm_eps=1e-5))
+def test_the_qk_norm_takes_the_familys_eps() -> None:
+    assert_qk_norm_eps_carried(hf_qwen3(rms_norm_eps=0.1), 101)

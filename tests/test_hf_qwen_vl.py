@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hf_helpers import perturbed
+from _hf_helpers import assert_qk_norm_eps_carried, perturbed
 
 from posenc import GPT
 
@@ -36,10 +36,10 @@ FAMILIES = {
 }
 
 
-def hf_model(family: str):
+def hf_model(family: str, **overrides):
     config_cls, model_cls, mrope, extra = FAMILIES[family]
     rope = {"rope_type": "default", "rope_theta": 1e4, **mrope}
-    text = TEXT | extra | {"rope_parameters": rope}
+    text = TEXT | extra | {"rope_parameters": rope} | overrides
     vision = {k: v for k, v in VISION.items() if k in getattr(transformers, config_cls)().vision_config.to_dict()}
     config = getattr(transformers, config_cls)(text_config=text, vision_config=vision)
     torch.manual_seed(0)
@@ -60,6 +60,10 @@ def test_text_model_logits_match_with_three_axis_positions(family) -> None:
         torch.testing.assert_close(ours(idx, positions=positions)[0], expected, rtol=0, atol=2e-4)
         # text only: one id per token on every axis, as Hugging Face builds for plain text
         torch.testing.assert_close(ours(idx)[0], hf(input_ids=idx).logits, rtol=0, atol=2e-4)
+
+
+def test_qwen3_vls_qk_norm_takes_the_familys_eps() -> None:
+    assert_qk_norm_eps_carried(hf_model("qwen3_vl", rms_norm_eps=0.1), 101)
 
 
 def _row(*runs: tuple[int, int]) -> list[int]:

@@ -49,14 +49,17 @@ class QKNorm(nn.Module):
     """Normalise q and k per head before the dot product.
 
     - ``"rms"``: RMSNorm over the head dimension with a learnable gain (separate for q and k,
-      shared by heads), eps 1e-6; attention keeps the 1/sqrt(hs) scale (Qwen3, Gemma 3).
+      shared by heads); attention keeps the 1/sqrt(hs) scale (Qwen3, Gemma 3).
     - ``"rms_full"``: RMSNorm over the whole projection before the head split -- all heads of q
-      (nh x hs channels) together, all key heads of k together -- with one gain per channel, eps
-      1e-6 (OLMo 2, OLMo 3).
+      (nh x hs channels) together, all key heads of k together -- with one gain per channel
+      (OLMo 2, OLMo 3).
     - ``"l2"``: unit L2 norm and a learnable per-head temperature g replacing 1/sqrt(hs)
       (Henry et al. 2020, "Query-Key Normalization for Transformers", arXiv:2010.04245), with g
       initialised to log2(L^2 - L) for training length L, as in the paper. Plain 1/sqrt(hs) on unit
       vectors would cap every score at 1/sqrt(hs) and make attention nearly uniform.
+
+    ``eps`` is the RMS kinds' epsilon (1e-6 by default, as Qwen3, Gemma 3 and OLMo 2 ship; Hugging
+    Face's families share it with their block norms' ``rms_norm_eps``); the L2 kind takes none.
     """
 
     def __init__(
@@ -67,17 +70,19 @@ class QKNorm(nn.Module):
         *,
         block_size: int = 1024,
         n_kv_head: int | None = None,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__()
         check_choice("QKNorm", "kind", kind, QK_NORM_TYPES)
+        check_number("QKNorm", "eps", eps, low=0)
         self.kind = kind
         if kind == "rms":
-            self.q_norm = nn.RMSNorm(head_dim, eps=1e-6)
-            self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
+            self.q_norm = nn.RMSNorm(head_dim, eps=eps)
+            self.k_norm = nn.RMSNorm(head_dim, eps=eps)
             self.temperature = None
         elif kind == "rms_full":
-            self.q_norm = nn.RMSNorm(n_head * head_dim, eps=1e-6)
-            self.k_norm = nn.RMSNorm((n_kv_head or n_head) * head_dim, eps=1e-6)
+            self.q_norm = nn.RMSNorm(n_head * head_dim, eps=eps)
+            self.k_norm = nn.RMSNorm((n_kv_head or n_head) * head_dim, eps=eps)
             self.temperature = None
         else:
             g0 = math.log2(block_size**2 - block_size) if block_size > 1 else 1.0
@@ -136,7 +141,8 @@ class CausalSelfAttention(Attention):
         n_embd, n_head: model width and number of heads.
         pe: the encoding acting inside attention (``where`` "qk", "scores" or "none"); ``None``
             means :class:`NoPE`. Input-level encodings belong to the model, not here.
-        qk_norm: ``None``, ``"rms"`` or ``"l2"`` (see :class:`QKNorm`).
+        qk_norm: ``None``, ``"rms"``, ``"rms_full"`` or ``"l2"`` (see :class:`QKNorm`);
+            ``qk_norm_eps`` is the RMS kinds' epsilon.
         window, chunk: a sliding window / attention chunk in tokens (``None`` = off; see
             :mod:`posenc.attention.mask`).
         dropout: attention-probability and residual dropout.
@@ -153,10 +159,12 @@ class CausalSelfAttention(Attention):
         """MHA's options: ``n_kv_head`` (None = n_head), ``qk_norm`` (None, "rms", "l2"), biases on
         the q/k/v (``qkv_bias``) and output (``proj_bias``) projections, and ``head_dim`` (None =
         n_embd // n_head; Qwen3 and Gemma set their own: the heads then span n_head * head_dim), and
-        ``softmax_scale`` (None = 1/sqrt(head_dim); Gemma: ``query_pre_attn_scalar ** -0.5``)."""
+        ``softmax_scale`` (None = 1/sqrt(head_dim); Gemma: ``query_pre_attn_scalar ** -0.5``), and
+        ``qk_norm_eps``, the RMS QK-norms' epsilon (Hugging Face: the family's ``rms_norm_eps``)."""
 
         n_kv_head: int | None = None
         qk_norm: str | None = None
+        qk_norm_eps: float = 1e-6
         qkv_bias: bool = True
         proj_bias: bool = True
         head_dim: int | None = None
@@ -167,6 +175,12 @@ class CausalSelfAttention(Attention):
             check_int("CausalSelfAttention.Config", "n_kv_head", self.n_kv_head, optional=True)
             if self.qk_norm is not None:
                 check_choice("CausalSelfAttention.Config", "qk_norm", self.qk_norm, QK_NORM_TYPES)
+            check_number("CausalSelfAttention.Config", "qk_norm_eps", self.qk_norm_eps, low=0)
+            if self.qk_norm_eps != 1e-6 and self.qk_norm in (None, "l2"):
+                raise ValueError(
+                    f"CausalSelfAttention.Config: qk_norm_eps={self.qk_norm_eps!r} needs an RMS QK-norm "
+                    f"(qk_norm 'rms' or 'rms_full'), got qk_norm={self.qk_norm!r}"
+                )
             check_bool("CausalSelfAttention.Config", "qkv_bias", self.qkv_bias)
             check_bool("CausalSelfAttention.Config", "proj_bias", self.proj_bias)
             check_int("CausalSelfAttention.Config", "head_dim", self.head_dim, optional=True)
@@ -212,12 +226,14 @@ class CausalSelfAttention(Attention):
         backend: str = "auto",
         head_dim: int | None = None,
         softmax_scale: float | None = None,
+        qk_norm_eps: float = 1e-6,
         **options: Any,
     ) -> None:
         super().__init__()
         config = self.Config(
             n_kv_head=n_kv_head,
             qk_norm=qk_norm,
+            qk_norm_eps=qk_norm_eps,
             qkv_bias=bias if qkv_bias is None else qkv_bias,
             proj_bias=bias if proj_bias is None else proj_bias,
             softcap=softcap,
@@ -237,7 +253,9 @@ class CausalSelfAttention(Attention):
         self.qk_norm = (
             None
             if qk_norm is None
-            else QKNorm(self.head_dim, n_head, qk_norm, block_size=block_size, n_kv_head=self.n_kv_head)
+            else QKNorm(
+                self.head_dim, n_head, qk_norm, block_size=block_size, n_kv_head=self.n_kv_head, eps=config.qk_norm_eps
+            )
         )
 
     def forward(

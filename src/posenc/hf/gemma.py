@@ -5,7 +5,7 @@ a softmax scale of ``query_pre_attn_scalar ** -0.5`` and a ``head_dim`` of their
 on the layers ``layer_types`` marks, RoPE per layer type (Gemma 3: local base 1e4, global 1e6 with its
 own scaling), and tied output embeddings. Gemma 2 soft-caps the attention logits and the final
 logits; Gemma 3 has per-head RMS QK-norm (``1 + w`` too) instead. Bidirectional attention (Gemma 3's
-``use_bidirectional_attention``) is refused; posenc's QK-norm eps is 1e-6."""
+``use_bidirectional_attention``) is refused. The QK-norm shares the block norms' ``rms_norm_eps``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from posenc.encodings.rope import RotaryEmbedding
 from posenc.hf.common import Converted, refuse
 from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
 from posenc.hf.olmo import _per_layer_type
-from posenc.hf.qwen3 import QK_NORM_EPS
 
 TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 
@@ -33,8 +32,6 @@ def import_gemma(model: nn.Module) -> Converted:
         differ["hidden_activation"] = act
     if getattr(c, "use_bidirectional_attention", False):
         differ["use_bidirectional_attention"] = True
-    if gemma3 and c.rms_norm_eps != QK_NORM_EPS:
-        differ["rms_norm_eps"] = c.rms_norm_eps
     refuse(model_type, differ)
     n = c.num_hidden_layers
     types = list(c.layer_types)[:n]
@@ -58,6 +55,7 @@ def import_gemma(model: nn.Module) -> Converted:
     )
     if gemma3:
         fields |= dict(qk_norm=True, qk_norm_type="rms")
+        attention["qk_norm_eps"] = float(c.rms_norm_eps)  # Gemma 3's q_norm/k_norm share it
 
     def layer(i: int, spec: LayerSpec) -> LayerSpec:
         spec = spec.replace(block=spec.block.replace(post_norm=True))

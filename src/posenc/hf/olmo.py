@@ -2,8 +2,8 @@
 instead of before it (``x + norm(attn(x))``, ``x + norm(mlp(x))``: ``Block.Config(pre_norm=False,
 post_norm=True)``), and an RMS QK-norm over the whole q and k projections before the head split
 (``qk_norm="rms_full"``). OLMo 3 adds sliding windows on the layers its ``layer_types`` mark (3
-sliding : 1 full) and RoPE parameters per layer type. posenc's QK-norm eps is 1e-6; a config with
-another ``rms_norm_eps`` is refused (its q_norm and k_norm share it)."""
+sliding : 1 full) and RoPE parameters per layer type. The QK-norm shares the block norms'
+``rms_norm_eps``."""
 
 from __future__ import annotations
 
@@ -14,16 +14,13 @@ from torch import Tensor, nn
 
 from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.rope import RotaryEmbedding
-from posenc.hf.common import Converted, refuse
+from posenc.hf.common import Converted
 from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
-from posenc.hf.qwen3 import QK_NORM_EPS
 
 
 def import_olmo(model: nn.Module) -> Converted:
     c = model.config
     model_type = c.model_type
-    if c.rms_norm_eps != QK_NORM_EPS:
-        refuse(model_type, {"rms_norm_eps": c.rms_norm_eps})
     attention_bias = bool(getattr(c, "attention_bias", False))
     n = c.num_hidden_layers
     types = list(getattr(c, "layer_types", None) or ["full_attention"] * n)[:n]
@@ -37,6 +34,7 @@ def import_olmo(model: nn.Module) -> Converted:
         mlp_bias=False,
         qk_norm=True,
         qk_norm_type="rms_full",
+        attention_options={"qk_norm_eps": float(c.rms_norm_eps)},
         layer_pe=("rope",),
         layer_window=windows,
     )

@@ -8,17 +8,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, refuse
+from posenc.hf.common import Converted
 from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
-
-#: posenc's RMS QK-norm eps; a config with another one is refused, not approximated
-QK_NORM_EPS = 1e-6
 
 
 def import_qwen3(model: nn.Module) -> Converted:
     c = model.config
-    if c.rms_norm_eps != QK_NORM_EPS:
-        refuse("qwen3", {"rms_norm_eps": c.rms_norm_eps})  # its q_norm/k_norm share it
     fields = common_llama_fields(c, "qwen3", own_head_dim=True)
     attention_bias = bool(getattr(c, "attention_bias", False))
     n = c.num_hidden_layers
@@ -30,7 +25,7 @@ def import_qwen3(model: nn.Module) -> Converted:
         mlp_bias=False,
         qk_norm=True,
         qk_norm_type="rms",
-        attention_options={"head_dim": c.head_dim},
+        attention_options={"head_dim": c.head_dim, "qk_norm_eps": float(c.rms_norm_eps)},  # shared with q/k_norm
         layer_pe=("rope",),
         layer_window=tuple(c.sliding_window if w else None for w in windowed),
     )

@@ -13,7 +13,7 @@ from torch import nn
 from posenc.config import GPTConfig
 from posenc.hf.common import Converted, refuse
 from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
-from posenc.hf.qwen3 import QK_NORM_EPS, _qk_normed_weights
+from posenc.hf.qwen3 import _qk_normed_weights
 
 
 def import_qwen_vl(model: nn.Module) -> Converted:
@@ -21,11 +21,9 @@ def import_qwen_vl(model: nn.Module) -> Converted:
     c = model.config.text_config
     fields = common_llama_fields(c, model_type, own_head_dim=model_type == "qwen3_vl")
     if model_type == "qwen3_vl":
-        if c.rms_norm_eps != QK_NORM_EPS:
-            refuse(model_type, {"text_config.rms_norm_eps": c.rms_norm_eps})
         bias = bool(getattr(c, "attention_bias", False))
         fields |= dict(qkv_bias=bias, proj_bias=bias, qk_norm=True, qk_norm_type="rms")
-        fields |= dict(attention_options={"head_dim": c.head_dim})
+        fields |= dict(attention_options={"head_dim": c.head_dim, "qk_norm_eps": float(c.rms_norm_eps)})
         attention = _qk_normed_weights
     else:  # Qwen2: q/k/v biases only
         if getattr(c, "use_sliding_window", False):
