@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _hf_helpers import perturbed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,6 +141,34 @@ def test_a_gpt_takes_three_axis_positions_and_its_cache_keeps_them(pe) -> None:
         first, _ = model(idx[:, :7], positions=positions[..., :7], cache=cache)
         rest = [model(idx[:, t : t + 1], positions=positions[..., t : t + 1], cache=cache)[0] for t in range(7, 12)]
     torch.testing.assert_close(torch.cat([first, *rest], dim=1), full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_continues_after_an_image_as_get_rope_index_numbers_the_text(use_cache) -> None:
+    """generate(positions=...) gives each new token the row's largest id + 1 on every axis: the ids
+    that mrope_positions (Hugging Face's get_rope_index) gives text appended after the prompt, the
+    reference here. Row 1 is left-padded with a smaller image; each row must generate what the full
+    forward at those reference ids predicts."""
+    from posenc.multiaxis import mrope_positions
+
+    model, new = perturbed(mrope_gpt(pe="rope"), scale=0.2), 6  # weights off their tiny init: ids matter
+    rows = [[0, 0] + [1] * 8 + [0, 0], [0, 0] + [1] * 4 + [0] * 2]  # 2 x 4 and 2 x 2 images
+    grids = [torch.tensor([[1, 2, 4]]), torch.tensor([[1, 2, 2]])]
+    pad = len(rows[0]) - len(rows[1])
+    types = torch.tensor([rows[0], [0] * pad + rows[1]])
+    mask = torch.tensor([[1] * len(rows[0]), [0] * pad + [1] * len(rows[1])])
+    positions, _ = mrope_positions(types, torch.cat(grids), attention_mask=mask)
+    idx = torch.randint(1, 256, types.shape, generator=torch.Generator().manual_seed(3)) * mask
+    with torch.no_grad():
+        out = model.generate(idx, new, temperature=0, positions=positions, attention_mask=mask, use_cache=use_cache)
+        for r, (row, grid) in enumerate(zip(rows, grids)):
+            tokens = out[r, len(rows[0]) - len(row) :][None]  # the row without its padding
+            reference, _ = mrope_positions(torch.tensor([row + [0] * new]), grid)
+            assert reference[:, 0, len(row)].tolist() == [(8, 6)[r]] * 3  # not len(row): the image took fewer ids
+            logits, _ = model(tokens[:, :-1], positions=reference[..., :-1])
+            assert torch.equal(logits[0, len(row) - 1 :].argmax(-1), tokens[0, len(row) :])
+        plain = model.generate(idx, new, temperature=0, attention_mask=mask, use_cache=use_cache)
+    assert not torch.equal(out, plain)  # the image's ids change what is generated
 
 
 def test_encodings_that_read_one_axis_refuse_three() -> None:

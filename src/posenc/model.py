@@ -334,6 +334,7 @@ class GPT(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """Extend idx (B, T) by ``max_new_tokens`` sampled tokens; ``temperature=0`` is greedy.
 
@@ -344,6 +345,11 @@ class GPT(nn.Module):
         ``attention_mask`` (B, T), 1 for real tokens and 0 for left padding, batches prompts of
         different lengths: each row's real tokens start at position 0 and never see the padding, so
         every row generates what it would generate alone.
+
+        ``positions`` gives the prompt's own position ids, (B, T) or (n_axes, B, T) for M-RoPE (see
+        :func:`posenc.multiaxis.mrope_positions`): each new token then takes the row's largest id so
+        far plus one, on every axis -- Hugging Face's ``rope_deltas`` rule, by which text after an
+        image continues from the image's largest id. Padding (``attention_mask`` 0) is not counted.
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -351,9 +357,12 @@ class GPT(nn.Module):
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-        self._check_inputs(idx, None, None)
+        self._check_inputs(idx, None, positions)
         block = self.config.block_size
         ids = None if attention_mask is None else check_attention_mask(attention_mask, tuple(idx.shape)).to(idx.device)
+        if positions is not None:
+            positions = positions.to(idx.device).expand(*positions.shape[:-2], *idx.shape)  # (T,) -> (B, T)
+            real = None if attention_mask is None else attention_mask.to(idx.device, torch.bool)
         cache = self.new_cache() if use_cache else None
         start = 0  # first token not yet seen by the cache
         for _ in range(max_new_tokens):
@@ -361,9 +370,15 @@ class GPT(nn.Module):
                 cache, start = self.new_cache(), idx.shape[1] - block
             lo = max(start, idx.shape[1] - block) if cache is None else start
             docs = None if ids is None else ids[:, lo:]
-            logits, _ = self(idx[:, lo:], cache=cache, document_ids=docs, last_only=True)
+            pos = None if positions is None else positions[..., lo:]
+            logits, _ = self(idx[:, lo:], cache=cache, document_ids=docs, positions=pos, last_only=True)
             next_id = sample(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
+            if positions is not None:
+                seen = positions if real is None else positions.masked_fill(~real, torch.iinfo(positions.dtype).min)
+                after = seen.reshape(-1, *idx.shape[:1], seen.shape[-1]).amax(dim=(0, 2)) + 1  # (B,)
+                positions = torch.cat((positions, after[:, None].expand(*positions.shape[:-1], 1)), dim=-1)
+                real = None if real is None else torch.cat((real, real.new_ones(idx.shape[0], 1)), dim=1)
             if ids is not None:
                 ids = torch.cat((ids, ids[:, -1:]), dim=1)  # a new token continues the row's document
             if cache is not None:
