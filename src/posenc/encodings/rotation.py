@@ -74,7 +74,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -
         torch.compiler.is_compiling()  # the compiler fuses the plain formula into one kernel
         or cos.requires_grad
         or sin.requires_grad  # gradients for the tables come from the plain formula's autograd
-        or torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1]) != x.shape[:-1]
+        or not _broadcasts_into(cos.shape[:-1], x.shape[:-1])
         or _is_func_transformed(x)  # torch.func (vmap, grad, jvp) wrappers refuse out= ops
     ):
         return _rotary_reference(x, cos, sin, layout)
@@ -83,7 +83,15 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -
         if fused is None or not _fits_kernel(x, tables[0]):
             return _rotary_reference(x, cos, sin, layout)
         return fused.TritonRotary.apply(x, *tables, layout == "interleaved")
+    if not (torch.is_grad_enabled() and x.requires_grad):  # inference: no autograd node to build
+        return _rotary_into(x, cos, sin, layout, transpose=False)
     return _Rotary.apply(x, cos, sin, layout)
+
+
+def _broadcasts_into(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` without growing it (torch.broadcast_shapes(shape,
+    target) == target, without its cost: a decoding step calls this twice per layer)."""
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
 def _fits_kernel(x: Tensor, table: Tensor) -> bool:
@@ -170,10 +178,12 @@ def _tiles(x: Tensor, views: tuple[Tensor, ...], tile_bytes: int | None = None):
     strided; on pieces that stay in cache they cost about one pass in all (docs/benchmarks.md).
     """
     n_lead = x.dim() - 1
-    order = sorted(range(n_lead), key=lambda d: -x.stride(d))
-    perm = (*order, n_lead)
     tile_bytes = _TILE_BYTES if tile_bytes is None else tile_bytes
     budget = max(1, tile_bytes // (x.shape[-1] * x.element_size()))  # rows of the last dim per piece
+    if x.numel() // max(x.shape[-1], 1) <= budget:  # one piece (a decoding step): the views as they are
+        return iter((views,))
+    order = sorted(range(n_lead), key=lambda d: -x.stride(d))
+    perm = (*order, n_lead)
 
     def split(pieces: tuple[Tensor, ...], level: int):
         rows = math.prod(pieces[0].shape[level:-1])
