@@ -182,7 +182,7 @@ def plot_lr(results: dict[str, Any], path: Path) -> None:
     variants = list(results["phase1"])
     rates = phase1_rates(results)
     colors = _colors(plt, variants)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for v in variants:
         points = sorted((float(lr), y) for lr, y in results["phase1"][v].items() if y is not None)
         ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=colors[v], label=row(v))
@@ -194,7 +194,7 @@ def plot_lr(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final validation loss")
     ax.set_title(f"Loss against learning rate (seed {results['seeds'][0]})")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: 14 rows hide lines
     _save(fig, path, plt)
 
 
