@@ -20,6 +20,7 @@ from posenc.attention import blockwise, dense
 from posenc.attention.blockwise import blockwise_attention
 from posenc.attention.flex import flex_attention_path
 from posenc.attention.kernel import attend, choose_backend
+from posenc.attention.mask import Mask
 from posenc.encodings.alibi import ALiBi
 from posenc.encodings.fire import FIRE
 from posenc.encodings.kerple import KerpleLog
@@ -341,6 +342,18 @@ def test_sdpa_in_a_kv_cache_step_equals_blockwise():
     torch.testing.assert_close(
         attend(q, k, v, backend="sdpa"), attend(q, k, v, backend="blockwise"), rtol=1e-6, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("window, chunk", [(5, None), (None, 4), (6, 4), (30, None)])
+def test_a_one_query_window_or_chunk_step_reads_only_the_keys_it_sees(window, chunk):
+    """A decoding step of a local layer runs SDPA over the keys from Mask.first_key on: equal to the
+    blockwise path over the whole cache, and keys it cannot see may hold anything (NaN here)."""
+    q, k, v = (t.detach() for t in qkv(2, 4, 2, 1, 17, 8))
+    want = attend(q, k, v, window=window, chunk=chunk, backend="blockwise")
+    torch.testing.assert_close(attend(q, k, v, window=window, chunk=chunk), want, rtol=1e-6, atol=1e-6)
+    lo = Mask(window=window, chunk=chunk).first_key(16)
+    k[:, :, :lo], v[:, :, :lo] = float("nan"), float("nan")
+    torch.testing.assert_close(attend(q, k, v, window=window, chunk=chunk), want, rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- FlexAttention on CPU

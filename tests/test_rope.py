@@ -335,6 +335,21 @@ def test_cached_and_computed_tables_agree():
     torch.testing.assert_close(a, cached(q, q, torch.arange(32))[0], rtol=0, atol=1e-6)
 
 
+def test_positions_inside_the_tables_read_the_same_rows_as_a_full_forward():
+    """A decoding step's explicit positions read the built tables: bitwise the rows that the full
+    forward (positions None) uses; positions past them are computed."""
+    rope = RotaryEmbedding(16, cache_len=64, layout="interleaved")
+    cos, sin = rope.cos_sin(None, 64, torch.device("cpu"))
+    for positions in (torch.arange(40, 41), torch.tensor([[3, 7], [63, 0]])):
+        got = rope.cos_sin(positions, positions.shape[-1], torch.device("cpu"))
+        assert torch.equal(got[0], cos[positions]) and torch.equal(got[1], sin[positions])
+    computed = RotaryEmbedding(16, cache_len=0, layout="interleaved")
+    for positions in (torch.arange(60, 70), torch.tensor([[5, 64]])):  # past the tables
+        got = rope.cos_sin(positions, positions.shape[-1], torch.device("cpu"))
+        want = computed.cos_sin(positions, positions.shape[-1], torch.device("cpu"))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_rope_inv_freq_matches_formula():
     for rotary_dim in (2, 8, 64, 128):
         for base in BASES:

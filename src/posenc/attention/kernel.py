@@ -2,7 +2,8 @@
 
 - ``"sdpa"``: ``scaled_dot_product_attention`` -- a softmax of q.k shaped by nothing but causality:
   ``is_causal=True`` (the flash kernel where one exists), or a boolean (Tq, Tk) mask in a KV-cache
-  step;
+  step; also a one-query decoding step of a window or chunk and nothing else, over the keys it sees
+  (every one of them visible, so no mask);
 - ``"dense"``: :func:`posenc.attention.dense.dense_attention`, one SDPA call with the bias and the
   visibility as an additive mask, for score biases, windows, chunks, documents, padding and sinks
   while that mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (float32/64 inputs);
@@ -66,6 +67,22 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float | None, dropout_p: float
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
 
 
+def _one_local_query(q: Tensor, content_bias, sinks, weighting: Weighting, extras: dict) -> bool:
+    """A decoding step (one query) of a window or chunk with nothing else shaping a softmax: it sees
+    every key from ``Mask.first_key`` on, so SDPA runs over those keys alone, without a mask, instead
+    of a dense mask over the whole cache."""
+    local = extras["window"] is not None or extras["chunk"] is not None
+    others = [x for name, x in extras.items() if name not in ("window", "chunk")]
+    return (
+        q.shape[2] == 1
+        and local
+        and all(x is None for x in others)
+        and content_bias is None
+        and sinks is None
+        and weighting.kind == "softmax"
+    )
+
+
 def attend(
     q: Tensor,
     k: Tensor,
@@ -101,6 +118,13 @@ def attend(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     extras = dict(score_bias=score_bias, window=window, chunk=chunk, q_segments=q_segments, k_segments=k_segments)
     extras |= dict(key_padding_mask=key_padding_mask, softcap=softcap)
+    if backend == "auto" and _one_local_query(q, content_bias, sinks, weighting, extras):
+        _check_inputs(q, k, v, None, None, None, dropout_p)
+        lo = Mask(window=window, chunk=chunk).first_key(k.shape[2] - 1)  # the query is the last key
+        gqa = q.shape[1] != k.shape[1]
+        return F.scaled_dot_product_attention(
+            q, k[:, :, lo:], v[:, :, lo:], dropout_p=dropout_p, scale=scale, enable_gqa=gqa
+        )
     if backend == "auto":
         backend = (
             "blockwise"

@@ -344,6 +344,19 @@ class RotaryEmbedding(PositionalEncoding):
             raise ValueError(f"seq_len={seq_len} is shorter than the largest position + 1 = {needed}")
         return seq_len
 
+    def _in_tables(self, positions: Tensor | None) -> bool:
+        """Whether ``positions`` (one axis, integer) all fall inside the built tables. Checked on the
+        CPU only, where reading their range costs no device sync; elsewhere they are computed."""
+        return (
+            positions is not None
+            and positions.dim() < 3
+            and positions.device.type == "cpu"
+            and not positions.is_floating_point()
+            and not torch.compiler.is_compiling()
+            and positions.numel() > 0
+            and int(positions.max()) < self.cache_len  # check_positions has refused negative ones
+        )
+
     def cos_sin(
         self,
         positions: Tensor | None,
@@ -361,6 +374,8 @@ class RotaryEmbedding(PositionalEncoding):
             inv_freq = self.frequencies(seq_len, self.inv_freq64.device)
         elif positions is None and self.cache_len >= T:
             return self.cos_cached[:T], self.sin_cached[:T]
+        elif self._in_tables(positions):  # a decoding step's positions: rows of the same tables
+            return self.cos_cached[positions], self.sin_cached[positions]
         else:
             inv_freq = self.inv_freq64
         if positions is None:
