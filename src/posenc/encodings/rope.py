@@ -345,17 +345,11 @@ class RotaryEmbedding(PositionalEncoding):
         return seq_len
 
     def _in_tables(self, positions: Tensor | None) -> bool:
-        """Whether ``positions`` (one axis, integer) all fall inside the built tables. Checked on the
-        CPU only, where reading their range costs no device sync; elsewhere they are computed."""
-        return (
-            positions is not None
-            and positions.dim() < 3
-            and positions.device.type == "cpu"
-            and not positions.is_floating_point()
-            and not torch.compiler.is_compiling()
-            and positions.numel() > 0
-            and int(positions.max()) < self.cache_len  # check_positions has refused negative ones
-        )
+        """One integer axis of positions, all inside the built tables (checked on CPU only: no sync)."""
+        if positions is None or positions.dim() > 2 or positions.device.type != "cpu" or not positions.numel():
+            return False
+        exact = not (positions.is_floating_point() or torch.compiler.is_compiling())
+        return exact and int(positions.max()) < self.cache_len  # check_positions refused negative ones
 
     def cos_sin(
         self,
