@@ -362,7 +362,11 @@ class GPT(nn.Module):
         ids = None if attention_mask is None else check_attention_mask(attention_mask, tuple(idx.shape)).to(idx.device)
         if positions is not None:
             positions = positions.to(idx.device).expand(*positions.shape[:-2], *idx.shape)  # (T,) -> (B, T)
-            real = None if attention_mask is None else attention_mask.to(idx.device, torch.bool)
+            seen = positions
+            if attention_mask is not None:  # padding's ids do not count
+                pad = ~attention_mask.to(idx.device, torch.bool)
+                seen = positions.masked_fill(pad, torch.iinfo(positions.dtype).min)
+            next_pos = seen.reshape(-1, *idx.shape).amax(dim=(0, 2)) + 1  # (B,): every axis's largest id + 1
         cache = self.new_cache() if use_cache else None
         start = 0  # first token not yet seen by the cache
         for _ in range(max_new_tokens):
@@ -375,10 +379,8 @@ class GPT(nn.Module):
             next_id = sample(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
             idx = torch.cat((idx, next_id), dim=1)
             if positions is not None:
-                seen = positions if real is None else positions.masked_fill(~real, torch.iinfo(positions.dtype).min)
-                after = seen.reshape(-1, *idx.shape[:1], seen.shape[-1]).amax(dim=(0, 2)) + 1  # (B,)
-                positions = torch.cat((positions, after[:, None].expand(*positions.shape[:-1], 1)), dim=-1)
-                real = None if real is None else torch.cat((real, real.new_ones(idx.shape[0], 1)), dim=1)
+                positions = torch.cat((positions, next_pos[:, None].expand(*positions.shape[:-1], 1)), dim=-1)
+                next_pos = next_pos + 1
             if ids is not None:
                 ids = torch.cat((ids, ids[:, -1:]), dim=1)  # a new token continues the row's document
             if cache is not None:
