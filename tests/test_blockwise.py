@@ -301,6 +301,9 @@ def test_choose_backend_rules(monkeypatch):
     enc = ALiBi(2)
     assert choose_backend(q, k) == "sdpa"
     assert choose_backend(q1, k) == "sdpa"  # KV-cache step: Tq < Tk, a boolean mask
+    assert choose_backend(q1, k, window=4) == choose_backend(q1, k, chunk=4) == "sdpa"  # over the keys it sees
+    assert choose_backend(q1, k, window=4, score_bias=enc.score_bias) == "blockwise"
+    assert choose_backend(q[:, :, -2:], k, window=4) == "blockwise"
     assert choose_backend(q, k, score_bias=enc.score_bias) == "blockwise"
     assert choose_backend(q, k, window=4) == "blockwise"
     assert choose_backend(q, k, chunk=4) == "blockwise"

@@ -2,8 +2,8 @@
 
 - ``"sdpa"``: ``scaled_dot_product_attention`` -- a softmax of q.k shaped by nothing but causality:
   ``is_causal=True`` (the flash kernel where one exists), or a boolean (Tq, Tk) mask in a KV-cache
-  step; also a one-query decoding step of a window or chunk and nothing else, over the keys it sees
-  (every one of them visible, so no mask);
+  step (over the keys from ``Mask.first_key`` on); also a one-query decoding step of a window or
+  chunk and nothing else, which sees every one of those keys (no mask);
 - ``"dense"``: :func:`posenc.attention.dense.dense_attention`, one SDPA call with the bias and the
   visibility as an additive mask, for score biases, windows, chunks, documents, padding and sinks
   while that mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (float32/64 inputs);
@@ -46,41 +46,31 @@ def choose_backend(
     weighting: Weighting = SOFTMAX,
 ) -> Literal["sdpa", "dense", "blockwise"]:
     """The path :func:`attend` takes with ``backend="auto"`` (rules in docs/attention.md): SDPA when
-    nothing but causality shapes a softmax of the scores; else one SDPA call with a dense mask while
+    nothing but causality shapes a softmax of the scores, or a window or chunk shapes one query's
+    (a decoding step); else one SDPA call with a dense mask while
     the mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (softmax, no softcap); else
     blockwise. FlexAttention is opt-in only: its compiled kernel has not been checked on CUDA here,
     and on CPU it has no backward."""
-    extras = (score_bias, window, chunk, q_segments, k_segments, key_padding_mask, softcap, sinks)
+    others = (score_bias, q_segments, k_segments, key_padding_mask, softcap, sinks)
     if weighting.kind != "softmax":
         return "blockwise"
-    if all(x is None for x in extras):
-        return "sdpa"
+    if all(x is None for x in others) and (q.shape[2] == 1 or (window is None and chunk is None)):
+        return "sdpa"  # causality alone, or one query of a window or chunk: SDPA over the keys it sees
     return "dense" if softcap is None and dense_fits(q, k) else "blockwise"
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float | None, dropout_p: float) -> Tensor:
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float | None, dropout_p: float, mask: Mask) -> Tensor:
+    """SDPA over the keys the queries (the last Tq of Tk) can see: ``is_causal`` for a whole
+    sequence; in a KV-cache step the keys from ``mask.first_key`` on, with a boolean (Tq, Tk') mask
+    unless one query sees them all."""
     Tq, Tk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if Tq == Tk:
+    if Tq == Tk and not mask.local:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=gqa)
-    allowed = visible(Tk - Tq, Tk, 0, Tk, Mask(), device=q.device)  # (Tq, Tk): a KV-cache step
+    lo = mask.first_key(Tk - Tq)
+    allowed = None if Tq == 1 else visible(Tk - Tq, Tk, lo, Tk, mask, device=q.device)
+    k, v = k[:, :, lo:], v[:, :, lo:]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
-
-
-def _one_local_query(q: Tensor, content_bias, sinks, weighting: Weighting, extras: dict) -> bool:
-    """A decoding step (one query) of a window or chunk with nothing else shaping a softmax: it sees
-    every key from ``Mask.first_key`` on, so SDPA runs over those keys alone, without a mask, instead
-    of a dense mask over the whole cache."""
-    local = extras["window"] is not None or extras["chunk"] is not None
-    others = [x for name, x in extras.items() if name not in ("window", "chunk")]
-    return (
-        q.shape[2] == 1
-        and local
-        and all(x is None for x in others)
-        and content_bias is None
-        and sinks is None
-        and weighting.kind == "softmax"
-    )
 
 
 def attend(
@@ -118,13 +108,12 @@ def attend(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     extras = dict(score_bias=score_bias, window=window, chunk=chunk, q_segments=q_segments, k_segments=k_segments)
     extras |= dict(key_padding_mask=key_padding_mask, softcap=softcap)
-    if backend == "auto" and _one_local_query(q, content_bias, sinks, weighting, extras):
-        _check_inputs(q, k, v, None, None, None, dropout_p)
-        lo = Mask(window=window, chunk=chunk).first_key(k.shape[2] - 1)  # the query is the last key
-        gqa = q.shape[1] != k.shape[1]
-        return F.scaled_dot_product_attention(
-            q, k[:, :, lo:], v[:, :, lo:], dropout_p=dropout_p, scale=scale, enable_gqa=gqa
-        )
+    if backend == "sdpa":  # asked for by name: nothing but causality
+        named = [name for name, x in extras.items() if x is not None] + (["sinks"] if sinks is not None else [])
+        if named:
+            raise ValueError(
+                f"backend='sdpa' supports no score_bias, window, chunk, segments, softcap or sinks; got {named}"
+            )
     if backend == "auto":
         backend = (
             "blockwise"
@@ -138,13 +127,8 @@ def attend(
     if backend != "blockwise" and weighting.kind != "softmax":
         raise ValueError(f"backend={backend!r} runs softmax attention only; {weighting.kind} weights run 'blockwise'")
     if backend == "sdpa":
-        named = [name for name, x in extras.items() if x is not None] + (["sinks"] if sinks is not None else [])
-        if named:
-            raise ValueError(
-                f"backend='sdpa' supports no score_bias, window, chunk, segments, softcap or sinks; got {named}"
-            )
         _check_inputs(q, k, v, None, None, None, dropout_p)
-        return _sdpa(q, k, v, scale, dropout_p)
+        return _sdpa(q, k, v, scale, dropout_p, Mask(window=window, chunk=chunk))
     positions = dict(q_positions=q_positions, k_positions=k_positions)
     if backend == "flex":
         if dropout_p > 0.0:
