@@ -45,6 +45,10 @@ QKNormType = Literal["rms", "rms_full", "l2"]
 QK_NORM_TYPES: tuple[str, ...] = ("rms", "rms_full", "l2")
 
 
+#: the RMS QK-norms' default epsilon (Qwen3, Gemma 3 and OLMo 2 ship it)
+QK_NORM_EPS = 1e-6
+
+
 class QKNorm(nn.Module):
     """Normalise q and k per head before the dot product.
 
@@ -70,7 +74,7 @@ class QKNorm(nn.Module):
         *,
         block_size: int = 1024,
         n_kv_head: int | None = None,
-        eps: float = 1e-6,
+        eps: float = QK_NORM_EPS,
     ) -> None:
         super().__init__()
         check_choice("QKNorm", "kind", kind, QK_NORM_TYPES)
@@ -164,7 +168,7 @@ class CausalSelfAttention(Attention):
 
         n_kv_head: int | None = None
         qk_norm: str | None = None
-        qk_norm_eps: float = 1e-6
+        qk_norm_eps: float = QK_NORM_EPS
         qkv_bias: bool = True
         proj_bias: bool = True
         head_dim: int | None = None
@@ -176,7 +180,7 @@ class CausalSelfAttention(Attention):
             if self.qk_norm is not None:
                 check_choice("CausalSelfAttention.Config", "qk_norm", self.qk_norm, QK_NORM_TYPES)
             check_number("CausalSelfAttention.Config", "qk_norm_eps", self.qk_norm_eps, low=0)
-            if self.qk_norm_eps != 1e-6 and self.qk_norm in (None, "l2"):
+            if self.qk_norm_eps != QK_NORM_EPS and self.qk_norm in (None, "l2"):
                 raise ValueError(
                     f"CausalSelfAttention.Config: qk_norm_eps={self.qk_norm_eps!r} needs an RMS QK-norm "
                     f"(qk_norm 'rms' or 'rms_full'), got qk_norm={self.qk_norm!r}"
@@ -226,7 +230,7 @@ class CausalSelfAttention(Attention):
         backend: str = "auto",
         head_dim: int | None = None,
         softmax_scale: float | None = None,
-        qk_norm_eps: float = 1e-6,
+        qk_norm_eps: float = QK_NORM_EPS,
         **options: Any,
     ) -> None:
         super().__init__()
