@@ -228,10 +228,7 @@ class GPT(nn.Module):
             logits = logits * self.config.head.logit_scale
         if self.config.head.softcap is not None:
             logits = self.config.head.softcap * torch.tanh(logits / self.config.head.softcap)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits, None if targets is None else _loss(logits, targets)
 
     def _segments(
         self, idx: Tensor, document_ids: Tensor | None, cache: KVCache | None
@@ -277,22 +274,13 @@ class GPT(nn.Module):
         if ids is not None:
             new = document_ids if document_ids is not None else ids[:, -1:].expand(-1, T)
             document_ids = torch.cat((ids, new), dim=1)
-        fresh = self.new_cache()
-        cache.layers, cache.segments, cache.tokens, cache.positions, cache.rotation = (
-            fresh.layers,
-            None,
-            None,
-            None,
-            None,
-        )
+        cache.layers = self.new_cache().layers  # emptied: the forward below fills it again
+        cache.segments = cache.tokens = cache.positions = cache.rotation = None
         full = torch.cat((tokens, idx), dim=1)
         full_positions = append_positions(seen, positions, B)
         logits, _ = self(full, positions=full_positions, cache=cache, document_ids=document_ids, last_only=last_only)
         logits = logits[:, -T:]
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits, None if targets is None else _loss(logits, targets)
 
     def new_cache(self) -> KVCache:
         return KVCache([block.attn.new_cache() for block in self.blocks])
@@ -404,6 +392,11 @@ class GPT(nn.Module):
         from posenc.hf.export import to_hf
 
         return to_hf(self)
+
+
+def _loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (B, T, V) over the targets (B, T) that are not -1."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
 
 def _check_range(t: Tensor, lo: int, hi: int, message: str) -> None:
