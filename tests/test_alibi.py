@@ -149,8 +149,10 @@ def test_alibi_changes_attention():
     [lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double()],
     ids=["to-bf16", "half", "double"],
 )
-def test_slopes_stay_exact_float32_after_a_dtype_cast(cast):
-    alibi = cast(ALiBi(12))
+@pytest.mark.parametrize("bias_max", [8.0, 4.0])
+def test_slopes_stay_exact_float32_after_a_dtype_cast(cast, bias_max):
+    """A cast rebuilds the slopes from the module's own ``bias_max`` (it once fell back to 8)."""
+    alibi = cast(ALiBi(12, bias_max=bias_max))
     assert alibi.slopes.dtype == torch.float32
-    assert torch.equal(alibi.slopes, torch.tensor(alibi_slopes(12), dtype=torch.float32))
+    assert torch.equal(alibi.slopes, torch.tensor(alibi_slopes(12, bias_max), dtype=torch.float32))
     assert alibi.state_dict() == {}

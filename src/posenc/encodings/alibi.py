@@ -81,7 +81,8 @@ class ALiBi(PositionalEncoding):
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # keep the slopes exact in float32 whatever dtype the model is cast to
         super()._apply(fn, recurse)
-        self.slopes = torch.tensor(alibi_slopes(self.n_head), dtype=torch.float32, device=self.slopes.device)
+        slopes = alibi_slopes(self.n_head, float(self.config.bias_max))
+        self.slopes = torch.tensor(slopes, dtype=torch.float32, device=self.slopes.device)
         return self
 
     def extra_repr(self) -> str:
