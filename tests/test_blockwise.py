@@ -1,4 +1,4 @@
-"""Blockwise and FlexAttention paths (posenc.attention.blockwise) against a dense float64 reference.
+"""The blockwise path (posenc.attention.blockwise) against a dense float64 reference.
 
 The reference is softmax(QK^T * scale + bias + mask) V written out in float64 over the whole
 (B, nh, Tq, Tk) score tensor, with rows that see no key set to 0. Inputs are float32; values and
@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from posenc.attention import blockwise, dense
 from posenc.attention.blockwise import blockwise_attention
-from posenc.attention.flex import flex_attention_path
 from posenc.attention.kernel import attend, choose_backend
 from posenc.attention.mask import Mask
 from posenc.encodings.alibi import ALiBi
@@ -336,8 +335,6 @@ def test_attend_refuses_bad_backend_requests():
         attend(q, k, v, backend="sdpa", window=3)
     with pytest.raises(ValueError, match="no attention dropout"):
         attend(q, k, v, backend="flex", dropout_p=0.1)
-    with pytest.raises(ValueError, match="no sinks"):
-        attend(q, k, v, backend="flex", sinks=torch.zeros(2))
 
 
 def test_sdpa_in_a_kv_cache_step_equals_blockwise():
@@ -357,73 +354,6 @@ def test_a_one_query_window_or_chunk_step_reads_only_the_keys_it_sees(window, ch
     lo = Mask(window=window, chunk=chunk).first_key(16)
     k[:, :, :lo], v[:, :, :lo] = float("nan"), float("nan")
     torch.testing.assert_close(attend(q, k, v, window=window, chunk=chunk), want, rtol=1e-6, atol=1e-6)
-
-
-# ----------------------------------------------------------------------------- FlexAttention on CPU
-
-
-def _flex_inputs():
-    q, k, v = qkv(2, 4, 2, 24, 40, 16, seed=4)
-    return tuple(t.detach() for t in (q, k, v))
-
-
-@pytest.mark.parametrize("name", [None, *ENCODINGS])
-@pytest.mark.parametrize("window", [None, 6])
-def test_flex_forward_matches_dense_reference_on_cpu(name, window):
-    """FlexAttention's forward runs on CPU (its unfused implementation here; the compiled kernel in
-    the test below), with the encoding as score_mod, a GQA layout and a KV-cache offset."""
-    enc = make_encoding(name, 4)
-    q, k, v = _flex_inputs()
-    k_pos = torch.arange(40) + 2
-    with torch.no_grad():
-        assert_parity(
-            enc, q, k, v, k_pos[-24:], k_pos, fn=flex_attention_path, check_grads=False, window=window, compiled=False
-        )
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_flex_per_row_positions_and_segments_on_cpu():
-    enc = make_encoding("t5", 4)
-    q, k, v = qkv(2, 4, 4, 32, 32, 16, seed=6)
-    q, k, v = (t.detach() for t in (q, k, v))
-    pos = torch.stack([torch.arange(32), torch.arange(32) + 100])
-    seg = torch.zeros(2, 32, dtype=torch.long)
-    seg[1, 12:] = 1
-    with torch.no_grad():
-        assert_parity(
-            enc,
-            q,
-            k,
-            v,
-            pos,
-            pos,
-            fn=flex_attention_path,
-            check_grads=False,
-            q_segments=seg,
-            k_segments=seg,
-            compiled=False,
-        )
-
-
-def test_flex_backward_is_unavailable_on_cpu():
-    """Why the CPU training path is blockwise: FlexAttention in this torch has no CPU backward.
-    If this starts to pass, the dispatcher can send CPU training to flex too."""
-    q, k, v = (t.requires_grad_() for t in _flex_inputs())
-    with pytest.raises(NotImplementedError, match="backward on CPU"):
-        y = flex_attention_path(q, k, v, score_bias=ALiBi(4).score_bias, compiled=False)
-        y.sum().backward()
-
-
-@pytest.mark.slow
-def test_compiled_flex_forward_on_cpu():
-    """The compiled kernel with a window mask (lengths a multiple of its 128 block); the block
-    mask is built once per shape and reused."""
-    from posenc.attention.flex import flex_block_mask
-
-    q, k, v = (t.detach() for t in qkv(2, 4, 2, 128, 128, 16, seed=8))
-    with torch.no_grad():
-        assert_parity(None, q, k, v, None, None, fn=flex_attention_path, check_grads=False, window=9)
-    assert flex_block_mask(128, 128, device="cpu", window=9) is flex_block_mask(128, 128, device="cpu", window=9)
 
 
 def test_query_blocks_keep_a_tile_within_its_budget():

@@ -202,6 +202,7 @@ class Attention(nn.Module):
             k,
             v,
             score_bias=self.pe.score_bias if bias else None,
+            score_bias_at=self.pe.score_bias_at if bias and self.pe.elementwise_bias else None,
             content_bias=self.pe.content_bias if self.pe.has_content_bias else None,
             q_positions=q_pos if bias else None,
             k_positions=k_pos if bias else None,

@@ -1,8 +1,9 @@
 """FlexAttention: the same attention as :func:`~posenc.attention.blockwise.blockwise_attention` through
 ``torch.nn.attention.flex_attention`` -- the score bias and the softcap as a ``score_mod``, the
 visibility rule (:mod:`posenc.attention.mask`) as a ``BlockMask`` -- compiled on CUDA, the unfused
-reference implementation on CPU (forward only there: this torch has no CPU backward). An attention
-config's ``backend="flex"`` selects it; see docs/attention.md for what has been verified.
+reference implementation on CPU (forward only there: this torch has no CPU backward). The bias is
+the encoding's elementwise ``score_bias_at``, computed per score inside the kernel; on CUDA
+:func:`~posenc.attention.kernel.choose_backend` sends every path it serves here (docs/attention.md).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import torch
 from torch import Tensor
 
-from posenc.attention.blockwise import ScoreBias, _check_extras, _check_inputs, _default_positions
+from posenc.attention.blockwise import ScoreBiasAt, _check_extras, _check_inputs, _default_positions
 from posenc.attention.mask import Mask, as_mask, document_starts, index_rule
 
 
@@ -75,12 +76,19 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _score_mod(score_bias: ScoreBias | None, q_positions: Tensor, k_positions: Tensor, softcap: float | None):
-    """The scores' softcap and ``score_bias`` as a FlexAttention ``score_mod`` of one (b, h, q, k) score."""
-    q_rows, k_rows = q_positions.dim() == 2, k_positions.dim() == 2
-    # broadcasting against a (1,) zero turns the 0-d position into a (1,) one; the compiler
-    # cannot lower a reshape of an indexed value
-    one = torch.zeros(1, dtype=q_positions.dtype, device=q_positions.device)
+def _score_mod(
+    score_bias: ScoreBiasAt | None,
+    q_positions: Tensor | None,
+    k_positions: Tensor | None,
+    q_features: Tensor | None,
+    k_features: Tensor | None,
+    softcap: float | None,
+):
+    """The scores' softcap and an encoding's elementwise bias (its ``score_bias_at``) as a
+    FlexAttention ``score_mod`` of one (b, h, q, k) score: positions and features are read at the
+    score's indices, and the bias is computed for head ``h`` alone (docs/attention.md says why)."""
+    q_rows = q_positions is not None and q_positions.dim() == 2
+    k_rows = k_positions is not None and k_positions.dim() == 2
 
     def score_mod(score, b, h, q_idx, kv_idx):
         if softcap is not None:
@@ -89,8 +97,9 @@ def _score_mod(score_bias: ScoreBias | None, q_positions: Tensor, k_positions: T
             return score
         qp = q_positions[b, q_idx] if q_rows else q_positions[q_idx]
         kp = k_positions[b, kv_idx] if k_rows else k_positions[kv_idx]
-        bias = score_bias(qp + one, kp + one)  # (nh, 1, 1)
-        return score + bias[h, 0, 0].to(score.dtype)
+        qf = None if q_features is None else q_features[b, h, q_idx, 0]
+        kf = None if k_features is None else k_features[b, h, kv_idx, 0]
+        return score + score_bias(h, qp, kp, qf, kf).to(score.dtype)
 
     return score_mod
 
@@ -100,9 +109,11 @@ def flex_attention_path(
     k: Tensor,
     v: Tensor,
     *,
-    score_bias: ScoreBias | None = None,
+    score_bias: ScoreBiasAt | None = None,
     q_positions: Tensor | None = None,
     k_positions: Tensor | None = None,
+    q_features: Tensor | None = None,
+    k_features: Tensor | None = None,
     window: int | None = None,
     chunk: int | None = None,
     q_segments: Tensor | None = None,
@@ -110,19 +121,30 @@ def flex_attention_path(
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
     softcap: float | None = None,
+    sinks: Tensor | None = None,
     block_mask=None,
     compiled: bool | None = None,
 ) -> Tensor:
     """The same attention as :func:`blockwise_attention` through FlexAttention (fused on CUDA).
 
-    ``block_mask`` from :func:`flex_block_mask`, or None to take the cached structural one (or to
-    build one from segments/padding). ``compiled``: None compiles on CUDA only; ``False`` runs
-    FlexAttention's unfused reference implementation (it materialises the scores).
+    ``score_bias``: an encoding's elementwise ``score_bias_at`` (head, q position, k position,
+    q feature, k feature) -> bias, not its tile-wise ``score_bias``. Features (B, nh, T, 1): one per
+    token and head (FoX's F_t). ``sinks`` (nh,): a logit per head in the softmax's denominator,
+    applied to the output with the rows' log-sum-exp. ``block_mask`` from :func:`flex_block_mask`,
+    or None to take the cached structural one (or to build one from segments/padding).
+    ``compiled``: None compiles on CUDA only; ``False`` runs FlexAttention's unfused reference
+    implementation (it materialises the scores).
     """
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     q_segments, k_segments = _check_inputs(q, k, v, q_segments, k_segments, key_padding_mask, 0.0)
-    _check_extras(q, softcap, None)
+    _check_extras(q, softcap, sinks)
+    for name, features in (("q_features", q_features), ("k_features", k_features)):
+        if features is not None and (features.dim() != 4 or features.shape[-1] != 1):
+            raise ValueError(
+                f"FlexAttention takes one feature per token and head, (B, nh, T, 1); got {name} "
+                f"of shape {tuple(features.shape)}"
+            )
     Tq, Tk = q.shape[2], k.shape[2]
     if block_mask is None:
         block_mask = flex_block_mask(
@@ -137,11 +159,19 @@ def flex_attention_path(
         )
     score_mod = None
     if score_bias is not None or softcap is not None:
-        q_positions = _default_positions(q_positions, Tk - Tq, Tk, q.device)
-        k_positions = _default_positions(k_positions, 0, Tk, q.device)
-        score_mod = _score_mod(score_bias, q_positions, k_positions, softcap)
+        if score_bias is not None:
+            q_positions = _default_positions(q_positions, Tk - Tq, Tk, q.device)
+            k_positions = _default_positions(k_positions, 0, Tk, q.device)
+        score_mod = _score_mod(score_bias, q_positions, k_positions, q_features, k_features, softcap)
     compiled = q.device.type == "cuda" if compiled is None else compiled
-    fn = _compiled_flex_attention() if compiled else flex_attention
-    return fn(
-        q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )  # (B, nh, Tq, dv)
+    # inside a compiled model the outer compile lowers FlexAttention itself
+    fn = _compiled_flex_attention() if compiled and not torch.compiler.is_compiling() else flex_attention
+    gqa = q.shape[1] != k.shape[1]
+    aux = None if sinks is None else AuxRequest(lse=True)
+    y = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa, return_aux=aux)
+    if sinks is None:
+        return y  # (B, nh, Tq, dv)
+    y, aux = y
+    # softmax over the keys and one sink logit s: the keys' weights scaled by e^lse / (e^lse + e^s)
+    keep = torch.sigmoid(aux.lse - sinks.float().view(1, -1, 1))  # (B, nh, Tq)
+    return (y * keep[..., None].to(y.dtype)).to(q.dtype)

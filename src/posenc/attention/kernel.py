@@ -9,7 +9,9 @@
   while that mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (float32/64 inputs);
 - ``"blockwise"``: :func:`posenc.attention.blockwise.blockwise_attention`, exact at linear memory for
   everything else (past the budget, softcap, content biases, stick-breaking weights);
-- ``"flex"``: :func:`posenc.attention.flex.flex_attention_path`, opt-in.
+- ``"flex"``: :func:`posenc.attention.flex.flex_attention_path`, compiled FlexAttention with block
+  masks: on CUDA (with Triton) every whole-sequence path above but plain causality, when the
+  encoding's bias is elementwise (``score_bias_at``) and there is no attention dropout.
 
 Rules and costs: docs/attention.md.
 """
@@ -21,7 +23,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from posenc.attention.blockwise import ContentBias, ScoreBias, _check_inputs, blockwise_attention
+from posenc.attention.blockwise import ContentBias, ScoreBias, ScoreBiasAt, _check_inputs, blockwise_attention
 from posenc.attention.dense import dense_attention, dense_fits
 from posenc.attention.flex import flex_attention_path
 from posenc.attention.mask import Mask, visible
@@ -31,11 +33,21 @@ Backend = Literal["auto", "sdpa", "dense", "blockwise", "flex"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "blockwise", "flex")
 
 
+def flex_compiles(q: Tensor) -> bool:
+    """Whether compiled FlexAttention serves ``q``'s device: CUDA, with Triton installed."""
+    if q.device.type != "cuda":
+        return False
+    from torch.utils._triton import has_triton
+
+    return has_triton()
+
+
 def choose_backend(
     q: Tensor,
     k: Tensor,
     *,
     score_bias: ScoreBias | None = None,
+    score_bias_at: ScoreBiasAt | None = None,
     window: int | None = None,
     chunk: int | None = None,
     q_segments: Tensor | None = None,
@@ -44,18 +56,23 @@ def choose_backend(
     softcap: float | None = None,
     sinks: Tensor | None = None,
     weighting: Weighting = SOFTMAX,
-) -> Literal["sdpa", "dense", "blockwise"]:
+    dropout_p: float = 0.0,
+) -> Literal["sdpa", "dense", "blockwise", "flex"]:
     """The path :func:`attend` takes with ``backend="auto"`` (rules in docs/attention.md): SDPA when
     nothing but causality shapes a softmax of the scores, or a window or chunk shapes one query's
-    (a decoding step); else one SDPA call with a dense mask while
-    the mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (softmax, no softcap); else
-    blockwise. FlexAttention is opt-in only: its compiled kernel has not been checked on CUDA here,
-    and on CPU it has no backward."""
+    (a decoding step); else, on CUDA with Triton, compiled FlexAttention for more than one query
+    when the bias (if any) is elementwise (``score_bias_at``) and there is no attention dropout;
+    else one SDPA call with a dense mask while the mask fits
+    :data:`~posenc.attention.dense.DENSE_BUDGET` (softmax, no softcap); else blockwise (every
+    device; FlexAttention has no CPU backward)."""
     others = (score_bias, q_segments, k_segments, key_padding_mask, softcap, sinks)
     if weighting.kind != "softmax":
         return "blockwise"
     if all(x is None for x in others) and (q.shape[2] == 1 or (window is None and chunk is None)):
         return "sdpa"  # causality alone, or one query of a window or chunk: SDPA over the keys it sees
+    elementwise = score_bias is None or score_bias_at is not None
+    if q.shape[2] > 1 and elementwise and dropout_p == 0.0 and flex_compiles(q):
+        return "flex"
     return "dense" if softcap is None and dense_fits(q, k) else "blockwise"
 
 
@@ -79,6 +96,7 @@ def attend(
     v: Tensor,
     *,
     score_bias: ScoreBias | None = None,
+    score_bias_at: ScoreBiasAt | None = None,
     content_bias: ContentBias | None = None,
     q_positions: Tensor | None = None,
     k_positions: Tensor | None = None,
@@ -100,7 +118,8 @@ def attend(
     """Causal attention q (B, nh, Tq, hs), k (B, n_kv, Tk, hs), v (B, n_kv, Tk, dv) -> (B, nh, Tq, dv)
     by the best path.
 
-    ``score_bias``: the encoding's ``score_bias`` method when its ``where == "scores"``, else None.
+    ``score_bias``: the encoding's ``score_bias`` method when its ``where == "scores"``, else None;
+    ``score_bias_at``: its elementwise form when it has one (``elementwise_bias``), for the flex path.
     ``backend``: ``"auto"`` (see :func:`choose_backend`) or a path to force. ``block_mask``: only
     for the flex path (see :func:`flex_block_mask`).
     """
@@ -118,31 +137,43 @@ def attend(
         backend = (
             "blockwise"
             if content_bias is not None
-            else choose_backend(q, k, sinks=sinks, weighting=weighting, **extras)
+            else choose_backend(
+                q, k, sinks=sinks, weighting=weighting, score_bias_at=score_bias_at, dropout_p=dropout_p, **extras
+            )
         )
+    _check_path(backend, softcap, content_bias, weighting)
+    if backend == "sdpa":
+        _check_inputs(q, k, v, None, None, None, dropout_p)
+        return _sdpa(q, k, v, scale, dropout_p, Mask(window=window, chunk=chunk))
+    common = dict(scale=scale, sinks=sinks, q_positions=q_positions, k_positions=k_positions)
+    common |= dict(q_features=q_features, k_features=k_features)
+    if backend == "flex":
+        _check_flex(score_bias, score_bias_at, dropout_p)
+        extras["score_bias"] = score_bias_at
+        return flex_attention_path(q, k, v, block_mask=block_mask, **common, **extras)
+    if backend == "dense":
+        extras.pop("softcap")
+        return dense_attention(q, k, v, dropout_p=dropout_p, **common, **extras)
+    return blockwise_attention(
+        q, k, v, weighting=weighting, dropout_p=dropout_p, content_bias=content_bias, **common, **extras
+    )
+
+
+def _check_path(backend: str, softcap: float | None, content_bias: ContentBias | None, weighting: Weighting) -> None:
+    """Refuse what the chosen (or forced) path cannot compute."""
     if backend == "dense" and softcap is not None:
         raise ValueError("backend='dense' takes no softcap (it caps the scores before the bias); use 'blockwise'")
     if backend != "blockwise" and content_bias is not None:
         raise ValueError(f"backend={backend!r} takes no content bias (CoPE); it runs 'blockwise'")
     if backend != "blockwise" and weighting.kind != "softmax":
         raise ValueError(f"backend={backend!r} runs softmax attention only; {weighting.kind} weights run 'blockwise'")
-    if backend == "sdpa":
-        _check_inputs(q, k, v, None, None, None, dropout_p)
-        return _sdpa(q, k, v, scale, dropout_p, Mask(window=window, chunk=chunk))
-    positions = dict(q_positions=q_positions, k_positions=k_positions)
-    if backend == "flex":
-        if dropout_p > 0.0:
-            raise ValueError(f"FlexAttention has no attention dropout; got dropout_p={dropout_p}, use 'blockwise'")
-        if sinks is not None or q_features is not None:
-            raise ValueError("FlexAttention takes no sinks and no per-token features here; use 'blockwise'")
-        return flex_attention_path(q, k, v, scale=scale, block_mask=block_mask, **positions, **extras)
-    if backend == "dense":
-        features = dict(q_features=q_features, k_features=k_features)
-        extras.pop("softcap")
-        return dense_attention(
-            q, k, v, scale=scale, sinks=sinks, dropout_p=dropout_p, **positions, **features, **extras
+
+
+def _check_flex(score_bias: ScoreBias | None, score_bias_at: ScoreBiasAt | None, dropout_p: float) -> None:
+    if dropout_p > 0.0:
+        raise ValueError(f"FlexAttention has no attention dropout; got dropout_p={dropout_p}, use 'blockwise'")
+    if score_bias is not None and score_bias_at is None:
+        raise ValueError(
+            "FlexAttention compiles an elementwise score bias (the encoding's score_bias_at); this one "
+            "has none (elementwise_bias=False): use 'blockwise' or 'dense'"
         )
-    features = dict(q_features=q_features, k_features=k_features, content_bias=content_bias)
-    return blockwise_attention(
-        q, k, v, scale=scale, sinks=sinks, weighting=weighting, dropout_p=dropout_p, **positions, **features, **extras
-    )

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, bias_over_heads
 from posenc.spec import check_number, spec
 
 
@@ -44,6 +44,7 @@ class ALiBi(PositionalEncoding):
     """Per-head linear distance bias on the attention scores."""
 
     where = "scores"
+    elementwise_bias = True
 
     @spec
     class Config(EncodingConfig):
@@ -72,11 +73,17 @@ class ALiBi(PositionalEncoding):
         q_features: Tensor | None = None,
         k_features: Tensor | None = None,
     ) -> Tensor:
-        distance = q_positions[..., :, None] - k_positions[..., None, :]  # (Tq, Tk) or (B, Tq, Tk)
-        slopes = self.slopes.view(-1, 1, 1)  # (nh, 1, 1)
-        if distance.dim() == 3:
-            distance = distance[:, None]  # (B, 1, Tq, Tk)
-        return -slopes * distance.to(torch.float32)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+        return bias_over_heads(self, self.n_head, q_positions, k_positions)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def score_bias_at(
+        self,
+        head: Tensor,
+        q_position: Tensor,
+        k_position: Tensor,
+        q_feature: Tensor | None = None,
+        k_feature: Tensor | None = None,
+    ) -> Tensor:
+        return -self.slopes[head] * (q_position - k_position).to(torch.float32)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # keep the slopes exact in float32 whatever dtype the model is cast to

@@ -25,6 +25,8 @@ neither contains an encoding-specific branch or a ``getattr`` probe:
                            biases, e.g. forget gates); attention caches them beside the keys
 ``score_bias``             additive scores for (query, key) positions and, when the encoding has
                            features, the queries' and keys' features
+``score_bias_at``          the same bias of one head at one (query, key) pair, written elementwise
+                           (``elementwise_bias``): FlexAttention's compiled ``score_mod`` calls it
 ``content_bias``           additive scores from the tile's queries and their scaled q.k scores
                            (CoPE's gated counts), called by the kernel on each tile when the
                            encoding says ``has_content_bias``
@@ -139,6 +141,8 @@ class PositionalEncoding(nn.Module):
     takes_sinks: ClassVar[bool] = True
     #: float32 features per head that each token adds to the KV cache (``token_features``' last dim)
     cached_features: ClassVar[int] = 0
+    #: ``score_bias_at`` is defined, so FlexAttention can compile the bias into its kernel
+    elementwise_bias: ClassVar[bool] = False
     #: largest position + 1 the encoding can represent; None means any position
     max_positions: int | None = None
     #: position axes it reads: positions (axes, B, T) when > 1 (M-RoPE); None: it reads none (NoPE)
@@ -205,6 +209,23 @@ class PositionalEncoding(nn.Module):
         and of the keys (..., Tk, F), sliced like the positions."""
         return None
 
+    def score_bias_at(
+        self,
+        head: Tensor,
+        q_position: Tensor,
+        k_position: Tensor,
+        q_feature: Tensor | None = None,
+        k_feature: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`score_bias` of head ``head`` at query position ``q_position`` and key position
+        ``k_position`` (and the two tokens' one feature each), float32, written with elementwise
+        operations only: the arguments broadcast against each other, and FlexAttention's compiled
+        ``score_mod`` calls it with 0-d tensors (one score). Its kernel compiles no reduction and
+        no per-head vector indexed afterwards (docs/attention.md), which is why this is its own
+        method rather than ``score_bias(...)[head]``. Encodings that define it set
+        ``elementwise_bias = True``; tests/test_flex.py checks it against ``score_bias``."""
+        raise NotImplementedError(f"{type(self).__name__} has no elementwise score bias (elementwise_bias=False)")
+
     @property
     def weighting(self) -> Weighting:
         """How the kernel turns this layer's scores into weights (softmax unless the encoding says)."""
@@ -220,6 +241,14 @@ class PositionalEncoding(nn.Module):
         """Whether ``parameter`` (named ``name`` inside this encoding) gets weight decay. The default is
         the model's rule (matrices only); an encoding overrides it to follow its reference."""
         return parameter.dim() >= 2
+
+
+def bias_over_heads(encoding: PositionalEncoding, n_head: int, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+    """``encoding.score_bias_at`` over every head and (query, key) pair: (nh, Tq, Tk) for (T,)
+    positions, (B, nh, Tq, Tk) for (B, T): a ``score_bias`` for encodings whose elementwise form is
+    also cheap over a whole tile."""
+    heads = torch.arange(n_head, device=q_positions.device).view(-1, 1, 1)  # (nh, 1, 1)
+    return encoding.score_bias_at(heads, q_positions[..., None, :, None], k_positions[..., None, None, :])
 
 
 def check_positions(positions: Tensor, limit: int | None, name: str = "positions", axes: bool = False) -> None:

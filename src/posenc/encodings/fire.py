@@ -62,6 +62,7 @@ class FIRE(PositionalEncoding):
     """Learned function of the progressively normalised log distance, one output per head."""
 
     where = "scores"
+    elementwise_bias = True
 
     @spec
     class Config(EncodingConfig):
@@ -113,9 +114,12 @@ class FIRE(PositionalEncoding):
 
     def normalized_distance(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         """The MLP's input psi(i - j) / psi(max(L, i)): (Tq, Tk) or (B, Tq, Tk), float32."""
-        distance = (q_positions[..., :, None] - k_positions[..., None, :]).to(torch.float32)
-        i = q_positions.to(torch.float32)[..., :, None]  # (Tq, 1) or (B, Tq, 1)
-        return self._psi(distance) / (self._psi(torch.maximum(i, self.threshold)) + self.eps)
+        return self._input(q_positions[..., :, None], k_positions[..., None, :])
+
+    def _input(self, i: Tensor, j: Tensor) -> Tensor:
+        """psi(i - j) / psi(max(L, i)) elementwise, float32."""
+        i = i.to(torch.float32)
+        return self._psi(i - j.to(torch.float32)) / (self._psi(torch.maximum(i, self.threshold)) + self.eps)
 
     def score_bias(
         self,
@@ -130,6 +134,23 @@ class FIRE(PositionalEncoding):
         # (nh, ..., Tq, Tk): per head, the line of each score's segment
         bias = slope[:, seg] * x + intercept[:, seg]
         return bias if bias.dim() == 3 else bias.movedim(0, 1)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def score_bias_at(
+        self,
+        head: Tensor,
+        q_position: Tensor,
+        k_position: Tensor,
+        q_feature: Tensor | None = None,
+        k_feature: Tensor | None = None,
+    ) -> Tensor:
+        """The MLP of head ``head`` written out unit by unit (``mlp_width`` elementwise terms), the
+        form FlexAttention compiles: its ``score_mod`` may hold no reduction over the hidden units."""
+        x = self._input(q_position, k_position)
+        w1, b1, w2 = self.mlp_in.weight, self.mlp_in.bias, self.mlp_out.weight
+        bias = self.mlp_out.bias[head].float()
+        for unit in range(self.mlp_width):
+            bias = bias + w2[head, unit].float() * F.relu(w1[unit, 0].float() * x + b1[unit].float())
+        return bias
 
     def segments(self) -> tuple[Tensor, Tensor, Tensor]:
         """The MLP as a piecewise-linear function (module docstring): the sorted kinks (width,) and,

@@ -45,6 +45,7 @@ class _Gates:
 
     where = "scores"
     cached_features = 1  # F_t, the running sum of log forget gates, per head
+    elementwise_bias = True
 
     def _init_gate(self, n_embd: int, n_head: int) -> None:
         check_int(type(self).__name__, "n_embd", n_embd)
@@ -71,6 +72,16 @@ class _Gates:
         k_features: Tensor | None = None,
     ) -> Tensor:
         return q_features - k_features.transpose(-1, -2)  # (B, nh, Tq, 1) - (B, nh, 1, Tk)
+
+    def score_bias_at(
+        self,
+        head: Tensor,
+        q_position: Tensor,
+        k_position: Tensor,
+        q_feature: Tensor | None = None,
+        k_feature: Tensor | None = None,
+    ) -> Tensor:
+        return q_feature - k_feature  # F_i - F_j of the head's own gates
 
 
 class ForgetGate(_Gates, PositionalEncoding):

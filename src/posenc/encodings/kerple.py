@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, bias_over_heads
 from posenc.spec import check_int, spec
 
 _MIN_INIT = 1e-2  # the paper's clamp
@@ -46,6 +46,7 @@ class KerpleLog(PositionalEncoding):
     """Per-head logarithmic distance kernel -r1 * log(1 + r2 * |i - j|)."""
 
     where = "scores"
+    elementwise_bias = True
 
     @spec
     class Config(EncodingConfig):
@@ -82,10 +83,19 @@ class KerpleLog(PositionalEncoding):
         q_features: Tensor | None = None,
         k_features: Tensor | None = None,
     ) -> Tensor:
-        distance = (q_positions[..., :, None] - k_positions[..., None, :]).abs()  # (Tq, Tk) or (B, Tq, Tk)
-        distance = distance.to(torch.float32)[..., None, :, :]  # (1, Tq, Tk) or (B, 1, Tq, Tk)
-        r1, r2 = self.r1.view(-1, 1, 1), self.r2.view(-1, 1, 1)  # (nh, 1, 1)
-        return -r1 * torch.log1p(r2 * distance)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+        return bias_over_heads(self, self.n_head, q_positions, k_positions)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def score_bias_at(
+        self,
+        head: Tensor,
+        q_position: Tensor,
+        k_position: Tensor,
+        q_feature: Tensor | None = None,
+        k_feature: Tensor | None = None,
+    ) -> Tensor:
+        # the head's parameters first, then the softplus: FlexAttention compiles no per-head vector
+        r1, r2 = F.softplus(self.raw_r1[head].float()), F.softplus(self.raw_r2[head].float())
+        return -r1 * torch.log1p(r2 * (q_position - k_position).abs().to(torch.float32))
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}"

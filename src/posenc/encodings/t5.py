@@ -66,6 +66,7 @@ class T5RelativeBias(PositionalEncoding):
     """A learned per-head scalar for each bucket of causal distance."""
 
     where = "scores"
+    elementwise_bias = True
 
     @spec
     class Config(EncodingConfig):
@@ -112,6 +113,17 @@ class T5RelativeBias(PositionalEncoding):
         buckets = t5_causal_buckets(distance, self.num_buckets, self.max_distance)
         bias = F.embedding(buckets, self.relative_attention_bias.weight.float())  # (..., Tq, Tk, nh)
         return bias.movedim(-1, -3) * self.scale  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+
+    def score_bias_at(
+        self,
+        head: Tensor,
+        q_position: Tensor,
+        k_position: Tensor,
+        q_feature: Tensor | None = None,
+        k_feature: Tensor | None = None,
+    ) -> Tensor:
+        bucket = t5_causal_buckets(q_position - k_position, self.num_buckets, self.max_distance)
+        return self.relative_attention_bias.weight[bucket, head].float() * self.scale
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, scale={self.scale:.4g}"

@@ -1,0 +1,284 @@
+"""The FlexAttention path (posenc.attention.flex) and the elementwise biases it compiles.
+
+Each encoding's ``score_bias_at`` (one head, one score, elementwise) must equal its tile-wise
+``score_bias`` in values and in its parameters' gradients: that is what lets FlexAttention compute the
+bias inside its kernel. The path itself is checked against the blockwise kernel (itself checked
+against a float64 dense reference in tests/test_blockwise.py): FlexAttention's unfused
+implementation for every encoding, mask, feature and sink, and the compiled CPU kernel for every
+elementwise encoding. This torch has no FlexAttention backward on CPU, so gradients through the
+kernel are checked on a GPU only (benchmarks/check_flex.py, a step of benchmarks/run_gpu.sh).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from posenc import GPT, GPTConfig
+from posenc.attention import kernel
+from posenc.attention.blockwise import blockwise_attention
+from posenc.attention.flex import flex_attention_path, flex_block_mask
+from posenc.attention.kernel import attend, choose_backend
+from posenc.encodings.alibi import ALiBi
+from posenc.encodings.fire import FIRE
+from posenc.encodings.fox import ForgetGate
+from posenc.encodings.kerple import KerpleLog
+from posenc.encodings.t5 import T5RelativeBias
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def make_encoding(name: str | None, n_head: int):
+    """The elementwise encodings at settings that move the attention: a T5 table of std 1, FIRE's
+    threshold inside the tested lengths (both of its regimes), FoX's gates off their zero init."""
+    if name is None:
+        return None
+    torch.manual_seed(1)
+    if name == "alibi":
+        return ALiBi(n_head, bias_max=6.0)
+    if name == "kerple":
+        return KerpleLog(n_head)
+    if name == "t5":
+        enc = T5RelativeBias(n_head, num_buckets=8, max_distance=20, scale=2.0)
+        torch.nn.init.normal_(enc.relative_attention_bias.weight)
+        return enc
+    if name == "fire":
+        return FIRE(n_head, mlp_width=12, init_threshold=9.0)
+    enc = ForgetGate(8, n_head)
+    torch.nn.init.normal_(enc.gate.weight)
+    return enc
+
+
+NAMES = ["alibi", "kerple", "t5", "fire", "fox"]
+
+
+def features(enc, B: int, T: int, seed: int = 3):
+    """FoX's F_t for T tokens of random input, (B, nh, T, 1); None for a positional encoding."""
+    if not isinstance(enc, ForgetGate):
+        return None
+    with torch.no_grad():
+        return enc.token_features(torch.randn(B, T, 8, generator=torch.Generator().manual_seed(seed)))
+
+
+def qkv(B, nh, n_kv, Tq, Tk, hs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(B, nh, Tq, hs, generator=g),
+        torch.randn(B, n_kv, Tk, hs, generator=g),
+        torch.randn(B, n_kv, Tk, hs, generator=g),
+    )
+
+
+# ----------------------------------------------------------------------------- score_bias_at
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=25, deadline=None)
+@given(
+    n_head=st.integers(1, 6),
+    Tq=st.integers(1, 12),
+    Tk=st.integers(1, 30),
+    offset=st.integers(0, 50),
+    batched=st.booleans(),
+)
+def test_score_bias_at_equals_score_bias(name, n_head, Tq, Tk, offset, batched):
+    """Over a (head, query, key) grid the elementwise form gives ``score_bias``'s values, and the
+    same gradients in every parameter (FIRE: its MLP unit by unit against its piecewise-linear form)."""
+    enc = make_encoding(name, n_head)
+    k_pos = torch.arange(Tk) + offset
+    q_pos = torch.arange(Tq) + offset + Tk - Tq  # some queries ahead of every key, some behind
+    if batched:
+        q_pos, k_pos = torch.stack([q_pos, q_pos + 7]), torch.stack([k_pos, k_pos + 7])
+    qf = kf = None
+    if name == "fox":
+        x = torch.randn(2, max(Tq, Tk), 8, generator=torch.Generator().manual_seed(n_head))
+        every = enc.token_features(x)  # (2, nh, T, 1), differentiable in the gates
+        qf, kf = every[:, :, -Tq:], every[:, :, :Tk]
+    want = enc.score_bias(q_pos, k_pos, qf, kf)
+    heads = torch.arange(n_head).view(-1, 1, 1)
+    got = enc.score_bias_at(
+        heads,
+        q_pos[..., None, :, None],
+        k_pos[..., None, None, :],
+        None if qf is None else qf,
+        None if kf is None else kf.transpose(-1, -2),
+    )
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.expand_as(want), want, rtol=1e-5, atol=1e-5)
+    params = [p for p in enc.parameters() if p.requires_grad]
+    if not params:  # ALiBi: fixed slopes
+        return
+    upstream = torch.randn(want.shape, generator=torch.Generator().manual_seed(2))
+    g_want = torch.autograd.grad(want, params, upstream, allow_unused=True, retain_graph=True)
+    g_got = torch.autograd.grad(got.expand_as(want), params, upstream, allow_unused=True)
+    for a, b in zip(g_got, g_want, strict=True):
+        if b is None:
+            assert a is None or not a.any()
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_an_encoding_without_an_elementwise_bias_says_so():
+    from posenc.encodings.cope import ContextualPosition
+
+    assert not ContextualPosition.elementwise_bias
+    assert all(type(make_encoding(name, 2)).elementwise_bias for name in NAMES)
+    with pytest.raises(NotImplementedError, match="ContextualPosition has no elementwise score bias"):
+        ContextualPosition.score_bias_at(object.__new__(ContextualPosition), *torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- the path, unfused
+
+
+def assert_flex_matches_blockwise(enc, q, k, v, q_pos=None, k_pos=None, *, compiled=False, **kw):
+    """flex_attention_path with the encoding's ``score_bias_at`` equals blockwise_attention with its
+    ``score_bias`` (forward; no grad: this torch has no CPU FlexAttention backward)."""
+    B, Tq, Tk = q.shape[0], q.shape[2], k.shape[2]
+    every = features(enc, B, Tk)
+    if every is not None:
+        kw = dict(kw, q_features=every[:, :, Tk - Tq :], k_features=every)
+    positions = dict(q_positions=q_pos, k_positions=k_pos)
+    with torch.no_grad():
+        want = blockwise_attention(q, k, v, score_bias=None if enc is None else enc.score_bias, **positions, **kw)
+        got = flex_attention_path(
+            q, k, v, score_bias=None if enc is None else enc.score_bias_at, compiled=compiled, **positions, **kw
+        )
+    assert got.shape == want.shape and got.dtype == q.dtype
+    torch.testing.assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("name", [None, *NAMES])
+@pytest.mark.parametrize("mask", [{}, {"window": 6}, {"chunk": 7}])
+def test_flex_matches_blockwise_unfused(name, mask):
+    """Every elementwise encoding as a score_mod, with a GQA layout and a KV-cache offset (24 queries
+    after 16 cached keys), positions offset from zero."""
+    q, k, v = qkv(2, 4, 2, 24, 40, 16, seed=4)
+    k_pos = torch.arange(40) + 2
+    assert_flex_matches_blockwise(make_encoding(name, 4), q, k, v, k_pos[-24:], k_pos, **mask)
+
+
+@pytest.mark.parametrize("name", [None, "alibi", "fox"])
+def test_flex_sinks_softcap_segments_and_padding_unfused(name):
+    """Sinks (a logit per head in the denominator, through the rows' log-sum-exp), a softcap, packed
+    documents, left padding and per-row positions at once."""
+    q, k, v = qkv(2, 4, 4, 32, 32, 16, seed=6)
+    pos = torch.stack([torch.arange(32), torch.arange(32) + 100])
+    seg = torch.zeros(2, 32, dtype=torch.long)
+    seg[1, 12:] = 1
+    pad = torch.ones(2, 32, dtype=torch.bool)
+    pad[0, :5] = False
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    assert_flex_matches_blockwise(
+        make_encoding(name, 4),
+        q,
+        k,
+        v,
+        pos,
+        pos,
+        q_segments=seg,
+        k_segments=seg,
+        key_padding_mask=pad,
+        softcap=5.0,
+        sinks=sinks,
+    )
+
+
+def test_flex_refuses_what_it_cannot_compile():
+    q, k, v = qkv(1, 2, 2, 8, 8, 4)
+    table = lambda qp, kp, qf=None, kf=None: torch.zeros(2, len(qp), len(kp))  # noqa: E731
+    with pytest.raises(ValueError, match="elementwise score bias"):
+        attend(q, k, v, score_bias=table, backend="flex")
+    with pytest.raises(ValueError, match="no attention dropout"):
+        attend(q, k, v, backend="flex", dropout_p=0.1)
+    with pytest.raises(ValueError, match="one feature per token"):
+        f = torch.zeros(1, 2, 8, 3)
+        flex_attention_path(q, k, v, score_bias=ALiBi(2).score_bias_at, q_features=f, k_features=f)
+
+
+def test_flex_backward_is_unavailable_on_cpu():
+    """Why CPU training never takes flex: FlexAttention in this torch has no CPU backward.
+    If this starts to pass, the dispatcher can send CPU training to flex too."""
+    q, k, v = (t.requires_grad_() for t in qkv(2, 4, 2, 24, 40, 16))
+    with pytest.raises(NotImplementedError, match="backward on CPU"):
+        y = flex_attention_path(q, k, v, score_bias=ALiBi(4).score_bias_at, compiled=False)
+        y.sum().backward()
+
+
+# ----------------------------------------------------------------------------- the compiled kernel
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", [None, *NAMES])
+def test_compiled_flex_matches_blockwise_on_cpu(name):
+    """The compiled kernel (inductor's C++ template on CPU; Triton on CUDA lowers the same score_mod
+    graph) for every elementwise encoding, with a window and GQA. Generic per-head biases
+    (``score_bias(...)[h]``) miscompile or fail to lower here (benchmarks/repro_flex_cpu.py): the
+    elementwise form is what makes this exact. No sinks: they need the rows' log-sum-exp, which
+    this torch's compiled CPU kernel does not return (its CUDA kernel does). Lengths a multiple of
+    the 128-token block."""
+    q, k, v = qkv(1, 4, 2, 128, 128, 16, seed=8)
+    assert_flex_matches_blockwise(make_encoding(name, 4), q, k, v, compiled=True, window=40)
+    assert flex_block_mask(128, 128, device="cpu", window=40) is flex_block_mask(128, 128, device="cpu", window=40)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def test_cuda_dispatch_rule(monkeypatch):
+    """Where compiled FlexAttention serves (CUDA with Triton; faked here), ``auto`` sends it every
+    whole-sequence path but plain causality: score biases with an elementwise form, windows, chunks,
+    documents, padding, softcaps and sinks. Decoding steps, dropout, biases without an elementwise
+    form and non-softmax weights keep their CPU paths."""
+    from posenc.encodings.base import Weighting
+
+    q, k, _ = qkv(1, 2, 2, 16, 16, 8)
+    monkeypatch.setattr(kernel, "flex_compiles", lambda q: False)
+    assert choose_backend(q, k, window=4) == "dense"
+    monkeypatch.setattr(kernel, "flex_compiles", lambda q: True)
+    alibi = ALiBi(2)
+    seg = torch.zeros(1, 16, dtype=torch.long)
+    assert choose_backend(q, k) == "sdpa"
+    for kw in (
+        dict(score_bias=alibi.score_bias, score_bias_at=alibi.score_bias_at),
+        dict(window=4),
+        dict(chunk=4),
+        dict(q_segments=seg, k_segments=seg),
+        dict(softcap=30.0),
+        dict(sinks=torch.zeros(2)),
+    ):
+        assert choose_backend(q, k, **kw) == "flex", kw
+    assert choose_backend(q, k, window=4, dropout_p=0.1) == "dense"
+    assert choose_backend(q, k, score_bias=alibi.score_bias) == "dense"  # no elementwise form given
+    assert choose_backend(q[:, :, -1:], k, score_bias=alibi.score_bias, score_bias_at=alibi.score_bias_at) == "dense"
+    assert choose_backend(q, k, weighting=Weighting("stickbreaking")) == "blockwise"
+
+
+@pytest.mark.parametrize(
+    "pe, window, attention",
+    [("alibi", 6, {}), ("fox", None, {"sinks": True}), ("rope", 5, {"softcap": 20.0, "sinks": True})],
+    ids=["alibi-window", "fox-sinks", "rope-window-softcap-sinks"],
+)
+def test_a_model_on_the_cuda_rule_gives_the_same_logits(monkeypatch, pe, window, attention):
+    """A GPT whose layers take flex under ``auto`` (the CUDA rule, faked on CPU, where flex runs
+    unfused) gives the logits of the CPU paths."""
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset("tiny", pe=pe, sliding_window=window)
+    config = config.map_layers(lambda i, layer: layer.replace(attention=layer.attention.replace(**attention)))
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            if block.attn.sinks is not None:
+                block.attn.sinks.normal_(std=2.0)
+    idx = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        want = model(idx)[0]
+        monkeypatch.setattr(kernel, "flex_compiles", lambda q: True)
+        calls = []
+        real = kernel.flex_attention_path
+        monkeypatch.setattr(kernel, "flex_attention_path", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        got = model(idx)[0]
+    assert len(calls) == model.config.n_layer
+    torch.testing.assert_close(got, want, **TOL)
