@@ -8,8 +8,10 @@ Part 1, encodings: the attention layer (``CausalSelfAttention``: c_attn, QK-norm
 c_proj) exactly as ``GPT`` builds it for every layer code of every variant in ``posenc.VARIANTS``,
 plus sliding-window RNoPE (``layer_pattern="rrrN"``), with SDPA's default backend.
 Part 2, kernels: the attention core on q, k, v for three masks (causal; causal + sliding window;
-causal + ALiBi bias) under SDPA's default backend, SDPA's math backend and a naive
-softmax(QK^T / sqrt(hs) + mask) V written out here.
+causal + ALiBi bias) under SDPA's default backend, SDPA's math backend, a naive
+softmax(QK^T / sqrt(hs) + mask) V written out here and, on CUDA, compiled FlexAttention (the
+window as a block mask, ALiBi computed in the kernel). On CUDA the layers of part 1 with a score
+bias, window or sinks take FlexAttention too (``auto``'s rule, docs/attention.md).
 
 Forward is run under ``torch.no_grad()`` (inference); fwd+bwd is forward plus backward from a
 fixed upstream gradient. Peak memory: see ``common.peak_memory_bytes`` (CUDA: allocated tensors;
@@ -32,6 +34,7 @@ import common  # noqa: E402
 
 from posenc import VARIANTS, GPTConfig  # noqa: E402
 from posenc.attention import causal_attention  # noqa: E402
+from posenc.attention.flex import flex_attention_path  # noqa: E402
 from posenc.encodings.alibi import ALiBi  # noqa: E402
 
 
@@ -168,6 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
                         backend, causal_attention, q, k, v, bias=b, window=w
                     )
                 calls[(mask_name, "naive")] = lambda q, k, v, b=b, w=w: naive_attention(q, k, v, b, w)
+                if cuda:  # compiled FlexAttention, the bias computed in its kernel (no CPU backward)
+                    at = alibi.score_bias_at if b is not None else None
+                    calls[(mask_name, "flex")] = lambda q, k, v, at=at, w=w: flex_attention_path(
+                        q, k, v, score_bias=at, window=w
+                    )
             labelled = {f"{m} / {impl}": f for (m, impl), f in calls.items()}
             times, memory = measure(
                 labelled, backward=backward, make_inputs=make_qkv, repeats=reps, device=device, amp=amp

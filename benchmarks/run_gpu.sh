@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# All three benchmarks on one CUDA device (fp16 autocast for attention and training, fp32/bf16/fp16
-# for RoPE, torch.compile, SDPA's default = flash backend), in under 8 minutes on one H200.
+# The FlexAttention check and all three benchmarks on one CUDA device (fp16 autocast for attention
+# and training, fp32/bf16/fp16 for RoPE, torch.compile, SDPA's default = flash backend), in at most
+# 8 minutes (the steps' limits add up to 480 s).
 #
 #   bash benchmarks/run_gpu.sh OUT_DIR
 #   bash benchmarks/run_gpu.sh --dry-run OUT_DIR   # CPU, tiny sizes: every step runs (the test suite does)
 #
-# Writes OUT_DIR/bench_{rope,attention,train}.json and .md (each script's printed tables) and
+# Writes OUT_DIR/{check_flex,bench_rope,bench_attention,bench_train}.json and .md (each script's
+# printed tables) and
 # prints a summary. Every step has its own time limit so that one slow step cannot take the
 # others' time; a step that fails or times out is reported and the rest still run.
 set -uo pipefail
@@ -45,9 +47,10 @@ step() {  # step NAME LIMIT_S ARGS...
   [ $rc -eq 0 ] || { FAILED=1; tail -n 5 "$OUT/$name.log"; }
 }
 
-step bench_rope 120 --dtypes fp32 bf16 fp16 --repeats 30
-step bench_attention 120 --batch 4 --n-head 12 --n-embd 768 --seq-lens 1024 4096 8192 --repeats 10
-step bench_train 200 --settings owt-16m --repeats 10 \
+step check_flex 150 --seq-lens 4096 16384 --repeats 10
+step bench_rope 70 --dtypes fp32 bf16 fp16 --repeats 30
+step bench_attention 80 --batch 4 --n-head 12 --n-embd 768 --seq-lens 1024 4096 --repeats 10
+step bench_train 180 --settings owt-16m --repeats 10 \
   --compile-models "nanoGPT baseline" absolute rope nope qknorm rnope alibi fire fox
 
 $PY - "$OUT" <<'PY'
@@ -55,7 +58,7 @@ import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 print("\n## Summary\n")
-for name in ("bench_rope", "bench_attention", "bench_train"):
+for name in ("check_flex", "bench_rope", "bench_attention", "bench_train"):
     path = out / f"{name}.json"
     if not path.exists():
         print(f"- {name}: no result (see {name}.log)")
@@ -64,6 +67,13 @@ for name in ("bench_rope", "bench_attention", "bench_train"):
     print(f"- {name}: {d['machine'].get('gpu')} torch {d['machine']['torch']}")
     for line in d.get("bars", []):
         print(f"  {line}")
+    if name == "check_flex":
+        for c in d["checks"]:
+            print(f"  {c['case']}: auto takes {c.get('path', '?')}, flex {'ok' if c['ok'] else 'FAILED'} "
+                  f"({c.get('max_error', c.get('error'))})")
+        for r in d["results"]:
+            print(f"  {r['case']} T={r['T']} {r['layer']} [{r['path']}]: {r['median_ms']:.2f} ms, "
+                  f"{r['x_rope']:.2f}x RoPE")
     if name == "bench_rope":
         for r in d["results"]:
             if r["mode"] == "fwd+bwd" and r["candidate"] in ("posenc", "posenc (compiled)", "transformers", "copy floor"):

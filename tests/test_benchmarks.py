@@ -50,6 +50,16 @@ def dry_run(tmp_path_factory) -> Path:
     return out
 
 
+def test_check_flex_smoke(dry_run):
+    """Every case's flex layer (unfused on CPU, forward only) equals its blockwise twin."""
+    data = check_payload(dry_run / "check_flex.json", "check_flex")
+    checks = {c["case"]: c for c in data["checks"]}
+    assert {"alibi", "kerple", "t5", "fire", "fox", "rope window 256", "rope sinks softcap"} <= checks.keys()
+    assert all(c["ok"] and c["max_error"] < 1e-5 and c["backward"] is False for c in checks.values()), checks
+    assert data["flex_compiles"] is False and data["bars"]
+    assert "| case | T | auto path |" in (dry_run / "check_flex.md").read_text()
+
+
 def test_bench_rope_smoke(dry_run):
     data = check_payload(dry_run / "bench_rope.json", "bench_rope")
     candidates = {r["candidate"] for r in data["results"]}

@@ -1,0 +1,260 @@
+"""FlexAttention where ``auto`` takes it (CUDA with Triton): the layers' values and gradients against
+the blockwise kernel, then their time and memory beside the blockwise and dense paths and the RoPE
+layer on SDPA's fused causal kernel.
+
+    python benchmarks/check_flex.py --device cuda                 # T=1024 checks; timed T in {4096, 16384}
+    python benchmarks/check_flex.py --device cuda --seq-lens 2048
+    python benchmarks/check_flex.py --smoke                       # CPU: forward checks only, tiny sizes
+
+Check, per case: one attention layer as ``GPT`` builds it (projections, QK-norm, rotation, FoX's
+gates, sinks) with its attention config forcing ``flex``, its weights copied to a second layer
+forcing ``blockwise``; the table also says which path ``auto`` takes on this device;
+float32, forward + backward from a fixed upstream gradient; the largest difference of the outputs,
+of the input's gradient and of every parameter's gradient, relative to the largest value of each
+(bar: 1e-3). This is what the test suite cannot check: this torch has no FlexAttention backward on
+CPU, and its CPU kernel is not the Triton one. On CPU (``--smoke``) the flex layer runs
+FlexAttention's unfused implementation, forward only.
+
+Time and memory: fp16 autocast (fp32 on CPU), forward + backward, median of interleaved repeats;
+peak memory is the CUDA allocator's peak above the inputs (``common.peak_memory_bytes``). The
+script exits with status 1 when a check fails; every case runs whatever the others do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from posenc import GPTConfig  # noqa: E402
+from posenc.attention import dense  # noqa: E402
+from posenc.attention.kernel import choose_backend, flex_compiles  # noqa: E402
+
+#: name -> (encoding, the layer's attention options, sliding window)
+CASES = {
+    "alibi": ("alibi", {}, None),
+    "kerple": ("kerple", {}, None),
+    "t5": ("t5", {}, None),
+    "fire": ("fire", {}, None),
+    "fox": ("fox", {}, None),
+    "fox+rope": ("fox_rope", {}, None),
+    "rope window 256": ("rope", {}, 256),
+    "rope sinks softcap": ("rope", {"sinks": True, "softcap": 30.0}, None),
+    "alibi window 256 sinks": ("alibi", {"sinks": True}, 256),
+}
+TIMED = ("alibi", "fire", "rope window 256")
+BAR = 1e-3
+
+
+def build(pe: str, attention: dict, window: int | None, *, n_head: int, n_embd: int, T: int, backend: str):
+    config = GPTConfig(n_layer=1, n_head=n_head, n_embd=n_embd, block_size=T, pe=pe, sliding_window=window)
+    config = config.map_layers(
+        lambda i, layer: layer.replace(attention=layer.attention.replace(backend=backend, **attention))
+    )
+    return config.build_layers()[0].attn
+
+
+def pair(name: str, *, n_head: int, n_embd: int, T: int, device: torch.device, backend: str):
+    """(the layer on ``backend``, the same weights on ``blockwise``); sinks and FoX's gates moved off
+    their small initial values so that they shape the attention."""
+    pe, attention, window = CASES[name]
+    torch.manual_seed(0)
+    auto = build(pe, attention, window, n_head=n_head, n_embd=n_embd, T=T, backend=backend)
+    with torch.no_grad():
+        for pname, p in auto.named_parameters():
+            if pname == "sinks" or "gate" in pname:
+                p.normal_(std=1.0)
+    ref = build(pe, attention, window, n_head=n_head, n_embd=n_embd, T=T, backend="blockwise")
+    ref.load_state_dict(auto.state_dict())
+    return auto.to(device), ref.to(device)
+
+
+def path_taken(layer, x: torch.Tensor) -> str:
+    """What ``auto`` chooses for this layer's whole-sequence forward (the kernel's own rule)."""
+    q = torch.empty(x.shape[0], layer.n_head, x.shape[1], 1, device=x.device)
+    k = torch.empty(x.shape[0], layer.n_kv_head, x.shape[1], 1, device=x.device)
+    pe = layer.pe
+    bias = pe.where == "scores" and not pe.has_content_bias
+    return choose_backend(
+        q,
+        k,
+        score_bias=pe.score_bias if bias else None,
+        score_bias_at=pe.score_bias_at if bias and pe.elementwise_bias else None,
+        window=layer.mask.window,
+        chunk=layer.mask.chunk,
+        softcap=layer.config.softcap,
+        sinks=layer.sinks,
+        weighting=pe.weighting,
+    )
+
+
+def check(name: str, *, B: int, n_head: int, n_embd: int, T: int, device: torch.device, backward: bool) -> dict:
+    flex, ref = pair(name, n_head=n_head, n_embd=n_embd, T=T, device=device, backend="flex")
+    g = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(B, T, n_embd, device=device, generator=g)
+    upstream = torch.randn(B, T, n_embd, device=device, generator=g)
+    row = {"case": name, "T": T, "path": path_taken(ref, x), "backward": backward}
+    outs, grads = [], []
+    for layer in (flex, ref):
+        xi = x.clone().requires_grad_(backward)
+        with contextlib.nullcontext() if backward else torch.no_grad():
+            y = layer(xi)
+        outs.append(y.detach())
+        if backward:
+            y.backward(upstream)
+            grads.append({"x": xi.grad, **{n: p.grad for n, p in layer.named_parameters() if p.grad is not None}})
+    errors = {"out": rel_error(*outs)}
+    if backward:
+        assert grads[0].keys() == grads[1].keys(), (grads[0].keys(), grads[1].keys())
+        errors |= {f"grad {n}": rel_error(grads[0][n], grads[1][n]) for n in grads[1]}
+    worst = max(errors, key=errors.get)
+    return row | {"errors": errors, "worst": worst, "max_error": errors[worst], "ok": errors[worst] <= BAR}
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+def timings(name: str, *, B: int, n_head: int, n_embd: int, T: int, device, repeats: int, amp) -> list[dict]:
+    """fwd+bwd of the case's layer on ``auto``, ``blockwise`` and (while it fits) ``dense``, and the
+    RoPE layer on SDPA's causal kernel, interleaved; ratios to the RoPE layer."""
+    auto, blockwise = pair(name, n_head=n_head, n_embd=n_embd, T=T, device=device, backend="auto")
+    layers = {"auto": auto, "blockwise": blockwise}
+    x = torch.randn(B, T, n_embd, device=device, requires_grad=True)
+    q = torch.empty(B, n_head, T, 1, device=device)
+    if dense.dense_fits(q, q):
+        layers["dense"] = build(*CASES[name], n_head=n_head, n_embd=n_embd, T=T, backend="dense").to(device)
+        layers["dense"].load_state_dict(auto.state_dict())
+    layers["rope (sdpa)"] = build("rope", {}, None, n_head=n_head, n_embd=n_embd, T=T, backend="auto").to(device)
+
+    def step(layer):
+        with amp():
+            y = layer(x)
+        y.float().sum().backward()
+
+    calls = {label: (lambda layer=layer: step(layer)) for label, layer in layers.items()}
+    times = common.time_interleaved(calls, repeats=repeats, warmup=2, device=device, before=lambda: clear(x, layers))
+    base = common.stats(times["rope (sdpa)"])["median_ms"]
+    rows = []
+    for label, f in calls.items():
+        clear(x, layers)
+        s = common.stats(times[label])
+        peak = common.peak_memory_bytes(f, device)
+        path = path_taken(layers[label], x) if label == "auto" else label
+        rows.append({"case": name, "T": T, "layer": label, "path": path, **s, "x_rope": s["median_ms"] / base})
+        rows[-1]["peak_bytes"] = peak
+    return rows
+
+
+def clear(x, layers) -> None:
+    x.grad = None
+    for layer in layers.values():
+        layer.zero_grad(set_to_none=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.base_parser("check_flex", __doc__.splitlines()[0])
+    p.add_argument("--seq-lens", type=int, nargs="+", default=None, help="timed lengths")
+    p.add_argument("--check-len", type=int, default=None, help="length of the checks (default 1024)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=256, help="owt-16m's width: 4 heads of 64")
+    args = p.parse_args(argv)
+    device = common.setup(args)
+    cuda = device.type == "cuda"
+    if args.smoke:
+        B, nh, C, check_len, seq_lens = 1, 2, 32, args.check_len or 64, args.seq_lens or [64]
+    else:
+        B, nh, C = args.batch, args.n_head, args.n_embd
+        check_len, seq_lens = args.check_len or 1024, args.seq_lens or [4096, 16384]
+    repeats = args.repeats or (1 if args.smoke else 10)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else contextlib.nullcontext
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False  # the checks compare float32 arithmetic
+        torch.backends.cudnn.allow_tf32 = False
+    payload = {
+        "benchmark": "check_flex",
+        "machine": common.machine_info(device),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "flex_compiles": flex_compiles(torch.empty(0, device=device)),
+        "shape": {"B": B, "nh": nh, "C": C, "check_T": check_len, "T": seq_lens},
+        "checks": [],
+        "results": [],
+    }
+    failed = False
+    for name in CASES:
+        try:
+            row = check(name, B=B, n_head=nh, n_embd=C, T=check_len, device=device, backward=cuda)
+        except Exception as e:  # report the case and go on: one failure must not hide the others
+            row = {"case": name, "T": check_len, "ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+            traceback.print_exc()
+        failed |= not row["ok"]
+        payload["checks"].append(row)
+        print(
+            f"check {name}: {row.get('path', '?')} {row.get('max_error', row.get('error'))}",
+            file=sys.stderr,
+            flush=True,
+        )
+        common.write_json(args.out, payload, quiet=True)
+    for T in seq_lens:
+        for name in TIMED if not args.smoke else TIMED[:1]:
+            try:
+                payload["results"] += timings(
+                    name, B=B, n_head=nh, n_embd=C, T=T, device=device, repeats=repeats, amp=amp
+                )
+            except Exception as e:
+                payload.setdefault("errors", []).append(f"{name} T={T}: {type(e).__name__}: {e}"[:2000])
+                traceback.print_exc()
+                failed = True
+            common.write_json(args.out, payload, quiet=True)
+    payload["bars"] = bars(payload["checks"])
+    print(report(payload))
+    common.write_json(args.out, payload)
+    if failed:
+        sys.exit(1)
+    return payload
+
+
+def bars(checks: list[dict]) -> list[str]:
+    bad = [c["case"] for c in checks if not c["ok"]]
+    worst = max((c.get("max_error", float("inf")) for c in checks), default=0.0)
+    return [f"flex vs blockwise, {len(checks) - len(bad)}/{len(checks)} cases within {BAR:g} (worst {worst:.1e})"]
+
+
+def report(payload: dict) -> str:
+    checks = [
+        [
+            c["case"],
+            c["T"],
+            c.get("path", "-"),
+            "fwd+bwd" if c.get("backward") else "fwd",
+            c.get("worst", "-"),
+            c.get("max_error", c.get("error", "-")),
+            "yes" if c["ok"] else "NO",
+        ]
+        for c in payload["checks"]
+    ]
+    timed = [
+        [r["case"], r["T"], r["layer"], r["path"], r["median_ms"], r["x_rope"], common.mib(r["peak_bytes"])]
+        for r in payload["results"]
+    ]
+    machine = payload["machine"]
+    where = f"{machine.get('gpu', machine['cpu'])}, torch {machine['torch']}"
+    return "\n".join(
+        [
+            f"## FlexAttention against the blockwise kernel ({where})\n",
+            common.markdown_table(["case", "T", "auto path", "checked", "worst", "relative error", "ok"], checks),
+            "\n## Time and memory, fwd+bwd\n",
+            common.markdown_table(["case", "T", "layer", "path", "median ms", "x RoPE", "peak MiB"], timed),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
