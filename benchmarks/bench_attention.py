@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                     )
                 calls[(mask_name, "naive")] = lambda q, k, v, b=b, w=w: naive_attention(q, k, v, b, w)
                 if cuda:  # compiled FlexAttention, the bias computed in its kernel (no CPU backward)
-                    at = alibi.score_bias_at if b is not None else None
+                    at = alibi.elementwise_score_bias() if b is not None else None
                     calls[(mask_name, "flex")] = lambda q, k, v, at=at, w=w: flex_attention_path(
                         q, k, v, score_bias=at, window=w
                     )

@@ -72,7 +72,7 @@ for name in ("check_flex", "bench_rope", "bench_attention", "bench_train"):
             print(f"  {c['case']}: auto takes {c.get('path', '?')}, flex {'ok' if c['ok'] else 'FAILED'} "
                   f"({c.get('max_error', c.get('error'))})")
         for r in d["results"]:
-            print(f"  {r['case']} T={r['T']} {r['layer']} [{r['path']}]: {r['median_ms']:.2f} ms, "
+            print(f"  {r['case']} T={r['T']} {r['layer']} (auto: {r['auto']}): {r['median_ms']:.2f} ms, "
                   f"{r['x_rope']:.2f}x RoPE")
     if name == "bench_rope":
         for r in d["results"]:

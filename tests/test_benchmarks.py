@@ -55,7 +55,9 @@ def test_check_flex_smoke(dry_run):
     data = check_payload(dry_run / "check_flex.json", "check_flex")
     checks = {c["case"]: c for c in data["checks"]}
     assert {"alibi", "kerple", "t5", "fire", "fox", "rope window 256", "rope sinks softcap"} <= checks.keys()
-    assert all(c["ok"] and c["max_error"] < 1e-5 and c["backward"] is False for c in checks.values()), checks
+    assert any(name.startswith("kernel") for name in checks) and "fire bf16" in checks
+    assert all(c["ok"] and c["backward"] is False for c in checks.values()), checks
+    assert all(c["max_error"] < 1e-5 for name, c in checks.items() if not name.endswith("bf16")), checks
     assert data["flex_compiles"] is False and data["bars"]
     assert "| case | T | auto path |" in (dry_run / "check_flex.md").read_text()
 

@@ -1,15 +1,19 @@
 """The FlexAttention path (posenc.attention.flex) and the elementwise biases it compiles.
 
-Each encoding's ``score_bias_at`` (one head, one score, elementwise) must equal its tile-wise
-``score_bias`` in values and in its parameters' gradients: that is what lets FlexAttention compute the
-bias inside its kernel. The path itself is checked against the blockwise kernel (itself checked
-against a float64 dense reference in tests/test_blockwise.py): FlexAttention's unfused
+Each encoding's ``elementwise_score_bias()`` (one head, one score, elementwise) must equal its
+tile-wise ``score_bias`` in values and in its parameters' gradients: that is what lets FlexAttention
+compute the bias inside its kernel. The path itself is checked against the blockwise kernel (itself
+checked against a float64 dense reference in tests/test_blockwise.py): FlexAttention's unfused
 implementation for every encoding, mask, feature and sink, and the compiled CPU kernel for every
-elementwise encoding. This torch has no FlexAttention backward on CPU, so gradients through the
-kernel are checked on a GPU only (benchmarks/check_flex.py, a step of benchmarks/run_gpu.sh).
+elementwise encoding. This torch has no FlexAttention backward on CPU; the gradients are checked
+through FlexAttention's reference backward with its device check lifted, and its backward graph by
+the rule its CUDA compiler applies (test_the_backward_graph_compiles...). The Triton kernel itself
+runs on a GPU only (benchmarks/check_flex.py, the first step of benchmarks/run_gpu.sh).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 import torch
@@ -71,7 +75,7 @@ def qkv(B, nh, n_kv, Tq, Tk, hs, seed=0):
     )
 
 
-# ----------------------------------------------------------------------------- score_bias_at
+# ----------------------------------------------------------------------------- elementwise_score_bias
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -83,7 +87,7 @@ def qkv(B, nh, n_kv, Tq, Tk, hs, seed=0):
     offset=st.integers(0, 50),
     batched=st.booleans(),
 )
-def test_score_bias_at_equals_score_bias(name, n_head, Tq, Tk, offset, batched):
+def test_elementwise_score_bias_equals_score_bias(name, n_head, Tq, Tk, offset, batched):
     """Over a (head, query, key) grid the elementwise form gives ``score_bias``'s values, and the
     same gradients in every parameter (FIRE: its MLP unit by unit against its piecewise-linear form)."""
     enc = make_encoding(name, n_head)
@@ -98,7 +102,7 @@ def test_score_bias_at_equals_score_bias(name, n_head, Tq, Tk, offset, batched):
         qf, kf = every[:, :, -Tq:], every[:, :, :Tk]
     want = enc.score_bias(q_pos, k_pos, qf, kf)
     heads = torch.arange(n_head).view(-1, 1, 1)
-    got = enc.score_bias_at(
+    got = enc.elementwise_score_bias()(
         heads,
         q_pos[..., None, :, None],
         k_pos[..., None, None, :],
@@ -126,14 +130,14 @@ def test_an_encoding_without_an_elementwise_bias_says_so():
     assert not ContextualPosition.elementwise_bias
     assert all(type(make_encoding(name, 2)).elementwise_bias for name in NAMES)
     with pytest.raises(NotImplementedError, match="ContextualPosition has no elementwise score bias"):
-        ContextualPosition.score_bias_at(object.__new__(ContextualPosition), *torch.zeros(3))
+        ContextualPosition.elementwise_score_bias(object.__new__(ContextualPosition))
 
 
 # ----------------------------------------------------------------------------- the path, unfused
 
 
 def assert_flex_matches_blockwise(enc, q, k, v, q_pos=None, k_pos=None, *, compiled=False, **kw):
-    """flex_attention_path with the encoding's ``score_bias_at`` equals blockwise_attention with its
+    """flex_attention_path with the encoding's ``elementwise_score_bias()`` equals blockwise_attention with its
     ``score_bias`` (forward; no grad: this torch has no CPU FlexAttention backward)."""
     B, Tq, Tk = q.shape[0], q.shape[2], k.shape[2]
     every = features(enc, B, Tk)
@@ -143,7 +147,13 @@ def assert_flex_matches_blockwise(enc, q, k, v, q_pos=None, k_pos=None, *, compi
     with torch.no_grad():
         want = blockwise_attention(q, k, v, score_bias=None if enc is None else enc.score_bias, **positions, **kw)
         got = flex_attention_path(
-            q, k, v, score_bias=None if enc is None else enc.score_bias_at, compiled=compiled, **positions, **kw
+            q,
+            k,
+            v,
+            score_bias=None if enc is None else enc.elementwise_score_bias(),
+            compiled=compiled,
+            **positions,
+            **kw,
         )
     assert got.shape == want.shape and got.dtype == q.dtype
     torch.testing.assert_close(got, want, **TOL)
@@ -185,6 +195,34 @@ def test_flex_sinks_softcap_segments_and_padding_unfused(name):
     )
 
 
+def test_flex_keeps_the_bias_in_float32_and_broadcasts_one_row_of_positions():
+    """bf16 inputs: the bias is added to the float32 score unrounded (a bias of ~30 logits rounded
+    to bf16 moves by up to 0.125); positions (1, T) serve every row, as in the blockwise kernel."""
+    q, k, v = (t.to(torch.bfloat16) for t in qkv(2, 4, 2, 64, 64, 16, seed=9))
+    enc = ALiBi(4, bias_max=2.0)  # slopes 0.71 .. 0.25: biases up to 45 logits
+    pos = (torch.arange(64) + 7)[None]
+    with torch.no_grad():
+        want = blockwise_attention(q, k, v, score_bias=enc.score_bias, q_positions=pos, k_positions=pos)
+        got = flex_attention_path(q, k, v, score_bias=enc.elementwise_score_bias(), q_positions=pos, k_positions=pos)
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=2e-2)
+
+
+def test_a_mask_from_segments_is_built_once_for_the_same_tensors():
+    """Every layer of a forward passes the same segment tensors: one mask serves them; a new tensor,
+    or the same one modified in place, gets its own."""
+    seg = torch.zeros(2, 40, dtype=torch.long)
+    seg[1, 20:] = 1
+    first = flex_block_mask(40, 40, device="cpu", window=8, q_segments=seg, k_segments=seg)
+    assert flex_block_mask(40, 40, device="cpu", window=8, q_segments=seg, k_segments=seg) is first
+    assert flex_block_mask(40, 40, device="cpu", window=9, q_segments=seg, k_segments=seg) is not first
+    other = seg.clone()
+    assert flex_block_mask(40, 40, device="cpu", window=8, q_segments=other, k_segments=other) is not first
+    again = flex_block_mask(40, 40, device="cpu", window=8, q_segments=other, k_segments=other)
+    other[0, 30:] = 1  # in place: the version changes
+    changed = flex_block_mask(40, 40, device="cpu", window=8, q_segments=other, k_segments=other)
+    assert changed is not again
+
+
 def test_flex_refuses_what_it_cannot_compile():
     q, k, v = qkv(1, 2, 2, 8, 8, 4)
     table = lambda qp, kp, qf=None, kf=None: torch.zeros(2, len(qp), len(kp))  # noqa: E731
@@ -194,7 +232,7 @@ def test_flex_refuses_what_it_cannot_compile():
         attend(q, k, v, backend="flex", dropout_p=0.1)
     with pytest.raises(ValueError, match="one feature per token"):
         f = torch.zeros(1, 2, 8, 3)
-        flex_attention_path(q, k, v, score_bias=ALiBi(2).score_bias_at, q_features=f, k_features=f)
+        flex_attention_path(q, k, v, score_bias=ALiBi(2).elementwise_score_bias(), q_features=f, k_features=f)
 
 
 def test_flex_backward_is_unavailable_on_cpu():
@@ -202,8 +240,76 @@ def test_flex_backward_is_unavailable_on_cpu():
     If this starts to pass, the dispatcher can send CPU training to flex too."""
     q, k, v = (t.requires_grad_() for t in qkv(2, 4, 2, 24, 40, 16))
     with pytest.raises(NotImplementedError, match="backward on CPU"):
-        y = flex_attention_path(q, k, v, score_bias=ALiBi(4).score_bias_at, compiled=False)
+        y = flex_attention_path(q, k, v, score_bias=ALiBi(4).elementwise_score_bias(), compiled=False)
         y.sum().backward()
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@pytest.fixture
+def flex_backward_on_cpu(monkeypatch):
+    """FlexAttention's backward on CPU, for checking only: its device check lifted (torch 2.13 has
+    no CPU backward kernel, but its reference backward runs anywhere), compiled through AOT autograd
+    with a backward "compiler" that runs the rule the CUDA compiler applies to the backward graph
+    (``validate_joint_graph``: no second index of a tensor that needs a gradient, among others) and
+    then runs the graph as it is. Returns the list of backward graphs it validated."""
+    import functools
+
+    import torch.nn.attention.flex_attention as fa
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.kernel.flex.flex_attention import validate_joint_graph
+
+    from posenc.attention import flex
+
+    validated = []
+
+    def backward(gm, example_inputs):
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and "flex_attention_backward" in str(node.target):
+                joint = [a for a in node.args if getattr(a, "op", None) == "get_attr"][1]
+                validate_joint_graph(getattr(gm, joint.target).graph)  # raises what CUDA would
+                validated.append(joint.target)
+        return gm
+
+    backend = aot_autograd(fw_compiler=lambda gm, example_inputs: gm, bw_compiler=backward)
+    monkeypatch.setattr(fa, "_validate_device", lambda q, k, v: None)
+    monkeypatch.setattr(
+        flex, "_compiled_flex_attention", functools.cache(lambda: torch.compile(fa.flex_attention, backend=backend))
+    )
+    torch._dynamo.reset()
+    yield validated
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", NAMES)
+def test_the_backward_graph_compiles_and_the_gradients_match(flex_backward_on_cpu, name):
+    """Through FlexAttention's backward (its reference implementation), the gradients of q, k, v,
+    the encoding's parameters, FoX's gate (through its features, one tensor for queries and keys
+    as attention passes them without a cache) and the sinks equal the blockwise kernel's; and the
+    backward graph passes the check FlexAttention's CUDA compiler makes before it builds the kernel
+    (FIRE's unrolled MLP and FoX's shared features failed it)."""
+    enc = make_encoding(name, 2)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 32, 16, generator=g, requires_grad=True) for _ in range(3))
+    sinks = torch.tensor([0.5, -1.0], requires_grad=True)
+    x = torch.randn(1, 32, 8, generator=g)
+    params = [p for p in enc.parameters() if p.requires_grad]
+    upstream = torch.randn(1, 2, 32, 16, generator=g)
+    results = []
+    for path in ("flex", "blockwise"):
+        f = enc.token_features(x) if name == "fox" else None
+        bias = enc.elementwise_score_bias() if path == "flex" else enc.score_bias
+        fn = partial(flex_attention_path, compiled=True) if path == "flex" else blockwise_attention
+        y = fn(q, k, v, score_bias=bias, q_features=f, k_features=f, sinks=sinks, window=20)
+        results.append((y, torch.autograd.grad(y, [q, k, v, sinks, *params], upstream)))
+    assert flex_backward_on_cpu, "no FlexAttention backward graph was validated"
+    (y, grads), (y_ref, grads_ref) = results
+    torch.testing.assert_close(y, y_ref, **TOL)
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the compiled kernel
@@ -234,15 +340,16 @@ def test_cuda_dispatch_rule(monkeypatch):
     form and non-softmax weights keep their CPU paths."""
     from posenc.encodings.base import Weighting
 
-    q, k, _ = qkv(1, 2, 2, 16, 16, 8)
+    q, k, _ = qkv(1, 2, 2, 16, 16, 16)
     monkeypatch.setattr(kernel, "flex_compiles", lambda q: False)
     assert choose_backend(q, k, window=4) == "dense"
     monkeypatch.setattr(kernel, "flex_compiles", lambda q: True)
     alibi = ALiBi(2)
     seg = torch.zeros(1, 16, dtype=torch.long)
     assert choose_backend(q, k) == "sdpa"
+    both = dict(score_bias=alibi.score_bias, elementwise_score_bias=alibi.elementwise_score_bias)
     for kw in (
-        dict(score_bias=alibi.score_bias, score_bias_at=alibi.score_bias_at),
+        dict(score_bias=alibi.score_bias, elementwise_score_bias=alibi.elementwise_score_bias),
         dict(window=4),
         dict(chunk=4),
         dict(q_segments=seg, k_segments=seg),
@@ -251,19 +358,28 @@ def test_cuda_dispatch_rule(monkeypatch):
     ):
         assert choose_backend(q, k, **kw) == "flex", kw
     assert choose_backend(q, k, window=4, dropout_p=0.1) == "dense"
+    assert choose_backend(q[..., :8], k[..., :8], window=4) == "dense"  # heads narrower than 16
+    assert choose_backend(q, k, window=4, value_dim=8) == "dense"
+    assert choose_backend(q, k, learned_bias=True, **both) == "dense"  # training a learned bias
+    assert choose_backend(q, k, learned_bias=True, window=4) == "flex"  # the flag concerns the bias only
     assert choose_backend(q, k, score_bias=alibi.score_bias) == "dense"  # no elementwise form given
-    assert choose_backend(q[:, :, -1:], k, score_bias=alibi.score_bias, score_bias_at=alibi.score_bias_at) == "dense"
+    assert choose_backend(q[:, :, -1:], k, **both) == "dense"  # a decoding step
     assert choose_backend(q, k, weighting=Weighting("stickbreaking")) == "blockwise"
 
 
 @pytest.mark.parametrize(
-    "pe, window, attention",
-    [("alibi", 6, {}), ("fox", None, {"sinks": True}), ("rope", 5, {"softcap": 20.0, "sinks": True})],
+    "pe, window, attention, learned",
+    [
+        ("alibi", 6, {}, False),
+        ("fox", None, {"sinks": True}, True),
+        ("rope", 5, {"softcap": 20.0, "sinks": True}, False),
+    ],
     ids=["alibi-window", "fox-sinks", "rope-window-softcap-sinks"],
 )
-def test_a_model_on_the_cuda_rule_gives_the_same_logits(monkeypatch, pe, window, attention):
+def test_a_model_on_the_cuda_rule_gives_the_same_logits(monkeypatch, pe, window, attention, learned):
     """A GPT whose layers take flex under ``auto`` (the CUDA rule, faked on CPU, where flex runs
-    unfused) gives the logits of the CPU paths."""
+    unfused) gives the logits of the CPU paths. With gradients on, a learned bias (FoX's gates)
+    keeps its layers off flex; ALiBi's fixed slopes, windows, softcaps and sinks do not."""
     torch.manual_seed(0)
     config = GPTConfig.from_preset("tiny", pe=pe, sliding_window=window)
     config = config.map_layers(lambda i, layer: layer.replace(attention=layer.attention.replace(**attention)))
@@ -275,10 +391,19 @@ def test_a_model_on_the_cuda_rule_gives_the_same_logits(monkeypatch, pe, window,
     idx = torch.randint(0, 256, (2, 24))
     with torch.no_grad():
         want = model(idx)[0]
-        monkeypatch.setattr(kernel, "flex_compiles", lambda q: True)
-        calls = []
-        real = kernel.flex_attention_path
-        monkeypatch.setattr(kernel, "flex_attention_path", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(kernel, "flex_compiles", lambda q: True)
+    calls = []
+    real = kernel.flex_attention_path
+    monkeypatch.setattr(kernel, "flex_attention_path", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    with torch.no_grad():
         got = model(idx)[0]
     assert len(calls) == model.config.n_layer
     torch.testing.assert_close(got, want, **TOL)
+    calls.clear()
+    if learned:  # a forward that will take gradients: blockwise/dense, as on CPU
+        model(idx)[0].sum().backward()
+        assert calls == []
+    else:  # flex with gradients runs on CUDA only: the path is chosen, then refused by this CPU
+        with pytest.raises(NotImplementedError, match="backward on CPU"):
+            model(idx)
+        assert calls

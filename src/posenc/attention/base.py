@@ -197,12 +197,14 @@ class Attention(nn.Module):
         if segments is not None and not self.pe.supports_segments:
             raise ValueError(f"{type(self.pe).__name__} does not support packed documents (document segments)")
         bias = self.pe.where == "scores"
+        learned = bias and torch.is_grad_enabled() and any(p.requires_grad for p in self.pe.parameters())
+        learned = learned or (features[1] is not None and features[1].requires_grad)
         return attend(
             q,
             k,
             v,
             score_bias=self.pe.score_bias if bias else None,
-            score_bias_at=self.pe.score_bias_at if bias and self.pe.elementwise_bias else None,
+            elementwise_score_bias=self.pe.elementwise_score_bias if bias and self.pe.elementwise_bias else None,
             content_bias=self.pe.content_bias if self.pe.has_content_bias else None,
             q_positions=q_pos if bias else None,
             k_positions=k_pos if bias else None,
@@ -218,6 +220,7 @@ class Attention(nn.Module):
             weighting=self.pe.weighting,
             dropout_p=self.dropout if self.training else 0.0,
             backend=self.config.backend,
+            learned_bias=learned,
         )
 
 

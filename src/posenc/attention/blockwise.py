@@ -52,9 +52,9 @@ from posenc.encodings.base import SOFTMAX, Weighting
 #: (q_positions, k_positions, q_features, k_features) of a tile -> additive float bias (nh, bq, bk) or
 #: (B, nh, bq, bk), or None. Positions are (bq,) / (bk,) or (B, bq) / (B, bk). An encoding's ``score_bias``.
 ScoreBias = Callable[..., "Tensor | None"]
-#: (head, q position, k position, q feature, k feature) -> float32 bias, elementwise: an encoding's
-#: ``score_bias_at``, the form FlexAttention compiles into its kernel.
-ScoreBiasAt = Callable[..., Tensor]
+#: (head, q position, k position, q feature, k feature) -> float32 bias of one score, elementwise:
+#: what an encoding's ``elementwise_score_bias()`` returns, the form FlexAttention compiles.
+ElementwiseBias = Callable[..., Tensor]
 #: (q block (B, nh, bq, hs), its scaled scores (B, nh, bq, span), the visibility mask, scale) -> additive
 #: bias (B, nh, bq, span) or None. An encoding's ``content_bias`` (CoPE).
 ContentBias = Callable[[Tensor, Tensor, Tensor, float], "Tensor | None"]

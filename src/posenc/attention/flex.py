@@ -2,18 +2,19 @@
 ``torch.nn.attention.flex_attention`` -- the score bias and the softcap as a ``score_mod``, the
 visibility rule (:mod:`posenc.attention.mask`) as a ``BlockMask`` -- compiled on CUDA, the unfused
 reference implementation on CPU (forward only there: this torch has no CPU backward). The bias is
-the encoding's elementwise ``score_bias_at``, computed per score inside the kernel; on CUDA
+the encoding's ``elementwise_score_bias()``, computed per score inside the kernel; on CUDA
 :func:`~posenc.attention.kernel.choose_backend` sends every path it serves here (docs/attention.md).
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 from torch import Tensor
 
-from posenc.attention.blockwise import ScoreBiasAt, _check_extras, _check_inputs, _default_positions
+from posenc.attention.blockwise import ElementwiseBias, _check_extras, _check_inputs, _default_positions
 from posenc.attention.mask import Mask, as_mask, document_starts, index_rule
 
 
@@ -30,14 +31,29 @@ def flex_block_mask(
 ):
     """The FlexAttention ``BlockMask`` of the visibility rule (:mod:`posenc.attention.mask`).
 
-    Masks that depend only on the shape are cached (built once per (Tq, Tk, mask, device));
-    masks that depend on segment ids or padding depend on data: build them once per forward with
-    this function and pass the result to every layer's :func:`attend` as ``block_mask``.
+    Masks that depend only on the shape are cached (built once per (Tq, Tk, mask, device)). A mask
+    that depends on segment ids or padding is kept for the next call with the very same tensors,
+    unmodified (identity and version): every layer of one forward gets the same ones, so the mask
+    is built once per forward. On CUDA the mask is built by a compiled function, at the memory of
+    its blocks rather than of the (Tq, Tk) scores.
     """
     mask = as_mask(window, chunk)
     if q_segments is None and key_padding_mask is None:
         return _structural_block_mask(Tq, Tk, mask, str(torch.device(device)))
-    return _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, device)
+    data = (q_segments, k_segments, key_padding_mask)
+    key = (Tq, Tk, mask, str(torch.device(device)), tuple(None if t is None else t._version for t in data))
+    cached = _last_data_mask.get("entry")
+    if cached is not None and cached[0] == key and all(r() is t for r, t in zip(cached[1], data, strict=True)):
+        return cached[2]
+    block_mask = _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, device)
+    if not torch.compiler.is_compiling():
+        refs = tuple((lambda: None) if t is None else weakref.ref(t) for t in data)
+        _last_data_mask["entry"] = (key, refs, block_mask)
+    return block_mask
+
+
+#: the last mask built from segments or padding: (key, weak references to its tensors, mask)
+_last_data_mask: dict = {}
 
 
 def _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, device):
@@ -61,7 +77,9 @@ def _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, de
 
     per_row = q_segments is not None or key_padding_mask is not None
     B = (q_segments if q_segments is not None else key_padding_mask).shape[0] if per_row else None
-    return create_block_mask(mask_mod, B, None, Tq, Tk, device=device)
+    # compiled on CUDA: the eager build materialises the whole (B, Tq, Tk) mask to find its blocks
+    compile_build = torch.device(device).type == "cuda" and not torch.compiler.is_compiling()
+    return create_block_mask(mask_mod, B, None, Tq, Tk, device=device, _compile=compile_build)
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,18 +91,21 @@ def _structural_block_mask(Tq: int, Tk: int, mask: Mask, device: str):
 def _compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
 
+    # static shapes: one kernel per length and kind of bias; past torch's recompile_limit (8) torch
+    # warns and runs FlexAttention unfused (dynamic=None failed to lower once the captured tensors'
+    # shapes varied between calls, torch 2.13 CPU)
     return torch.compile(flex_attention, dynamic=False)
 
 
 def _score_mod(
-    score_bias: ScoreBiasAt | None,
+    score_bias: ElementwiseBias | None,
     q_positions: Tensor | None,
     k_positions: Tensor | None,
     q_features: Tensor | None,
     k_features: Tensor | None,
     softcap: float | None,
 ):
-    """The scores' softcap and an encoding's elementwise bias (its ``score_bias_at``) as a
+    """The scores' softcap and an encoding's elementwise bias (``elementwise_score_bias()``) as a
     FlexAttention ``score_mod`` of one (b, h, q, k) score: positions and features are read at the
     score's indices, and the bias is computed for head ``h`` alone (docs/attention.md says why)."""
     q_rows = q_positions is not None and q_positions.dim() == 2
@@ -99,9 +120,22 @@ def _score_mod(
         kp = k_positions[b, kv_idx] if k_rows else k_positions[kv_idx]
         qf = None if q_features is None else q_features[b, h, q_idx, 0]
         kf = None if k_features is None else k_features[b, h, kv_idx, 0]
-        return score + score_bias(h, qp, kp, qf, kf).to(score.dtype)
+        return score + score_bias(h, qp, kp, qf, kf)  # float32: a half-precision score is not rounded
 
     return score_mod
+
+
+def _captured(features: Tensor | None) -> Tensor | None:
+    """Features as the kernel may capture them: a tensor of its own. FlexAttention's backward
+    indexes each captured tensor once (queries' and keys' features are one tensor without a
+    cache), and a captured view that needs a gradient loses it (torch 2.13; tests/test_flex.py)."""
+    if features is None or not features.requires_grad:
+        return features
+    return features.clone()
+
+
+def _rows(positions: Tensor, B: int) -> Tensor:
+    return positions.expand(B, -1) if positions.dim() == 2 and positions.shape[0] != B else positions
 
 
 def flex_attention_path(
@@ -109,7 +143,7 @@ def flex_attention_path(
     k: Tensor,
     v: Tensor,
     *,
-    score_bias: ScoreBiasAt | None = None,
+    score_bias: ElementwiseBias | None = None,
     q_positions: Tensor | None = None,
     k_positions: Tensor | None = None,
     q_features: Tensor | None = None,
@@ -127,7 +161,7 @@ def flex_attention_path(
 ) -> Tensor:
     """The same attention as :func:`blockwise_attention` through FlexAttention (fused on CUDA).
 
-    ``score_bias``: an encoding's elementwise ``score_bias_at`` (head, q position, k position,
+    ``score_bias``: an encoding's ``elementwise_score_bias()`` (head, q position, k position,
     q feature, k feature) -> bias, not its tile-wise ``score_bias``. Features (B, nh, T, 1): one per
     token and head (FoX's F_t). ``sinks`` (nh,): a logit per head in the softmax's denominator,
     applied to the output with the rows' log-sum-exp. ``block_mask`` from :func:`flex_block_mask`,
@@ -159,9 +193,10 @@ def flex_attention_path(
         )
     score_mod = None
     if score_bias is not None or softcap is not None:
-        if score_bias is not None:
-            q_positions = _default_positions(q_positions, Tk - Tq, Tk, q.device)
-            k_positions = _default_positions(k_positions, 0, Tk, q.device)
+        if score_bias is not None:  # per-row positions of one row serve every row
+            q_positions = _rows(_default_positions(q_positions, Tk - Tq, Tk, q.device), q.shape[0])
+            k_positions = _rows(_default_positions(k_positions, 0, Tk, q.device), q.shape[0])
+        q_features, k_features = _captured(q_features), _captured(k_features)
         score_mod = _score_mod(score_bias, q_positions, k_positions, q_features, k_features, softcap)
     compiled = q.device.type == "cuda" if compiled is None else compiled
     # inside a compiled model the outer compile lowers FlexAttention itself

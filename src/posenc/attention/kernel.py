@@ -11,19 +11,21 @@
   everything else (past the budget, softcap, content biases, stick-breaking weights);
 - ``"flex"``: :func:`posenc.attention.flex.flex_attention_path`, compiled FlexAttention with block
   masks: on CUDA (with Triton) every whole-sequence path above but plain causality, when the
-  encoding's bias is elementwise (``score_bias_at``) and there is no attention dropout.
+  encoding's bias is elementwise (``elementwise_score_bias``), heads are at least 16 wide and
+  there is no attention dropout.
 
 Rules and costs: docs/attention.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from posenc.attention.blockwise import ContentBias, ScoreBias, ScoreBiasAt, _check_inputs, blockwise_attention
+from posenc.attention.blockwise import ContentBias, ElementwiseBias, ScoreBias, _check_inputs, blockwise_attention
 from posenc.attention.dense import dense_attention, dense_fits
 from posenc.attention.flex import flex_attention_path
 from posenc.attention.mask import Mask, visible
@@ -31,6 +33,10 @@ from posenc.encodings.base import SOFTMAX, Weighting
 
 Backend = Literal["auto", "sdpa", "dense", "blockwise", "flex"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "blockwise", "flex")
+
+
+#: the narrowest q/k and v heads FlexAttention's CUDA kernel takes
+FLEX_MIN_HEAD_DIM = 16
 
 
 def flex_compiles(q: Tensor) -> bool:
@@ -47,7 +53,7 @@ def choose_backend(
     k: Tensor,
     *,
     score_bias: ScoreBias | None = None,
-    score_bias_at: ScoreBiasAt | None = None,
+    elementwise_score_bias: Callable[[], ElementwiseBias] | None = None,
     window: int | None = None,
     chunk: int | None = None,
     q_segments: Tensor | None = None,
@@ -57,11 +63,16 @@ def choose_backend(
     sinks: Tensor | None = None,
     weighting: Weighting = SOFTMAX,
     dropout_p: float = 0.0,
+    value_dim: int | None = None,
+    learned_bias: bool = False,
 ) -> Literal["sdpa", "dense", "blockwise", "flex"]:
     """The path :func:`attend` takes with ``backend="auto"`` (rules in docs/attention.md): SDPA when
     nothing but causality shapes a softmax of the scores, or a window or chunk shapes one query's
     (a decoding step); else, on CUDA with Triton, compiled FlexAttention for more than one query
-    when the bias (if any) is elementwise (``score_bias_at``) and there is no attention dropout;
+    when the bias (if any) is elementwise (``elementwise_score_bias``), the q/k and v heads
+    (``value_dim``, default q's) are at least ``FLEX_MIN_HEAD_DIM`` wide, there is no attention
+    dropout, and the bias takes no gradient (``learned_bias``: FlexAttention's gradients into
+    captured tensors wait for a GPU check, docs/attention.md);
     else one SDPA call with a dense mask while the mask fits
     :data:`~posenc.attention.dense.DENSE_BUDGET` (softmax, no softcap); else blockwise (every
     device; FlexAttention has no CPU backward)."""
@@ -70,8 +81,9 @@ def choose_backend(
         return "blockwise"
     if all(x is None for x in others) and (q.shape[2] == 1 or (window is None and chunk is None)):
         return "sdpa"  # causality alone, or one query of a window or chunk: SDPA over the keys it sees
-    elementwise = score_bias is None or score_bias_at is not None
-    if q.shape[2] > 1 and elementwise and dropout_p == 0.0 and flex_compiles(q):
+    elementwise = score_bias is None or (elementwise_score_bias is not None and not learned_bias)
+    wide = min(q.shape[-1], q.shape[-1] if value_dim is None else value_dim) >= FLEX_MIN_HEAD_DIM
+    if q.shape[2] > 1 and elementwise and wide and dropout_p == 0.0 and flex_compiles(q):
         return "flex"
     return "dense" if softcap is None and dense_fits(q, k) else "blockwise"
 
@@ -96,7 +108,7 @@ def attend(
     v: Tensor,
     *,
     score_bias: ScoreBias | None = None,
-    score_bias_at: ScoreBiasAt | None = None,
+    elementwise_score_bias: Callable[[], ElementwiseBias] | None = None,
     content_bias: ContentBias | None = None,
     q_positions: Tensor | None = None,
     k_positions: Tensor | None = None,
@@ -114,12 +126,15 @@ def attend(
     dropout_p: float = 0.0,
     backend: Backend = "auto",
     block_mask=None,
+    learned_bias: bool = False,
 ) -> Tensor:
     """Causal attention q (B, nh, Tq, hs), k (B, n_kv, Tk, hs), v (B, n_kv, Tk, dv) -> (B, nh, Tq, dv)
     by the best path.
 
     ``score_bias``: the encoding's ``score_bias`` method when its ``where == "scores"``, else None;
-    ``score_bias_at``: its elementwise form when it has one (``elementwise_bias``), for the flex path.
+    ``elementwise_score_bias``: its ``elementwise_score_bias`` method when it has one
+    (``elementwise_bias``), called only when the flex path runs; ``learned_bias``: the bias will take
+    a gradient (its parameters or features need one), which keeps ``auto`` off flex.
     ``backend``: ``"auto"`` (see :func:`choose_backend`) or a path to force. ``block_mask``: only
     for the flex path (see :func:`flex_block_mask`).
     """
@@ -138,7 +153,15 @@ def attend(
             "blockwise"
             if content_bias is not None
             else choose_backend(
-                q, k, sinks=sinks, weighting=weighting, score_bias_at=score_bias_at, dropout_p=dropout_p, **extras
+                q,
+                k,
+                sinks=sinks,
+                weighting=weighting,
+                elementwise_score_bias=elementwise_score_bias,
+                dropout_p=dropout_p,
+                value_dim=v.shape[-1],
+                learned_bias=learned_bias,
+                **extras,
             )
         )
     _check_path(backend, softcap, content_bias, weighting)
@@ -148,8 +171,8 @@ def attend(
     common = dict(scale=scale, sinks=sinks, q_positions=q_positions, k_positions=k_positions)
     common |= dict(q_features=q_features, k_features=k_features)
     if backend == "flex":
-        _check_flex(score_bias, score_bias_at, dropout_p)
-        extras["score_bias"] = score_bias_at
+        _check_flex(score_bias, elementwise_score_bias, dropout_p)
+        extras["score_bias"] = None if score_bias is None else elementwise_score_bias()
         return flex_attention_path(q, k, v, block_mask=block_mask, **common, **extras)
     if backend == "dense":
         extras.pop("softcap")
@@ -169,11 +192,11 @@ def _check_path(backend: str, softcap: float | None, content_bias: ContentBias |
         raise ValueError(f"backend={backend!r} runs softmax attention only; {weighting.kind} weights run 'blockwise'")
 
 
-def _check_flex(score_bias: ScoreBias | None, score_bias_at: ScoreBiasAt | None, dropout_p: float) -> None:
+def _check_flex(score_bias: ScoreBias | None, elementwise: Callable | None, dropout_p: float) -> None:
     if dropout_p > 0.0:
         raise ValueError(f"FlexAttention has no attention dropout; got dropout_p={dropout_p}, use 'blockwise'")
-    if score_bias is not None and score_bias_at is None:
+    if score_bias is not None and elementwise is None:
         raise ValueError(
-            "FlexAttention compiles an elementwise score bias (the encoding's score_bias_at); this one "
+            "FlexAttention compiles an elementwise score bias (the encoding's elementwise_score_bias); this one "
             "has none (elementwise_bias=False): use 'blockwise' or 'dense'"
         )

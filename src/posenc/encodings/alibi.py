@@ -19,6 +19,7 @@ softmax(QK^T/sqrt(d) + bias)V (tests/test_alibi.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -75,15 +76,13 @@ class ALiBi(PositionalEncoding):
     ) -> Tensor:
         return bias_over_heads(self, self.n_head, q_positions, k_positions)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
 
-    def score_bias_at(
-        self,
-        head: Tensor,
-        q_position: Tensor,
-        k_position: Tensor,
-        q_feature: Tensor | None = None,
-        k_feature: Tensor | None = None,
-    ) -> Tensor:
-        return -self.slopes[head] * (q_position - k_position).to(torch.float32)
+    def elementwise_score_bias(self) -> Callable[..., Tensor]:
+        slopes = self.slopes
+
+        def bias(head, q_position, k_position, q_feature=None, k_feature=None):
+            return -slopes[head] * (q_position - k_position).to(torch.float32)
+
+        return bias
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # keep the slopes exact in float32 whatever dtype the model is cast to

@@ -25,8 +25,8 @@ neither contains an encoding-specific branch or a ``getattr`` probe:
                            biases, e.g. forget gates); attention caches them beside the keys
 ``score_bias``             additive scores for (query, key) positions and, when the encoding has
                            features, the queries' and keys' features
-``score_bias_at``          the same bias of one head at one (query, key) pair, written elementwise
-                           (``elementwise_bias``): FlexAttention's compiled ``score_mod`` calls it
+``elementwise_score_bias`` the same bias as a function of one head at one (query, key) pair,
+                           elementwise (``elementwise_bias``): FlexAttention compiles it in its kernel
 ``content_bias``           additive scores from the tile's queries and their scaled q.k scores
                            (CoPE's gated counts), called by the kernel on each tile when the
                            encoding says ``has_content_bias``
@@ -49,7 +49,7 @@ initialisation leaves them alone). Shapes: B batch, T tokens, C channels, nh hea
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -141,7 +141,7 @@ class PositionalEncoding(nn.Module):
     takes_sinks: ClassVar[bool] = True
     #: float32 features per head that each token adds to the KV cache (``token_features``' last dim)
     cached_features: ClassVar[int] = 0
-    #: ``score_bias_at`` is defined, so FlexAttention can compile the bias into its kernel
+    #: ``elementwise_score_bias`` is defined, so FlexAttention can compile the bias into its kernel
     elementwise_bias: ClassVar[bool] = False
     #: largest position + 1 the encoding can represent; None means any position
     max_positions: int | None = None
@@ -209,21 +209,20 @@ class PositionalEncoding(nn.Module):
         and of the keys (..., Tk, F), sliced like the positions."""
         return None
 
-    def score_bias_at(
-        self,
-        head: Tensor,
-        q_position: Tensor,
-        k_position: Tensor,
-        q_feature: Tensor | None = None,
-        k_feature: Tensor | None = None,
-    ) -> Tensor:
-        """:meth:`score_bias` of head ``head`` at query position ``q_position`` and key position
-        ``k_position`` (and the two tokens' one feature each), float32, written with elementwise
-        operations only: the arguments broadcast against each other, and FlexAttention's compiled
-        ``score_mod`` calls it with 0-d tensors (one score). Its kernel compiles no reduction and
-        no per-head vector indexed afterwards (docs/attention.md), which is why this is its own
-        method rather than ``score_bias(...)[head]``. Encodings that define it set
-        ``elementwise_bias = True``; tests/test_flex.py checks it against ``score_bias``."""
+    def elementwise_score_bias(self) -> Callable[..., Tensor]:
+        """:meth:`score_bias` as a function of one score, ``f(head, q_position, k_position,
+        q_feature=None, k_feature=None) -> float32 bias``, for encodings with ``elementwise_bias``.
+
+        FlexAttention compiles ``f`` into its kernel (a ``score_mod``, called with 0-d tensors: the
+        head index, the two positions and the two tokens' one feature), and its compiler sets three
+        rules (docs/attention.md): ``f`` uses elementwise operations only (no reduction, no
+        per-head vector computed and then indexed: compute such tensors here, once per call, and
+        let ``f`` index them); ``f`` indexes each tensor that needs a gradient at most once
+        (FlexAttention's backward compiles no second index of one), and never is a view (a
+        captured view that needs a gradient loses it in torch 2.13: ``.clone()`` it); a scalar
+        parameter enters as a copy per head, indexed by the head. ``f``'s arguments also broadcast, so
+        ``bias_over_heads`` can evaluate it over a whole tile. tests/test_flex.py checks it
+        against ``score_bias`` in values and gradients, and FlexAttention's backward graph."""
         raise NotImplementedError(f"{type(self).__name__} has no elementwise score bias (elementwise_bias=False)")
 
     @property
@@ -244,11 +243,12 @@ class PositionalEncoding(nn.Module):
 
 
 def bias_over_heads(encoding: PositionalEncoding, n_head: int, q_positions: Tensor, k_positions: Tensor) -> Tensor:
-    """``encoding.score_bias_at`` over every head and (query, key) pair: (nh, Tq, Tk) for (T,)
-    positions, (B, nh, Tq, Tk) for (B, T): a ``score_bias`` for encodings whose elementwise form is
-    also cheap over a whole tile."""
+    """``encoding.elementwise_score_bias()`` over every head and (query, key) pair: (nh, Tq, Tk) for
+    (T,) positions, (B, nh, Tq, Tk) for (B, T): a ``score_bias`` for encodings whose elementwise
+    form is also cheap over a whole tile."""
     heads = torch.arange(n_head, device=q_positions.device).view(-1, 1, 1)  # (nh, 1, 1)
-    return encoding.score_bias_at(heads, q_positions[..., None, :, None], k_positions[..., None, None, :])
+    bias = encoding.elementwise_score_bias()
+    return bias(heads, q_positions[..., None, :, None], k_positions[..., None, None, :])
 
 
 def check_positions(positions: Tensor, limit: int | None, name: str = "positions", axes: bool = False) -> None:

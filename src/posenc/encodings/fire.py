@@ -48,6 +48,7 @@ the module's parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,6 +57,13 @@ from torch import Tensor, nn
 
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.spec import check_int, check_number, spec
+
+
+def _normalized(i: Tensor, j: Tensor, c: Tensor, threshold: Tensor, eps: float) -> Tensor:
+    """psi(i - j) / (psi(max(L, i)) + eps), psi(x) = log(|c x| + 1): elementwise, float32."""
+    i = i.to(torch.float32)
+    psi = lambda x: torch.log((c * x).abs() + 1.0)  # noqa: E731
+    return psi(i - j.to(torch.float32)) / (psi(torch.maximum(i, threshold)) + eps)
 
 
 class FIRE(PositionalEncoding):
@@ -109,17 +117,10 @@ class FIRE(PositionalEncoding):
         """L, the query position below which the bias is translation invariant (float32 scalar)."""
         return (self.threshold_multiplier.float() * self.init_threshold.float()).abs()
 
-    def _psi(self, x: Tensor) -> Tensor:
-        return torch.log((self.c.float() * x).abs() + 1.0)
-
     def normalized_distance(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         """The MLP's input psi(i - j) / psi(max(L, i)): (Tq, Tk) or (B, Tq, Tk), float32."""
-        return self._input(q_positions[..., :, None], k_positions[..., None, :])
-
-    def _input(self, i: Tensor, j: Tensor) -> Tensor:
-        """psi(i - j) / psi(max(L, i)) elementwise, float32."""
-        i = i.to(torch.float32)
-        return self._psi(i - j.to(torch.float32)) / (self._psi(torch.maximum(i, self.threshold)) + self.eps)
+        q, k = q_positions[..., :, None], k_positions[..., None, :]
+        return _normalized(q, k, self.c.float(), self.threshold, self.eps)
 
     def score_bias(
         self,
@@ -135,21 +136,21 @@ class FIRE(PositionalEncoding):
         bias = slope[:, seg] * x + intercept[:, seg]
         return bias if bias.dim() == 3 else bias.movedim(0, 1)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
 
-    def score_bias_at(
-        self,
-        head: Tensor,
-        q_position: Tensor,
-        k_position: Tensor,
-        q_feature: Tensor | None = None,
-        k_feature: Tensor | None = None,
-    ) -> Tensor:
-        """The MLP of head ``head`` written out unit by unit (``mlp_width`` elementwise terms), the
-        form FlexAttention compiles: its ``score_mod`` may hold no reduction over the hidden units."""
-        x = self._input(q_position, k_position)
-        w1, b1, w2 = self.mlp_in.weight, self.mlp_in.bias, self.mlp_out.weight
-        bias = self.mlp_out.bias[head].float()
-        for unit in range(self.mlp_width):
-            bias = bias + w2[head, unit].float() * F.relu(w1[unit, 0].float() * x + b1[unit].float())
+    def elementwise_score_bias(self) -> Callable[..., Tensor]:
+        """The piecewise-linear form of ``score_bias`` per score: the segment is the number of
+        kinks below x (``mlp_width`` comparisons, as ``searchsorted``), then one line per head.
+        Slopes and intercepts are computed here and indexed once in the kernel; c and L enter as a
+        copy per head, indexed by the head once (the rules of ``elementwise_score_bias``)."""
+        kinks, slope, intercept = self.segments()
+        c = self.c.float().expand(self.n_head).clone()  # (nh,): tensors of their own, not views
+        threshold = self.threshold.expand(self.n_head).clone()
+        eps, width = self.eps, self.mlp_width
+
+        def bias(head, q_position, k_position, q_feature=None, k_feature=None):
+            x = _normalized(q_position, k_position, c[head], threshold[head], eps)
+            seg = sum((kinks[unit] < x).to(torch.int64) for unit in range(width))
+            return slope[head, seg] * x + intercept[head, seg]
+
         return bias
 
     def segments(self) -> tuple[Tensor, Tensor, Tensor]:

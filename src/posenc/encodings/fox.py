@@ -29,6 +29,7 @@ attention's ``naive_forgetting_attn`` (fla/ops/forgetting_attn/naive.py), values
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,15 +74,11 @@ class _Gates:
     ) -> Tensor:
         return q_features - k_features.transpose(-1, -2)  # (B, nh, Tq, 1) - (B, nh, 1, Tk)
 
-    def score_bias_at(
-        self,
-        head: Tensor,
-        q_position: Tensor,
-        k_position: Tensor,
-        q_feature: Tensor | None = None,
-        k_feature: Tensor | None = None,
-    ) -> Tensor:
-        return q_feature - k_feature  # F_i - F_j of the head's own gates
+    def elementwise_score_bias(self) -> Callable[..., Tensor]:
+        def bias(head, q_position, k_position, q_feature=None, k_feature=None):
+            return q_feature - k_feature  # F_i - F_j of the head's own gates
+
+        return bias
 
 
 class ForgetGate(_Gates, PositionalEncoding):

@@ -26,6 +26,7 @@ Golden test (tests/test_kerple.py): the bias against the paper's formula evaluat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -85,17 +86,13 @@ class KerpleLog(PositionalEncoding):
     ) -> Tensor:
         return bias_over_heads(self, self.n_head, q_positions, k_positions)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
 
-    def score_bias_at(
-        self,
-        head: Tensor,
-        q_position: Tensor,
-        k_position: Tensor,
-        q_feature: Tensor | None = None,
-        k_feature: Tensor | None = None,
-    ) -> Tensor:
-        # the head's parameters first, then the softplus: FlexAttention compiles no per-head vector
-        r1, r2 = F.softplus(self.raw_r1[head].float()), F.softplus(self.raw_r2[head].float())
-        return -r1 * torch.log1p(r2 * (q_position - k_position).abs().to(torch.float32))
+    def elementwise_score_bias(self) -> Callable[..., Tensor]:
+        r1, r2 = self.r1, self.r2  # (nh,): the softplus here, once; the kernel indexes them
+
+        def bias(head, q_position, k_position, q_feature=None, k_feature=None):
+            return -r1[head] * torch.log1p(r2[head] * (q_position - k_position).abs().to(torch.float32))
+
+        return bias
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}"

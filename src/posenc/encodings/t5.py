@@ -41,6 +41,7 @@ weights, at the scale its own attention passes (``dim_head ** 0.5``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -114,16 +115,21 @@ class T5RelativeBias(PositionalEncoding):
         bias = F.embedding(buckets, self.relative_attention_bias.weight.float())  # (..., Tq, Tk, nh)
         return bias.movedim(-1, -3) * self.scale  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
 
-    def score_bias_at(
-        self,
-        head: Tensor,
-        q_position: Tensor,
-        k_position: Tensor,
-        q_feature: Tensor | None = None,
-        k_feature: Tensor | None = None,
-    ) -> Tensor:
-        bucket = t5_causal_buckets(q_position - k_position, self.num_buckets, self.max_distance)
-        return self.relative_attention_bias.weight[bucket, head].float() * self.scale
+    def elementwise_score_bias(self) -> Callable[..., Tensor]:
+        # the bucket of every distance up to max_distance (all beyond share the last), computed here
+        # by the same formula as score_bias, so that the kernel only looks it up
+        buckets = t5_causal_buckets(
+            torch.arange(self.max_distance + 1, device=self.relative_attention_bias.weight.device),
+            self.num_buckets,
+            self.max_distance,
+        )
+        table, scale, last = self.relative_attention_bias.weight, self.scale, self.max_distance
+
+        def bias(head, q_position, k_position, q_feature=None, k_feature=None):
+            bucket = buckets[(q_position - k_position).clamp(0, last)]
+            return table[bucket, head].float() * scale
+
+        return bias
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, scale={self.scale:.4g}"
