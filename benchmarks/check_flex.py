@@ -56,6 +56,8 @@ BF16_BAR = 3e-2
 
 
 def build(pe: str, attention: dict, window: int | None, *, n_head: int, n_embd: int, T: int, backend: str):
+    """The case's attention layer; a window longer than a quarter of T (``--smoke``) shrinks to it."""
+    window = None if window is None else min(window, max(8, T // 4))
     config = GPTConfig(n_layer=1, n_head=n_head, n_embd=n_embd, block_size=T, pe=pe, sliding_window=window)
     config = config.map_layers(
         lambda i, layer: layer.replace(attention=layer.attention.replace(backend=backend, **attention))
@@ -78,10 +80,9 @@ def pair(name: str, *, n_head: int, n_embd: int, T: int, device: torch.device, b
     return auto.to(device), ref.to(device)
 
 
-def path_taken(layer, x: torch.Tensor) -> str:
-    """What ``auto`` chooses for this layer's whole-sequence training forward (the kernel's own
-    rule; the inputs' dtype as under this script's autocast)."""
-    dtype = torch.float16 if x.is_cuda else torch.float32
+def path_taken(layer, x: torch.Tensor, dtype: torch.dtype) -> str:
+    """What ``auto`` chooses for this layer's whole-sequence training forward on inputs of ``dtype``
+    (the kernel's own rule, with what ``Attention.attend`` tells it)."""
     q = torch.empty(x.shape[0], layer.n_head, x.shape[1], layer.head_dim, device=x.device, dtype=dtype)
     k = torch.empty(x.shape[0], layer.n_kv_head, x.shape[1], layer.head_dim, device=x.device, dtype=dtype)
     pe = layer.pe
@@ -108,7 +109,8 @@ def check(
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(B, T, n_embd, device=device, generator=g)
     upstream = torch.randn(B, T, n_embd, device=device, generator=g)
-    row = {"case": name + (" bf16" if bf16 else ""), "T": T, "path": path_taken(ref, x), "backward": backward}
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    row = {"case": name + (" bf16" if bf16 else ""), "T": T, "path": path_taken(ref, x, dtype), "backward": backward}
     outs, grads = [], []
     for layer in (flex, ref):
         xi = x.clone().requires_grad_(backward)
@@ -206,9 +208,8 @@ def timings(name: str, *, B: int, n_head: int, n_embd: int, T: int, device, repe
         clear(x, layers)
         s = common.stats(times[label])
         peak = common.peak_memory_bytes(f, device)
-        rows.append(
-            {"case": name, "T": T, "layer": label, "auto": path_taken(flex, x), **s, "x_rope": s["median_ms"] / base}
-        )
+        auto = path_taken(flex, x, torch.float16 if device.type == "cuda" else torch.float32)
+        rows.append({"case": name, "T": T, "layer": label, "auto": auto, **s, "x_rope": s["median_ms"] / base})
         rows[-1]["peak_bytes"] = peak
     return rows
 
@@ -260,12 +261,13 @@ def main(argv: list[str] | None = None) -> dict:
                 shape = dict(B=B, n_head=nh, n_embd=C, T=check_len)
                 row = check(name, **shape, device=device, backward=cuda, bf16=bf16)
         except Exception as e:  # report the case and go on: one failure must not hide the others
-            row = {"case": name, "T": check_len, "ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+            label = name + (" bf16" if bf16 else "")
+            row = {"case": label, "T": check_len, "ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
             traceback.print_exc()
         failed |= not row["ok"]
         payload["checks"].append(row)
         print(
-            f"check {name}: {row.get('path', '?')} {row.get('max_error', row.get('error'))}",
+            f"check {row['case']}: {row.get('path', '?')} {row.get('max_error', row.get('error'))}",
             file=sys.stderr,
             flush=True,
         )

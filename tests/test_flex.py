@@ -207,20 +207,20 @@ def test_flex_keeps_the_bias_in_float32_and_broadcasts_one_row_of_positions():
     torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=2e-2)
 
 
-def test_a_mask_from_segments_is_built_once_for_the_same_tensors():
-    """Every layer of a forward passes the same segment tensors: one mask serves them; a new tensor,
-    or the same one modified in place, gets its own."""
+def test_block_masks_cache_by_shape_apart_under_inference_mode():
+    """Shape-only masks are cached, but one built under inference mode holds inference tensors,
+    which a training forward cannot save: the two modes keep their own. Masks from segments are
+    built per call (they depend on data), the keys' ids defaulting to the queries'."""
+    first = flex_block_mask(40, 40, device="cpu", window=8)
+    assert flex_block_mask(40, 40, device="cpu", window=8) is first
+    with torch.inference_mode():
+        inference = flex_block_mask(40, 40, device="cpu", window=8)
+    assert inference is not first and not first.kv_indices.is_inference()
     seg = torch.zeros(2, 40, dtype=torch.long)
     seg[1, 20:] = 1
-    first = flex_block_mask(40, 40, device="cpu", window=8, q_segments=seg, k_segments=seg)
-    assert flex_block_mask(40, 40, device="cpu", window=8, q_segments=seg, k_segments=seg) is first
-    assert flex_block_mask(40, 40, device="cpu", window=9, q_segments=seg, k_segments=seg) is not first
-    other = seg.clone()
-    assert flex_block_mask(40, 40, device="cpu", window=8, q_segments=other, k_segments=other) is not first
-    again = flex_block_mask(40, 40, device="cpu", window=8, q_segments=other, k_segments=other)
-    other[0, 30:] = 1  # in place: the version changes
-    changed = flex_block_mask(40, 40, device="cpu", window=8, q_segments=other, k_segments=other)
-    assert changed is not again
+    both = flex_block_mask(40, 40, device="cpu", q_segments=seg, k_segments=seg)
+    assert flex_block_mask(40, 40, device="cpu", q_segments=seg) is not both
+    assert torch.equal(flex_block_mask(40, 40, device="cpu", q_segments=seg).to_dense(), both.to_dense())
 
 
 def test_flex_refuses_what_it_cannot_compile():
@@ -349,7 +349,7 @@ def test_cuda_dispatch_rule(monkeypatch):
     assert choose_backend(q, k) == "sdpa"
     both = dict(score_bias=alibi.score_bias, elementwise_score_bias=alibi.elementwise_score_bias)
     for kw in (
-        dict(score_bias=alibi.score_bias, elementwise_score_bias=alibi.elementwise_score_bias),
+        dict(learned_bias=False, **both),
         dict(window=4),
         dict(chunk=4),
         dict(q_segments=seg, k_segments=seg),
@@ -361,6 +361,10 @@ def test_cuda_dispatch_rule(monkeypatch):
     assert choose_backend(q[..., :8], k[..., :8], window=4) == "dense"  # heads narrower than 16
     assert choose_backend(q, k, window=4, value_dim=8) == "dense"
     assert choose_backend(q, k, learned_bias=True, **both) == "dense"  # training a learned bias
+    assert choose_backend(q, k, **both) == "dense"  # unsaid: a bias under gradients counts as learned
+    with torch.no_grad():
+        assert choose_backend(q, k, **both) == "flex"
+    assert choose_backend(q, k, window=4, value_dim=288) == "dense"  # MLA's absorbed width: not checked
     assert choose_backend(q, k, learned_bias=True, window=4) == "flex"  # the flag concerns the bias only
     assert choose_backend(q, k, score_bias=alibi.score_bias) == "dense"  # no elementwise form given
     assert choose_backend(q[:, :, -1:], k, **both) == "dense"  # a decoding step

@@ -9,7 +9,6 @@ the encoding's ``elementwise_score_bias()``, computed per score inside the kerne
 from __future__ import annotations
 
 import functools
-import weakref
 
 import torch
 from torch import Tensor
@@ -31,29 +30,18 @@ def flex_block_mask(
 ):
     """The FlexAttention ``BlockMask`` of the visibility rule (:mod:`posenc.attention.mask`).
 
-    Masks that depend only on the shape are cached (built once per (Tq, Tk, mask, device)). A mask
-    that depends on segment ids or padding is kept for the next call with the very same tensors,
-    unmodified (identity and version): every layer of one forward gets the same ones, so the mask
-    is built once per forward. On CUDA the mask is built by a compiled function, at the memory of
-    its blocks rather than of the (Tq, Tk) scores.
+    Masks that depend only on the shape are cached (built once per (Tq, Tk, mask, device), apart
+    under inference mode, whose tensors cannot serve training). Masks that depend on segment ids or
+    padding depend on data and are built per call: to build one once per forward, build it with
+    this function and pass it to every layer's :func:`attend` as ``block_mask``. On CUDA the mask
+    is built by a compiled function, at the memory of its blocks rather than of the (Tq, Tk) scores.
     """
     mask = as_mask(window, chunk)
     if q_segments is None and key_padding_mask is None:
-        return _structural_block_mask(Tq, Tk, mask, str(torch.device(device)))
-    data = (q_segments, k_segments, key_padding_mask)
-    key = (Tq, Tk, mask, str(torch.device(device)), tuple(None if t is None else t._version for t in data))
-    cached = _last_data_mask.get("entry")
-    if cached is not None and cached[0] == key and all(r() is t for r, t in zip(cached[1], data, strict=True)):
-        return cached[2]
-    block_mask = _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, device)
-    if not torch.compiler.is_compiling():
-        refs = tuple((lambda: None) if t is None else weakref.ref(t) for t in data)
-        _last_data_mask["entry"] = (key, refs, block_mask)
-    return block_mask
-
-
-#: the last mask built from segments or padding: (key, weak references to its tensors, mask)
-_last_data_mask: dict = {}
+        device = str(torch.device(device))
+        return _structural_block_mask(Tq, Tk, mask, device, torch.is_inference_mode_enabled())
+    k_segments = q_segments if k_segments is None else k_segments
+    return _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, device)
 
 
 def _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, device):
@@ -83,7 +71,7 @@ def _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, de
 
 
 @functools.lru_cache(maxsize=64)
-def _structural_block_mask(Tq: int, Tk: int, mask: Mask, device: str):
+def _structural_block_mask(Tq: int, Tk: int, mask: Mask, device: str, inference: bool):
     return _build_block_mask(Tq, Tk, mask, None, None, None, device)
 
 

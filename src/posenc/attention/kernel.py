@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,8 +36,9 @@ Backend = Literal["auto", "sdpa", "dense", "blockwise", "flex"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "blockwise", "flex")
 
 
-#: the narrowest q/k and v heads FlexAttention's CUDA kernel takes
-FLEX_MIN_HEAD_DIM = 16
+#: the narrowest q/k and v heads FlexAttention's CUDA kernel takes, and the widest sent to it (wider
+#: heads, like MLA's absorbed 288-576, keep the other paths: not checked on a GPU here)
+FLEX_MIN_HEAD_DIM, FLEX_MAX_HEAD_DIM = 16, 256
 
 
 def flex_compiles(q: Tensor) -> bool:
@@ -64,15 +66,16 @@ def choose_backend(
     weighting: Weighting = SOFTMAX,
     dropout_p: float = 0.0,
     value_dim: int | None = None,
-    learned_bias: bool = False,
+    learned_bias: bool | None = None,
 ) -> Literal["sdpa", "dense", "blockwise", "flex"]:
     """The path :func:`attend` takes with ``backend="auto"`` (rules in docs/attention.md): SDPA when
     nothing but causality shapes a softmax of the scores, or a window or chunk shapes one query's
     (a decoding step); else, on CUDA with Triton, compiled FlexAttention for more than one query
     when the bias (if any) is elementwise (``elementwise_score_bias``), the q/k and v heads
-    (``value_dim``, default q's) are at least ``FLEX_MIN_HEAD_DIM`` wide, there is no attention
-    dropout, and the bias takes no gradient (``learned_bias``: FlexAttention's gradients into
-    captured tensors wait for a GPU check, docs/attention.md);
+    (``value_dim``, default q's) are ``FLEX_MIN_HEAD_DIM`` to ``FLEX_MAX_HEAD_DIM`` wide, there is no
+    attention dropout, and the bias takes no gradient (``learned_bias``; None: it does whenever
+    gradients are on. FlexAttention's gradients into captured tensors wait for a GPU check,
+    docs/attention.md);
     else one SDPA call with a dense mask while the mask fits
     :data:`~posenc.attention.dense.DENSE_BUDGET` (softmax, no softcap); else blockwise (every
     device; FlexAttention has no CPU backward)."""
@@ -81,9 +84,11 @@ def choose_backend(
         return "blockwise"
     if all(x is None for x in others) and (q.shape[2] == 1 or (window is None and chunk is None)):
         return "sdpa"  # causality alone, or one query of a window or chunk: SDPA over the keys it sees
-    elementwise = score_bias is None or (elementwise_score_bias is not None and not learned_bias)
-    wide = min(q.shape[-1], q.shape[-1] if value_dim is None else value_dim) >= FLEX_MIN_HEAD_DIM
-    if q.shape[2] > 1 and elementwise and wide and dropout_p == 0.0 and flex_compiles(q):
+    learned = torch.is_grad_enabled() if learned_bias is None else learned_bias
+    elementwise = score_bias is None or (elementwise_score_bias is not None and not learned)
+    widths = (q.shape[-1], q.shape[-1] if value_dim is None else value_dim)
+    fits = min(widths) >= FLEX_MIN_HEAD_DIM and max(widths) <= FLEX_MAX_HEAD_DIM
+    if q.shape[2] > 1 and elementwise and fits and dropout_p == 0.0 and flex_compiles(q):
         return "flex"
     return "dense" if softcap is None and dense_fits(q, k) else "blockwise"
 
@@ -126,15 +131,16 @@ def attend(
     dropout_p: float = 0.0,
     backend: Backend = "auto",
     block_mask=None,
-    learned_bias: bool = False,
+    learned_bias: bool | None = None,
 ) -> Tensor:
     """Causal attention q (B, nh, Tq, hs), k (B, n_kv, Tk, hs), v (B, n_kv, Tk, dv) -> (B, nh, Tq, dv)
     by the best path.
 
     ``score_bias``: the encoding's ``score_bias`` method when its ``where == "scores"``, else None;
     ``elementwise_score_bias``: its ``elementwise_score_bias`` method when it has one
-    (``elementwise_bias``), called only when the flex path runs; ``learned_bias``: the bias will take
-    a gradient (its parameters or features need one), which keeps ``auto`` off flex.
+    (``elementwise_bias``), called only when the flex path runs; ``learned_bias``: whether the bias
+    will take a gradient (its parameters or features need one), which keeps ``auto`` off flex
+    (None: assume so whenever gradients are on).
     ``backend``: ``"auto"`` (see :func:`choose_backend`) or a path to force. ``block_mask``: only
     for the flex path (see :func:`flex_block_mask`).
     """

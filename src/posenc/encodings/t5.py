@@ -123,11 +123,12 @@ class T5RelativeBias(PositionalEncoding):
             self.num_buckets,
             self.max_distance,
         )
-        table, scale, last = self.relative_attention_bias.weight, self.scale, self.max_distance
+        # float32 before the kernel indexes it: its unfused backward accumulates in the table's dtype
+        table, scale, last = self.relative_attention_bias.weight.float(), self.scale, self.max_distance
 
         def bias(head, q_position, k_position, q_feature=None, k_feature=None):
             bucket = buckets[(q_position - k_position).clamp(0, last)]
-            return table[bucket, head].float() * scale
+            return table[bucket, head] * scale
 
         return bias
 
