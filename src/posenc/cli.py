@@ -176,15 +176,11 @@ def export_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> int:
     from posenc.checkpoint import load_checkpoint
-    from posenc.config import GPTConfig
     from posenc.hf.export import save_hf
     from posenc.model import GPT
 
     def go() -> int:
-        ckpt = load_checkpoint(args.run_dir, map_location="cpu")
-        model = GPT(GPTConfig.from_dict(ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-        hf = model.eval().to_hf()
+        hf = GPT.from_checkpoint(load_checkpoint(args.run_dir, map_location="cpu")).eval().to_hf()
         save_hf(hf, args.hf)
         print(f"wrote {args.hf}: {hf.config.model_type} ({type(hf).__name__})")
         return 0

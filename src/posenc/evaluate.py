@@ -253,7 +253,6 @@ def evaluate_checkpoint(
     returned without evaluating.
     """
     from posenc.checkpoint import load_checkpoint, read_manifest
-    from posenc.config import GPTConfig
     from posenc.data import load_split
     from posenc.devices import resolve_dtype
     from posenc.model import GPT
@@ -277,9 +276,8 @@ def evaluate_checkpoint(
             return saved
     t0 = time.time()
     ckpt = load_checkpoint(folder, map_location="cpu")
-    config = GPTConfig.from_dict(ckpt["config"])
-    model = GPT(config)
-    model.load_state_dict(ckpt["model"])
+    model = GPT.from_checkpoint(ckpt)
+    config = model.config
     model.to(device).eval()
     dtype = resolve_dtype(ckpt["train_config"]["dtype"], device)
     longest = max(multipliers) * config.block_size

@@ -376,6 +376,15 @@ class GPT(nn.Module):
         return idx
 
     @classmethod
+    def from_checkpoint(cls, ckpt: Mapping, config: GPTConfig | None = None) -> GPT:
+        """The model a training checkpoint holds (``posenc.checkpoint.load_checkpoint``'s dict), built
+        from its config, or from ``config``: a variant with the same parameters (another RoPE
+        schedule, say)."""
+        model = cls(GPTConfig.from_dict(ckpt["config"]) if config is None else config)
+        model.load_state_dict(ckpt["model"])
+        return model
+
+    @classmethod
     def from_hf(cls, model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> GPT:
         """A GPT with the weights of a Hugging Face causal LM (``GPT2LMHeadModel``, ``LlamaForCausalLM``,
         ``Qwen2ForCausalLM``, ``MistralForCausalLM``, ``DeepseekV3ForCausalLM`` with dense layers) that

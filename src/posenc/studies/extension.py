@@ -107,9 +107,7 @@ def _load(folder: Path, rope: dict[str, Any] | None = None, ckpt: dict[str, Any]
         if "scaling" in rope:  # the model's context stands in for Hugging Face's max_position_embeddings
             rope = rope | {"scaling": {"max_position_embeddings": config.block_size} | rope["scaling"]}
         config = config.with_encoding("rope", **rope)
-    model = GPT(config)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+    return GPT.from_checkpoint(ckpt, config).eval(), ckpt
 
 
 def _losses(
