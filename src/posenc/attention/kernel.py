@@ -11,8 +11,8 @@
   everything else (past the budget, softcap, content biases, stick-breaking weights);
 - ``"flex"``: :func:`posenc.attention.flex.flex_attention_path`, compiled FlexAttention with block
   masks: on CUDA (with Triton) every whole-sequence path above but plain causality, when the
-  encoding's bias is elementwise (``elementwise_score_bias``), heads are at least 16 wide and
-  there is no attention dropout.
+  encoding's bias is elementwise (``elementwise_score_bias``) and takes no gradient, heads are 16
+  to 256 wide and there is no attention dropout (:func:`choose_backend`).
 
 Rules and costs: docs/attention.md.
 """
