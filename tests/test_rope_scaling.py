@@ -156,6 +156,24 @@ def hf_configs() -> dict[str, tuple[object, str | None]]:
             ),
             None,
         ),
+        "llama4-scout": (  # a step between the bands: high_freq_factor == low_freq_factor
+            tf.Llama4TextConfig(
+                hidden_size=5120,
+                num_attention_heads=40,
+                num_key_value_heads=8,
+                head_dim=128,
+                max_position_embeddings=10485760,
+                rope_theta=500000.0,
+                rope_scaling={
+                    "factor": 16.0,
+                    "high_freq_factor": 1.0,
+                    "low_freq_factor": 1.0,
+                    "original_max_position_embeddings": 8192,
+                    "rope_type": "llama3",
+                },
+            ),
+            None,
+        ),
         "qwen2.5-7b-yarn": (
             tf.Qwen2Config(
                 hidden_size=3584,
@@ -327,6 +345,23 @@ def test_phi3_v4_config_json_reads_top_level_original_length():
         hf, factor = ROPE_INIT_FUNCTIONS["longrope"](config, None, seq_len=seq_len)
         torch.testing.assert_close(rope.frequencies(seq_len), hf.double(), rtol=1e-6, atol=0)
         assert rope.attention_factor == pytest.approx(factor, rel=1e-6) and factor > 1.1
+
+
+def test_qwen2_vl_v4_config_json_reads_the_legacy_mrope_type():
+    # Qwen2-VL's and Qwen2.5-VL's config.json name M-RoPE as a type; Hugging Face reads it as "default"
+    raw = {
+        "hidden_size": 3584,
+        "num_attention_heads": 28,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    }
+    v5 = raw | {"rope_scaling": {"rope_type": "default", "mrope_section": [16, 24, 24]}}
+    for config in (raw, transformers.Qwen2VLConfig(**raw).text_config):  # as saved, and as transformers reads it
+        rope = RotaryEmbedding.from_hf_config(config, cache_len=0)
+        expected = RotaryEmbedding.from_hf_config(v5, cache_len=0)
+        assert rope.rope_type == "default" and rope.config.mrope_section == (16, 24, 24)
+        torch.testing.assert_close(rope.frequencies(None), expected.frequencies(None), rtol=0, atol=0)
 
 
 def test_per_layer_configs_need_a_layer_type():

@@ -218,6 +218,11 @@ def llama3_schedule(
     ``original_max_position_embeddings``, keep w_i where lambda_i < L0 / high_freq_factor, divide by
     ``factor`` where lambda_i > L0 / low_freq_factor, and in between blend with
     ``s = (L0 / lambda_i - low) / (high - low)``: ``(1 - s) w_i / factor + s w_i``. Attention factor 1.
+
+    ``high_freq_factor == low_freq_factor`` (Llama 4 Scout: both 1) is a step at lambda = L0 / low: the
+    band in between is that one wavelength. Hugging Face accepts it and computes ``s`` with the same
+    division by ``high - low = 0`` on tensors (inf or nan), which ``torch.where`` then leaves unused
+    everywhere but at a wavelength exactly equal to L0 / low; so does this function.
     """
     _check_dim(rotary_dim, "llama3")
     factor, low, high = (
@@ -397,12 +402,12 @@ def _check_values(rope_type: str, p: dict[str, Any]) -> None:
     number("low_freq_factor", "a number > 0", lambda v: v > 0)
     number("high_freq_factor", "a number > 0", lambda v: v > 0)
     if rope_type == "llama3":
-        if p["high_freq_factor"] <= p["low_freq_factor"]:
+        if p["high_freq_factor"] < p["low_freq_factor"]:  # equal: a step (Llama 4 Scout)
             raise _bad(
                 rope_type,
                 "high_freq_factor",
                 p["high_freq_factor"],
-                f"> low_freq_factor={p['low_freq_factor']!r}",
+                f">= low_freq_factor={p['low_freq_factor']!r}",
             )
         mpe = p.get("max_position_embeddings")
         if mpe is not None and p["original_max_position_embeddings"] > mpe:
@@ -453,6 +458,12 @@ def hf_rope_arguments(config: Any, layer_type: str | None = None) -> tuple[int, 
         if params is None:
             raise ValueError(f"layer_type={layer_type!r} has no RoPE (its parameters are None)")
     params, options = dict(params), {}
+    # "mrope": Qwen2-VL's legacy type, M-RoPE over the default schedule (as Hugging Face reads it)
+    if params.get("type") == "mrope":
+        del params["type"]
+        params.setdefault("rope_type", "default")
+    if params.get("rope_type") == "mrope":
+        params["rope_type"] = "default"
     if "mrope_section" in params:  # M-RoPE (Qwen2-VL, Qwen3-VL): options, not a schedule
         options["mrope_section"] = tuple(params.pop("mrope_section"))
     if "mrope_interleaved" in params:
