@@ -107,6 +107,16 @@ def test_non_gpt2_state_dict_is_refused() -> None:
         GPT.from_hf({"transformer.wte.weight": torch.zeros(10, 8)}, n_head=2)
 
 
+def test_an_untied_gpt2_head_is_read(hf_model) -> None:
+    config = hf_model.config.to_dict() | {"tie_word_embeddings": False}
+    torch.manual_seed(0)
+    untied = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    ours = GPT.from_hf(untied).eval()
+    assert ours.lm_head.weight is not ours.wte.weight
+    torch.testing.assert_close(ours(idx())[0], hf_logits(untied, idx()), **TOL)
+
+
 def test_unsupported_activation_is_refused() -> None:
     config = transformers.GPT2Config(
         vocab_size=10,
@@ -231,13 +241,20 @@ def test_qwen2_has_qkv_biases_only_and_mistral_its_window() -> None:
     [
         ("llama", {"hidden_act": "gelu"}, "hidden_act"),
         ("llama", {"head_dim": 16}, "head_dim"),
-        ("llama", {"pretraining_tp": 2}, "pretraining_tp"),
         ("qwen2", {"use_sliding_window": True, "sliding_window": 8}, "use_sliding_window"),
     ],
 )
 def test_llama_family_configs_it_cannot_reproduce_are_refused(family, overrides, field) -> None:
     with pytest.raises(ValueError, match=field):
         GPT.from_hf(hf_causal_lm(family, **overrides))
+
+
+def test_pretraining_tp_is_ignored_as_hugging_face_ignores_it() -> None:
+    # the tensor-parallel degree of pretraining: Hugging Face reads it in BLOOM only (SmolLM3-3B sets 2)
+    hf = hf_causal_lm("llama", pretraining_tp=2)
+    tokens = torch.randint(0, 101, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(GPT.from_hf(hf).eval()(tokens)[0], hf(tokens).logits, rtol=0, atol=2e-4)
 
 
 def test_an_unsupported_model_type_is_refused() -> None:

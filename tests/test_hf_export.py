@@ -22,6 +22,7 @@ LLAMA_BLOCK = dict(norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", bias=False)
 #: posenc configuration -> (the family it exports to, its fields)
 CASES = {
     "learned absolute (GPT-2)": ("gpt2", dict(pe="absolute", bias=True)),
+    "learned absolute, untied (GPT-2)": ("gpt2", dict(pe="absolute", bias=True, tie_embeddings=False)),
     "the study's RoPE model": ("gpt_neox", dict(pe="rope", bias=False)),  # biases HF has become zeros
     "RoPE with biases, parallel": ("gpt_neox", dict(pe="rope", bias=True, mlp="gelu_exact")),
     "partial rotary, base 500": ("gpt_neox", dict(pe="rope", bias=True, rotary_dim=4, rope_base=500.0)),

@@ -73,6 +73,15 @@ def test_greedy_generation_equals_hf(name) -> None:
     assert_greedy_generation_equal(GPT.from_hf(hf).eval(), hf, 101)
 
 
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_an_untied_head_is_read_not_replaced_by_the_embedding(name) -> None:
+    hf = hf_model(name, tie_word_embeddings=False)
+    assert hf.lm_head.weight is not hf.model.embed_tokens.weight
+    ours = GPT.from_hf(hf).eval()
+    assert ours.lm_head.weight is not ours.wte.weight
+    assert_logits_match(ours, hf, 101, 48)
+
+
 def test_gemma3s_qk_norm_takes_the_familys_eps() -> None:
     assert_qk_norm_eps_carried(hf_model("gemma3", rms_norm_eps=0.1), 101)
 

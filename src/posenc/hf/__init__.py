@@ -11,7 +11,7 @@ fused per-head qkv); ``gptj``, ``phi`` (parallel blocks with one norm, partial r
 layers, parallel blocks, a logit scale); ``olmo2``, ``olmo3`` (norms after each sublayer, QK-norm
 over the whole projection); ``exaone4`` (sliding RoPE / global NoPE layers, per-head QK-norm,
 post-sublayer norms); ``gemma2``, ``gemma3_text`` ((1 + w) norms, scaled embeddings, sandwich norms,
-softcapping, RoPE per layer type); ``llama4_text`` (dense: iRoPE, chunked attention, QK-norm after
+softcapping, RoPE per layer type; ``gemma3``: the text model of Gemma 3 with vision); ``llama4_text`` (dense: iRoPE, chunked attention, QK-norm after
 RoPE, NoPE query temperature); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
 is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
 with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
@@ -28,7 +28,7 @@ from posenc.hf.cohere2 import import_cohere2
 from posenc.hf.common import Converted, refuse
 from posenc.hf.deepseek import import_deepseek_v3
 from posenc.hf.exaone4 import import_exaone4
-from posenc.hf.gemma import import_gemma
+from posenc.hf.gemma import import_gemma, import_gemma3
 from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
 from posenc.hf.gpt_neox import import_gpt_neox
 from posenc.hf.llama import import_llama
@@ -59,6 +59,7 @@ IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "exaone4": import_exaone4,
     "gemma2": import_gemma,
     "gemma3_text": import_gemma,
+    "gemma3": import_gemma3,
     "llama4_text": import_llama4_text,
     "bloom": import_bloom,
     "mpt": import_mpt,

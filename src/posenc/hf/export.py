@@ -92,7 +92,7 @@ def gpt2_config(config: GPTConfig) -> Any:
         n_inner=layer.block.mlp.width(config.n_embd),
         layer_norm_epsilon=layer.block.norm.eps,
         activation_function="gelu_new",
-        tie_word_embeddings=True,
+        tie_word_embeddings=config.head.tie_embeddings,
         **_no_token_ids(),
     )
 

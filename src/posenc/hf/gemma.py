@@ -3,9 +3,11 @@ posenc gains ``w + 1``), token embeddings multiplied by sqrt(hidden_size) (``Emb
 norms before and after each sublayer (``Block.Config(post_norm=True)``), GeGLU MLPs (tanh GELU gate),
 a softmax scale of ``query_pre_attn_scalar ** -0.5`` and a ``head_dim`` of their own, sliding windows
 on the layers ``layer_types`` marks, RoPE per layer type (Gemma 3: local base 1e4, global 1e6 with its
-own scaling), and tied output embeddings. Gemma 2 soft-caps the attention logits and the final
+own scaling), and output embeddings tied to the input ones unless ``tie_word_embeddings`` is off
+(then the separate ``lm_head``). Gemma 2 soft-caps the attention logits and the final
 logits; Gemma 3 has per-head RMS QK-norm (``1 + w`` too) instead. Bidirectional attention (Gemma 3's
-``use_bidirectional_attention``) is refused. The QK-norm shares the block norms' ``rms_norm_eps``."""
+``use_bidirectional_attention``) is refused. The QK-norm shares the block norms' ``rms_norm_eps``.
+``gemma3`` (Gemma 3 with vision, ``Gemma3ForConditionalGeneration``) imports its text model."""
 
 from __future__ import annotations
 
@@ -18,12 +20,34 @@ from posenc.encodings.rope import RotaryEmbedding
 from posenc.hf.common import Converted, refuse
 from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
 from posenc.hf.olmo import _per_layer_type
+from posenc.hf.qwen_vl import _text_name
 
 TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 
 
 def import_gemma(model: nn.Module) -> Converted:
     c = model.config
+    return _gemma_text(c, model.state_dict(), tie=bool(c.tie_word_embeddings))
+
+
+def import_gemma3(model: nn.Module) -> Converted:
+    """The text model of ``Gemma3ForConditionalGeneration`` (``gemma3``: Gemma 3 4B/12B/27B), as the
+    Qwen-VL text models are imported: the vision tower and its projector are left out, and the GPT
+    reproduces the logits of the language model given its token ids. The outer config says whether
+    the head is tied (where Hugging Face looks); its language model applies no final softcapping,
+    so a text config that sets one is refused."""
+    c = model.config
+    text = c.text_config
+    if getattr(text, "final_logit_softcapping", None) is not None:
+        refuse("gemma3", {"text_config.final_logit_softcapping": text.final_logit_softcapping})
+    sd = {
+        _text_name(k): v for k, v in model.state_dict().items() if k.startswith(("model.language_model.", "lm_head."))
+    }
+    return _gemma_text(text, sd, tie=bool(c.tie_word_embeddings))
+
+
+def _gemma_text(c: Any, sd: dict[str, Tensor], tie: bool) -> Converted:
+    """A Gemma 2 or 3 text config and its Llama-named state dict; ``tie``: the head is the embedding."""
     model_type = c.model_type
     gemma3 = model_type == "gemma3_text"
     act = getattr(c, "hidden_activation", None) or c.hidden_act
@@ -48,7 +72,7 @@ def import_gemma(model: nn.Module) -> Converted:
         proj_bias=attention_bias,
         mlp="geglu",
         mlp_bias=False,
-        tie_embeddings=True,
+        tie_embeddings=tie,
         attention_options=attention,
         layer_pe=("rope",),
         layer_window=tuple(c.sliding_window if kind == "sliding_attention" else None for kind in types),
@@ -67,7 +91,7 @@ def import_gemma(model: nn.Module) -> Converted:
     softcap = getattr(c, "final_logit_softcapping", None)
     head = config.head.replace(softcap=None if softcap is None else float(softcap))
     config = config.replace(embedding=config.embedding.replace(scale=c.hidden_size**0.5), head=head)
-    return config, _gemma_weights(model.state_dict(), n, gemma3)
+    return config, _gemma_weights(sd, n, gemma3)
 
 
 class _ActSilu:
@@ -102,4 +126,4 @@ def _gemma_weights(sd: dict[str, Tensor], n_layer: int, qk_norm: bool) -> dict[s
     return {k: (v.float() + 1.0).to(v.dtype) if k.endswith(gains) else v for k, v in ours.items()}
 
 
-__all__ = ["import_gemma"]
+__all__ = ["import_gemma", "import_gemma3"]

@@ -1,5 +1,6 @@
-"""GPT-2 (``model_type="gpt2"``): learned absolute positions, LayerNorm, tanh GELU; HF's Conv1D
-matrices are stored (in, out) and are transposed here. A bare state dict loads too, given ``n_head``."""
+"""GPT-2 (``model_type="gpt2"``): learned absolute positions, LayerNorm, tanh GELU, the head tied to
+the embedding unless ``tie_word_embeddings`` is off; HF's Conv1D matrices are stored (in, out) and
+are transposed here. A bare state dict loads too, given ``n_head``."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ def import_gpt2(model: nn.Module) -> Converted:
         differ["n_inner"] = c.n_inner
     if differ:
         raise ValueError(f"from_hf supports GPT-2's default architecture; this config differs: {differ}")
-    return gpt2_from_state_dict(model.state_dict(), c.n_head)
+    return gpt2_from_state_dict(model.state_dict(), c.n_head, tie=bool(getattr(c, "tie_word_embeddings", True)))
 
 
-def gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int) -> Converted:
+def gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int, tie: bool = True) -> Converted:
+    """A GPT-2 state dict; ``tie=False``: the head is its own ``lm_head.weight``, not the embedding."""
+    head = None if tie else sd["lm_head.weight"]
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
     missing = [k for k in ("wte.weight", "wpe.weight", "ln_f.weight") if k not in sd]
     if missing:
@@ -40,6 +43,7 @@ def gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int) -> Converted:
         bias=True,
         pe="absolute",
         dropout=0.0,
+        tie_embeddings=tie,
     )
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     per_layer = (
@@ -58,5 +62,5 @@ def gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int) -> Converted:
         for name in per_layer:
             w = sd[f"h.{i}.{name}"]
             ours[f"blocks.{i}.{name}"] = w.t() if name in conv1d else w  # HF Conv1D stores (in, out)
-    ours["lm_head.weight"] = ours["wte.weight"]
+    ours["lm_head.weight"] = ours["wte.weight"] if head is None else head
     return config, ours

@@ -1,4 +1,4 @@
-"""GPT-NeoX / Pythia (``gpt_neox``): LayerNorm, GELU (exact by default), biases on every projection
+"""GPT-NeoX / Pythia (``gpt_neox``): LayerNorm, GELU (exact by default; tanh for GPT-NeoX-20B), biases on every projection
 unless ``attention_bias`` is off, partial rotary in the half layout (``partial_rotary_factor``,
 Pythia: 0.25), a parallel residual (``x + attn(ln_1 x) + mlp(ln_2 x)``) unless
 ``use_parallel_residual`` is off, and one fused qkv projection whose output is grouped by head
@@ -14,8 +14,13 @@ from posenc.config import GPTConfig
 from posenc.hf.common import Converted, per_head_qkv, refuse
 from posenc.hf.llama import _rope_fields
 
-#: Hugging Face's activation names and posenc's MLP kinds
-ACTIVATIONS: dict[str, str] = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
+#: Hugging Face's activation names and posenc's MLP kinds (``gelu_fast``, GPT-NeoX-20B's: the tanh GELU)
+ACTIVATIONS: dict[str, str] = {
+    "gelu": "gelu_exact",
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu_fast": "gelu",
+}
 
 
 def import_gpt_neox(model: nn.Module) -> Converted:

@@ -36,7 +36,8 @@ def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False, rop
     """GPTConfig's fields of a Llama-style config; ``own_head_dim``: the family sets ``head_dim``
     apart from hidden_size / num_attention_heads (Qwen3), which the importer then passes on;
     ``rope=False``: without the RoPE fields (a family with RoPE parameters per layer type sets
-    each layer's own)."""
+    each layer's own). ``pretraining_tp`` (SmolLM3-3B: 2) is ignored, as Hugging Face does outside
+    BLOOM: it was the tensor-parallel degree of pretraining, which splits matmuls without changing them."""
     differ: dict[str, Any] = {}
     if getattr(c, "hidden_act", "silu") != "silu":
         differ["hidden_act"] = c.hidden_act
@@ -45,8 +46,6 @@ def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False, rop
     own = own_head_dim or model_type == "deepseek_v3"
     if not own and head_dim is not None and head_dim != c.hidden_size // c.num_attention_heads:
         differ["head_dim"] = head_dim
-    if getattr(c, "pretraining_tp", 1) != 1:
-        differ["pretraining_tp"] = c.pretraining_tp
     refuse(model_type, differ)
     return dict(
         vocab_size=c.vocab_size,

@@ -30,7 +30,8 @@ def import_qwen_vl(model: nn.Module) -> Converted:
             refuse(model_type, {"text_config.use_sliding_window": True})
         fields |= dict(qkv_bias=True, proj_bias=False)
         attention = _mha_weights
-    fields |= dict(bias=False, mlp_bias=False, pe="rope")
+    # the outer config says whether the head is tied: Hugging Face ties by it (a v4 text_config's flag is moved there)
+    fields |= dict(bias=False, mlp_bias=False, pe="rope", tie_embeddings=bool(model.config.tie_word_embeddings))
     sd = {_text_name(k): v for k, v in model.state_dict().items() if not k.startswith(("model.visual.", "visual."))}
     return GPTConfig(**fields), llama_weights(sd, c.num_hidden_layers, attention=attention)
 
