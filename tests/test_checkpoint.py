@@ -289,6 +289,26 @@ def test_damaged_run_folder_raises_a_named_error(setup, reason, finished_run, tm
         load_checkpoint(run_dir)
 
 
+def test_from_checkpoint_takes_a_run_folder_or_a_checkpoint_file(finished_run):
+    ckpt = latest(finished_run)
+    for source in (finished_run, str(finished_run), latest_path(finished_run), str(latest_path(finished_run))):
+        model = GPT.from_checkpoint(source)
+        assert model.config == GPTConfig.from_dict(ckpt["config"])
+        assert_states_equal(model.state_dict(), ckpt["model"])
+
+
+def test_from_checkpoint_refuses_a_damaged_run_and_what_is_no_checkpoint(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    damage(run_dir, "truncated 50%")
+    with pytest.raises(CheckpointError, match="truncated"):
+        GPT.from_checkpoint(run_dir)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        GPT.from_checkpoint(tmp_path / "no-such-run")
+    with pytest.raises(TypeError, match="run folder, a checkpoint file or a checkpoint dict, got a int"):
+        GPT.from_checkpoint(3)
+
+
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
 def test_every_required_key_is_checked(key, tmp_path):
     state = minimal_state(tiny_gpt().state_dict())

@@ -117,6 +117,64 @@ def test_an_untied_gpt2_head_is_read(hf_model) -> None:
     torch.testing.assert_close(ours(idx())[0], hf_logits(untied, idx()), **TOL)
 
 
+# -- what from_hf accepts ---------------------------------------------------------------------------
+
+
+def test_a_hub_name_is_not_fetched_and_the_message_says_how_to_pass_a_model() -> None:
+    with pytest.raises(ValueError) as e:
+        GPT.from_hf("EleutherAI/pythia-70m")
+    message = str(e.value)
+    assert "'EleutherAI/pythia-70m' is not a local folder" in message and "does not download" in message
+    assert "GPT.from_hf(AutoModelForCausalLM.from_pretrained('EleutherAI/pythia-70m'))" in message
+
+
+def test_a_folder_without_config_json_is_refused(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("no model here")
+    for path in (tmp_path, tmp_path / "notes.txt"):
+        with pytest.raises(ValueError, match="not a folder with a config.json"):
+            GPT.from_hf(path)
+
+
+def test_a_local_folder_loads_without_the_network(hf_model, tmp_path) -> None:
+    hf_model.save_pretrained(tmp_path / "gpt2")
+    for path in (tmp_path / "gpt2", str(tmp_path / "gpt2")):
+        ours = GPT.from_hf(path).eval()
+        torch.testing.assert_close(ours(idx())[0], hf_logits(hf_model, idx()), **TOL)
+
+
+def test_a_local_vision_language_folder_loads_its_text_model(tmp_path) -> None:
+    # Qwen2-VL has no AutoModelForCausalLM class: the folder loads with AutoModelForImageTextToText
+    text = dict(LLAMA_BASE, rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2]})
+    config = transformers.Qwen2VLConfig(
+        text_config=text, vision_config=dict(depth=1, embed_dim=16, num_heads=2, hidden_size=32)
+    )
+    torch.manual_seed(0)
+    hf = transformers.Qwen2VLForConditionalGeneration(config).eval()
+    hf.save_pretrained(tmp_path)
+    tokens = torch.randint(0, 101, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(GPT.from_hf(tmp_path).eval()(tokens)[0], hf(tokens).logits, rtol=0, atol=2e-4)
+
+
+def test_a_base_model_without_its_head_is_refused_as_such() -> None:
+    config = transformers.LlamaConfig(**LLAMA_BASE)
+    with pytest.raises(ValueError, match="LlamaModel is a base model without a language-model head"):
+        GPT.from_hf(transformers.LlamaModel(config))
+
+
+def test_a_model_with_another_tasks_head_is_refused_not_imported_without_it(hf_model) -> None:
+    classifier = transformers.GPT2ForSequenceClassification(hf_model.config)
+    with pytest.raises(
+        ValueError, match=r"GPT2ForSequenceClassification is not a causal language model: its head \['score'\]"
+    ):
+        GPT.from_hf(classifier)
+
+
+def test_from_hf_of_something_else_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="got a int"):
+        GPT.from_hf(3)
+
+
 def test_unsupported_activation_is_refused() -> None:
     config = transformers.GPT2Config(
         vocab_size=10,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import zlib
 from collections.abc import Mapping
 
@@ -376,19 +377,31 @@ class GPT(nn.Module):
         return idx
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Mapping, config: GPTConfig | None = None) -> GPT:
-        """The model a training checkpoint holds (``posenc.checkpoint.load_checkpoint``'s dict), built
-        from its config, or from ``config``: a variant with the same parameters (another RoPE
-        schedule, say)."""
+    def from_checkpoint(cls, ckpt: Mapping | str | os.PathLike, config: GPTConfig | None = None) -> GPT:
+        """The model a training checkpoint holds -- a run folder (its latest checkpoint), a checkpoint
+        file, or ``posenc.checkpoint.load_checkpoint``'s dict --, built from its config, or from
+        ``config``: a variant with the same parameters (another RoPE schedule, say). A path is
+        checked as ``load_checkpoint`` checks it and loaded on the CPU."""
+        if isinstance(ckpt, (str, os.PathLike)):
+            from posenc.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(ckpt, map_location="cpu", required=("model", "config"))
+        elif not isinstance(ckpt, Mapping):
+            raise TypeError(
+                f"from_checkpoint takes a run folder, a checkpoint file or a checkpoint dict, got a {type(ckpt).__name__}"
+            )
         model = cls(GPTConfig.from_dict(ckpt["config"]) if config is None else config)
         model.load_state_dict(ckpt["model"])
         return model
 
     @classmethod
-    def from_hf(cls, model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> GPT:
+    def from_hf(
+        cls, model_or_state_dict: nn.Module | Mapping[str, Tensor] | str | os.PathLike, *, n_head: int | None = None
+    ) -> GPT:
         """A GPT with the weights of a Hugging Face causal LM (``GPT2LMHeadModel``, ``LlamaForCausalLM``,
-        ``Qwen2ForCausalLM``, ``MistralForCausalLM``, ``DeepseekV3ForCausalLM`` with dense layers) that
-        reproduces its logits; a bare GPT-2 state dict needs ``n_head``. See :mod:`posenc.hf`."""
+        ... : the families of docs/models.md) that reproduces its logits. Takes the model, or the path
+        of a local folder that holds one (config.json and weights; a hub name is not fetched), or a
+        bare GPT-2 state dict with ``n_head``. See :mod:`posenc.hf`."""
         config, weights = convert(model_or_state_dict, n_head=n_head)
         model = cls(config)
         model.load_state_dict(weights, strict=True)

@@ -19,6 +19,7 @@ with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, on
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
@@ -40,6 +41,7 @@ from posenc.hf.phi3 import import_phi3
 from posenc.hf.qwen3 import import_qwen3
 from posenc.hf.qwen_vl import import_qwen_vl
 from posenc.hf.smollm3 import import_smollm3
+from posenc.hf.source import check_causal_lm, load_folder
 
 IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
     "gpt2": import_gpt2,
@@ -74,9 +76,21 @@ MIXTURE_OF_EXPERTS: frozenset[str] = frozenset(
 )
 
 
-def convert(model_or_state_dict: nn.Module | Mapping[str, Tensor], *, n_head: int | None = None) -> Converted:
-    """(GPTConfig, posenc state dict) of a Hugging Face causal LM (or a bare GPT-2 state dict with
-    ``n_head``); ``GPT.from_hf`` loads it into a model."""
+def convert(
+    model_or_state_dict: nn.Module | Mapping[str, Tensor] | str | os.PathLike, *, n_head: int | None = None
+) -> Converted:
+    """(GPTConfig, posenc state dict) of a Hugging Face causal LM, of the local folder that holds one
+    (:mod:`posenc.hf.source`), or of a bare GPT-2 state dict with ``n_head``; ``GPT.from_hf`` loads it
+    into a model."""
+    if isinstance(model_or_state_dict, (str, os.PathLike)):
+        model_or_state_dict = load_folder(model_or_state_dict)
+    if isinstance(model_or_state_dict, nn.Module):
+        check_causal_lm(model_or_state_dict)
+    elif not isinstance(model_or_state_dict, Mapping):
+        raise TypeError(
+            "from_hf takes a Hugging Face model, the path of a local folder that holds one, or a GPT-2 state "
+            f"dict; got a {type(model_or_state_dict).__name__}"
+        )
     if not isinstance(model_or_state_dict, nn.Module):
         if n_head is None:
             raise ValueError("from_hf(state_dict) needs n_head=..., which weights alone do not determine")
