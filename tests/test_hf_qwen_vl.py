@@ -62,6 +62,23 @@ def test_text_model_logits_match_with_three_axis_positions(family) -> None:
         torch.testing.assert_close(ours(idx)[0], hf(input_ids=idx).logits, rtol=0, atol=2e-4)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_the_head_is_tied_as_the_outer_config_says(tie) -> None:
+    # Hugging Face ties a vision-language model's head by the outer config (a text_config's True is moved
+    # there, for v4 saves); here text_config says False
+    text = TEXT | {
+        "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]},
+        "tie_word_embeddings": False,
+    }
+    vision = dict(depth=1, embed_dim=32, num_heads=2, hidden_size=64)
+    config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    hf = transformers.Qwen2VLForConditionalGeneration(config).eval()
+    assert (hf.lm_head.weight is hf.model.language_model.embed_tokens.weight) == tie
+    ours = GPT.from_hf(hf)
+    assert (ours.lm_head.weight is ours.wte.weight) == tie
+
+
 def test_qwen3_vls_qk_norm_takes_the_familys_eps() -> None:
     assert_qk_norm_eps_carried(hf_model("qwen3_vl", rms_norm_eps=0.1), 101)
 
