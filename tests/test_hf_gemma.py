@@ -86,6 +86,14 @@ def test_gemma3s_qk_norm_takes_the_familys_eps() -> None:
     assert_qk_norm_eps_carried(hf_model("gemma3", rms_norm_eps=0.1), 101)
 
 
+def test_gemma3_with_vision_refuses_a_final_softcap_its_language_model_does_not_apply() -> None:
+    text = SIZES | dict(final_logit_softcapping=30.0)
+    vision = dict(hidden_size=32, intermediate_size=48, num_attention_heads=2, num_hidden_layers=1, image_size=28)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
+    with pytest.raises(ValueError, match=r"'text_config.final_logit_softcapping': 30.0"):
+        GPT.from_hf(transformers.Gemma3ForConditionalGeneration(config))
+
+
 def test_bidirectional_attention_is_refused() -> None:
     with pytest.raises(ValueError, match="use_bidirectional_attention"):
         GPT.from_hf(hf_model("gemma3", use_bidirectional_attention=True))
