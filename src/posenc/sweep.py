@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from posenc.flags import Parser
 from posenc.jobs import Sweep, SweepPreset
 from posenc.report import merge_results, render_page
 from posenc.studies import STUDIES
 from posenc.studies import lr as lr_study
 from posenc.studies.table import DEFAULT_VARIANTS
-from posenc.train.args import guarded
+from posenc.train.args import PLACEMENT_FLAGS, guarded
 from posenc.train.config import resolve_device
 from posenc.variants import variant_names
 
@@ -45,11 +46,10 @@ SWEEP_PRESETS: dict[str, SweepPreset] = {
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog,
         description="Train every positional-encoding variant with the same data, seeds and initialisation; "
         "write tables, plots and results.json; optionally render docs/results.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--preset",
@@ -70,7 +70,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         nargs="+",
         choices=variant_names(),
         default=None,
-        help=f"default: {' '.join(DEFAULT_VARIANTS)}",
+        metavar="PE",
+        help=f"variants to train, of {', '.join(variant_names())} (default: {' '.join(DEFAULT_VARIANTS)})",
     )
     _study_flags(p)
     p.add_argument(
@@ -82,7 +83,11 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--why", default=None, help="with --revise: why the rows were retrained (shown on the page)")
     p.add_argument("--out", default=None, help="results folder; default: out/compare-<preset>")
-    p.add_argument("--device", default=None, help="device of the runs and of the evaluation")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device of the runs and of the evaluation (default: cuda when there is one, else cpu)",
+    )
     p.add_argument("--data-dir", default=None, help="prepared shards, passed to every run")
     p.add_argument("--data-files", nargs="+", default=None, help="local corpus files, passed to every run")
     p.add_argument(
@@ -222,4 +227,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
-    return guarded(lambda: main(argv, prog))
+    return guarded(lambda: main(argv, prog), PLACEMENT_FLAGS)
