@@ -29,8 +29,8 @@ from posenc.variants import variant_names
 __all__ = ["DEFAULT_VARIANTS", "SWEEP_PRESETS", "main", "parse_args", "parser", "run", "sweep_from_args"]
 
 #: Sweep presets: a train preset, TrainConfig fields on top of it, the seeds, and the evaluation
-#: (``eval_windows`` validation windows of max(multipliers) x block_size tokens). ``cpu``: 16 variants
-#: x 3 seeds in about two hours on 2 cores (a run is 130-150 s there); ``quick``: a smoke test in
+#: (``eval_windows`` validation windows of max(multipliers) x block_size tokens). ``cpu``: 3 seeds of
+#: each variant (a run is 130-150 s on 2 cores; 16 variants took about two hours); ``quick``: a smoke test in
 #: minutes; ``test``: the unit tests'; ``owt-16m``: the study.
 SWEEP_PRESETS: dict[str, SweepPreset] = {
     "cpu": SweepPreset("cpu", dict(max_iters=800, batch_size=16, eval_interval=100, eval_iters=16), (0, 1, 2), 16),
