@@ -423,9 +423,10 @@ def run_train(args: argparse.Namespace, *, hooks: Any = None, prog: str = "posen
                 if not is_out_of_memory(e):
                     raise
                 raise ValueError(out_of_memory_message(spec)) from None
-        out = Path(spec.train.out_dir)
+        out, master = Path(spec.train.out_dir), os.environ.get("RANK", "0") == "0"
         if result and result.get("stopped"):
-            print(f"continue with: {prog} --resume --out-dir {shlex.quote(str(out))}")
+            if master:
+                print(f"continue with: {prog} --resume --out-dir {shlex.quote(str(out))}")
             return int(result["exit_code"])
         if result is not None:
             files = [
