@@ -117,7 +117,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _study_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
+    seeds = ", ".join(f"{name} {' '.join(map(str, preset.seeds))}" for name, preset in SWEEP_PRESETS.items())
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help=f"default: the preset's ({seeds})")
     p.add_argument(
         "--lrs", nargs="+", type=float, default=None, help="--study lr: the grid (default 1e-3 2e-3 4e-3 8e-3)"
     )

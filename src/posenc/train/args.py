@@ -302,7 +302,7 @@ def _evaluation_and_logging_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sample-tokens", type=int, default=None, help="tokens per sample")
 
 
-#: flags that say which folder and device, and how to show progress: not part of what is trained
+#: flags that say which folder and device, how to show progress, or to print the run only: not what is trained
 _PLACEMENT_FLAGS = ("out_dir", "device", "resume", "no_progress", "stop_at", "print_config")
 
 
@@ -419,7 +419,7 @@ def run_train(args: argparse.Namespace, *, hooks: Any = None, prog: str = "posen
                     progress=not args.no_progress,
                     hooks=hooks,
                 )
-            except RuntimeError as e:
+            except (RuntimeError, MemoryError) as e:
                 if not is_out_of_memory(e):
                     raise
                 raise ValueError(out_of_memory_message(spec)) from None
@@ -441,7 +441,11 @@ def run_train(args: argparse.Namespace, *, hooks: Any = None, prog: str = "posen
 def is_out_of_memory(e: BaseException) -> bool:
     """A device or host allocation failure (CUDA's ``OutOfMemoryError``, CPU's allocator error)."""
     text = str(e)
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+    return (
+        isinstance(e, (torch.OutOfMemoryError, MemoryError))
+        or "can't allocate memory" in text
+        or "out of memory" in text
+    )
 
 
 def out_of_memory_message(spec: RunSpec) -> str:
