@@ -217,3 +217,11 @@ def test_eval_prints_tables_and_where_it_saved_them(data_dir, tmp_path, capsys):
     assert text.strip().splitlines()[-1] == f"saved in {tmp_path / 'eval.json'}"
     assert run("eval", tmp_path, "--multipliers", "1", "2", "--windows", "2", "--device", "cpu", "--json") == 0
     assert set(json.loads(capsys.readouterr().out)["extrapolation"]) == {"1", "2"}
+
+
+def test_a_default_with_a_percent_sign_is_shown_as_is():
+    from posenc.flags import Parser
+
+    p = Parser(prog="x")
+    p.add_argument("--fmt", default="%d items", help="format")
+    assert "format (default: %d items)" in p.format_help()

@@ -35,7 +35,7 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             return help_text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
-        return f"{help_text} (default: {shown})".lstrip()
+        return f"{help_text} (default: {shown.replace('%', '%%')})".lstrip()  # argparse %-formats help
 
 
 class Parser(argparse.ArgumentParser):
