@@ -215,7 +215,7 @@ def bar_check(results: list[dict]) -> list[str]:
     if hf is not None:
         ratio = hf["median_ms"] / ours["median_ms"]
         out.append(
-            f"bar: posenc eager fwd+bwd fp32 is {ratio:.2f}x faster than {hf['candidate']} (need >= 3): "
+            f"bar: posenc eager fwd+bwd fp32 is {common.speed(ratio, hf['candidate'])} (need >= 3x faster): "
             f"{'PASS' if ratio >= 3 else 'MISS'}"
         )
     floor_bars = (("posenc", "half layout", 2.0), ("posenc interleaved", "interleaved layout", 1.3))

@@ -33,11 +33,33 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that the script runs")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate (default: by mode)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json", help="JSON output path")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON output path (default: benchmarks/results/{name}.json for a full run; "
+        f"out/benchmarks/{name}-quick.json or -smoke.json otherwise, never the committed results)",
+    )
+    p.set_defaults(benchmark=name)
     return p
 
 
+def default_out(name: str, *, quick: bool = False, smoke: bool = False) -> Path:
+    """Where a run writes its JSON unless told: the committed results are a full run's alone."""
+    if smoke or quick:
+        return Path("out/benchmarks") / f"{name}-{'smoke' if smoke else 'quick'}.json"
+    return RESULTS_DIR / f"{name}.json"
+
+
+def speed(ratio: float, what: str = "") -> str:
+    """``ratio`` (their time / ours) as words: "4.00x faster", or "4.00x slower" for 0.25, never "0.25x faster"."""
+    words = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    return f"{words} than {what}" if what else words
+
+
 def setup(args: argparse.Namespace) -> torch.device:
+    if args.out is None:
+        args.out = default_out(args.benchmark, quick=args.quick, smoke=args.smoke)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

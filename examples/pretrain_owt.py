@@ -19,29 +19,17 @@ checkpoints (ckpt-*.pt + checkpoints.json). See docs/training.md. ``posenc train
 command for an installed package.
 """
 
-import os
 import sys
 
-from posenc.cli import guarded, train_parser
-from posenc.train import handle_stop_signals, train
-from posenc.train.args import plan_from_args
+from posenc.cli import run_train, train_parser
+
+PROG = "python examples/pretrain_owt.py"
 
 
 def main() -> int:
-    args = train_parser().parse_args()  # every flag: --help
-    world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's; 1 for a plain run
-    spec, resume = plan_from_args(args, world_size=world)  # the preset and the flags, or the folder's saved run
-    with handle_stop_signals() as stop:  # SIGTERM/SIGINT: checkpoint at the next step, then exit
-        result = train(
-            spec.model,
-            spec.train,
-            resume=resume,
-            stop=stop,
-            stop_at=args.stop_at,
-            progress=not args.no_progress,
-        )
-    return result["exit_code"] if result and result.get("stopped") else 0
+    # every flag: --help; SIGTERM/SIGINT checkpoint at the next step, then exit; a user error is one line
+    return run_train(train_parser(PROG).parse_args(), prog=PROG)
 
 
 if __name__ == "__main__":
-    sys.exit(guarded(main))
+    sys.exit(main())

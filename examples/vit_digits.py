@@ -4,9 +4,11 @@ patch indices or over normalised patch centres, RoPE-Mixed, or nothing, and test
 the same test images upsampled to 12x12 and 16x16 (6x6 and 8x8 patches): resolution extrapolation.
 
     python examples/vit_digits.py                       # 5 encodings x 3 seeds, ~10 min on 2 cores
-    python examples/vit_digits.py --encodings axial mixed --seeds 0 --epochs 5   # a smoke test
+    python examples/vit_digits.py --quick               # 5 encodings, seed 0, 10 epochs: under a minute
+    python examples/vit_digits.py --encodings axial mixed --seeds 0 --epochs 5
 
-Writes digits.json, table.md and accuracy.png in --out (default out/vision); docs/results-vision.md
+Prints a line per encoding and seed as each run ends. Writes digits.json, table.md and
+accuracy.png in --out (default out/vision, out/vision-quick with --quick); docs/results-vision.md
 shows a run. The model and the study are posenc.vision.vit.
 """
 

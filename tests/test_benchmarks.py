@@ -129,3 +129,32 @@ def test_bench_hf_times_the_same_model_both_ways():
     assert [r["what"] for r in rows] == ["forward", "generate 2"] and all(r["ratio"] > 0 for r in rows)
     assert rows[1]["same_tokens"] is True
     assert "| llama | forward | 16 |" in bench.markdown(rows)
+
+
+@pytest.mark.parametrize("mode", ["--quick", "--smoke"])
+def test_a_short_run_never_writes_the_committed_results(mode, tmp_path, monkeypatch):
+    bench = load("bench_rope")
+    common = bench.common
+    committed = common.RESULTS_DIR / "bench_rope.json"
+    before = committed.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    args = common.base_parser("bench_rope", "").parse_args([mode])
+    common.setup(args)
+    assert args.out == Path("out/benchmarks") / f"bench_rope-{mode[2:]}.json"
+    assert common.RESULTS_DIR not in args.out.resolve().parents
+    full = common.base_parser("bench_rope", "").parse_args([])
+    common.setup(full)
+    assert full.out == committed  # a full run still refreshes them
+    assert committed.read_bytes() == before
+
+
+def test_a_check_line_says_slower_not_a_fraction_faster():
+    bench = load("bench_rope")
+    rows = [
+        {"dtype": "fp32", "mode": "fwd+bwd", "candidate": "posenc", "median_ms": 4.0, "x_copy_floor": 1.0},
+        {"dtype": "fp32", "mode": "fwd+bwd", "candidate": "transformers", "median_ms": 1.0, "x_copy_floor": 1.0},
+    ]
+    line = bench.bar_check(rows)[0]
+    assert "4.00x slower than transformers" in line and "0.25x" not in line and line.endswith("MISS")
+    rows[1]["median_ms"] = 16.0
+    assert "4.00x faster than transformers" in bench.bar_check(rows)[0]

@@ -85,7 +85,7 @@ def test_help_documents_every_flag(capsys):
     ("extra", "needle"),
     [
         (["--layer-pattern", "RRXN"], "'X'"),
-        (["--batch-size", "0"], "batch_size"),
+        (["--batch-size", "0"], "--batch-size"),
         (["--dtype", "float64"], "float64"),  # argparse refuses: exit 2 with usage
         (["--rope-base", "-1"], "rope_base"),
         (["--block-size", "1000000"], "block_size"),  # longer than the data's validation split
@@ -173,7 +173,7 @@ def test_unknown_command_and_usage(capsys):
 def test_eval_command_prints_the_extrapolation_of_a_run(data_dir, tmp_path, capsys):
     assert train(tmp_path, data_dir, "--pe", "rope", "--max-iters", "2", "--eval-interval", "2") == 0
     capsys.readouterr()
-    assert run("eval", tmp_path, "--multipliers", "1", "2", "--windows", "2", "--device", "cpu") == 0
+    assert run("eval", tmp_path, "--multipliers", "1", "2", "--windows", "2", "--device", "cpu", "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["extrapolation"]) == {"1", "2"} and all(v > 0 for v in result["extrapolation"].values())
 

@@ -212,7 +212,7 @@ def _bigger_runs(r: dict) -> None:
 
 CLAIMS = [
     ("Seed spread", _widen_stds),
-    ("GPT ROPE vs GPT NOPE", _overlap),
+    ("GPT RoPE vs GPT NoPE", _overlap),
     ("Agreement with the study", lambda r: _swap_val(r, "rope", "nope")),
     ('What "QK Norm" was', _qknorm_better_than_absolute),
     ("Beyond the training context", _alibi_degrades_most),
@@ -240,14 +240,14 @@ def test_the_claims_say_what_the_committed_numbers_show(results):
     assert f"{len(sc['agree'])} of 10 pairwise orderings agree" in text
     pair = next(c for c in results["comparisons"] if (c["a"], c["b"]) == ("rope", "nope"))
     assert (
-        f"GPT ROPE − GPT NOPE = {fmt_diff(pair['diff'])} (paired over 3 seed(s)): larger than the seed spread" in text
+        f"GPT RoPE − GPT NoPE = {fmt_diff(pair['diff'])} (paired over 3 seed(s)): larger than the seed spread" in text
     )
     assert "GPT's learned table cannot be evaluated past 128 positions" in text
-    here = "GPT QK Norm < GPT ROPE < GPT RNOPE < GPT < GPT NOPE."
+    here = "GPT QK Norm < GPT RoPE < GPT RNoPE < GPT < GPT NoPE."
     assert f"; here: {here} {len(sc['agree'])} of 10" in text
     _swap_val(results, "rope", "nope")
     swapped = _bullet(discussion(results), "Agreement with the study")
-    assert "; here: GPT QK Norm < GPT NOPE < GPT RNOPE < GPT < GPT ROPE. " in swapped
+    assert "; here: GPT QK Norm < GPT NoPE < GPT RNoPE < GPT < GPT RoPE. " in swapped
 
 
 def test_one_seed_and_missing_variants():
@@ -289,7 +289,7 @@ def test_published_claims_are_checked_seed_by_seed(results):
     verdict = "holds" if sum(fox) < sum(rope) else "does not hold"
     assert (
         f"- **Lin et al. 2025 (FoX): the Forgetting Transformer has lower loss than RoPE:** {verdict} here "
-        f"(validation loss, mean over seeds: GPT FoX {sum(fox) / 3:.4f} vs GPT ROPE {sum(rope) / 3:.4f}); "
+        f"(validation loss, mean over seeds: GPT FoX {sum(fox) / 3:.4f} vs GPT RoPE {sum(rope) / 3:.4f}); "
         f"in {wins} of 3 seeds." in lines
     )
     growth = [runs[("stickbreaking", s)]["eval"]["extrapolation"] for s in results["seeds"]]

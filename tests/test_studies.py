@@ -291,7 +291,7 @@ def test_pages_come_from_the_json(studies, tmp_path, kind):
     assert json.loads((tmp_path / f"results-{kind}" / f"{kind}.json").read_text()) == results
     if kind == "lr":
         best = results["best_lr"]["rope"]
-        assert re.search(rf"\| GPT ROPE \|.*\*\*{results['phase1']['rope'][f'{best:g}']:.4f}\*\*", text)
+        assert re.search(rf"\| GPT RoPE \|.*\*\*{results['phase1']['rope'][f'{best:g}']:.4f}\*\*", text)
     elif kind == "extension":
         assert f"{results['rows']['fine-tuned/yarn']['loss']['4']:.4f}" in text
     else:
@@ -326,7 +326,7 @@ def test_lr_page_says_when_the_one_seed_best_rate_is_worse_over_seeds(studies, t
     assert "one seed's choice does not hold" not in (tmp_path / "a.md").read_text()
     results["at_best"][v]["val_loss"]["mean"] = results["at_shared"][v]["val_loss"]["mean"] + 0.1
     render_study(results, tmp_path / "b.md", figures=False)
-    assert "one seed's choice does not hold: GPT ROPE (seeds " in (tmp_path / "b.md").read_text()
+    assert "one seed's choice does not hold: GPT RoPE (seeds " in (tmp_path / "b.md").read_text()
 
 
 def test_lr_no_train_reports_what_has_finished(studies, data_dir, tmp_path):

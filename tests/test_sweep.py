@@ -147,7 +147,7 @@ def test_outputs_and_rendered_numbers_come_from_the_json(swept):
     # recompute the rope row from the per-run numbers: mean and sample std over seeds
     vals = [results["runs"][f"rope/s{s}"]["val_loss"] for s in SEEDS]
     expected = f"{statistics.fmean(vals):.4f} ± {statistics.stdev(vals):.4f}"
-    assert re.search(rf"^\| GPT ROPE \| [^|]+ \| {re.escape(expected)} \| [0-9,]+ \|$", page, re.M), expected
+    assert re.search(rf"^\| GPT RoPE \| [^|]+ \| {re.escape(expected)} \| [0-9,]+ \|$", page, re.M), expected
     assert "4.2067" in page and "3.9634" in page  # the study's table, beside ours
     assert "smoke test" in page  # a small preset is labelled as such
     assert "![length extrapolation](results/extrapolation.png)" in page
@@ -159,7 +159,7 @@ def test_outputs_and_rendered_numbers_come_from_the_json(swept):
     path = root / "changed.json"
     path.write_text(json.dumps(changed))
     assert compare.run(["--render", str(root / "changed.md"), "--from", str(path)]) == 0
-    assert re.search(r"^\| GPT ROPE \| [^|]+ \| 1\.2345 ± ", (root / "changed.md").read_text(), re.M)
+    assert re.search(r"^\| GPT RoPE \| [^|]+ \| 1\.2345 ± ", (root / "changed.md").read_text(), re.M)
 
 
 def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(swept, one_thread):
@@ -221,4 +221,4 @@ def test_the_example_script_renders_the_committed_results(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "| GPT ROPE |" in page.read_text() and (tmp_path / "results" / "extrapolation.png").stat().st_size > 1000
+    assert "| GPT RoPE |" in page.read_text() and (tmp_path / "results" / "extrapolation.png").stat().st_size > 1000

@@ -51,3 +51,15 @@ def test_the_digits_example_trains_and_writes_its_results(tmp_path, capsys) -> N
         set(accuracy) == {"8", "12"} and accuracy["8"] > 0.2
     )  # 2 epochs: far above chance (0.1 +- 0.014 on 449 images)
     assert "| axial_norm |" in (tmp_path / "table.md").read_text()
+    out = capsys.readouterr().out
+    assert "[1/2] axial_norm seed 0: accuracy 8px" in out and "[2/2] none seed 0: accuracy 8px" in out
+
+
+def test_the_digits_example_has_a_quick_form(tmp_path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    from posenc.vision.vit import QUICK_EPOCHS
+
+    assert main(["--quick", "--encodings", "none", "--sizes", "8", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "digits.json").read_text())
+    assert results["seeds"] == [0] and results["epochs"] == QUICK_EPOCHS < 30
+    assert "[1/1] none seed 0: accuracy 8px" in capsys.readouterr().out

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from posenc.data import DEFAULT_FRACTIONS, DataError, prepare, read_meta
-from posenc.train.args import configs_from_args, guarded, run_train, train_parser  # the train command
+from posenc.flags import Parser, positive_int
+from posenc.train.args import PLACEMENT_FLAGS, configs_from_args, guarded, run_train, train_parser  # the train command
 from posenc.train.config import resolve_device
 
 __all__ = ["configs_from_args", "guarded", "main", "prepare_args", "run_prepare", "run_train", "train_parser"]
@@ -26,7 +27,7 @@ __all__ = ["configs_from_args", "guarded", "main", "prepare_args", "run_prepare"
 
 def prepare_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """The flags of ``posenc prepare`` / examples/prepare_owt.py, checked and completed."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description="Tokenize a corpus into flat token shards for pretraining (train.bin, val.bin, meta.json).",
     )
@@ -133,16 +134,19 @@ def run_prepare(argv: list[str] | None = None, prog: str = "prepare_owt") -> int
 
 
 def eval_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog, description="Length extrapolation and per-position loss of a run's latest checkpoint."
-    )
+    p = Parser(prog=prog, description="Length extrapolation and per-position loss of a run's latest checkpoint.")
     p.add_argument("run_dir", help="a run folder written by posenc train")
     p.add_argument(
-        "--multipliers", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="evaluation contexts, in training contexts"
+        "--multipliers",
+        nargs="+",
+        type=positive_int,
+        default=[1, 2, 4, 8, 16],
+        help="evaluation contexts, in training contexts",
     )
-    p.add_argument("--windows", type=int, default=16, help="validation windows of the largest context")
+    p.add_argument("--windows", type=positive_int, default=16, help="validation windows of the largest context")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-dir", default=None, help="prepared shards (default: the run's own)")
+    p.add_argument("--json", action="store_true", help="print the losses as JSON instead of tables")
     return p
 
 
@@ -157,14 +161,45 @@ def run_eval(args: argparse.Namespace) -> int:
             multipliers=tuple(args.multipliers),
             data_dir=args.data_dir,
         )
-        print(json.dumps({"extrapolation": result["extrapolation"], "eval_tokens": result["eval_tokens"]}, indent=1))
+        if args.json:
+            print(
+                json.dumps({"extrapolation": result["extrapolation"], "eval_tokens": result["eval_tokens"]}, indent=1)
+            )
+        else:
+            print("\n".join(eval_tables(result)))
+            print(f"saved in {Path(args.run_dir) / 'eval.json'}")
         return 0
 
-    return guarded(go)
+    return guarded(go, PLACEMENT_FLAGS)
+
+
+def eval_tables(result: dict, rows: int = 8) -> list[str]:
+    """An evaluation as text: the loss at each context, then the loss by position (``rows`` groups
+    of positions) at 1x and at the longest context."""
+    T = result["block_size"]
+    lines = [f"{result['eval_tokens']:,} tokens scored at each context", "", "context  tokens  loss"]
+    for m, loss in result["extrapolation"].items():
+        shown = "past the position table" if loss is None else f"{loss:.4f}"
+        lines.append(f"{m + 'x':<8} {int(m) * T:>6}  {shown}")
+    longest = max(result["extrapolation"], key=int)
+    width = result.get("per_position_long_width", 1)
+    for label, values, step in (
+        ("1x", result.get("per_position"), 1),
+        (f"{longest}x", result.get("per_position_long") if longest != "1" else None, width),
+    ):
+        if not values:
+            continue
+        lines += ["", f"loss by position at {label}", "positions      loss"]
+        size = -(-len(values) // rows)
+        for start in range(0, len(values), size):
+            group = values[start : start + size]
+            first, last = start * step, (start + len(group)) * step - 1
+            lines.append(f"{f'{first}-{last}':<14} {sum(group) / len(group):.4f}")
+    return lines
 
 
 def export_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog,
         description="Write a run's latest checkpoint as a Hugging Face model folder (config.json, model.safetensors) "
         "in the family that expresses it exactly (GPT-2, GPT-NeoX, Llama, Qwen3, SmolLM3).",
@@ -216,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     prog = f"posenc {command}"
     if command == "train":
-        return run_train(train_parser(prog).parse_args(rest))
+        return run_train(train_parser(prog).parse_args(rest), prog=prog)
     if command == "prepare":
         return run_prepare(rest, prog)
     if command == "eval":

@@ -210,7 +210,8 @@ class GPTConfig(Spec):
             )
             if text not in seen:
                 seen.append(text)
-        return f"{''.join(self.layer_codes)} (input {self.input_encoding}, attention {'; '.join(seen)})"
+        table = "" if self.input_encoding is None else f"input {self.input_encoding}, "
+        return f"{''.join(self.layer_codes)} ({table}attention {'; '.join(seen)})"
 
 
 #: The version of :meth:`GPTConfig.to_dict`'s structure (flat dicts, formats 1-2 of posenc 0.1-0.2, have no key).

@@ -20,6 +20,14 @@ def resolve_device(device: str) -> torch.device:
         raise ValueError(f"TrainConfig.device={device!r}: CUDA is not available on this machine (try 'cpu' or 'auto')")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
         raise ValueError(f"TrainConfig.device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type not in ("cpu", "cuda"):  # mps, xla, xpu, ...: else a traceback at the model's first .to()
+        try:
+            torch.empty(1, device=resolved)
+        except (RuntimeError, AssertionError):
+            raise ValueError(
+                f"TrainConfig.device={device!r}: this machine (or this torch build) has no {resolved.type} device; "
+                "try 'cpu' or 'auto'"
+            ) from None
     return resolved
 
 

@@ -16,20 +16,21 @@ from pathlib import Path
 
 import torch
 
+from posenc.flags import Parser
 from posenc.jobs import Sweep, SweepPreset
 from posenc.report import merge_results, render_page
 from posenc.studies import STUDIES
 from posenc.studies import lr as lr_study
 from posenc.studies.table import DEFAULT_VARIANTS
-from posenc.train.args import guarded
+from posenc.train.args import PLACEMENT_FLAGS, guarded
 from posenc.train.config import resolve_device
 from posenc.variants import variant_names
 
 __all__ = ["DEFAULT_VARIANTS", "SWEEP_PRESETS", "main", "parse_args", "parser", "run", "sweep_from_args"]
 
 #: Sweep presets: a train preset, TrainConfig fields on top of it, the seeds, and the evaluation
-#: (``eval_windows`` validation windows of max(multipliers) x block_size tokens). ``cpu``: 16 variants
-#: x 3 seeds in about two hours on 2 cores (a run is 130-150 s there); ``quick``: a smoke test in
+#: (``eval_windows`` validation windows of max(multipliers) x block_size tokens). ``cpu``: 3 seeds of
+#: each variant (a run is 130-150 s on 2 cores; 16 variants took about two hours); ``quick``: a smoke test in
 #: minutes; ``test``: the unit tests'; ``owt-16m``: the study.
 SWEEP_PRESETS: dict[str, SweepPreset] = {
     "cpu": SweepPreset("cpu", dict(max_iters=800, batch_size=16, eval_interval=100, eval_iters=16), (0, 1, 2), 16),
@@ -45,11 +46,10 @@ SWEEP_PRESETS: dict[str, SweepPreset] = {
 
 
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog,
         description="Train every positional-encoding variant with the same data, seeds and initialisation; "
         "write tables, plots and results.json; optionally render docs/results.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--preset",
@@ -70,7 +70,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         nargs="+",
         choices=variant_names(),
         default=None,
-        help=f"default: {' '.join(DEFAULT_VARIANTS)}",
+        metavar="PE",
+        help=f"variants to train, of {', '.join(variant_names())} (default: {' '.join(DEFAULT_VARIANTS)})",
     )
     _study_flags(p)
     p.add_argument(
@@ -82,7 +83,11 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--why", default=None, help="with --revise: why the rows were retrained (shown on the page)")
     p.add_argument("--out", default=None, help="results folder; default: out/compare-<preset>")
-    p.add_argument("--device", default=None, help="device of the runs and of the evaluation")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device of the runs and of the evaluation (default: cuda when there is one, else cpu)",
+    )
     p.add_argument("--data-dir", default=None, help="prepared shards, passed to every run")
     p.add_argument("--data-files", nargs="+", default=None, help="local corpus files, passed to every run")
     p.add_argument(
@@ -112,7 +117,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _study_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
+    seeds = ", ".join(f"{name} {' '.join(map(str, preset.seeds))}" for name, preset in SWEEP_PRESETS.items())
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help=f"default: the preset's ({seeds})")
     p.add_argument(
         "--lrs", nargs="+", type=float, default=None, help="--study lr: the grid (default 1e-3 2e-3 4e-3 8e-3)"
     )
@@ -222,4 +228,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
-    return guarded(lambda: main(argv, prog))
+    return guarded(lambda: main(argv, prog), PLACEMENT_FLAGS)

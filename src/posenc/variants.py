@@ -36,13 +36,13 @@ RNOPE = ("rope", "rope", "rope", "nope")  # Command R7B/A, Llama 4 iRoPE
 COMPOSITES: dict[str, Variant] = {
     # RoPE + QK-norm: the QK-Norm baseline of the RNoPE paper
     "qknorm": Variant({"layer_pe": ROPE, "qk_norm": True}, "GPT QK Norm", "RoPE + QK-norm (RMS) on every layer"),
-    "rnope": Variant({"layer_pe": RNOPE}, "GPT RNOPE", "RoPE on three layers, NoPE on every fourth"),
+    "rnope": Variant({"layer_pe": RNOPE}, "GPT RNoPE", "RoPE on three layers, NoPE on every fourth"),
     "absolute_qknorm": Variant(
         {"input_pe": "absolute", "layer_pe": ("nope",), "qk_norm": True},
         "GPT + QK Norm",
         "learned absolute table + QK-norm (RMS)",
     ),
-    "nope_qknorm": Variant({"layer_pe": ("nope",), "qk_norm": True}, "GPT NOPE + QK Norm", "NoPE + QK-norm (RMS)"),
+    "nope_qknorm": Variant({"layer_pe": ("nope",), "qk_norm": True}, "GPT NoPE + QK Norm", "NoPE + QK-norm (RMS)"),
     # 2 KV heads for 4 query heads at the cpu and owt-16m widths
     "gqa": Variant(
         {"layer_pe": ROPE, "n_kv_head": 2}, "GPT GQA", "RoPE with grouped-query attention (half as many KV heads)"
@@ -64,18 +64,18 @@ COMPOSITES: dict[str, Variant] = {
     # RNoPE whose RoPE layers attend within a window of a quarter of the cpu context (128)
     "rnope_swa": Variant(
         {"layer_pe": RNOPE, "layer_window": (32, 32, 32, None)},
-        "GPT RNOPE-SWA",
+        "GPT RNoPE-SWA",
         "RNoPE whose RoPE layers attend within a 32-token window",
     ),
     # attention sinks (gpt-oss): one learned logit per head in the softmax's denominator
     "rope_sinks": Variant(
         {"layer_pe": ROPE, "attention_options": {"sinks": True}},
-        "GPT ROPE + sinks",
+        "GPT RoPE + sinks",
         "RoPE on every layer, attention sinks",
     ),
     "rnope_swa_sinks": Variant(
         {"layer_pe": RNOPE, "layer_window": (32, 32, 32, None), "attention_options": {"sinks": True}},
-        "GPT RNOPE-SWA + sinks",
+        "GPT RNoPE-SWA + sinks",
         "RNoPE-SWA with attention sinks on every layer",
     ),
 }
@@ -84,8 +84,8 @@ COMPOSITES: dict[str, Variant] = {
 _SINGLE: dict[str, tuple[str, str]] = {
     "absolute": ("GPT", "learned absolute position table (GPT-2)"),
     "sinusoidal": ("GPT Sinusoidal", "fixed sinusoidal table at the input"),
-    "nope": ("GPT NOPE", "no positional encoding"),
-    "rope": ("GPT ROPE", "RoPE on every layer"),
+    "nope": ("GPT NoPE", "no positional encoding"),
+    "rope": ("GPT RoPE", "RoPE on every layer"),
     "alibi": ("GPT ALiBi", "ALiBi distance bias on every layer"),
     "t5": ("GPT T5 bias", "T5 bucketed relative bias on every layer"),
     "kerple": ("GPT KERPLE", "KERPLE logarithmic bias on every layer"),

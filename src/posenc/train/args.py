@@ -9,16 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from posenc.block import MLPS
 from posenc.checkpoint import CheckpointError
 from posenc.config import PRESETS, GPTConfig
 from posenc.data import DataError
 from posenc.encodings import codes
+from posenc.flags import Parser, field_flags, name_flags
 from posenc.train.config import TRAIN_PRESETS, NonFiniteError, TrainConfig, resolve_device
 from posenc.train.run import RunSpec, build_spec
 from posenc.variants import variant_names
@@ -78,17 +82,47 @@ MODEL_FLAGS = {
 
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The flags of a pretraining run: a run preset fills every default, flags override it."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog,
         description="Pretrain a GPT with a chosen positional encoding (OpenWebText on GPU, embedded corpus on CPU).",
-        # defaults come from the run preset (printed in the run's first line), not from argparse
     )
     _run_flags(p)
     _model_flags(p)
     _data_flags(p)
     _optimisation_flags(p)
     _evaluation_and_logging_flags(p)
+    # the run preset fills every flag left out: help shows each preset's value
+    for action in p._actions:
+        shown = preset_defaults(action.dest)
+        if shown and action.help and "default" not in action.help:
+            action.help += f" (default: {shown})".replace("%", "%%")
     return p
+
+
+def preset_defaults(dest: str) -> str | None:
+    """What the run presets set ``dest``'s flag to: one value, or ``preset value`` for each preset
+    when they differ; None when the flag has no value unless given."""
+    values = {}
+    for name, preset in TRAIN_PRESETS.items():
+        if dest == "model":
+            values[name] = preset["model"]
+        elif dest in TRAIN_FLAGS:
+            values[name] = preset.get(TRAIN_FLAGS[dest], getattr(TrainConfig(), TRAIN_FLAGS[dest]))
+        elif dest in ("block_size", "dropout"):
+            values[name] = PRESETS[preset["model"]][dest]
+        else:
+            return None
+    if all(v is None or v is False for v in values.values()):
+        return None
+    if len(set(map(str, values.values()))) == 1:
+        return str(next(iter(values.values())))
+    return ", ".join(f"{name} {value}" for name, value in values.items())
+
+
+#: "TrainConfig.max_iters" / "GPTConfig.block_size" -> the train flag that sets it
+FIELD_FLAGS = field_flags("TrainConfig", TRAIN_FLAGS) | field_flags("GPTConfig", MODEL_FLAGS)
+#: the same for the flags of eval and compare that set a TrainConfig field of the same name
+PLACEMENT_FLAGS = field_flags("TrainConfig", {"device": "device", "data_dir": "data_dir", "data_files": "data_files"})
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
@@ -128,6 +162,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, default=None, help="seed of the initialisation and the data order")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved run (the preset, then the flags: run.json's content) and exit without training",
+    )
     g.add_argument(
         "--stop-at",
         type=int,
@@ -263,8 +302,8 @@ def _evaluation_and_logging_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sample-tokens", type=int, default=None, help="tokens per sample")
 
 
-#: flags that say which folder and device, and how to show progress: not part of what is trained
-_PLACEMENT_FLAGS = ("out_dir", "device", "resume", "no_progress", "stop_at")
+#: flags that say which folder and device, how to show progress, or to print the run only: not what is trained
+_PLACEMENT_FLAGS = ("out_dir", "device", "resume", "no_progress", "stop_at", "print_config")
 
 
 def configs_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[GPTConfig, TrainConfig]:
@@ -282,6 +321,8 @@ def plan_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[RunSp
     if args.resume and not given:
         if args.out_dir is None:
             raise ValueError("--resume needs --out-dir, the run folder to continue")
+        if args.device is not None:
+            resolve_device(args.device)
         try:
             config, cfg = resume_configs(args.out_dir, device=args.device, world_size=world_size)
         except CheckpointError:
@@ -309,7 +350,8 @@ def plan_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[RunSp
 
 def spec_from_args(args: argparse.Namespace, world_size: int = 1) -> RunSpec:
     """The run the flags ask for: the run preset, then the flags."""
-    preset = args.preset or ("owt-16m" if resolve_device(args.device or "auto").type == "cuda" else "cpu")
+    device = resolve_device(args.device or "auto")  # before any folder is made: a device this machine lacks
+    preset = args.preset or ("owt-16m" if device.type == "cuda" else "cpu")
     train = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     if args.data_files:
         train["data_files"] = tuple(args.data_files)
@@ -356,35 +398,73 @@ def rope_scaling_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
     return scaling | extra
 
 
-def run_train(args: argparse.Namespace, *, hooks: Any = None) -> int:
+def run_train(args: argparse.Namespace, *, hooks: Any = None, prog: str = "posenc train") -> int:
     """One run from parsed flags; the process exit code (128 + signal when stopped by one)."""
     from posenc.train import handle_stop_signals, train
 
     def go() -> int:
         world = int(os.environ.get("WORLD_SIZE", 1))
         spec, resume = plan_from_args(args, world_size=world)
+        if args.print_config:
+            print(json.dumps(spec.to_dict(), indent=1))
+            return 0
         with handle_stop_signals() as stop:
-            result = train(
-                spec.model,
-                spec.train,
-                resume=resume,
-                stop=stop,
-                stop_at=args.stop_at,
-                progress=not args.no_progress,
-                hooks=hooks,
-            )
-        return int(result["exit_code"]) if result and result.get("stopped") else 0
+            try:
+                result = train(
+                    spec.model,
+                    spec.train,
+                    resume=resume,
+                    stop=stop,
+                    stop_at=args.stop_at,
+                    progress=not args.no_progress,
+                    hooks=hooks,
+                )
+            except (RuntimeError, MemoryError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise ValueError(out_of_memory_message(spec)) from None
+        out, master = Path(spec.train.out_dir), os.environ.get("RANK", "0") == "0"
+        if result and result.get("stopped"):
+            if master:
+                print(f"continue with: {prog} --resume --out-dir {shlex.quote(str(out))}")
+            return int(result["exit_code"])
+        if result is not None:
+            files = [
+                name for name in ("curves.png", "summary.json", "samples.txt", "log.jsonl") if (out / name).exists()
+            ]
+            print(f"{out}: {', '.join(files)}")
+        return 0
 
-    return guarded(go)
+    return guarded(go, FIELD_FLAGS)
 
 
-def guarded(fn: Callable[[], int]) -> int:
+def is_out_of_memory(e: BaseException) -> bool:
+    """A device or host allocation failure (CUDA's ``OutOfMemoryError``, CPU's allocator error)."""
+    text = str(e)
+    return (
+        isinstance(e, (torch.OutOfMemoryError, MemoryError))
+        or "can't allocate memory" in text
+        or "out of memory" in text
+    )
+
+
+def out_of_memory_message(spec: RunSpec) -> str:
+    cfg, T = spec.train, spec.model.block_size
+    return (
+        f"out of memory on {cfg.device}: --batch-size {cfg.batch_size} x context {T} = "
+        f"{cfg.batch_size * T:,} tokens per micro-step; lower --batch-size and raise --grad-accum by the same "
+        f"factor to keep the {cfg.batch_size * cfg.grad_accum * T:,} tokens per step"
+    )
+
+
+def guarded(fn: Callable[[], int], flags: Mapping[str, str] | None = None) -> int:
     """``fn()``, with user errors turned into one ``error:`` line and exit code 2 (3 when the loss
-    became non-finite)."""
+    became non-finite). ``flags`` (``{"TrainConfig.max_iters": "--max-iters"}``) names the
+    command's flags in place of the config fields they set (:func:`posenc.flags.name_flags`)."""
     try:
         return fn()
     except (ValueError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {name_flags(str(e), flags or {})}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -91,6 +91,25 @@ class RunLog:
         self._sinks = []
 
 
+class Throughput:
+    """Tokens/s for the console, smoothed: an exponential moving average of the seconds per step
+    (averaging time, not rates, weighs a slow step by how long it took). The first step, which
+    holds warm-up and compilation, is shown alone and then dropped."""
+
+    def __init__(self, smoothing: float = 0.1) -> None:
+        self.smoothing, self.steps, self.seconds = smoothing, 0, None
+
+    def update(self, tokens_per_s: float) -> float:
+        """The smoothed tokens/s after a step measured at ``tokens_per_s`` (of a fixed token count)."""
+        self.steps += 1
+        seconds = 1.0 / tokens_per_s
+        if self.steps <= 2 or self.seconds is None:
+            self.seconds = seconds
+        else:
+            self.seconds += self.smoothing * (seconds - self.seconds)
+        return 1.0 / self.seconds
+
+
 class _TensorBoard:
     def __init__(self, run_dir: Path) -> None:
         try:

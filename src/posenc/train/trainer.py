@@ -76,6 +76,7 @@ class Trainer:
         self.device, self.dtype = device, resolve_dtype(cfg.dtype, device)
         self.use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.tokenizer = get_tokenizer(cfg.tokenizer)
+        self.t_session = time.time()
         self._setup_data(progress)
         self._setup_model(ckpt, init)
         self.run_log = runlog.RunLog(self.out_dir, start_step=self.step_count, enabled=dist.master, sinks=cfg.log_to)
@@ -126,6 +127,8 @@ class Trainer:
                 dist=self.dist,
                 where=self.out_dir,
             )
+        # the wall time of earlier sessions (a checkpoint of posenc 0.3 or before holds only their training time)
+        self.wall_before = self.stats.get("wall_s", self.stats["elapsed_s"])
         self.raw_model = model
         self.eval_model = torch.compile(model) if self.use_compile else model
         self.model = self.eval_model
@@ -232,6 +235,7 @@ class Trainer:
     def save(self) -> None:
         """Checkpoint the run (every rank's RNG, so dropout resumes exactly; a collective)."""
         rng = state.gather_rng(self.device, self.dist)
+        self.stats["wall_s"] = self.wall_before + time.time() - self.t_session
         if self.dist.master:
             data = {"data_dir": str(self.data_dir), "seed": self.cfg.seed, "next_step": self.step_count}
             save_checkpoint(
@@ -264,7 +268,7 @@ class Trainer:
             "val_loss": self.stats["last_val_loss"],
             "tokens": self.step_count * self.tokens_per_step,
             "steps": self.step_count,
-            "wall_time_s": wall_time_s,
+            "wall_time_s": self.wall_before + wall_time_s,
             "train_time_s": self.stats["elapsed_s"],
             "skipped_steps": self.stats["skipped_total"],
             "device": str(self.device),
@@ -290,8 +294,8 @@ class Trainer:
             stats["last_train_loss"] = train_avg
         record = {"step": self.step_count, "kind": "eval", "val_loss": val_loss, "train_loss": train_avg}
         self.run_log.write(record | {"tokens": self.step_count * self.tokens_per_step, "time_s": time.time() - t_run})
-        shown = train_avg if train_avg is None else round(train_avg, 4)
-        say(f"step {self.step_count}: train loss {shown}, val loss {val_loss:.4f}")
+        shown = "" if train_avg is None else f"train loss {train_avg:.4f}, "
+        say(f"step {self.step_count}: {shown}val loss {val_loss:.4f}")
 
     def run(self, stop: list[int], stop_at: int | None, progress: bool) -> int | None:
         """Train to ``max_iters``: None when done, or the exit code when stopped (a signal in
@@ -301,6 +305,9 @@ class Trainer:
         say = bar.write if bar is not None else self.log
         self.raw_model.train()
         t_run = time.time() - self.stats["elapsed_s"]
+        speed = runlog.Throughput()
+        if self.step_count:
+            say(f"resumed from step {self.step_count} of {cfg.max_iters}")
         try:
             while True:
                 if self.step_count % cfg.eval_interval == 0 or self.step_count == cfg.max_iters:
@@ -311,13 +318,15 @@ class Trainer:
                 self.run_log.write(record)
                 self.step_count += 1
                 self.stats["elapsed_s"] = time.time() - t_run
-                _report(bar, self.log, record, self.step_count, cfg)
+                _report(
+                    bar, self.log, record | {"tokens_per_s": speed.update(record["tokens_per_s"])}, self.step_count, cfg
+                )
                 stop_requested = stop_now or (stop_at is not None and self.step_count >= stop_at)
                 if self.step_count % cfg.checkpoint_interval == 0 or self.step_count == cfg.max_iters or stop_requested:
                     self.save()
                 if stop_requested:
                     signum = stop[0] if stop else (signal.SIGTERM if stop_now else None)  # another rank's signal
-                    self.log(f"stopped at step {self.step_count}; checkpoint in {self.out_dir} (continue with resume)")
+                    self.log(f"stopped at step {self.step_count} of {cfg.max_iters}; checkpoint in {self.out_dir}")
                     return 128 + signum if signum is not None else 0
         finally:
             if bar is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -197,10 +197,20 @@ def train_digits(
 
 
 def digits_study(
-    encodings: Sequence[str] = VISION_ENCODINGS, seeds: Sequence[int] = (0, 1, 2), **kwargs: Any
+    encodings: Sequence[str] = VISION_ENCODINGS,
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    on_run: Callable[[dict[str, Any], int, int], None] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Every encoding at every seed (:func:`train_digits`), with per-encoding means and spreads."""
-    runs = [train_digits(pe, s, **kwargs) for pe in encodings for s in seeds]
+    """Every encoding at every seed (:func:`train_digits`), with per-encoding means and spreads;
+    ``on_run(run, i, n)`` is called after each of the ``n`` runs (e.g. to show progress)."""
+    jobs = [(pe, s) for pe in encodings for s in seeds]
+    runs = []
+    for i, (pe, s) in enumerate(jobs):
+        runs.append(train_digits(pe, s, **kwargs))
+        if on_run is not None:
+            on_run(runs[-1], i + 1, len(jobs))
     sizes = list(runs[0]["accuracy"])
     summary = {}
     for pe in encodings:
@@ -255,31 +265,58 @@ def plot(results: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+QUICK_EPOCHS = 10  # --quick: enough to see every encoding learn and extrapolate, not to rank them
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``examples/vit_digits.py``: run :func:`digits_study`, write its JSON, table and figure."""
-    import argparse
     import json
     from pathlib import Path
 
+    from posenc.flags import Parser, positive_int
     from posenc.io import atomic_write
 
-    p = argparse.ArgumentParser(description="2-D positions in a small ViT on scikit-learn's 8x8 digits (offline)")
-    p.add_argument("--encodings", nargs="+", default=list(VISION_ENCODINGS), choices=VISION_ENCODINGS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p = Parser(
+        prog="examples/vit_digits.py", description="2-D positions in a small ViT on scikit-learn's 8x8 digits (offline)"
+    )
+    p.add_argument(
+        "--encodings",
+        nargs="+",
+        default=list(VISION_ENCODINGS),
+        choices=VISION_ENCODINGS,
+        metavar="PE",
+        help=f"of {', '.join(VISION_ENCODINGS)}",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per encoding and seed")
     p.add_argument(
         "--sizes", nargs="+", type=int, default=[8, 12, 16], help="test image sizes (px); the first is trained"
     )
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=positive_int, default=30, help="passes over the training images")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a check in under a minute: seed 0, {QUICK_EPOCHS} epochs, in out/vision-quick",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default="out/vision", help="folder for digits.json, table.md and accuracy.png")
+    p.add_argument(
+        "--out", default=None, help="folder for digits.json, table.md and accuracy.png (default: out/vision)"
+    )
     args = p.parse_args(argv)
     if args.sizes[0] != 8 or any(s % 2 for s in args.sizes):
         p.error(f"--sizes must start at the training size 8 and be even (patches of 2 px), got {args.sizes}")
+    if args.quick:
+        args.seeds, args.epochs = [0], QUICK_EPOCHS
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    results = digits_study(args.encodings, args.seeds, sizes=args.sizes, epochs=args.epochs)
+
+    def progress(run: dict[str, Any], i: int, n: int) -> None:
+        acc = " ".join(f"{size}px {value:.3f}" for size, value in run["accuracy"].items())
+        print(f"[{i}/{n}] {run['pe']} seed {run['seed']}: accuracy {acc} ({run['time_s']:.0f} s)", flush=True)
+
+    results = digits_study(args.encodings, args.seeds, sizes=args.sizes, epochs=args.epochs, on_run=progress)
     results |= {"epochs": args.epochs, "config": ViT.Config().to_dict(), "wall_time_s": time.time() - t0}
+    args.out = args.out or ("out/vision-quick" if args.quick else "out/vision")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "digits.json", json.dumps(results, indent=1))
