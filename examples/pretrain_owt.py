@@ -9,7 +9,7 @@ encoding. On a CUDA machine ``--preset owt-16m`` (the default there) is that run
     python examples/pretrain_owt.py --pe rope                       # picks the preset for the device
     torchrun --nproc_per_node=8 examples/pretrain_owt.py --pe rope  # DDP: same global batch, split by rank
     python examples/pretrain_owt.py --out-dir out/cpu-rope --resume # continue a run (from step 0 if it has no checkpoint)
-    python examples/pretrain_owt.py --pe rope --resume              # the same command starts or continues it
+    python examples/pretrain_owt.py --pe rope                       # the same command again continues it
     python examples/pretrain_owt.py --init-from out/cpu-rope --block-size 512 --max-iters 100 \\
         --out-dir out/cpu-rope-512                                  # fine-tune a trained run at a longer context
 
@@ -30,12 +30,13 @@ from posenc.train.args import plan_from_args
 def main() -> int:
     args = train_parser().parse_args()  # every flag: --help
     world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's; 1 for a plain run
-    spec, resume = plan_from_args(args, world_size=world)  # the preset and the flags, or the folder's saved run
+    spec, saved = plan_from_args(args, world_size=world)  # the preset and the flags, or the folder's saved run
     with handle_stop_signals() as stop:  # SIGTERM/SIGINT: checkpoint at the next step, then exit
         result = train(
             spec.model,
             spec.train,
-            resume=resume,
+            resume=saved,  # a bare --resume: the folder's own run
+            overwrite=args.overwrite,  # else a folder of the same run continues, another run is refused
             stop=stop,
             stop_at=args.stop_at,
             progress=not args.no_progress,
