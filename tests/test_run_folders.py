@@ -115,7 +115,7 @@ def test_a_data_dir_without_prepared_shards_is_refused_with_the_prepare_command(
     assert str(folder) in err and f"posenc prepare --dataset embedded --tokenizer bytes --out-dir {folder}" in err, err
     assert "Traceback" not in err
     assert (sorted(p.name for p in folder.iterdir()) == ["notes.txt"]) if kind == "unprepared" else not folder.exists()
-    assert not (tmp_path / "run" / "run.json").exists()  # nothing to resume or refuse later
+    assert not (tmp_path / "run").exists()  # no run folder to resume or refuse later
 
 
 def test_the_default_data_folder_is_prepared_on_first_use(tmp_path, monkeypatch):

@@ -118,6 +118,8 @@ def train(
     try:
         out_dir = Path(cfg.out_dir)
         cfg = cfg.replace(world_size=dist.world) if cfg.world_size != dist.world else cfg
+        if not out_dir.exists():
+            check_data_dir(cfg)  # a run refused for its data makes no folder
         with hold_folder(out_dir) if dist.master else contextlib.nullcontext():
             spec = RunSpec(config, cfg)
             what = plan_folder(out_dir, spec, overwrite=overwrite, resume=resume)
