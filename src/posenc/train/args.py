@@ -284,7 +284,7 @@ def plan_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[RunSp
     What the folder then does is :func:`posenc.train.loop.plan_folder`'s."""
     from posenc.train import resume_configs
 
-    if args.resume and getattr(args, "overwrite", False):
+    if args.resume and args.overwrite:
         raise ValueError("--resume continues the saved run and --overwrite deletes it: give one of them")
     given = [k for k, v in vars(args).items() if v is not None and k not in _PLACEMENT_FLAGS]
     if args.resume and not given:
