@@ -131,16 +131,29 @@ def test_length_extrapolation_stops_where_a_learned_table_ends():
 def test_length_extrapolation_is_token_losses_on_fixed_windows():
     model, tokens = tiny("alibi"), random_tokens(30_000, seed=5)
     out = length_extrapolation(model, tokens, block_size=T, windows=3, multipliers=(1, 2, 4), buckets=16)
-    windows = validation_windows(tokens, 4 * T, 3)
-    assert out["block_size"] == T and out["eval_tokens"] == 3 * 4 * T
+    windows = validation_windows(tokens, 16 * T, 3)  # 16 contexts long, whatever the multipliers
+    assert out["block_size"] == T and out["eval_tokens"] == 3 * 16 * T
     for m in (1, 2, 4):
         assert out["extrapolation"][str(m)] == token_losses(model, windows, m * T).mean().item()
     assert out["per_position"] == token_losses(model, windows, T).mean(0).tolist()
     assert out["per_position_long_width"] == 8 and len(out["per_position_long"]) == 16
     long = token_losses(model, windows, 4 * T).mean(0)
     assert out["per_position_long"] == long.view(16, 8).mean(1).tolist()
-    default = length_extrapolation(model, tokens, block_size=T, windows=1)
+    default = length_extrapolation(model, tokens, block_size=T, windows=3)
     assert list(default["extrapolation"]) == ["1", "2", "4", "8", "16"]
+    assert default["extrapolation"]["1"] == out["extrapolation"]["1"]
+
+
+def test_the_loss_at_1x_does_not_depend_on_the_other_multipliers():
+    model, tokens = Unigram(), random_tokens(30_000, seed=2)
+    alone = length_extrapolation(model, tokens, block_size=T, windows=4, multipliers=(1,))["extrapolation"]["1"]
+    for mults in [(1, 2), (1, 4, 16), (1, 2, 4, 8, 16)]:
+        got = length_extrapolation(model, tokens, block_size=T, windows=4, multipliers=mults)
+        assert got["extrapolation"]["1"] == alone, mults
+    # a multiplier that does not divide 16 asks for windows of its own length; a span they do not divide is refused
+    assert length_extrapolation(model, tokens, block_size=T, windows=4, multipliers=(1, 3))["eval_tokens"] == 4 * 3 * T
+    with pytest.raises(ValueError, match="span=8"):
+        length_extrapolation(model, tokens, block_size=T, windows=1, multipliers=(1, 16), span=8)
 
 
 @pytest.mark.parametrize("bad", [(1, 3, 4), (0, 1), (), (1.5,)])
@@ -216,8 +229,12 @@ def test_evaluate_checkpoint_evaluates_the_checkpoint_and_caches_it(run_dir):
     assert result["settings"] == {
         "eval_windows": 2,
         "multipliers": [1, 2, 4, 8, 16],
+        "span": 16,
         "buckets": 64,
         "checkpoint_sha256": manifest["sha256"],
+        "data_dir": str(run_dir["data"].resolve()),
+        "val_sha256": json.loads((run_dir["data"] / "meta.json").read_text())["splits"]["val"]["sha256"],
+        "dtype": "float32",
     }
     val = load_split(run_dir["data"], "val")
     direct = length_extrapolation(model, val, block_size=T, windows=2, multipliers=(1, 2, 4, 8, 16))
@@ -231,8 +248,40 @@ def test_evaluate_checkpoint_evaluates_the_checkpoint_and_caches_it(run_dir):
     # other settings: evaluated again
     shorter = evaluate_checkpoint(folder, windows=2, multipliers=(1, 2, 4))
     assert list(shorter["extrapolation"]) == ["1", "2", "4"] and shorter["eval_time_s"] >= 0
-    assert shorter["extrapolation"]["1"] != result["extrapolation"]["1"]  # shorter windows: other tokens
+    assert shorter["extrapolation"]["1"] == result["extrapolation"]["1"]  # the same windows: the same 1x
     assert all(math.isfinite(x) for x in shorter["extrapolation"].values())
+
+
+def test_a_cached_evaluation_serves_only_the_same_checkpoint_and_data(run_dir, tmp_path):
+    import shutil
+
+    from posenc.checkpoint import CheckpointError
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir["folder"], folder)
+    first = evaluate_checkpoint(folder, windows=1, multipliers=(1, 2))
+    # other validation data (another corpus): evaluated again, not served from the cache
+    other = prepare(
+        tmp_path / "other",
+        source="files",
+        data_files=[_docs(tmp_path)],
+        tokenizer="bytes",
+        val_fraction=0.2,
+        progress=False,
+    )
+    again = evaluate_checkpoint(folder, windows=1, multipliers=(1, 2), data_dir=other)
+    assert again["settings"]["data_dir"] == str(other.resolve()) and again["extrapolation"] != first["extrapolation"]
+    # a damaged checkpoint is refused as resume and export refuse it, cached numbers or not
+    ckpt = folder / json.loads((folder / "checkpoints.json").read_text())["latest"]
+    ckpt.write_bytes(ckpt.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        evaluate_checkpoint(folder, windows=1, multipliers=(1, 2), data_dir=other)
+
+
+def _docs(tmp_path) -> str:
+    from _data_helpers import write_jsonl
+
+    return str(write_jsonl(tmp_path / "docs.jsonl", [f"another corpus {i}: " + "xyz " * (i % 50) for i in range(4000)]))
 
 
 def test_evaluate_checkpoint_reads_another_data_dir(run_dir, tmp_path):

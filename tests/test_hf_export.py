@@ -7,6 +7,9 @@ mapping). What no family expresses is refused with each family's reason."""
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 from _hf_helpers import perturbed
@@ -130,7 +133,8 @@ def test_what_no_family_expresses_is_refused_with_every_reason(pe) -> None:
     with pytest.raises(ValueError, match="no Hugging Face family expresses") as e:
         posenc_model(dict(pe=pe)).to_hf()
     message = str(e.value)
-    assert all(f"{family}: " in message for family in EXPORTERS) and f"'{pe}'" in message
+    assert all(f"\n  {family}: " in message for family in EXPORTERS) and f"'{pe}'" in message  # one line each
+    assert len(message.splitlines()) == 1 + len(EXPORTERS)
 
 
 def test_a_qk_norm_eps_apart_from_the_block_norms_is_refused_by_qwen3() -> None:
@@ -157,6 +161,26 @@ def test_export_command_writes_a_folder_transformers_loads(data_dir, tmp_path, c
     ours = GPT.from_hf(hf)  # the checkpoint's weights, through the folder
     state = load_checkpoint(run)["model"]
     assert state and all(torch.equal(ours.state_dict()[k], v) for k, v in state.items())
+    # the folder follows the umask (not mkdtemp's 0700), and holds the run's byte-level tokenizer
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "hf").stat().st_mode) == 0o777 & ~umask
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "def foo(x):\n\treturn 'héllo' + x  # 日本"
+    assert tokenizer.encode(text, add_special_tokens=False) == list(text.encode()) and len(tokenizer) == 256
+    assert tokenizer.decode(tokenizer.encode(text)) == text
     # an existing folder is never overwritten
     assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_gpt2_tokenizer_written_beside_a_model_gives_tiktokens_ids(gpt2_cache, tmp_path) -> None:
+    from posenc.data import get_tokenizer
+    from posenc.hf.export import save_hf
+
+    save_hf(posenc_model(dict(pe="absolute", bias=True)).to_hf(), tmp_path / "hf", tokenizer="gpt2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "The quick brown fox's 1234 jumps\n\n  over  déjà vu -- 日本語 <tags> '''docs'''\tdef foo(): pass"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert ids == get_tokenizer("gpt2").encode(text) and tokenizer.decode(ids) == text
+    assert len(tokenizer) == 50257 and tokenizer.eos_token_id == 50256

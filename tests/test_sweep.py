@@ -196,7 +196,8 @@ def test_a_folder_trained_with_other_settings_is_refused(swept, capsys):
         str(swept["data"]),
     ]
     assert compare.run(argv) == 2
-    assert "trained with other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trained with other settings" in err and "\n  model.n_embd: 32 != 128\n" in err, err  # one line per field
 
 
 def test_from_needs_render():

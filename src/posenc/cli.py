@@ -215,8 +215,9 @@ def run_export(args: argparse.Namespace) -> int:
     from posenc.model import GPT
 
     def go() -> int:
-        hf = GPT.from_checkpoint(load_checkpoint(args.run_dir, map_location="cpu")).eval().to_hf()
-        save_hf(hf, args.hf)
+        ckpt = load_checkpoint(args.run_dir, map_location="cpu")
+        hf = GPT.from_checkpoint(ckpt).eval().to_hf()
+        save_hf(hf, args.hf, tokenizer=ckpt["train_config"].get("tokenizer"))
         print(f"wrote {args.hf}: {hf.config.model_type} ({type(hf).__name__})")
         return 0
 

@@ -14,6 +14,9 @@ Conventions:
 - A *context* of ``c`` tokens cuts each window into rows of ``c`` tokens, each row one full forward
   from position 0 (no KV cache). Every context scores the same target tokens: a longer context
   only sees more history for most of them.
+- The windows of :func:`length_extrapolation` are ``span`` training contexts long whatever
+  multipliers are asked for (16 when every multiplier divides 16), so the loss at 1x does not
+  depend on which other contexts are evaluated beside it.
 - A learned absolute table has no vectors past its length (``model.wpe.max_positions``); contexts
   beyond it are reported as ``None``, not evaluated.
 """
@@ -38,6 +41,8 @@ from posenc.io import atomic_write
 
 #: The context multipliers ``evaluate_checkpoint`` caches by default (the comparison's settings).
 MULTIPLIERS: tuple[int, ...] = (1, 2, 4, 8, 16)
+#: The window length, in training contexts, of every evaluation whose multipliers divide it.
+SPAN = 16
 
 
 def _device_of(model: Any) -> torch.device:
@@ -180,6 +185,15 @@ def validation_loss(
     return (total / iters).item()
 
 
+def default_span(multipliers: Sequence[int]) -> int:
+    """The window length, in training contexts, of an evaluation at ``multipliers``: :data:`SPAN`
+    when every multiplier divides it, else the largest multiplier."""
+    mults = list(multipliers)
+    if not mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mults):
+        raise ValueError(f"multipliers must be positive ints, got {multipliers!r}")
+    return SPAN if all(SPAN % m == 0 for m in mults) else max(mults)
+
+
 def length_extrapolation(
     model: Any,
     tokens: np.ndarray,
@@ -191,9 +205,11 @@ def length_extrapolation(
     batch_tokens: int = 16384,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    span: int | None = None,
 ) -> dict[str, Any]:
     """Loss at contexts of ``m * block_size`` tokens for each ``m`` in ``multipliers``, over the same
-    ``windows`` validation windows of ``max(multipliers) * block_size`` tokens.
+    ``windows`` validation windows of ``span * block_size`` tokens (``span``: :data:`SPAN` when every
+    multiplier divides it, else the largest multiplier; each multiplier must divide it).
 
     Returns ``block_size``; ``eval_tokens`` (the target tokens scored at every context);
     ``extrapolation`` ({str(m): mean loss, or None past the model's position table});
@@ -203,14 +219,13 @@ def length_extrapolation(
     reach) and ``per_position_long_width``.
     """
     mults = list(multipliers)
-    if not mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mults):
-        raise ValueError(f"multipliers must be positive ints, got {multipliers!r}")
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
+    span = default_span(mults) if span is None else span
+    if any(span % m for m in mults):
+        raise ValueError(f"every context multiplier must divide span={span}, got multipliers {tuple(multipliers)}")
     T, longest = block_size, max(mults) * block_size
-    if any(longest % (m * T) for m in mults):
-        raise ValueError(f"every context multiplier must divide the largest one, got {tuple(multipliers)}")
-    win = validation_windows(tokens, longest, windows)
+    win = validation_windows(tokens, span * T, windows)
     table = max_positions(model)
     width = max(1, longest // buckets)
     extrapolation: dict[str, float | None] = {}
@@ -227,7 +242,7 @@ def length_extrapolation(
             per_position_long = _bucket_means(losses, width)
     return {
         "block_size": T,
-        "eval_tokens": int(win.shape[0] * longest),
+        "eval_tokens": int(win.shape[0] * span * T),
         "extrapolation": extrapolation,
         "per_position": per_position,
         "per_position_long": per_position_long,
@@ -248,23 +263,34 @@ def evaluate_checkpoint(
     """:func:`length_extrapolation` of the latest checkpoint of a training run folder, on the
     validation split it was trained with (or ``data_dir``), in the run's dtype.
 
-    The result is cached in ``run_dir/eval.json`` with its ``settings`` (windows, multipliers,
-    buckets and the checkpoint's sha256) and ``eval_time_s``; a cache whose settings match is
-    returned without evaluating.
+    The checkpoint is loaded (its size and sha256 checked) first: a damaged one raises
+    :class:`~posenc.checkpoint.CheckpointError`, cached numbers or not. The result is cached in
+    ``run_dir/eval.json`` with its ``settings`` (windows, multipliers, span, buckets, the
+    checkpoint's sha256, the validation data and its sha256, the dtype) and ``eval_time_s``; a
+    cache is returned without evaluating only when all of its settings match.
     """
     from posenc.checkpoint import load_checkpoint, read_manifest
-    from posenc.data import load_split
+    from posenc.data import load_split, read_meta
     from posenc.devices import resolve_dtype
     from posenc.model import GPT
 
     folder = Path(run_dir)
     device = torch.device(device)
-    manifest = read_manifest(folder)
+    t0 = time.time()
+    ckpt = load_checkpoint(folder, map_location="cpu")
+    model = GPT.from_checkpoint(ckpt)
+    config = model.config
+    dtype = resolve_dtype(ckpt["train_config"]["dtype"], device)
+    source = Path(ckpt["data"]["data_dir"] if data_dir is None else data_dir)
     settings = {
         "eval_windows": windows,
         "multipliers": list(multipliers),
+        "span": default_span(multipliers),
         "buckets": buckets,
-        "checkpoint_sha256": manifest["sha256"] if manifest else None,
+        "checkpoint_sha256": read_manifest(folder)["sha256"],
+        "data_dir": str(source.resolve()),
+        "val_sha256": read_meta(source)["splits"]["val"].get("sha256"),
+        "dtype": str(dtype).removeprefix("torch."),
     }
     cache = folder / "eval.json"
     if cache.exists():
@@ -274,15 +300,8 @@ def evaluate_checkpoint(
             saved = {}
         if saved.get("settings") == settings:
             return saved
-    t0 = time.time()
-    ckpt = load_checkpoint(folder, map_location="cpu")
-    model = GPT.from_checkpoint(ckpt)
-    config = model.config
     model.to(device).eval()
-    dtype = resolve_dtype(ckpt["train_config"]["dtype"], device)
-    longest = max(multipliers) * config.block_size
-    source = ckpt["data"]["data_dir"] if data_dir is None else data_dir
-    val = load_split(source, "val", vocab_size=config.vocab_size, block_size=longest)
+    val = load_split(source, "val", vocab_size=config.vocab_size, block_size=settings["span"] * config.block_size)
     result = length_extrapolation(
         model,
         val,
@@ -293,6 +312,7 @@ def evaluate_checkpoint(
         batch_tokens=batch_tokens,
         device=device,
         dtype=dtype,
+        span=settings["span"],
     )
     result = {"settings": settings, **result, "eval_time_s": time.time() - t0}
     atomic_write(cache, json.dumps(result))

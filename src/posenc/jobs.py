@@ -126,8 +126,14 @@ def plan_run(folder: Path, spec: RunSpec) -> bool:
     other settings is refused rather than mixed into the comparison. Saves the spec when it will train."""
     saved = saved_spec(folder) if folder.exists() else None
     if saved is not None and saved.identity() != spec.identity():
-        diff = "; ".join(saved.differences(spec)[:6])
-        raise ValueError(f"{folder} was trained with other settings ({diff}); use another --out or remove it")
+        diff = saved.differences(spec)
+        shown = "".join(f"\n  {line}" for line in diff[:8]) + (
+            f"\n  ... and {len(diff) - 8} more" if len(diff) > 8 else ""
+        )
+        raise ValueError(
+            f"{folder} was trained with other settings (saved != asked now):{shown}\n"
+            "Give another --out, or move that folder away to train it again"
+        )
     if read_summary(folder) is not None or (folder / DIVERGED).exists():
         return False
     spec.save(folder)  # the same run; its placement (device) as asked now

@@ -9,8 +9,14 @@ in reverse: every parameter of the Hugging Face model is filled with its element
 and each posenc tensor says which Hugging Face element each of its elements came from.
 
 A model that no family expresses (FIRE, KERPLE, T5's bias, a layer pattern no family has) is
-refused with each family tried and why it does not fit. Which posenc configuration goes to which
-family is listed in docs/models.md.
+refused with each family tried and why it does not fit, one per line. Which posenc configuration
+goes to which family is listed in docs/models.md.
+
+:func:`hf_tokenizer` is the run's tokenizer as a Hugging Face fast tokenizer, built offline: GPT-2's
+byte-level BPE from tiktoken's ``r50k_base`` ranks (the vocabulary, and merges derived from the
+ranks as transformers' tiktoken conversion derives them), or a byte-level tokenizer whose ids are
+the UTF-8 bytes. :func:`save_hf` writes it beside the model, so ``AutoTokenizer.from_pretrained``
+round-trips text.
 """
 
 from __future__ import annotations
@@ -240,8 +246,8 @@ def to_hf(model: Any) -> Any:
         hf = _transformers().AutoModelForCausalLM.from_config(hf_config)
         hf.load_state_dict(weights | {k: v for k, v in hf.state_dict().items() if k not in weights}, strict=True)
         return hf.eval()
-    tried = "; ".join(f"{family}: {reason}" for family, reason in why.items())
-    raise ValueError(f"to_hf: no Hugging Face family expresses this model ({model.config.describe()}); tried {tried}")
+    tried = "".join(f"\n  {family}: {reason}" for family, reason in why.items())
+    raise ValueError(f"to_hf: no Hugging Face family expresses this model ({model.config.describe()}); tried:{tried}")
 
 
 def _weights(model: Any, family: str, hf_config: Any) -> dict[str, Tensor]:
@@ -344,18 +350,69 @@ def _diff(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(path, a, b)]
 
 
-def save_hf(hf: Any, out_dir: str | os.PathLike) -> None:
-    """``hf.save_pretrained`` into a new or empty folder that appears whole or not at all."""
+def save_hf(hf: Any, out_dir: str | os.PathLike, tokenizer: Any = None) -> None:
+    """``hf.save_pretrained`` (and ``tokenizer.save_pretrained``: a tokenizer, or a posenc tokenizer
+    name for :func:`hf_tokenizer`) into a new or empty folder that appears whole or not at all, with
+    the permissions of the process's umask."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"export: {out} already exists and is not an empty folder; give a new one")
+    if isinstance(tokenizer, str):
+        tokenizer = hf_tokenizer(tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))  # made 0700: private until renamed
     try:
         hf.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
         if out.exists():
             out.rmdir()
         replace_durably(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def hf_tokenizer(name: str) -> Any:
+    """posenc's tokenizer ``name`` (``"gpt2"`` or ``"bytes"``) as a Hugging Face fast tokenizer that
+    gives the same ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from posenc.data import get_tokenizer
+
+    ours = get_tokenizer(name)  # refuses an unknown name
+    chars = _bytes_to_unicode()
+    spell = lambda token: "".join(chars[b] for b in token)  # noqa: E731
+    if name == "bytes":  # ids are bytes; EOT is byte 0, an ordinary character here
+        vocab, merges, eos = {chars[b]: b for b in range(256)}, [], {}
+    else:
+        ranks = {ours._enc.decode_single_token_bytes(i): i for i in range(ours.eot)}
+        vocab, merges = {spell(t): r for t, r in ranks.items()}, _merges(ranks)
+        merges = [(spell(a), spell(b)) for a, b in merges]
+        eos = dict.fromkeys(("bos_token", "eos_token", "unk_token"), "<|endoftext|>")
+    tok = Tokenizer(models.BPE(vocab, merges, fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=name != "bytes")  # GPT-2's split
+    tok.decoder = decoders.ByteLevel()
+    if eos:
+        tok.add_special_tokens([eos["eos_token"]])  # the id after the ranks: GPT-2's 50256
+    return _transformers().PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **eos)
+
+
+def _merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """BPE merges from tiktoken ranks: each token of two or more bytes is made of the two pieces (in
+    the vocabulary) that split it, ordered by the token's rank, then by the pieces' ranks."""
+    merges = []
+    for token, rank in ranks.items():
+        pieces = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += [(rank, ranks[a], ranks[b], a, b) for a, b in pieces]
+    return [(a, b) for *_, a, b in sorted(merges)]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (byte-level BPE's alphabet)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return {b: chr(b) if b in keep else chr(next(extra)) for b in range(256)}

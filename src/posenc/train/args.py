@@ -24,7 +24,7 @@ from posenc.data import DataError
 from posenc.encodings import codes
 from posenc.flags import Parser, field_flags, name_flags
 from posenc.train.config import TRAIN_PRESETS, NonFiniteError, TrainConfig, resolve_device
-from posenc.train.run import RunSpec, build_spec
+from posenc.train.run import LOCK_NAME, RunSpec, build_spec
 from posenc.variants import variant_names
 
 #: flag -> TrainConfig field
@@ -137,9 +137,14 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out-dir: from its latest checkpoint, or from step 0 when it was killed before "
-        "its first one. Alone (with --out-dir, optionally --device) it reruns the saved run (run.json); with the "
-        "run's flags it starts the run when the folder is new and refuses a folder started with other settings",
+        help="continue the run saved in --out-dir (run.json): alone (with --out-dir, optionally --device) it needs "
+        "no other flag. Without it the same command continues too: a folder holding the same run resumes from its "
+        "latest checkpoint (or from step 0 when it has none), a finished one prints its summary, another run is refused",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run saved in --out-dir (checkpoints, logs, summary) and start this one there",
     )
     g.add_argument(
         "--init-from",
@@ -303,7 +308,7 @@ def _evaluation_and_logging_flags(p: argparse.ArgumentParser) -> None:
 
 
 #: flags that say which folder and device, how to show progress, or to print the run only: not what is trained
-_PLACEMENT_FLAGS = ("out_dir", "device", "resume", "no_progress", "stop_at", "print_config")
+_PLACEMENT_FLAGS = ("out_dir", "device", "resume", "overwrite", "no_progress", "stop_at", "print_config")
 
 
 def configs_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[GPTConfig, TrainConfig]:
@@ -314,9 +319,12 @@ def configs_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[GP
 
 
 def plan_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[RunSpec, bool]:
-    """(the run the flags ask for, whether to resume it). See ``--resume``'s help."""
+    """(the run the flags ask for, whether it is the run saved in ``--out-dir``: a bare ``--resume``).
+    What the folder then does is :func:`posenc.train.loop.plan_folder`'s."""
     from posenc.train import resume_configs
 
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the saved run and --overwrite deletes it: give one of them")
     given = [k for k, v in vars(args).items() if v is not None and k not in _PLACEMENT_FLAGS]
     if args.resume and not given:
         if args.out_dir is None:
@@ -326,26 +334,14 @@ def plan_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[RunSp
         try:
             config, cfg = resume_configs(args.out_dir, device=args.device, world_size=world_size)
         except CheckpointError:
-            if Path(args.out_dir).exists() and any(Path(args.out_dir).iterdir()):
+            if Path(args.out_dir).exists() and any(p.name != LOCK_NAME for p in Path(args.out_dir).iterdir()):
                 raise
             raise ValueError(
                 f"--resume: {args.out_dir} holds no saved run (no run.json, no checkpoint); start it with "
                 f"`posenc train --out-dir {args.out_dir} <the run's flags>`, or give those flags with --resume"
             ) from None
         return RunSpec(config, cfg), True
-    spec = spec_from_args(args, world_size)
-    if args.resume:
-        try:
-            saved = RunSpec(*resume_configs(spec.train.out_dir, world_size=world_size))
-        except CheckpointError:
-            saved = None  # a new folder: the run starts, and can be resumed from now on
-        if saved is not None and saved.identity() != spec.identity():
-            diff = "; ".join(saved.differences(spec)[:6])
-            raise ValueError(
-                f"--resume: {spec.train.out_dir} was started with other settings ({diff}); drop the flags to "
-                "continue it as it was, or use another --out-dir"
-            )
-    return spec, bool(args.resume)
+    return spec_from_args(args, world_size), False
 
 
 def spec_from_args(args: argparse.Namespace, world_size: int = 1) -> RunSpec:
@@ -414,6 +410,7 @@ def run_train(args: argparse.Namespace, *, hooks: Any = None, prog: str = "posen
                     spec.model,
                     spec.train,
                     resume=resume,
+                    overwrite=args.overwrite,
                     stop=stop,
                     stop_at=args.stop_at,
                     progress=not args.no_progress,

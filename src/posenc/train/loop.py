@@ -2,10 +2,11 @@
 work itself is :class:`~posenc.train.trainer.Trainer`'s), and what makes a run resumable.
 
 A run folder holds ``run.json`` (its :class:`~posenc.train.run.RunSpec`, written as soon as the run
-starts), checkpoints (``ckpt-*.pt`` behind ``checkpoints.json``), ``log.jsonl`` and, when done,
-``summary.json``. ``train(..., resume=True)`` continues from the latest checkpoint, or starts from
-step 0 when the run was killed before its first one; :func:`resume_configs` reads the configs a
-folder was started with.
+starts), checkpoints (``ckpt-*.pt`` behind ``checkpoints.json``), ``log.jsonl``, ``run.lock`` and,
+when done, ``summary.json``. ``train()`` on a folder that holds the same run continues it from the
+latest checkpoint, or from step 0 when the run was killed before its first one, and leaves a
+finished one as it is (:func:`plan_folder`); :func:`resume_configs` reads the configs a folder was
+started with.
 
 Stopping: when ``stop`` (a list that a signal handler appends the signal number to; see
 :func:`handle_stop_signals`) becomes non-empty, the loop finishes the current step on every rank,
@@ -24,13 +25,23 @@ from typing import Any
 
 from posenc.checkpoint import CheckpointError, read_manifest
 from posenc.config import GPTConfig
+from posenc.devices import resolve_device, resolve_dtype
 from posenc.train import state
 from posenc.train.config import TrainConfig
 from posenc.train.distributed import Dist
-from posenc.train.run import RunSpec
-from posenc.train.trainer import Trainer, data_dir_of, generate_samples
+from posenc.train.run import SPEC_NAME, RunSpec, clear_run, hold_folder, refuse_another_run
+from posenc.train.runlog import read_summary
+from posenc.train.trainer import Trainer, check_data_dir, data_dir_of, generate_samples
 
-__all__ = ["data_dir_of", "generate_samples", "handle_stop_signals", "has_checkpoint", "resume_configs", "train"]
+__all__ = [
+    "data_dir_of",
+    "generate_samples",
+    "handle_stop_signals",
+    "has_checkpoint",
+    "plan_folder",
+    "resume_configs",
+    "train",
+]
 
 
 @contextlib.contextmanager
@@ -60,11 +71,31 @@ def has_checkpoint(run_dir: str | Path) -> bool:
         return True
 
 
+def plan_folder(out_dir: str | Path, spec: RunSpec, *, overwrite: bool = False, resume: bool = False) -> str:
+    """What training ``spec`` in ``out_dir`` does: ``"start"`` (a folder holding no run),
+    ``"overwrite"`` (``overwrite`` and a folder holding a run), ``"resume"`` (the same run, unfinished:
+    from its latest checkpoint, or from step 0 when it has none) or ``"finished"`` (the same run, done).
+    A folder of another run is refused (:func:`~posenc.train.run.refuse_another_run`), unless
+    ``resume`` says that ``spec`` continues it (``"resume"``). Reads only."""
+    out_dir = Path(out_dir)
+    if not (out_dir / SPEC_NAME).exists() and not has_checkpoint(out_dir):
+        return "start"
+    if overwrite:
+        return "overwrite"
+    saved = RunSpec(*resume_configs(out_dir, world_size=spec.train.world_size))
+    if saved.identity() != spec.identity():
+        if not resume:
+            refuse_another_run(out_dir, saved, spec)
+        return "resume"
+    return "finished" if read_summary(out_dir) is not None else "resume"
+
+
 def train(
     config: GPTConfig,
     cfg: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop: list[int] | None = None,
     stop_at: int | None = None,
     progress: bool = True,
@@ -72,51 +103,85 @@ def train(
     log: Any = print,
 ) -> dict[str, Any] | None:
     """Train ``config`` as ``cfg`` says, in ``cfg.out_dir``; the summary (rank 0; None on other
-    ranks), or ``{"stopped": True, "exit_code", "step"}`` when stopped early. With ``resume`` the
-    run continues from its latest checkpoint -- written with these configs (see
-    :func:`resume_configs`) -- or starts from step 0 when it has none yet."""
+    ranks), or ``{"stopped": True, "exit_code", "step"}`` when stopped early.
+
+    The folder decides (:func:`plan_folder`): a new one starts; one holding the same run continues
+    from its latest checkpoint (or from step 0 when it has none), and a finished one is left as it is
+    (its summary is logged and returned with ``"finished": True``); one holding another run is
+    refused, or, with ``overwrite``, its run's files are deleted and the run starts. ``resume`` says
+    that these configs continue the folder's run even where they differ from the saved ones (more
+    steps, another data folder: the configs of :func:`resume_configs`, changed); its ``run.json``
+    then becomes these. One process at a time trains in a folder
+    (:func:`~posenc.train.run.hold_folder`)."""
     t_start = time.time()
     stop = [] if stop is None else stop
     dist = Dist.from_env(cfg.device)
     try:
         out_dir = Path(cfg.out_dir)
-        # checkpoints first: a damaged one is refused before any data is prepared
-        ckpt = state.load_run(out_dir) if resume and has_checkpoint(out_dir) else None
-        init = state.load_run(cfg.init_from)["model"] if cfg.init_from is not None and ckpt is None else None
-        if dist.master and not (resume and RunSpec.load(out_dir) is not None):
-            # the spec first of all: a run killed at any later moment can be resumed
-            RunSpec(config, cfg.replace(world_size=dist.world) if cfg.world_size != dist.world else cfg).save(out_dir)
-        trainer = Trainer(
-            config,
-            cfg,
-            dist,
-            ckpt=ckpt,
-            init=init,
-            progress=progress,
-            hooks=hooks,
-            log=log if dist.master else _quiet,
-        )
-        del ckpt, init
-        trainer.log(trainer.describe())
-        code = trainer.run(stop, stop_at, progress)
-        if code is not None:
-            return {"stopped": True, "exit_code": code, "step": trainer.step_count}
-        summary = _finish(trainer, time.time() - t_start) if dist.master else None
-        dist.barrier()  # keep every rank in the group until rank 0 has written its summary
-        return summary
+        cfg = cfg.replace(world_size=dist.world) if cfg.world_size != dist.world else cfg
+        resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # a device or dtype the machine lacks: refused first
+        if not out_dir.exists():  # a run refused for what it reads makes no folder
+            if cfg.init_from is not None and not Path(cfg.init_from).exists():
+                raise CheckpointError(cfg.init_from, "does not exist: --init-from takes a run folder or a checkpoint")
+            check_data_dir(cfg)
+        with hold_folder(out_dir) if dist.master else contextlib.nullcontext():
+            spec = RunSpec(config, cfg)
+            what = plan_folder(out_dir, spec, overwrite=overwrite, resume=resume)
+            dist.barrier()  # every rank has read the folder before rank 0 changes it
+            if what == "finished":
+                summary = read_summary(out_dir) if dist.master else None
+                if summary is not None:
+                    log(f"{out_dir} holds this run, finished; nothing to do (--overwrite trains it again)")
+                    _log_summary(summary, out_dir, log)
+                    summary = summary | {"finished": True}
+                return summary
+            # what can be refused first, before anything is written: the data folder, a damaged checkpoint
+            check_data_dir(cfg)
+            ckpt = state.load_run(out_dir) if what == "resume" and has_checkpoint(out_dir) else None
+            init = state.load_run(cfg.init_from)["model"] if cfg.init_from is not None and ckpt is None else None
+            if dist.master:
+                if what == "overwrite":
+                    clear_run(out_dir)
+                saved = RunSpec.load(out_dir) if what == "resume" else None
+                if saved is None or saved.identity() != spec.identity():
+                    # the spec before any data is prepared: a run killed at any later moment can be resumed
+                    spec.save(out_dir)
+            dist.barrier()
+            trainer = Trainer(
+                config,
+                cfg,
+                dist,
+                ckpt=ckpt,
+                init=init,
+                progress=progress,
+                hooks=hooks,
+                log=log if dist.master else _quiet,
+            )
+            del ckpt, init
+            trainer.log(trainer.describe())
+            code = trainer.run(stop, stop_at, progress)
+            if code is not None:
+                return {"stopped": True, "exit_code": code, "step": trainer.step_count}
+            summary = _finish(trainer, time.time() - t_start) if dist.master else None
+            dist.barrier()  # keep every rank in the group until rank 0 has written its summary
+            return summary
     finally:
         dist.close()
 
 
 def _finish(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
     summary = trainer.summarize(wall_time_s)
-    trainer.log(
+    _log_summary(summary, trainer.out_dir, trainer.log)
+    return summary
+
+
+def _log_summary(summary: dict[str, Any], out_dir: Path, log: Any) -> None:
+    log(
         f"done: train loss {summary['train_loss']:.4f} | val loss {summary['val_loss']:.4f} | "
-        f"{summary['tokens']:,} tokens | {summary['wall_time_s']:.0f} s | {trainer.out_dir}"
+        f"{summary['tokens']:,} tokens | {summary['wall_time_s']:.0f} s | {out_dir}"
     )
     for s in summary["samples"]:
-        trainer.log("--- sample ---\n" + s)
-    return summary
+        log("--- sample ---\n" + s)
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
@@ -127,7 +192,7 @@ def resume_configs(
     run_dir: str | Path, *, device: str | None = None, world_size: int | None = None
 ) -> tuple[GPTConfig, TrainConfig]:
     """The configs a run folder was started with -- its ``run.json``, or, for folders of posenc 0.1-0.2,
-    its latest checkpoint -- to pass to ``train(..., resume=True)``; ``device`` and ``world_size``
+    its latest checkpoint -- to pass to ``train()``; ``device`` and ``world_size``
     may change between sessions. A folder with neither raises :class:`CheckpointError`."""
     spec = RunSpec.load(run_dir)
     if spec is None:

@@ -9,14 +9,22 @@ and a folder started with other settings is recognised as such (:meth:`RunSpec.d
 ``run.json`` is what makes a run resumable at any moment: ``posenc train --resume --out-dir DIR``
 continues from the latest checkpoint, or starts from step 0 with the saved spec when the run was
 killed before its first checkpoint.
+
+One process at a time trains in a folder: :func:`hold_folder` takes an exclusive ``fcntl.flock`` on
+``run.lock`` there (with the holder's pid in it while held), which the operating system releases
+when the process ends, however it ends -- a killed run leaves no stale lock. :func:`refuse_another_run`
+words the refusal of a folder that holds another run; :func:`clear_run` removes a run's files
+(``--overwrite``), nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +33,29 @@ from posenc.config import PRESETS, GPTConfig
 from posenc.io import atomic_write
 from posenc.train.config import TRAIN_PRESETS, TrainConfig
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are not locked
+    fcntl = None
+
 SPEC_NAME = "run.json"
+LOCK_NAME = "run.lock"
 RUN_FORMAT = 1
+#: What a run writes in its folder (files and folders): what ``clear_run`` removes.
+RUN_FILES: tuple[str, ...] = (
+    SPEC_NAME,
+    "checkpoints.json",
+    "ckpt-*.pt",
+    "log.jsonl",
+    "summary.json",
+    "samples.txt",
+    "curves.png",
+    "eval.json",
+    "diverged.json",
+    "train.out",
+    "tensorboard",
+    "wandb",
+)
 #: TrainConfig fields that say where and on what a run trains, not what: outside its identity.
 PLACEMENT: tuple[str, ...] = ("out_dir", "device")
 
@@ -114,6 +143,66 @@ def build_spec(
     if tokenizer_vocab > vocab:
         vocab = 64 * -(-tokenizer_vocab // 64)
     return RunSpec(GPTConfig.from_preset(model_preset, **({"vocab_size": vocab} | model)), cfg)
+
+
+class FolderInUse(ValueError):
+    """Another process trains in this run folder."""
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold ``folder`` (created if new) for this process while inside; a folder another process
+    holds is refused at once with :class:`FolderInUse`, naming it and the holder's pid."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "(pid not yet written)"
+            raise FolderInUse(
+                f"{folder} is in use by process {pid}, which trains in it now; wait for it to end or stop it "
+                "(it checkpoints on SIGTERM), or use another --out-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # the file names a holder only while held
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def refuse_another_run(folder: str | os.PathLike, saved: RunSpec, asked: RunSpec) -> None:
+    """Raise a ValueError when ``folder``, which holds ``saved``, is asked to train ``asked``, another
+    run: the fields that differ (saved != asked), one per line, and the ways on."""
+    if saved.identity() == asked.identity():
+        return
+    diff = saved.differences(asked)
+    shown = "\n".join(f"  {line}" for line in diff[:8]) + (f"\n  ... and {len(diff) - 8} more" if len(diff) > 8 else "")
+    raise ValueError(
+        f"{folder} was started with other settings (saved != asked now):\n{shown}\n"
+        f"To continue the saved run: posenc train --resume --out-dir {folder}\n"
+        "To train the new settings: give another --out-dir, or --overwrite to delete the saved run and start again"
+    )
+
+
+def clear_run(folder: str | os.PathLike) -> list[str]:
+    """Remove the files a run wrote in ``folder`` (:data:`RUN_FILES`; other files stay); their names."""
+    removed = []
+    for pattern in RUN_FILES:
+        for path in sorted(Path(folder).glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def _differences(a: Any, b: Any, path: str) -> list[str]:

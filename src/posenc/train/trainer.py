@@ -27,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from posenc.checkpoint import save_checkpoint
 from posenc.config import GPTConfig
 from posenc.data import (
+    META_NAME,
+    DataError,
     batch_offsets,
     document_ids,
     get_batch,
@@ -46,7 +48,30 @@ PROMPTS = {"bytes": ["def ", "The ", "import "], "gpt2": ["The", "In a", "import
 
 
 def data_dir_of(cfg: TrainConfig) -> Path:
-    return Path(cfg.data_dir or f"data/{cfg.dataset}-{cfg.tokenizer}")
+    return Path(cfg.data_dir or default_data_dir(cfg))
+
+
+def default_data_dir(cfg: TrainConfig) -> Path:
+    """``data/<dataset>-<tokenizer>``: prepared on first use."""
+    return Path(f"data/{cfg.dataset}-{cfg.tokenizer}")
+
+
+def check_data_dir(cfg: TrainConfig) -> None:
+    """A ``data_dir`` given other than the default folder must hold prepared shards (its
+    ``meta.json``): a missing or unprepared one is refused with the command that prepares it, never
+    filled with a corpus the user did not name."""
+    if cfg.data_dir is None or Path(cfg.data_dir) == default_data_dir(cfg):
+        return
+    folder = Path(cfg.data_dir)
+    if (folder / META_NAME).is_file():
+        return
+    what = "does not exist" if not folder.exists() else f"holds no prepared shards (no {META_NAME})"
+    files = "".join(f" {f}" for f in cfg.data_files)
+    source = f"--dataset {cfg.dataset}" + (f" --data-files{files}" if files else "")
+    raise DataError(
+        f"the data folder {folder} {what}; prepare it first with: "
+        f"posenc prepare {source} --tokenizer {cfg.tokenizer} --out-dir {folder}"
+    )
 
 
 class Trainer:
