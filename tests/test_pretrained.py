@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from posenc import GPT, pretrained
 from posenc.cli import main
@@ -140,3 +141,71 @@ def test_every_architecture_posenc_accepts_is_one_it_imports() -> None:
 
     assert set(pretrained.GGUF_ARCHITECTURES.values()) <= set(IMPORTERS)
     assert {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2"} <= set(pretrained.GGUF_ARCHITECTURES)
+
+
+# -- from_gguf on small random files of each architecture -------------------------------------------
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+TINY_CONFIGS = {
+    "llama": ("LlamaConfig", dict(TINY, num_key_value_heads=2, head_dim=8)),
+    "qwen2": ("Qwen2Config", dict(TINY, num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(TINY, num_attention_heads=2, num_key_value_heads=1)),  # GGUF: head_dim 128
+    "gemma2": ("Gemma2Config", dict(TINY, num_key_value_heads=2, head_dim=8, sliding_window=16)),
+    "gemma3": ("Gemma3TextConfig", dict(TINY, num_key_value_heads=2, head_dim=8, sliding_window=16)),
+    "phi3": ("Phi3Config", dict(TINY, num_key_value_heads=4, pad_token_id=0)),
+    "gpt2": ("GPT2Config", dict(vocab_size=64, n_embd=32, n_layer=2, n_head=4)),
+}
+
+
+def write_random_gguf(path: Path, arch: str) -> None:
+    """A float32 GGUF file of a small random model of ``arch``, written as llama.cpp names its
+    tensors and keys (gguf's own name map; the metadata keys transformers reads for the family)."""
+    transformers = pytest.importorskip("transformers")
+    gguf = pytest.importorskip("gguf")
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    class_name, kwargs = TINY_CONFIGS[arch]
+    config = getattr(transformers, class_name)(**kwargs, eos_token_id=3, bos_token_id=1)
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config)
+    values = config.to_dict() | {"n_ctx": getattr(config, "n_positions", None)}
+    rope = getattr(config, "rope_parameters", None) or {}
+    values["rope_theta"] = rope.get("rope_theta", rope.get("full_attention", {}).get("rope_theta"))
+    w = gguf.GGUFWriter(str(path), arch)
+    for key, attr in GGUF_CONFIG_MAPPING[arch].items():
+        value = values.get(attr) if isinstance(attr, str) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            w.add_uint32(f"{arch}.{key}", value)
+        elif isinstance(value, float):
+            w.add_float32(f"{arch}.{key}", value)
+    w.add_token_list([f"t{i}" for i in range(config.vocab_size)])
+    w.add_eos_token_id(3)
+    w.add_bos_token_id(1)
+    w.add_pad_token_id(0)
+    names = gguf.get_tensor_name_map({v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch], config.num_hidden_layers)
+    for name, p in hf.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        t = (p + 0.1 * torch.randn_like(p)).float()  # off the initial values (unit norms, zero biases)
+        if arch == "gpt2" and t.dim() == 2 and ".h." in name:
+            t = t.T  # Conv1D keeps (in, out); GGUF has (out, in)
+        w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), t.contiguous().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
+def test_from_gguf_matches_transformers_on_the_same_file(arch, tmp_path) -> None:
+    """Each accepted architecture: from_gguf's logits equal Hugging Face's own GGUF load of the file,
+    and the stop id is the file's."""
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path / f"{arch}.gguf"
+    write_random_gguf(path, arch)
+    ours = GPT.from_gguf(path)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name).eval()
+    idx = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], ref(idx).logits, rtol=0, atol=2e-5)
+    assert ours.eos_token_id == (3,) and not ours.training
