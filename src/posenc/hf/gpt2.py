@@ -4,6 +4,8 @@ are transposed here. A bare state dict loads too, given ``n_head``."""
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from posenc.config import GPTConfig
@@ -17,7 +19,8 @@ def import_gpt2(model: nn.Module) -> Converted:
         raise ValueError(f"from_hf supports GPT-2's tanh GELU, got activation_function={act!r}")
     # options that change the logits but that this architecture does not implement
     defaults = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "layer_norm_epsilon": 1e-5}
-    differ = {k: getattr(c, k) for k, v in defaults.items() if getattr(c, k, v) != v}
+    # isclose: a GGUF file stores the epsilon as float32 (9.9999997e-06)
+    differ = {k: getattr(c, k) for k, v in defaults.items() if not math.isclose(getattr(c, k, v), v, rel_tol=1e-6)}
     if getattr(c, "n_inner", None) not in (None, 4 * c.n_embd):
         differ["n_inner"] = c.n_inner
     if differ:
