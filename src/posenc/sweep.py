@@ -8,6 +8,7 @@ from a study's json alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -20,6 +21,7 @@ from posenc.jobs import Sweep, SweepPreset
 from posenc.report import merge_results, render_page
 from posenc.studies import STUDIES
 from posenc.studies import lr as lr_study
+from posenc.studies import real as real_study
 from posenc.studies.table import DEFAULT_VARIANTS
 from posenc.train.args import guarded
 from posenc.train.config import resolve_device
@@ -129,6 +131,16 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="--study lr: write lr.json and the page from the runs already finished (the others pending), training none",
     )
+    real = real_study.Settings()
+    p.add_argument(
+        "--model", default=None, help=f"--study real: a GGUF file or model folder (default: {real_study.MODEL})"
+    )
+    p.add_argument(
+        "--windows", type=int, default=None, help=f"--study real: sequences of 2x the context ({real.windows})"
+    )
+    p.add_argument("--ablation-windows", type=int, default=None, help=f"--study real: ({real.ablation_windows})")
+    p.add_argument("--ablation-len", type=int, default=None, help=f"--study real: tokens ({real.ablation_len})")
+    p.add_argument("--context", type=int, default=None, help="--study real: the trained context (the model's)")
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -163,6 +175,10 @@ def sweep_from_args(args: argparse.Namespace, command: str) -> Sweep:
         settings = lr_study.Settings(
             grid=tuple(args.lrs or lr_study.LR_GRID), edge_steps=args.lr_edge_steps, no_train=args.no_train
         )
+    if args.study == "real":
+        given = {k: getattr(args, k) for k in ("model", "windows", "ablation_windows", "ablation_len", "context")}
+        base = real_study.QUICK if name == "quick" else real_study.Settings()
+        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     return Sweep(
         name=name,
         preset=preset,
