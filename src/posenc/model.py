@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from posenc.config import GPTConfig
 from posenc.encodings.base import PositionalEncoding, check_positions
 from posenc.hf import convert
 from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
+from posenc.sampling import check_sampling, sample
 
 __all__ = ["GPT", "MLP", "Block", "NormConfig", "RNoPEBlock", "sample"]
 
@@ -106,6 +108,7 @@ class GPT(nn.Module):
         self.ln_f = config.head.norm.build(config.n_embd)
         self.length_dependent = any(block.attn.pe.length_dependent for block in self.blocks)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.head.bias)
+        self.eos_token_id: tuple[int, ...] = ()  # where generate stops by default (from_gguf sets it)
         if config.head.tie_embeddings:
             self.wte.weight = self.lm_head.weight
         self.init_weights(init_seed)
@@ -319,12 +322,21 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         *,
+        top_p: float | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         attention_mask: Tensor | None = None,
         positions: Tensor | None = None,
     ) -> Tensor:
-        """Extend idx (B, T) by ``max_new_tokens`` sampled tokens; ``temperature=0`` is greedy.
+        """Extend idx (B, T) by up to ``max_new_tokens`` sampled tokens; ``temperature=0`` is greedy,
+        else the logits are divided by ``temperature`` and cut to the ``top_k`` largest, then to the
+        smallest set of probability >= ``top_p`` (:func:`posenc.sampling.filter_logits`).
+
+        A row that emits one of ``eos_token_id`` (an id or several; default the model's own,
+        ``self.eos_token_id``, which ``from_gguf`` reads from the file; ``()`` never stops) is
+        finished: it gets the first of those ids at every later step, and generation ends early
+        once every row is finished, so the result can be shorter than ``T + max_new_tokens``.
 
         With ``use_cache`` past keys/values are kept in a :class:`KVCache`; once the context would
         exceed ``block_size`` the cache restarts from the last ``block_size`` tokens, exactly as
@@ -341,11 +353,10 @@ class GPT(nn.Module):
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        check_sampling(temperature, top_k, top_p)
         self._check_inputs(idx, None, positions)
+        eos = self._eos_ids(eos_token_id).to(idx.device)
+        finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         block = self.config.block_size
         ids = None if attention_mask is None else check_attention_mask(attention_mask, tuple(idx.shape)).to(idx.device)
         if positions is not None:
@@ -364,7 +375,10 @@ class GPT(nn.Module):
             docs = None if ids is None else ids[:, lo:]
             pos = None if positions is None else positions[..., lo:]
             logits, _ = self(idx[:, lo:], cache=cache, document_ids=docs, positions=pos, last_only=True)
-            next_id = sample(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+            next_id = sample(logits[:, -1, :], temperature, top_k, generator, top_p=top_p)  # (B, 1)
+            if len(eos):
+                next_id = next_id.masked_fill(finished[:, None], eos[0])
+                finished |= torch.isin(next_id[:, 0], eos)
             idx = torch.cat((idx, next_id), dim=1)
             if positions is not None:
                 positions = torch.cat((positions, next_pos[:, None].expand(*positions.shape[:-1], 1)), dim=-1)
@@ -373,7 +387,18 @@ class GPT(nn.Module):
                 ids = torch.cat((ids, ids[:, -1:]), dim=1)  # a new token continues the row's document
             if cache is not None:
                 start = idx.shape[1] - 1
+            if len(eos) and finished.all():
+                break
         return idx
+
+    def _eos_ids(self, eos_token_id: int | Sequence[int] | None) -> Tensor:
+        """The stop ids generate() uses: ``eos_token_id``, else the model's own; checked against the vocabulary."""
+        ids = self.eos_token_id if eos_token_id is None else eos_token_id
+        ids = list(ids) if isinstance(ids, Sequence) else [ids]
+        V = self.config.vocab_size
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < V for i in ids):
+            raise ValueError(f"eos_token_id must be ids in [0, vocab_size={V}), got {eos_token_id!r}")
+        return torch.tensor(ids, dtype=torch.long)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Mapping, config: GPTConfig | None = None) -> GPT:
@@ -393,6 +418,18 @@ class GPT(nn.Module):
         model = cls(config)
         model.load_state_dict(weights, strict=True)
         return model
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> GPT:
+        """The model of a GGUF file (``posenc.pretrained.fetch`` gets one) with its weights
+        dequantized to ``dtype``, in eval mode, through transformers' GGUF loader and ``from_hf``
+        (``pip install 'posenc[gguf]'``); ``eos_token_id`` is the file's. Architectures posenc
+        cannot build are refused by name (:data:`posenc.pretrained.GGUF_ARCHITECTURES`)."""
+        from posenc.pretrained import eos_token_ids, gguf_metadata, hf_model_from_gguf
+
+        model = cls.from_hf(hf_model_from_gguf(path, dtype)).to(dtype)
+        model.eos_token_id = eos_token_ids(gguf_metadata(path))
+        return model.eval()
 
     def to_hf(self) -> nn.Module:
         """This model as a Hugging Face causal LM with the same logits (float32, eval mode), in the
@@ -417,16 +454,3 @@ def _check_range(t: Tensor, lo: int, hi: int, message: str) -> None:
     got_lo, got_hi = int(t.min()), int(t.max())
     if got_lo < lo or got_hi >= hi:
         raise ValueError(f"{message}, got min {got_lo}, max {got_hi}")
-
-
-def sample(
-    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None
-) -> Tensor:
-    """Next token ids (B, 1) from last-position logits (B, V); temperature 0 means argmax."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
