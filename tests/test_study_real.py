@@ -3,8 +3,8 @@ tokenizer (always), and its ``--quick`` form on SmolLM2-135M (skipped when the m
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -59,6 +59,16 @@ def test_a_rerun_scores_nothing_again(tiny_run, capsys):
     assert real.run_model(tiny_llama(), ByteTokenizer(), {"path": "tiny"}, SETTINGS, sweep(out)) == 0
     assert "[real] none window" not in capsys.readouterr().out
     assert json.loads((out / "real.json").read_text())["units"] == results["units"]
+
+
+def test_no_train_writes_what_is_saved_and_the_page_says_the_rest_is_pending(tiny_run, tmp_path):
+    out, results = tiny_run
+    more = dataclasses.replace(SETTINGS, windows=3, evaluate=False)
+    assert real.run_model(tiny_llama(), ByteTokenizer(), {"path": "tiny"}, more, sweep(out)) == 0
+    partial = json.loads((out / "real.json").read_text())
+    assert partial["units"] == results["units"]  # nothing evaluated, nothing lost
+    page = real_markdown(partial, [], "results-real")
+    assert "Partial run" in page and "none" in page.split("Partial run")[1].split("\n")[0]
 
 
 def test_cached_chunks_give_the_losses_of_one_forward():
@@ -128,18 +138,19 @@ def test_the_page_says_every_row(tiny_run):
     assert results["tokens_sha256"][:12] in page and results["python"] in page
 
 
-REAL = os.environ.get("POSENC_SMOLLM2")
-
-
-@pytest.mark.skipif(
-    not REAL or not Path(REAL).exists(), reason="SmolLM2-135M is absent (set POSENC_SMOLLM2 to its .gguf)"
-)
 def test_quick_study_on_the_real_model(tmp_path):
     from posenc import sweep as compare
+    from posenc.pretrained import MODELS, cache_dir
 
-    argv = ["--study", "real", "--quick", "--model", REAL, "--out", str(tmp_path), "--device", "cpu"]
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    path = cache_dir() / MODELS[real.MODEL].file
+    if not path.is_file():
+        pytest.skip(f"{path.name} is not in {cache_dir()}: run `posenc fetch {real.MODEL}` first")
+    argv = ["--study", "real", "--quick", "--out", str(tmp_path), "--device", "cpu"]
     assert compare.run(argv) == 0
     results = json.loads((tmp_path / "real.json").read_text())
     assert results["settings"]["context"] == real.QUICK.context
+    assert len(results["units"]) == len(results["rows"])  # every row, one window each
     none = results["units"]["none/w0"]
     assert sum(none["sums"]) / sum(none["counts"]) < 6.0  # a trained model, not a random one (ln V = 10.8)

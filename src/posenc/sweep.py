@@ -129,7 +129,8 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-train",
         action="store_true",
-        help="--study lr: write lr.json and the page from the runs already finished (the others pending), training none",
+        help="--study lr or real: write the json and the page from the runs (evaluations) already finished, the "
+        "others pending, running none",
     )
     real = real_study.Settings()
     p.add_argument(
@@ -152,8 +153,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         p.error("--from needs --render")
     if args.revise and (not args.from_json or len(args.from_json) != 1 or not args.why):
         p.error("--revise needs --render, one --from json and --why")
-    if args.no_train and args.study != "lr":
-        p.error(f"--no-train is for --study lr, not --study {args.study}")
+    if args.no_train and args.study not in ("lr", "real"):
+        p.error(f"--no-train is for --study lr or real, not --study {args.study}")
     if args.lr_edge_steps < 0:
         p.error(f"--lr-edge-steps must be >= 0, got {args.lr_edge_steps}")
     for name in ("jobs", "threads"):
@@ -177,6 +178,7 @@ def sweep_from_args(args: argparse.Namespace, command: str) -> Sweep:
         )
     if args.study == "real":
         given = {k: getattr(args, k) for k in ("model", "windows", "ablation_windows", "ablation_len", "context")}
+        given["evaluate"] = not args.no_train
         base = real_study.QUICK if name == "quick" else real_study.Settings()
         settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     return Sweep(

@@ -94,6 +94,7 @@ class Settings:
     chunk: int = 2048  # tokens per cached forward (bounds the logits held at once)
     bucket: int = 256  # the width of the stored loss-by-position buckets
     seed: int = 0
+    evaluate: bool = True  # False: write real.json from the saved evaluations only (the others pending)
 
 
 QUICK = Settings(windows=1, ablation_windows=1, ablation_len=32, context=128, chunk=256, bucket=32)
@@ -224,6 +225,7 @@ def run_model(model: Any, tokenizer: Any, source: dict[str, Any], settings: Sett
         "command": sweep.command,
         "source": source,
         "settings": asdict(settings) | {"context": T},
+        "full_scale": asdict(Settings()) | {"command": "posenc compare --study real --out out/real --render PAGE"},
         "model": {"layer_codes": "".join(base_config.layer_codes), "head_dim": hd, "rope_base": rope.base},
         "python": platform.python_version(),
         "tokens_sha256": tokens_hash([s.tokens for s in sequences] + [w.tokens for w in windows]),
@@ -235,7 +237,11 @@ def run_model(model: Any, tokenizer: Any, source: dict[str, Any], settings: Sett
         path = folder / f"{_slug(name)}-w{w}.json"
         saved = json.loads(path.read_text()) if path.exists() else None
         check = {"tokens_sha256": tokens_hash([seq.tokens]), "context": T, "bucket": settings.bucket}
-        if saved is None or saved.get("check") != check:
+        if saved is not None and saved.get("check") != check:
+            saved = None  # another sequence or bucket width: evaluated again
+        if saved is None and not settings.evaluate:
+            continue
+        if saved is None:
             t = time.time()
             model_i = variant(model, change(base_config))
             saved = {

@@ -109,34 +109,26 @@ def plant(tokenizer: Any, document: int, text: list[int], rng: random.Random) ->
 
 
 def load_pretrained(path: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(GPT, tokenizer, {"path", "sha256"}) of a GGUF file or a Hugging Face model folder; a name of
-    ``posenc.pretrained.MODELS`` is fetched first."""
-    import hashlib
+    """(GPT, tokenizer, {"path", "sha256"}) of a GGUF file (:meth:`posenc.GPT.from_gguf` with
+    :func:`posenc.pretrained.load_tokenizer`) or a Hugging Face model folder; a name of
+    :data:`posenc.pretrained.MODELS` is fetched first."""
     from pathlib import Path
 
-    import torch
-
+    from posenc.io import sha256_file
     from posenc.model import GPT
 
     if not Path(path).exists():
-        from posenc.pretrained import fetch
+        from posenc.pretrained import MODELS, fetch
 
+        if path not in MODELS:
+            raise ValueError(f"--model {path!r} is neither a file, a folder nor one of {sorted(MODELS)}")
         path = str(fetch(path))
     if Path(path).is_file():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from posenc.pretrained import load_tokenizer
 
-        folder, name = str(Path(path).parent), Path(path).name
-        hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return GPT.from_gguf(path), load_tokenizer(path), {"path": str(path), "sha256": sha256_file(Path(path))}
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        digest = None
-    return GPT.from_hf(hf).eval(), tokenizer, {"path": str(path), "sha256": digest}
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return GPT.from_hf(hf).eval(), AutoTokenizer.from_pretrained(path), {"path": str(path), "sha256": None}
