@@ -109,13 +109,14 @@ def plant(tokenizer: Any, document: int, text: list[int], rng: random.Random) ->
 
 
 def load_pretrained(path: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(GPT, tokenizer, {"path", "sha256"}) of a GGUF file (:meth:`posenc.GPT.from_gguf` with
-    :func:`posenc.pretrained.load_tokenizer`) or a Hugging Face model folder; a name of
+    """(GPT, tokenizer, {"path", "sha256"}) of a GGUF file or a Hugging Face model folder, loaded as
+    ``posenc train --init-from`` loads them (:mod:`posenc.train.source`); a name of
     :data:`posenc.pretrained.MODELS` is fetched first."""
     from pathlib import Path
 
+    from posenc.data.tokenizers import get_tokenizer
     from posenc.io import sha256_file
-    from posenc.model import GPT
+    from posenc.train.source import load_source
 
     if not Path(path).exists():
         from posenc.pretrained import MODELS, fetch
@@ -123,12 +124,5 @@ def load_pretrained(path: str) -> tuple[Any, Any, dict[str, Any]]:
         if path not in MODELS:
             raise ValueError(f"--model {path!r} is neither a file, a folder nor one of {sorted(MODELS)}")
         path = str(fetch(path))
-    if Path(path).is_file():
-        from posenc.pretrained import load_tokenizer
-
-        return GPT.from_gguf(path), load_tokenizer(path), {"path": str(path), "sha256": sha256_file(Path(path))}
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return GPT.from_hf(hf).eval(), AutoTokenizer.from_pretrained(path), {"path": str(path), "sha256": None}
+    digest = sha256_file(Path(path)) if Path(path).is_file() else None
+    return load_source(str(path)), get_tokenizer(str(path)), {"path": str(path), "sha256": digest}

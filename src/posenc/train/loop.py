@@ -28,6 +28,7 @@ from posenc.train import state
 from posenc.train.config import TrainConfig
 from posenc.train.distributed import Dist
 from posenc.train.run import RunSpec
+from posenc.train.source import is_pretrained, load_source
 from posenc.train.trainer import Trainer, data_dir_of, generate_samples
 
 __all__ = ["data_dir_of", "generate_samples", "handle_stop_signals", "has_checkpoint", "resume_configs", "train"]
@@ -82,7 +83,7 @@ def train(
         out_dir = Path(cfg.out_dir)
         # checkpoints first: a damaged one is refused before any data is prepared
         ckpt = state.load_run(out_dir) if resume and has_checkpoint(out_dir) else None
-        init = state.load_run(cfg.init_from)["model"] if cfg.init_from is not None and ckpt is None else None
+        init = None if cfg.init_from is None or ckpt is not None else _initial_weights(cfg.init_from)
         if dist.master and not (resume and RunSpec.load(out_dir) is not None):
             # the spec first of all: a run killed at any later moment can be resumed
             RunSpec(config, cfg.replace(world_size=dist.world) if cfg.world_size != dist.world else cfg).save(out_dir)
@@ -141,3 +142,10 @@ def resume_configs(
     if world_size is not None:
         changes["world_size"] = world_size
     return spec.model, spec.train.replace(**changes)
+
+
+def _initial_weights(init_from: str) -> dict[str, Any]:
+    """The weights ``--init-from`` names: a pretrained model's (GGUF file or model folder) or a run's final ones."""
+    if is_pretrained(init_from):
+        return load_source(str(init_from)).state_dict()
+    return state.load_run(init_from)["model"]

@@ -46,7 +46,7 @@ PROMPTS = {"bytes": ["def ", "The ", "import "], "gpt2": ["The", "In a", "import
 
 
 def data_dir_of(cfg: TrainConfig) -> Path:
-    return Path(cfg.data_dir or f"data/{cfg.dataset}-{cfg.tokenizer}")
+    return Path(cfg.data_dir or f"data/{cfg.dataset}-{Path(cfg.tokenizer).stem}")  # a model's tokenizer: its file name
 
 
 class Trainer:
@@ -351,7 +351,7 @@ def generate_samples(model: GPT, tokenizer: Any, cfg: TrainConfig, device: torch
     model.eval()
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     out = []
-    for prompt in PROMPTS[cfg.tokenizer][: cfg.num_samples]:
+    for prompt in PROMPTS.get(cfg.tokenizer, PROMPTS["bytes"])[: cfg.num_samples]:
         idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
         ids = model.generate(idx, cfg.sample_tokens, temperature=0.8, top_k=200, generator=gen)
         out.append(tokenizer.decode(ids[0].tolist()))
