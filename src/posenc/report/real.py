@@ -77,7 +77,9 @@ def real_markdown(results: dict[str, Any], figures: list[str], assets: str) -> s
         f"- Scale: {s['windows']} sequence(s) of {2 * T} tokens for the extension rows, {s['ablation_windows']} "
         f"window(s) of {s['ablation_len']} tokens for the ablations; {_scored(results)}. "
         f"Wall time of this invocation {results['wall_time_s'] / 60:.1f} min; one {2 * T}-token sequence took "
-        f"{_seconds(results, 'extension')} and one ablation window {_seconds(results, 'ablation')} here.",
+        f"{_seconds(results, 'extension')} and one ablation window {_seconds(results, 'ablation')} here"
+        f" (wall time on a machine shared with other work). {_one_window(results)}",
+        _full_scale(results),
         "",
     ]
     pending = [r for r in results["rows"] if _windows(results, r) < _wanted(results, r)]
@@ -91,6 +93,33 @@ def real_markdown(results: dict[str, Any], figures: list[str], assets: str) -> s
     return "\n".join(out)
 
 
+def _one_window(results: dict[str, Any]) -> str:
+    if max(results["settings"]["windows"], results["settings"]["ablation_windows"]) > 1:
+        return "± is the std over windows (sequences); a row with one window shows no spread."
+    return "With one window per row no spread over windows can be given: each number is one sequence's."
+
+
+def _full_scale(results: dict[str, Any]) -> str:
+    full = results.get("full_scale")
+    if not full:
+        return ""
+    sections = [info["section"] for info in results["rows"].values()]
+    ext, abl = sections.count("extension") * full["windows"], sections.count("ablation") * full["ablation_windows"]
+    out = (
+        f"- Full scale (the defaults): `{full['command']}`, {full['windows']} sequences of 2T and "
+        f"{full['ablation_windows']} ablation windows: {ext} + {abl} evaluations"
+    )
+    secs = [_mean_seconds(results, s) for s in ("extension", "ablation")]
+    if all(x is not None for x in secs):
+        out += f", about {(ext * secs[0] + abl * secs[1]) / 3600:.1f} h at the times above"
+    return out + "."
+
+
+def _mean_seconds(results: dict[str, Any], section: str) -> float | None:
+    xs = [u["seconds"] for u in results["units"].values() if results["rows"][u["row"]]["section"] == section]
+    return float(np.mean(xs)) if xs else None
+
+
 def _wanted(results: dict[str, Any], row: str) -> int:
     s = results["settings"]
     return s["windows"] if results["rows"][row]["section"] == "extension" else s["ablation_windows"]
@@ -101,8 +130,8 @@ def _scored(results: dict[str, Any]) -> str:
 
 
 def _seconds(results: dict[str, Any], section: str) -> str:
-    xs = [u["seconds"] for u in results["units"].values() if results["rows"][u["row"]]["section"] == section]
-    return f"{np.mean(xs):.0f} s" if xs else "n/a"
+    x = _mean_seconds(results, section)
+    return "n/a" if x is None else f"{x:.0f} s"
 
 
 def _extension(results: dict[str, Any], figures: list[str], assets: str) -> list[str]:
@@ -193,8 +222,9 @@ def _ablations(results: dict[str, Any]) -> list[str]:
             'Barbero et al. 2024 ("Round and Round We Go") read Gemma\'s RoPE as high frequencies serving positional '
             "heads and low frequencies carrying meaning, and trained p-RoPE (the lowest frequencies removed) "
             f"without loss. Zero-shot here, removing the highest 25% changes the loss by {np.mean(high):+.3f} and the "
-            f"lowest 25% by {np.mean(low):+.3f}: this {reading} the high frequencies being the positional ones "
-            "(their models were trained that way; this one was not, so any change is an upper bound on the cost).",
+            f"lowest 25% by {np.mean(low):+.3f}: this {reading} the high frequencies being the positional ones. "
+            "Their p-RoPE models were trained without the low frequencies; this one was not, so a zero-shot change "
+            "is an upper bound on what a model trained that way would lose.",
             "",
         ]
     return out
