@@ -71,6 +71,14 @@ def test_no_train_writes_what_is_saved_and_the_page_says_the_rest_is_pending(tin
     assert "Partial run" in page and "none" in page.split("Partial run")[1].split("\n")[0]
 
 
+def test_rows_evaluates_only_the_rows_named(tmp_path, capsys):
+    only = dataclasses.replace(SETTINGS, windows=1, ablation_windows=1, rows=("YaRN",))
+    assert real.run_model(tiny_llama(), ByteTokenizer(), {"path": "tiny"}, only, sweep(tmp_path)) == 0
+    assert set(json.loads((tmp_path / "real.json").read_text())["units"]) == {"YaRN/w0"}
+    with pytest.raises(ValueError, match="no such row"):
+        real.run_model(tiny_llama(), ByteTokenizer(), {}, dataclasses.replace(only, rows=("yarn",)), sweep(tmp_path))
+
+
 def test_cached_chunks_give_the_losses_of_one_forward():
     model = tiny_llama()
     tokens = torch.randint(0, 256, (513,))

@@ -142,6 +142,7 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablation-windows", type=int, default=None, help=f"--study real: ({real.ablation_windows})")
     p.add_argument("--ablation-len", type=int, default=None, help=f"--study real: tokens ({real.ablation_len})")
     p.add_argument("--context", type=int, default=None, help="--study real: the trained context (the model's)")
+    p.add_argument("--rows", nargs="+", default=None, help="--study real: evaluate only these rows (default: all)")
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -178,7 +179,7 @@ def sweep_from_args(args: argparse.Namespace, command: str) -> Sweep:
         )
     if args.study == "real":
         given = {k: getattr(args, k) for k in ("model", "windows", "ablation_windows", "ablation_len", "context")}
-        given["evaluate"] = not args.no_train
+        given |= {"evaluate": not args.no_train, "rows": None if args.rows is None else tuple(args.rows)}
         base = real_study.QUICK if name == "quick" else real_study.Settings()
         settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     return Sweep(

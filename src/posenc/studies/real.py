@@ -95,6 +95,7 @@ class Settings:
     bucket: int = 256  # the width of the stored loss-by-position buckets
     seed: int = 0
     evaluate: bool = True  # False: write real.json from the saved evaluations only (the others pending)
+    rows: tuple[str, ...] | None = None  # evaluate only these rows (the others' saved evaluations are kept)
 
 
 QUICK = Settings(windows=1, ablation_windows=1, ablation_len=32, context=128, chunk=256, bucket=32)
@@ -213,6 +214,9 @@ def run_model(model: Any, tokenizer: Any, source: dict[str, Any], settings: Sett
     if not ropes:
         raise ValueError(f"the real-model study needs a RoPE model; this one's layers are {base_config.layer_codes}")
     rope = ropes[0]
+    unknown = sorted(set(settings.rows or ()) - set(SCHEDULES) - set(ablation_rows(base_config)))
+    if unknown:
+        raise ValueError(f"--rows {unknown}: no such row; the rows are {[*SCHEDULES, *ablation_rows(base_config)]}")
     hd = base_config.head_dim
     rows: dict[str, tuple[str, Callable[[Any], Any], list]] = {}
     for name, opts in SCHEDULES.items():
@@ -239,7 +243,7 @@ def run_model(model: Any, tokenizer: Any, source: dict[str, Any], settings: Sett
         check = {"tokens_sha256": tokens_hash([seq.tokens]), "context": T, "bucket": settings.bucket}
         if saved is not None and saved.get("check") != check:
             saved = None  # another sequence or bucket width: evaluated again
-        if saved is None and not settings.evaluate:
+        if saved is None and not (settings.evaluate and (settings.rows is None or name in settings.rows)):
             continue
         if saved is None:
             t = time.time()
