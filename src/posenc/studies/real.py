@@ -175,7 +175,8 @@ def _buckets(losses: torch.Tensor, keep: torch.Tensor, width: int) -> tuple[list
 def score(model: Any, seq: real_data.Sequence, settings: Settings) -> dict[str, Any]:
     """One (row, window): loss sums/counts by bucket, and each key's retrieval (every answer token the argmax)."""
     tokens = torch.tensor(seq.tokens)
-    losses, preds = sequence_losses(model, tokens, settings.chunk)
+    device = next(model.parameters()).device
+    losses, preds = (t.cpu() for t in sequence_losses(model, tokens.to(device), settings.chunk))
     keep = torch.ones(len(losses), dtype=torch.bool)
     for lo, hi in seq.planted:  # targets inside a planted piece, and the one right after it
         keep[max(lo - 1, 0) : hi] = False
@@ -247,7 +248,7 @@ def run_model(model: Any, tokenizer: Any, source: dict[str, Any], settings: Sett
             continue
         if saved is None:
             t = time.time()
-            model_i = variant(model, change(base_config))
+            model_i = variant(model, change(base_config)).to(sweep.device)
             saved = {
                 "row": name,
                 "window": w,
