@@ -86,7 +86,8 @@ def real_markdown(results: dict[str, Any], figures: list[str], assets: str) -> s
     if pending:
         out += [
             f"**Partial run**: {len(pending)} row(s) have fewer windows than asked ({', '.join(pending[:8])}"
-            f"{', ...' if len(pending) > 8 else ''}); the command above, run again, completes them.",
+            f"{', ...' if len(pending) > 8 else ''}); the command above, run again without `--no-train`, evaluates "
+            "them (the saved evaluations are kept).",
             "",
         ]
     out += _extension(results, figures, assets) + _ablations(results) + _claims(results)
@@ -165,12 +166,18 @@ def _extension(results: dict[str, Any], figures: list[str], assets: str) -> list
     if none:
         width = results["settings"]["bucket"]
         means = np.array([[s / max(1, c) for s, c in zip(u["sums"], u["counts"], strict=True)] for u in none]).mean(0)
-        inside = means[: T // width]
+        inside = means[1 : T // width]  # bucket 0 (the first tokens) is high for lack of context, not position
+        above = [i for i in range(T // width, len(means)) if means[i] > inside.max()]
+        broke = (
+            f"first above the highest inside the context ({inside.max():.3f}) at position {above[0] * width}"
+            if above
+            else (f"never above the highest inside the context ({inside.max():.3f})")
+        )
         out += [
             f"The unmodified model by position (buckets of {width}): lowest {inside.min():.3f} inside the context; "
             f"the last bucket inside {means[T // width - 1]:.3f}, the first past it {means[T // width]:.3f}, the highest "
             f"past it {means[T // width :].max():.3f} (at {int(np.argmax(means[T // width :])) * width + T}-"
-            f"{(int(np.argmax(means[T // width :])) + 1) * width + T}).",
+            f"{(int(np.argmax(means[T // width :])) + 1) * width + T}); {broke}.",
             "",
         ]
     if "real.png" in figures:
