@@ -64,7 +64,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         choices=sorted(STUDIES),
         default="table",
         help="table: every variant, the study's table; lr: learning-rate sweep; extension: RoPE context "
-        "extension; synthetic: passkey retrieval by length and depth (each writes <out>/<study>.json)",
+        "extension; synthetic: passkey retrieval by length and depth; real: a released model (SmolLM2-135M) past "
+        "its context, schedules at 2x, where position lives (each writes <out>/<study>.json)",
     )
     p.add_argument("--quick", action="store_true", help="the 'quick' preset: a smoke test in minutes")
     p.add_argument(
