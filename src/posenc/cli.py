@@ -214,11 +214,14 @@ def run_export(args: argparse.Namespace) -> int:
     from posenc.checkpoint import load_checkpoint
     from posenc.hf.export import save_hf
     from posenc.model import GPT
+    from posenc.train.source import save_tokenizer
 
     def go() -> int:
         ckpt = load_checkpoint(args.run_dir, map_location="cpu")
         hf = GPT.from_checkpoint(ckpt).eval().to_hf()
-        save_hf(hf, args.hf, tokenizer=ckpt["train_config"].get("tokenizer"))
+        tokenizer = ckpt["train_config"].get("tokenizer")
+        save_hf(hf, args.hf, tokenizer=tokenizer if tokenizer in ("gpt2", "bytes") else None)
+        save_tokenizer(tokenizer, args.hf)  # a pretrained source's, beside it
         print(f"wrote {args.hf}: {hf.config.model_type} ({type(hf).__name__})")
         return 0
 

@@ -8,6 +8,7 @@ from a study's json alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -21,6 +22,7 @@ from posenc.jobs import Sweep, SweepPreset
 from posenc.report import merge_results, render_page
 from posenc.studies import STUDIES
 from posenc.studies import lr as lr_study
+from posenc.studies import real as real_study
 from posenc.studies.table import DEFAULT_VARIANTS
 from posenc.train.args import PLACEMENT_FLAGS, guarded
 from posenc.train.config import resolve_device
@@ -62,7 +64,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         choices=sorted(STUDIES),
         default="table",
         help="table: every variant, the study's table; lr: learning-rate sweep; extension: RoPE context "
-        "extension; synthetic: passkey retrieval by length and depth (each writes <out>/<study>.json)",
+        "extension; synthetic: passkey retrieval by length and depth; real: a released model (SmolLM2-135M) past "
+        "its context, schedules at 2x, where position lives (each writes <out>/<study>.json)",
     )
     p.add_argument("--quick", action="store_true", help="the 'quick' preset: a smoke test in minutes")
     p.add_argument(
@@ -133,8 +136,20 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-train",
         action="store_true",
-        help="--study lr: write lr.json and the page from the runs already finished (the others pending), training none",
+        help="--study lr or real: write the json and the page from the runs (evaluations) already finished, the "
+        "others pending, running none",
     )
+    real = real_study.Settings()
+    p.add_argument(
+        "--model", default=None, help=f"--study real: a GGUF file or model folder (default: {real_study.MODEL})"
+    )
+    p.add_argument(
+        "--windows", type=int, default=None, help=f"--study real: sequences of 2x the context ({real.windows})"
+    )
+    p.add_argument("--ablation-windows", type=int, default=None, help=f"--study real: ({real.ablation_windows})")
+    p.add_argument("--ablation-len", type=int, default=None, help=f"--study real: tokens ({real.ablation_len})")
+    p.add_argument("--context", type=int, default=None, help="--study real: the trained context (the model's)")
+    p.add_argument("--rows", nargs="+", default=None, help="--study real: evaluate only these rows (default: all)")
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -146,8 +161,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         p.error("--from needs --render")
     if args.revise and (not args.from_json or len(args.from_json) != 1 or not args.why):
         p.error("--revise needs --render, one --from json and --why")
-    if args.no_train and args.study != "lr":
-        p.error(f"--no-train is for --study lr, not --study {args.study}")
+    if args.no_train and args.study not in ("lr", "real"):
+        p.error(f"--no-train is for --study lr or real, not --study {args.study}")
     if args.lr_edge_steps < 0:
         p.error(f"--lr-edge-steps must be >= 0, got {args.lr_edge_steps}")
     for name in ("jobs", "threads"):
@@ -169,6 +184,11 @@ def sweep_from_args(args: argparse.Namespace, command: str) -> Sweep:
         settings = lr_study.Settings(
             grid=tuple(args.lrs or lr_study.LR_GRID), edge_steps=args.lr_edge_steps, no_train=args.no_train
         )
+    if args.study == "real":
+        given = {k: getattr(args, k) for k in ("model", "windows", "ablation_windows", "ablation_len", "context")}
+        given |= {"evaluate": not args.no_train, "rows": None if args.rows is None else tuple(args.rows)}
+        base = real_study.QUICK if name == "quick" else real_study.Settings()
+        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     return Sweep(
         name=name,
         preset=preset,

@@ -1,4 +1,5 @@
-"""Text tokenizers for pretraining shards: GPT-2 BPE (through tiktoken) and UTF-8 bytes.
+"""Text tokenizers for pretraining shards: GPT-2 BPE (through tiktoken), UTF-8 bytes, and a
+pretrained model's own (a GGUF file or Hugging Face model folder, through transformers).
 
 Every document is encoded without special tokens (text that spells ``<|endoftext|>`` is ordinary
 text) and followed by the end-of-text id.
@@ -144,8 +145,35 @@ def _gpt2_encoding() -> Any:
         raise TokenizerError(f"could not load the GPT-2 BPE ranks ({type(e).__name__}: {e}); {hint}") from None
 
 
-def get_tokenizer(name: TokenizerName) -> Tokenizer:
-    """The tokenizer called ``name``: ``"gpt2"`` (GPT-2 BPE) or ``"bytes"`` (UTF-8 bytes).
+class PretrainedTokenizer(Tokenizer):
+    """The tokenizer of a pretrained model: a GGUF file's (transformers builds it from the file's
+    vocabulary and merges) or a Hugging Face model folder's. ``name`` is the path; ``eot`` the
+    model's end-of-sequence id. ``encode`` adds no special tokens."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as e:
+            raise TokenizerError(f"the tokenizer of {path} needs transformers: pip install 'posenc[gguf]' ({e})") from e
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise TokenizerError(f"tokenizer {str(path)!r}: no such GGUF file or model folder")
+        is_gguf = p.is_file()
+        self.hf = AutoTokenizer.from_pretrained(p.parent if is_gguf else p, gguf_file=p.name if is_gguf else None)
+        if self.hf.eos_token_id is None:
+            raise TokenizerError(f"the tokenizer of {path} has no end-of-sequence token")
+        self.name, self.eot, self.vocab_size = str(p), int(self.hf.eos_token_id), len(self.hf)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode([int(i) for i in ids])
+
+
+def get_tokenizer(name: TokenizerName | str) -> Tokenizer:
+    """The tokenizer called ``name``: ``"gpt2"`` (GPT-2 BPE), ``"bytes"`` (UTF-8 bytes), or the path
+    of a GGUF file or Hugging Face model folder (:class:`PretrainedTokenizer`).
 
     ``"gpt2"`` reads tiktoken's cached ranks (``TIKTOKEN_CACHE_DIR``) or downloads them; when
     neither works it raises :class:`TokenizerError` within a few seconds.
@@ -154,4 +182,11 @@ def get_tokenizer(name: TokenizerName) -> Tokenizer:
         return ByteTokenizer()
     if name == "gpt2":
         return GPT2Tokenizer(_gpt2_encoding())
-    raise DataError(f"unknown tokenizer {name!r}; expected 'gpt2' or 'bytes'")
+    if is_model_path(name):
+        return PretrainedTokenizer(name)
+    raise DataError(f"unknown tokenizer {name!r}; expected 'gpt2' or 'bytes', or a GGUF file or model folder")
+
+
+def is_model_path(name: Any) -> bool:
+    """Whether a tokenizer name is a path (of a GGUF file or model folder) rather than a built-in name."""
+    return isinstance(name, str) and bool(name) and ("/" in name or name.endswith(".gguf") or Path(name).exists())

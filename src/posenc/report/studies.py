@@ -1,7 +1,8 @@
 """Pages of the named studies (:mod:`posenc.studies`), each drawn from its json alone:
 ``lr.json`` (loss against learning rate, the tables at the shared and the best rates),
 ``extension.json`` (loss against context for every schedule, fine-tune and extrapolating
-encoding) and ``synthetic.json`` (passkey accuracy by length and depth).
+encoding), ``synthetic.json`` (passkey accuracy by length and depth) and ``real.json``
+(:mod:`posenc.report.real`).
 
     render_study(json.loads(Path("out/compare-cpu/lr.json").read_text()), "docs/results-lr.md")
 """
@@ -17,6 +18,7 @@ import numpy as np
 
 from posenc.io import atomic_write
 from posenc.report.figures import _colors, _save, have_matplotlib, pyplot
+from posenc.report.real import plot_real, real_markdown
 from posenc.report.revisions import revisions_markdown
 from posenc.report.stats import fmt_spread
 from posenc.variants import label
@@ -461,6 +463,7 @@ RENDERERS = {
     "lr": (lr_markdown, "lr.png", plot_lr),
     "extension": (extension_markdown, "extension.png", plot_extension),
     "synthetic": (synthetic_markdown, "synthetic.png", plot_synthetic),
+    "real": (real_markdown, "real.png", plot_real),
 }
 
 

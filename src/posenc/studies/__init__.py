@@ -2,7 +2,8 @@
 (finished runs are kept): ``table`` (every variant, the comparison itself), ``lr`` (learning-rate
 sweep, then seeds at each variant's best rate), ``extension`` (RoPE context extension: zero-shot
 schedules and short fine-tunes) and ``synthetic`` (a passkey-retrieval probe of length
-generalisation). Each is ``run(sweep: posenc.jobs.Sweep) -> exit code``, writes
+generalisation) and ``real`` (a released model: loss past its context, zero-shot schedules, where
+position lives). Each is ``run(sweep: posenc.jobs.Sweep) -> exit code``, writes
 ``<out>/<name>.json`` (the table: results.json), and :mod:`posenc.report` renders it.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from posenc.jobs import Sweep
-from posenc.studies import extension, lr, synthetic, table
+from posenc.studies import extension, lr, real, synthetic, table
 
 #: study name -> its run
 STUDIES: dict[str, Callable[[Sweep], int]] = {
@@ -19,6 +20,7 @@ STUDIES: dict[str, Callable[[Sweep], int]] = {
     "lr": lr.run,
     "extension": extension.run,
     "synthetic": synthetic.run,
+    "real": real.run,
 }
 
 __all__ = ["STUDIES"]

@@ -149,8 +149,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--init-from",
         default=None,
-        metavar="RUN_DIR",
-        help="start from the final weights of another run (fresh optimizer and step count), e.g. to fine-tune at a longer context",
+        metavar="RUN_DIR|GGUF|HF_DIR",
+        help="start from the final weights of another run, or from a pretrained model (a GGUF file or Hugging Face "
+        "folder: its architecture and tokenizer, --block-size and --rope-scaling applied); fresh optimizer and step count",
     )
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
     g.add_argument(
@@ -269,7 +270,11 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--data-files", nargs="+", default=None, help="local jsonl/parquet/txt files with a 'text' field")
     g.add_argument("--data-dir", default=None, help="prepared shards; default: data/<dataset>-<tokenizer>")
-    g.add_argument("--tokenizer", default=None, choices=["gpt2", "bytes"], help="GPT-2 BPE (tiktoken) or raw bytes")
+    g.add_argument(
+        "--tokenizer",
+        default=None,
+        help="gpt2 (GPT-2 BPE), bytes, or a GGUF file / model folder (default with a pretrained --init-from: its own)",
+    )
 
 
 def _optimisation_flags(p: argparse.ArgumentParser) -> None:

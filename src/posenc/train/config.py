@@ -8,6 +8,7 @@ import math
 from typing import Any, Literal
 
 from posenc.config import PRESETS, GPTConfig
+from posenc.data.tokenizers import is_model_path
 from posenc.devices import DTYPES, resolve_device, resolve_dtype  # noqa: F401 -- re-exported
 from posenc.spec import Spec, spec
 
@@ -71,7 +72,7 @@ class TrainConfig(Spec):
     dataset: Literal["owt", "embedded", "files"] = "embedded"
     data_files: tuple[str, ...] = ()
     data_dir: str | None = None
-    tokenizer: Literal["gpt2", "bytes"] = "bytes"
+    tokenizer: str = "bytes"  # "gpt2", "bytes", or a GGUF file / model folder (its own tokenizer)
     batch_size: int = 16  # rows per micro-step, summed over all ranks
     grad_accum: int = 1  # micro-steps per optimizer step
     max_iters: int = 600
@@ -125,8 +126,10 @@ class TrainConfig(Spec):
             raise ValueError(f"TrainConfig.dataset must be 'owt', 'embedded' or 'files', got {self.dataset!r}")
         if self.dataset == "files" and not self.data_files:
             raise ValueError("TrainConfig.data_files must name at least one file when dataset='files'")
-        if self.tokenizer not in ("gpt2", "bytes"):
-            raise ValueError(f"TrainConfig.tokenizer must be 'gpt2' or 'bytes', got {self.tokenizer!r}")
+        if self.tokenizer not in ("gpt2", "bytes") and not is_model_path(self.tokenizer):
+            raise ValueError(
+                f"TrainConfig.tokenizer must be 'gpt2', 'bytes' or a GGUF file or model folder, got {self.tokenizer!r}"
+            )
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"TrainConfig.dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
         for name in ("learning_rate", "min_lr"):

@@ -31,6 +31,7 @@ from posenc.train.config import TrainConfig
 from posenc.train.distributed import Dist
 from posenc.train.run import SPEC_NAME, RunSpec, clear_run, hold_folder, refuse_another_run
 from posenc.train.runlog import read_summary
+from posenc.train.source import is_pretrained, load_source
 from posenc.train.trainer import Trainer, check_data_dir, data_dir_of, generate_samples
 
 __all__ = [
@@ -122,7 +123,10 @@ def train(
         resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # a device or dtype the machine lacks: refused first
         if not out_dir.exists():  # a run refused for what it reads makes no folder
             if cfg.init_from is not None and not Path(cfg.init_from).exists():
-                raise CheckpointError(cfg.init_from, "does not exist: --init-from takes a run folder or a checkpoint")
+                raise CheckpointError(
+                    cfg.init_from,
+                    "does not exist: --init-from takes a run folder, a checkpoint, a GGUF file or a Hugging Face folder",
+                )
             check_data_dir(cfg)
         with hold_folder(out_dir) if dist.master else contextlib.nullcontext():
             spec = RunSpec(config, cfg)
@@ -138,7 +142,7 @@ def train(
             # what can be refused first, before anything is written: the data folder, a damaged checkpoint
             check_data_dir(cfg)
             ckpt = state.load_run(out_dir) if what == "resume" and has_checkpoint(out_dir) else None
-            init = state.load_run(cfg.init_from)["model"] if cfg.init_from is not None and ckpt is None else None
+            init = None if cfg.init_from is None or ckpt is not None else _initial_weights(cfg.init_from)
             if dist.master:
                 if what == "overwrite":
                     clear_run(out_dir)
@@ -206,3 +210,10 @@ def resume_configs(
     if world_size is not None:
         changes["world_size"] = world_size
     return spec.model, spec.train.replace(**changes)
+
+
+def _initial_weights(init_from: str) -> dict[str, Any]:
+    """The weights ``--init-from`` names: a pretrained model's (GGUF file or model folder) or a run's final ones."""
+    if is_pretrained(init_from):
+        return load_source(str(init_from)).state_dict()
+    return state.load_run(init_from)["model"]

@@ -32,6 +32,7 @@ from typing import Any
 from posenc.config import PRESETS, GPTConfig
 from posenc.io import atomic_write
 from posenc.train.config import TRAIN_PRESETS, TrainConfig
+from posenc.train.source import is_pretrained, source_config
 
 try:
     import fcntl
@@ -136,6 +137,9 @@ def build_spec(
     model_preset = model.pop("model", None) or values.pop("model")
     values.pop("model", None)
     cfg = TrainConfig(**(values | dict(train or {})))
+    if is_pretrained(cfg.init_from):  # the architecture and (unless given) the tokenizer are the source's
+        tokenizer = {} if "tokenizer" in (train or {}) else {"tokenizer": str(cfg.init_from)}
+        return RunSpec(source_config(str(cfg.init_from), model), cfg.replace(**tokenizer))
     if model_preset not in PRESETS:
         raise ValueError(f"unknown model preset {model_preset!r}; known: {sorted(PRESETS)}")
     vocab = PRESETS[model_preset]["vocab_size"]

@@ -53,7 +53,7 @@ def data_dir_of(cfg: TrainConfig) -> Path:
 
 def default_data_dir(cfg: TrainConfig) -> Path:
     """``data/<dataset>-<tokenizer>``: prepared on first use."""
-    return Path(f"data/{cfg.dataset}-{cfg.tokenizer}")
+    return Path(f"data/{cfg.dataset}-{Path(cfg.tokenizer).stem}")  # a model's tokenizer: its file name
 
 
 def check_data_dir(cfg: TrainConfig) -> None:
@@ -385,7 +385,7 @@ def generate_samples(model: GPT, tokenizer: Any, cfg: TrainConfig, device: torch
     model.eval()
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     out = []
-    for prompt in PROMPTS[cfg.tokenizer][: cfg.num_samples]:
+    for prompt in PROMPTS.get(cfg.tokenizer, PROMPTS["bytes"])[: cfg.num_samples]:
         idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
         ids = model.generate(idx, cfg.sample_tokens, temperature=0.8, top_k=200, generator=gen)
         out.append(tokenizer.decode(ids[0].tolist()))
