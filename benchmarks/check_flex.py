@@ -4,6 +4,7 @@ layer on SDPA's fused causal kernel.
 
     python benchmarks/check_flex.py --device cuda                 # T=1024 checks; timed T in {4096, 16384}
     python benchmarks/check_flex.py --device cuda --seq-lens 2048
+    python benchmarks/check_flex.py --device cuda --record        # and write the record auto reads
     python benchmarks/check_flex.py --smoke                       # CPU: forward checks only, tiny sizes
 
 Check, per case: one attention layer as ``GPT`` builds it (projections, QK-norm, rotation, FoX's
@@ -15,6 +16,15 @@ of the input's gradient and of every parameter's gradient, relative to the large
 CPU, and its CPU kernel is not the Triton one. On CPU (``--smoke``) the flex layer runs
 FlexAttention's unfused implementation, forward only.
 
+The Triton RoPE kernel: ``apply_rotary`` on it (``TRITON_ROTARY = True``) against the formula,
+values and gradients, half and interleaved layouts, partial rotary, shared and per-row tables, per
+dtype (on CPU the formula's eager path, which is what runs there).
+
+``--record`` (CUDA only) writes what passed to ``posenc/gpu_checks.json`` (:mod:`posenc.gpu_checks`):
+the device, the torch, CUDA and Triton versions, the command, and every case with its key, the
+name under which ``auto`` looks the case up. Committed, it is what ``auto`` on CUDA sends to
+FlexAttention and to the Triton kernel: exactly the passing cases, nothing else.
+
 Time and memory: fp16 autocast (fp32 on CPU), forward + backward, median of interleaved repeats;
 peak memory is the CUDA allocator's peak above the inputs (``common.peak_memory_bytes``). The
 script exits with status 1 when a check fails; every case runs whatever the others do.
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -32,9 +43,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from posenc import GPTConfig  # noqa: E402
+from posenc import GPTConfig, gpu_checks  # noqa: E402
 from posenc.attention import dense  # noqa: E402
-from posenc.attention.kernel import choose_backend, flex_compiles  # noqa: E402
+from posenc.attention.kernel import choose_backend, flex_case, flex_compiles  # noqa: E402
+from posenc.encodings import rotation  # noqa: E402
 
 #: name -> (encoding, the layer's attention options, sliding window)
 CASES = {
@@ -50,8 +62,10 @@ CASES = {
 }
 TIMED = ("alibi", "fire", "rope window 256")
 BAR = 1e-3
-#: the layer cases run again under bf16 autocast (bar BF16_BAR: bf16 inputs, float32 scores in both)
+#: the layer cases run again under bf16 and fp16 autocast (bar BF16_BAR: half-precision inputs,
+#: float32 scores in both)
 BF16 = ("alibi", "fire", "fox")
+LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 BF16_BAR = 3e-2
 
 
@@ -80,37 +94,51 @@ def pair(name: str, *, n_head: int, n_embd: int, T: int, device: torch.device, b
     return auto.to(device), ref.to(device)
 
 
-def path_taken(layer, x: torch.Tensor, dtype: torch.dtype) -> str:
-    """What ``auto`` chooses for this layer's whole-sequence training forward on inputs of ``dtype``
-    (the kernel's own rule, with what ``Attention.attend`` tells it)."""
+def layer_call(layer, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """q, k and the options this layer's whole-sequence training forward on inputs of ``dtype``
+    passes the kernel's rule (what ``Attention.attend`` tells it)."""
     q = torch.empty(x.shape[0], layer.n_head, x.shape[1], layer.head_dim, device=x.device, dtype=dtype)
     k = torch.empty(x.shape[0], layer.n_kv_head, x.shape[1], layer.head_dim, device=x.device, dtype=dtype)
     pe = layer.pe
     bias = pe.where == "scores" and not pe.has_content_bias
-    return choose_backend(
-        q,
-        k,
-        score_bias=pe.score_bias if bias else None,
+    options = dict(
         elementwise_score_bias=pe.elementwise_score_bias if bias and pe.elementwise_bias else None,
-        learned_bias=bias and any(p.requires_grad for p in pe.parameters()),
         window=layer.mask.window,
         chunk=layer.mask.chunk,
         softcap=layer.config.softcap,
         sinks=layer.sinks,
-        weighting=pe.weighting,
     )
+    return q, k, options | {"score_bias": pe.score_bias if bias else None}
+
+
+def path_taken(layer, x: torch.Tensor, dtype: torch.dtype) -> str:
+    """What ``auto`` chooses for this layer's whole-sequence training forward on inputs of ``dtype``."""
+    q, k, options = layer_call(layer, x, dtype)
+    pe = layer.pe
+    learned = options["score_bias"] is not None and any(p.requires_grad for p in pe.parameters())
+    return choose_backend(q, k, learned_bias=learned, weighting=pe.weighting, **options)
+
+
+def case_key(layer, x: torch.Tensor, dtype: torch.dtype) -> str | None:
+    """The key the record files this layer's case under (``posenc.attention.kernel.flex_case``)."""
+    q, k, options = layer_call(layer, x, dtype)
+    if options.pop("score_bias") is None:
+        options["elementwise_score_bias"] = None
+    return flex_case(q, k, **options)
 
 
 def check(
-    name: str, *, B: int, n_head: int, n_embd: int, T: int, device: torch.device, backward: bool, bf16: bool = False
+    name: str, *, B: int, n_head: int, n_embd: int, T: int, device: torch.device, backward: bool, low: str | None = None
 ) -> dict:
+    """The case's layer on flex against its blockwise twin; ``low``: under bf16 or fp16 autocast."""
     flex, ref = pair(name, n_head=n_head, n_embd=n_embd, T=T, device=device, backend="flex")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    dtype = torch.float32 if low is None else LOW_PRECISION[low]
+    amp = contextlib.nullcontext() if low is None else torch.autocast(device.type, dtype=dtype)
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(B, T, n_embd, device=device, generator=g)
     upstream = torch.randn(B, T, n_embd, device=device, generator=g)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    row = {"case": name + (" bf16" if bf16 else ""), "T": T, "path": path_taken(ref, x, dtype), "backward": backward}
+    row = {"case": name + ("" if low is None else f" {low}"), "T": T, "path": path_taken(ref, x, dtype)}
+    row |= {"key": case_key(ref, x, dtype), "backward": backward}
     outs, grads = [], []
     for layer in (flex, ref):
         xi = x.clone().requires_grad_(backward)
@@ -124,7 +152,7 @@ def check(
     if backward:
         assert grads[0].keys() == grads[1].keys(), (grads[0].keys(), grads[1].keys())
         errors |= {f"grad {n}": rel_error(grads[0][n], grads[1][n]) for n in grads[1]}
-    return row | verdict(errors, BF16_BAR if bf16 else BAR)
+    return row | verdict(errors, BAR if low is None else BF16_BAR)
 
 
 def verdict(errors: dict, bar: float) -> dict:
@@ -174,8 +202,49 @@ def check_kernel(*, device: torch.device, backward: bool) -> dict:
     if backward:
         names = ("q", "k", "v", "features", "sinks")
         errors |= {f"grad {n}": rel_error(a, b) for n, a, b in zip(names, *grads, strict=True)}
+    # the bias is this script's own function, not an encoding's: no key, informs no auto choice
     return {"case": "kernel: GQA, cache, chunks, documents, padding, features, sinks", "T": Tk,
-            "path": "-", "backward": backward} | verdict(errors, BAR)  # fmt: skip
+            "path": "-", "key": None, "backward": backward} | verdict(errors, BAR)  # fmt: skip
+
+
+def check_rotary(*, device: torch.device, dtype: torch.dtype) -> dict:
+    """``apply_rotary`` on CUDA's Triton kernel (the formula's eager path on CPU) against the plain
+    formula in float64: values and the input's gradient, over both layouts, full and partial rotary,
+    shared (T, rd) and per-row (B, T, rd) tables; q as a strided view of a fused projection."""
+    from posenc.encodings.rotation import apply_rotary, rope_cos_sin, rope_inv_freq
+
+    g = torch.Generator(device=device).manual_seed(3)
+    B, H, T, hs = 2, 4, 256, 64
+    errors = {}
+    switch, rotation.TRITON_ROTARY = rotation.TRITON_ROTARY, True
+    try:
+        for layout in ("half", "interleaved"):
+            for rd in (hs, hs // 2):
+                for per_row in (False, True):
+                    pos = torch.arange(T, device=device) + (
+                        torch.arange(B, device=device)[:, None] * 7 if per_row else 0
+                    )
+                    cos, sin = rope_cos_sin(pos, rope_inv_freq(rd, 10000.0, device), layout)
+                    fused = torch.randn(B, T, 3 * H * hs, device=device, generator=g).to(dtype)
+                    x = fused[..., : H * hs].unflatten(-1, (H, hs)).transpose(1, 2).requires_grad_(True)
+                    up = torch.randn(B, H, T, hs, device=device, generator=g)
+                    y = apply_rotary(x, cos, sin, layout)
+                    (dx,) = torch.autograd.grad(y, x, up.to(dtype))
+                    x64 = x.detach().double().requires_grad_(True)
+                    y64 = rotation._rotary_reference(x64, cos.double()[:, None] if per_row else cos.double(),
+                                                     sin.double()[:, None] if per_row else sin.double(), layout)  # fmt: skip
+                    (dx64,) = torch.autograd.grad(y64, x64, up.double())
+                    label = f"{layout} rd{rd}{' per-row' if per_row else ''}"
+                    errors[f"out {label}"] = rel_error(y, y64)
+                    errors[f"grad {label}"] = rel_error(dx, dx64)
+    finally:
+        rotation.TRITON_ROTARY = switch
+    name = str(dtype).removeprefix("torch.")
+    path = "triton" if device.type == "cuda" else "formula (CPU)"
+    row = {"case": f"rotary {name}", "T": T, "path": path, "backward": True}
+    key = rotation.rotary_case(torch.empty(0, dtype=dtype)) if device.type == "cuda" else None
+    bar = BAR if dtype == torch.float32 else BF16_BAR
+    return row | {"key": key} | verdict(errors, bar)
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -227,9 +296,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=256, help="owt-16m's width: 4 heads of 64")
+    p.add_argument("--record", action="store_true", help="write what passed to posenc/gpu_checks.json (CUDA)")
     args = p.parse_args(argv)
     device = common.setup(args)
     cuda = device.type == "cuda"
+    if args.record and (not cuda or args.smoke):
+        p.error("--record writes what a GPU checked: it needs --device cuda and no --smoke")
     if args.smoke:
         B, nh, C, check_len, seq_lens = 1, 2, 32, args.check_len or 64, args.seq_lens or [64]
     else:
@@ -252,16 +324,19 @@ def main(argv: list[str] | None = None) -> dict:
         "results": [],
     }
     failed = False
-    runs = [(name, False) for name in CASES] + [(name, True) for name in BF16] + [("kernel", False)]
-    for name, bf16 in runs:
+    runs = [(name, None) for name in CASES] + [(name, low) for low in LOW_PRECISION for name in BF16]
+    runs += [("kernel", None)] + [("rotary", low) for low in (None, *LOW_PRECISION)]
+    for name, low in runs:
         try:
             if name == "kernel":
                 row = check_kernel(device=device, backward=cuda)
+            elif name == "rotary":
+                row = check_rotary(device=device, dtype=torch.float32 if low is None else LOW_PRECISION[low])
             else:
                 shape = dict(B=B, n_head=nh, n_embd=C, T=check_len)
-                row = check(name, **shape, device=device, backward=cuda, bf16=bf16)
+                row = check(name, **shape, device=device, backward=cuda, low=low)
         except Exception as e:  # report the case and go on: one failure must not hide the others
-            label = name + (" bf16" if bf16 else "")
+            label = name + ("" if low is None else f" {low}")
             row = {"case": label, "T": check_len, "ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
             traceback.print_exc()
         failed |= not row["ok"]
@@ -286,9 +361,29 @@ def main(argv: list[str] | None = None) -> dict:
     payload["bars"] = bars(payload["checks"])
     print(report(payload))
     common.write_json(args.out, payload)
+    if args.record:
+        write_record(payload, gpu_checks.RECORD)
     if failed:
         sys.exit(1)
     return payload
+
+
+def write_record(payload: dict, path: Path) -> None:
+    """The record ``auto`` reads (posenc.gpu_checks): the device, versions and every case's verdict."""
+    import triton
+
+    machine = payload["machine"]
+    keep = ("case", "key", "T", "backward", "ok", "worst", "max_error", "bar", "error")
+    record = {
+        "check": "benchmarks/check_flex.py " + " ".join(payload["argv"]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "device": machine.get("gpu"),
+        "torch": machine["torch"],
+        "cuda": machine.get("cuda"),
+        "triton": triton.__version__,
+        "cases": [{k: c[k] for k in keep if k in c} for c in payload["checks"]],
+    }
+    common.write_json(path, record)
 
 
 def bars(checks: list[dict]) -> list[str]:

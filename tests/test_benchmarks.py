@@ -55,11 +55,37 @@ def test_check_flex_smoke(dry_run):
     data = check_payload(dry_run / "check_flex.json", "check_flex")
     checks = {c["case"]: c for c in data["checks"]}
     assert {"alibi", "kerple", "t5", "fire", "fox", "rope window 256", "rope sinks softcap"} <= checks.keys()
-    assert any(name.startswith("kernel") for name in checks) and "fire bf16" in checks
-    assert all(c["ok"] and c["backward"] is False for c in checks.values()), checks
-    assert all(c["max_error"] < 1e-5 for name, c in checks.items() if not name.endswith("bf16")), checks
+    assert any(name.startswith("kernel") for name in checks) and "fire bf16" in checks and "fire fp16" in checks
+    assert {"rotary float32", "rotary bfloat16", "rotary float16"} <= checks.keys()
+    layers = {name: c for name, c in checks.items() if not name.startswith("rotary")}
+    assert all(c["ok"] and c["backward"] is False for c in layers.values()), checks
+    assert all(c["ok"] and c["key"] is None for name, c in checks.items() if name.startswith("rotary")), checks
+    assert all(
+        c["max_error"] < 1e-5
+        for name, c in checks.items()
+        if not name.endswith(("bf16", "fp16", "bfloat16", "float16"))
+    ), checks
     assert data["flex_compiles"] is False and data["bars"]
     assert "| case | T | auto path |" in (dry_run / "check_flex.md").read_text()
+
+
+def test_check_flex_writes_the_record_auto_reads(tmp_path, monkeypatch):
+    """``check_flex.py --record``'s file, read back by posenc.gpu_checks: its passing keys are
+    checked, its failing ones and the keyless kernel row are not."""
+    from posenc import gpu_checks
+
+    check_flex = load("check_flex")
+    payload = {"argv": ["--device", "cuda"], "machine": {"gpu": "a GPU", "torch": "2.x", "cuda": "12"}}
+    payload["checks"] = [
+        {"case": "alibi", "key": "ALiBi hs64 float32", "backward": True, "ok": True, "max_error": 1e-6},
+        {"case": "fire", "key": "FIRE hs64 float32", "backward": True, "ok": False, "max_error": 0.5},
+        {"case": "kernel", "key": None, "backward": True, "ok": True},
+    ]
+    check_flex.write_record(payload, tmp_path / "gpu_checks.json")
+    monkeypatch.setattr(gpu_checks, "RECORD", tmp_path / "gpu_checks.json")
+    assert gpu_checks.record()["device"] == "a GPU" and len(gpu_checks.record()["cases"]) == 3
+    assert gpu_checks.checked("ALiBi hs64 float32", backward=True)
+    assert not gpu_checks.checked("FIRE hs64 float32") and not gpu_checks.checked(None)
 
 
 def test_bench_rope_smoke(dry_run):

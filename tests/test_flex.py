@@ -13,6 +13,7 @@ runs on a GPU only (benchmarks/check_flex.py, the first step of benchmarks/run_g
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import pytest
@@ -20,7 +21,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posenc import GPT, GPTConfig
+from posenc import GPT, GPTConfig, gpu_checks
 from posenc.attention import kernel
 from posenc.attention.blockwise import blockwise_attention
 from posenc.attention.flex import flex_attention_path, flex_block_mask
@@ -333,42 +334,76 @@ def test_compiled_flex_matches_blockwise_on_cpu(name):
 # ----------------------------------------------------------------------------- dispatch
 
 
-def test_cuda_dispatch_rule(monkeypatch):
-    """Where compiled FlexAttention serves (CUDA with Triton; faked here), ``auto`` sends it every
-    whole-sequence path but plain causality: score biases with an elementwise form, windows, chunks,
-    documents, padding, softcaps and sinks. Decoding steps, dropout, biases without an elementwise
-    form and non-softmax weights keep their CPU paths."""
+def record_gpu_check(monkeypatch, path, cases: list[dict] | None) -> None:
+    """Point the library at a GPU check's record holding ``cases`` (None: no record committed)."""
+    if cases is not None:
+        path.write_text(json.dumps({"device": "a GPU", "torch": "2.x", "cases": cases}))
+    monkeypatch.setattr(gpu_checks, "RECORD", path)
+
+
+def test_cuda_takes_flex_only_for_what_a_gpu_check_passed(monkeypatch, tmp_path):
+    """Where compiled FlexAttention serves (CUDA with Triton; faked here), ``auto`` takes it for no
+    case until a GPU check is recorded, then for exactly the cases it passed: the same encoding, mask
+    options, head widths and dtype, with gradients only where the check ran them. Decoding steps,
+    dropout, biases without an elementwise form (or the caller's own) and non-softmax weights never."""
     from posenc.encodings.base import Weighting
 
     q, k, _ = qkv(1, 2, 2, 16, 16, 16)
-    monkeypatch.setattr(kernel, "flex_compiles", lambda q: False)
-    assert choose_backend(q, k, window=4) == "dense"
-    monkeypatch.setattr(kernel, "flex_compiles", lambda q: True)
-    alibi = ALiBi(2)
+    alibi, t5 = ALiBi(2), T5RelativeBias(2)
     seg = torch.zeros(1, 16, dtype=torch.long)
-    assert choose_backend(q, k) == "sdpa"
     both = dict(score_bias=alibi.score_bias, elementwise_score_bias=alibi.elementwise_score_bias)
-    for kw in (
+    t5_both = dict(score_bias=t5.score_bias, elementwise_score_bias=t5.elementwise_score_bias)
+    cases = [
         dict(learned_bias=False, **both),
         dict(window=4),
         dict(chunk=4),
         dict(q_segments=seg, k_segments=seg),
         dict(softcap=30.0),
         dict(sinks=torch.zeros(2)),
-    ):
-        assert choose_backend(q, k, **kw) == "flex", kw
-    assert choose_backend(q, k, window=4, dropout_p=0.1) == "dense"
-    assert choose_backend(q[..., :8], k[..., :8], window=4) == "dense"  # heads narrower than 16
-    assert choose_backend(q, k, window=4, value_dim=8) == "dense"
-    assert choose_backend(q, k, learned_bias=True, **both) == "dense"  # training a learned bias
-    assert choose_backend(q, k, **both) == "dense"  # unsaid: a bias under gradients counts as learned
+    ]
+    monkeypatch.setattr(kernel, "flex_compiles", lambda q: True)
+    record_gpu_check(monkeypatch, tmp_path / "none.json", None)  # before any GPU check
+    assert [choose_backend(q, k, **kw) for kw in cases] == ["dense"] * 4 + ["blockwise", "dense"]
     with torch.no_grad():
-        assert choose_backend(q, k, **both) == "flex"
-    assert choose_backend(q, k, window=4, value_dim=288) == "dense"  # MLA's absorbed width: not checked
+        assert choose_backend(q, k, **t5_both) == "dense"
+
+    rows = [
+        {"key": "ALiBi hs16 float32", "ok": True, "backward": True},
+        {"key": "no bias window hs16 float32", "ok": True, "backward": True},
+        {"key": "no bias chunk hs16 float32", "ok": False, "backward": True},  # failed: not taken
+        {"key": "no bias documents hs16 float32", "ok": True, "backward": True},
+        {"key": "T5RelativeBias hs16 float32", "ok": True, "backward": False},  # forward checked only
+        {"key": None, "ok": True, "backward": True},  # a caller's own bias: informs nothing
+    ]
+    record_gpu_check(monkeypatch, tmp_path / "check.json", rows)
+    assert [choose_backend(q, k, **kw) for kw in cases] == ["flex", "flex", "dense", "flex", "blockwise", "dense"]
+    assert choose_backend(q, k, window=4, chunk=4) == "dense"  # a combination not checked
+    assert choose_backend(q, k, window=4, **both) == "dense"
+    assert choose_backend(q.double(), k.double(), window=4) == "dense"  # another dtype
+    assert choose_backend(q[..., :8], k[..., :8], window=4) == "dense"  # heads narrower than 16
+    q32, k32 = torch.cat([q, q], -1), torch.cat([k, k], -1)
+    assert choose_backend(q32, k32, window=4) == "dense"  # another head width than the check's
+    assert choose_backend(q, k, window=4, value_dim=8) == "dense"
+    assert choose_backend(q, k, window=4, dropout_p=0.1) == "dense"
     assert choose_backend(q, k, learned_bias=True, window=4) == "flex"  # the flag concerns the bias only
+    assert choose_backend(q, k, **t5_both) == "dense"  # T5 trains off flex: the check ran no backward
+    with torch.no_grad():
+        assert choose_backend(q, k, **t5_both) == "flex"
+    own = dict(score_bias=alibi.score_bias, elementwise_score_bias=lambda: alibi.elementwise_score_bias())
+    assert choose_backend(q, k, learned_bias=False, **own) == "dense"
     assert choose_backend(q, k, score_bias=alibi.score_bias) == "dense"  # no elementwise form given
     assert choose_backend(q[:, :, -1:], k, **both) == "dense"  # a decoding step
     assert choose_backend(q, k, weighting=Weighting("stickbreaking")) == "blockwise"
+    monkeypatch.setattr(kernel, "flex_compiles", lambda q: False)  # CPU: the record changes nothing
+    assert choose_backend(q, k, window=4) == "dense"
+
+
+def test_flex_case_names_what_shapes_the_call():
+    q, k, _ = qkv(2, 4, 2, 8, 24, 16)
+    fire = FIRE(4)
+    key = kernel.flex_case(q, k, elementwise_score_bias=fire.elementwise_score_bias, window=4, sinks=torch.zeros(4))
+    assert key == "FIRE window sinks gqa cache hs16 float32"
+    assert kernel.flex_case(q[:, :2], k, value_dim=32, softcap=5.0) == "no bias softcap cache hs16/32 float32"
 
 
 @pytest.mark.parametrize(
@@ -381,9 +416,10 @@ def test_cuda_dispatch_rule(monkeypatch):
     ids=["alibi-window", "fox-sinks", "rope-window-softcap-sinks"],
 )
 def test_a_model_on_the_cuda_rule_gives_the_same_logits(monkeypatch, pe, window, attention, learned):
-    """A GPT whose layers take flex under ``auto`` (the CUDA rule, faked on CPU, where flex runs
-    unfused) gives the logits of the CPU paths. With gradients on, a learned bias (FoX's gates)
-    keeps its layers off flex; ALiBi's fixed slopes, windows, softcaps and sinks do not."""
+    """A GPT whose layers take flex under ``auto`` (the CUDA rule and a GPU check that passed every
+    case's forward, both faked on CPU, where flex runs unfused) gives the logits of the CPU paths.
+    With gradients on, a learned bias (FoX's gates) keeps its layers off flex (no gradients into a
+    bias were checked); ALiBi's fixed slopes, windows, softcaps and sinks do not."""
     torch.manual_seed(0)
     config = GPTConfig.from_preset("tiny", pe=pe, sliding_window=window)
     config = config.map_layers(lambda i, layer: layer.replace(attention=layer.attention.replace(**attention)))
@@ -396,6 +432,8 @@ def test_a_model_on_the_cuda_rule_gives_the_same_logits(monkeypatch, pe, window,
     with torch.no_grad():
         want = model(idx)[0]
     monkeypatch.setattr(kernel, "flex_compiles", lambda q: True)
+    # a GPU check passed every case's forward, none's gradients into a bias
+    monkeypatch.setattr(kernel, "checked", lambda key, backward: not backward)
     calls = []
     real = kernel.flex_attention_path
     monkeypatch.setattr(kernel, "flex_attention_path", lambda *a, **kw: calls.append(1) or real(*a, **kw))

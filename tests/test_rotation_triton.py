@@ -5,6 +5,7 @@ interpreter has no bfloat16), forward and backward; double backward through the 
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -101,3 +102,24 @@ def test_apply_rotary_takes_the_kernel_only_for_shapes_it_fits():
     assert not rotation._fits_kernel(x, torch.zeros(3, 5, 8))  # a batch of tables that is not x's
     assert not rotation._fits_kernel(x[..., ::2], torch.zeros(5, 4))  # strided channels
     assert not rotation._fits_kernel(x[0], torch.zeros(5, 8))  # (H, T, hs): not the kernel's layout
+
+
+def test_the_kernel_runs_by_name_or_where_a_gpu_check_passed_it(monkeypatch, tmp_path):
+    """On CUDA ``apply_rotary`` takes the Triton kernel with ``TRITON_ROTARY = True``, never with
+    False, and by default (None) only for the dtypes a committed GPU check passed: none without a
+    record; gradients only where the check ran them."""
+    from posenc import gpu_checks
+
+    x32, x16 = torch.randn(1, 1, 2, 8, requires_grad=True), torch.randn(1, 1, 2, 8, dtype=torch.float16)
+    monkeypatch.setattr(gpu_checks, "RECORD", tmp_path / "none.json")
+    assert rotation.TRITON_ROTARY is None and not rotation._triton_chosen(x32) and not rotation._triton_chosen(x16)
+    path = tmp_path / "check.json"
+    rows = [{"key": "triton rotary float32", "ok": True, "backward": True}]
+    rows += [{"key": "triton rotary float16", "ok": False, "backward": True}]
+    path.write_text(json.dumps({"device": "a GPU", "cases": rows}))
+    monkeypatch.setattr(gpu_checks, "RECORD", path)
+    assert rotation._triton_chosen(x32) and not rotation._triton_chosen(x16)
+    monkeypatch.setattr(rotation, "TRITON_ROTARY", False)
+    assert not rotation._triton_chosen(x32)
+    monkeypatch.setattr(rotation, "TRITON_ROTARY", True)
+    assert rotation._triton_chosen(x16)

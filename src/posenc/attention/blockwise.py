@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from posenc.attention.flash_tiles import flash_tiles_attention, flash_tiles_serve
 from posenc.attention.mask import Mask, as_mask, document_starts, visible
 from posenc.encodings.base import SOFTMAX, Weighting
 
@@ -257,6 +258,7 @@ def blockwise_attention(
         raise ValueError(
             "stick-breaking attention takes no sinks: the stick left over already goes nowhere or to the query"
         )
+    block_q_given = block_q  # the fused tiles size their own blocks
     if block_q is None:  # a window bounds the keys a query block reads: size the block by that span
         span = k.shape[2] if mask.window is None else min(k.shape[2], mask.window + 2 * block_k)
         block_q = query_block(q.shape[0], q.shape[1], span)
@@ -267,14 +269,15 @@ def blockwise_attention(
     if score_bias is not None:
         q_positions = _default_positions(q_positions, Tk - Tq, Tk, q.device)
         k_positions = _default_positions(k_positions, 0, Tk, q.device)
+    rows = dict(q_positions=q_positions, k_positions=k_positions, q_features=q_features, k_features=k_features)
+    if flash_tiles_serve(q, v, softcap=softcap, sinks=sinks, content_bias=content_bias, dropout_p=dropout_p, weighting=weighting, q_segments=q_segments, key_padding_mask=key_padding_mask, score_bias=score_bias, q_features=q_features, k_features=k_features):  # fmt: skip
+        return flash_tiles_attention(q, k, v, score_bias=score_bias, mask=mask, scale=scale, block_q=block_q_given, block_k=block_k, **rows)  # fmt: skip
     # one split per tensor: backward assembles each gradient once, instead of one full-size
     # zero-filled gradient per query block that a slice would cost
     k_chunks, v_chunks = k.split(block_k, dim=2), v.split(block_k, dim=2)
-    # Recompute tiles in backward, saving none: even a window's T x (window + block_k) saved scores
-    # took the layer to 2.6x the RoPE layer's memory at T=4096 (docs/attention.md); with query blocks
-    # sized by the window's span the recompute costs no more time than SDPA's causal kernel there.
+    # Recompute tiles in backward, saving none: a window's saved scores took the layer to 2.6x the
+    # RoPE layer's memory at T=4096 (docs/attention.md)
     recompute = torch.is_grad_enabled()
-    rows = dict(q_positions=q_positions, k_positions=k_positions, q_features=q_features, k_features=k_features)
     rows |= dict(q_segments=q_segments, k_segments=k_segments, key_padding_mask=key_padding_mask, device=q.device)
     rows |= _starts(mask, k_segments, Tq)
     # chunks counted from each document's start need not align with the row's: bound by the window only

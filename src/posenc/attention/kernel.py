@@ -10,9 +10,11 @@
 - ``"blockwise"``: :func:`posenc.attention.blockwise.blockwise_attention`, exact at linear memory for
   everything else (past the budget, softcap, content biases, stick-breaking weights);
 - ``"flex"``: :func:`posenc.attention.flex.flex_attention_path`, compiled FlexAttention with block
-  masks: on CUDA (with Triton) every whole-sequence path above but plain causality, when the
-  encoding's bias is elementwise (``elementwise_score_bias``) and takes no gradient, heads are 16
-  to 256 wide and there is no attention dropout (:func:`choose_backend`).
+  masks. ``auto`` takes it on CUDA (with Triton) only for the cases a committed GPU check passed
+  (:mod:`posenc.gpu_checks`; none until ``benchmarks/check_flex.py`` has run on a GPU):
+  whole-sequence paths but plain causality, biases in an encoding's elementwise form
+  (``elementwise_score_bias``), heads 16 to 256 wide, no attention dropout (:func:`choose_backend`).
+  ``backend="flex"`` takes it anywhere.
 
 Rules and costs: docs/attention.md.
 """
@@ -30,7 +32,8 @@ from posenc.attention.blockwise import ContentBias, ElementwiseBias, ScoreBias, 
 from posenc.attention.dense import dense_attention, dense_fits
 from posenc.attention.flex import flex_attention_path
 from posenc.attention.mask import Mask, visible
-from posenc.encodings.base import SOFTMAX, Weighting
+from posenc.encodings.base import SOFTMAX, PositionalEncoding, Weighting
+from posenc.gpu_checks import checked
 
 Backend = Literal["auto", "sdpa", "dense", "blockwise", "flex"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "blockwise", "flex")
@@ -48,6 +51,37 @@ def flex_compiles(q: Tensor) -> bool:
     from torch.utils._triton import has_triton
 
     return has_triton()
+
+
+def flex_case(
+    q: Tensor,
+    k: Tensor,
+    *,
+    elementwise_score_bias: Callable[[], ElementwiseBias] | None = None,
+    window: int | None = None,
+    chunk: int | None = None,
+    q_segments: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
+    value_dim: int | None = None,
+) -> str | None:
+    """The key under which a GPU check records this FlexAttention call (:mod:`posenc.gpu_checks`):
+    the encoding whose bias it compiles, what shapes the mask, grouped heads, a KV-cache step, the
+    head widths and q's dtype, e.g. ``"ALiBi window sinks hs64 float32"``. None for a bias that is
+    no encoding's method (a caller's own function: no check can vouch for it)."""
+    bias = "no bias"
+    if elementwise_score_bias is not None:
+        owner = getattr(elementwise_score_bias, "__self__", None)
+        if not isinstance(owner, PositionalEncoding):
+            return None
+        bias = type(owner).__name__
+    shaping = dict(window=window, chunk=chunk, documents=q_segments, padding=key_padding_mask)
+    shaping |= dict(softcap=softcap, sinks=sinks)
+    flags = [name for name, x in shaping.items() if x is not None]
+    flags += ["gqa"] * (q.shape[1] != k.shape[1]) + ["cache"] * (q.shape[2] != k.shape[2])
+    width = f"hs{q.shape[-1]}" + ("" if value_dim in (None, q.shape[-1]) else f"/{value_dim}")
+    return " ".join([bias, *flags, width, str(q.dtype).removeprefix("torch.")])
 
 
 def choose_backend(
@@ -73,9 +107,8 @@ def choose_backend(
     (a decoding step); else, on CUDA with Triton, compiled FlexAttention for more than one query
     when the bias (if any) is elementwise (``elementwise_score_bias``), the q/k and v heads
     (``value_dim``, default q's) are ``FLEX_MIN_HEAD_DIM`` to ``FLEX_MAX_HEAD_DIM`` wide, there is no
-    attention dropout, and the bias takes no gradient (``learned_bias``; None: it does whenever
-    gradients are on. FlexAttention's gradients into captured tensors wait for a GPU check,
-    docs/attention.md);
+    attention dropout, and a committed GPU check passed this case (:func:`flex_case`), with its
+    gradients when the bias takes one (``learned_bias``; None: it does whenever gradients are on);
     else one SDPA call with a dense mask while the mask fits
     :data:`~posenc.attention.dense.DENSE_BUDGET` (softmax, no softcap); else blockwise (every
     device; FlexAttention has no CPU backward)."""
@@ -84,12 +117,16 @@ def choose_backend(
         return "blockwise"
     if all(x is None for x in others) and (q.shape[2] == 1 or (window is None and chunk is None)):
         return "sdpa"  # causality alone, or one query of a window or chunk: SDPA over the keys it sees
-    learned = torch.is_grad_enabled() if learned_bias is None else learned_bias
-    elementwise = score_bias is None or (elementwise_score_bias is not None and not learned)
+    learned = score_bias is not None and (torch.is_grad_enabled() if learned_bias is None else learned_bias)
+    elementwise = score_bias is None or elementwise_score_bias is not None
     widths = (q.shape[-1], q.shape[-1] if value_dim is None else value_dim)
     fits = min(widths) >= FLEX_MIN_HEAD_DIM and max(widths) <= FLEX_MAX_HEAD_DIM
     if q.shape[2] > 1 and elementwise and fits and dropout_p == 0.0 and flex_compiles(q):
-        return "flex"
+        case = dict(window=window, chunk=chunk, q_segments=q_segments, key_padding_mask=key_padding_mask)
+        case |= dict(softcap=softcap, sinks=sinks, value_dim=value_dim)
+        key = flex_case(q, k, elementwise_score_bias=elementwise_score_bias if score_bias is not None else None, **case)
+        if checked(key, backward=learned):
+            return "flex"
     return "dense" if softcap is None and dense_fits(q, k) else "blockwise"
 
 
@@ -139,8 +176,8 @@ def attend(
     ``score_bias``: the encoding's ``score_bias`` method when its ``where == "scores"``, else None;
     ``elementwise_score_bias``: its ``elementwise_score_bias`` method when it has one
     (``elementwise_bias``), called only when the flex path runs; ``learned_bias``: whether the bias
-    will take a gradient (its parameters or features need one), which keeps ``auto`` off flex
-    (None: assume so whenever gradients are on).
+    will take a gradient (its parameters or features need one): ``auto`` then takes flex only where
+    the GPU check passed the case's gradients (None: assume so whenever gradients are on).
     ``backend``: ``"auto"`` (see :func:`choose_backend`) or a path to force. ``block_mask``: only
     for the flex path (see :func:`flex_block_mask`).
     """

@@ -16,10 +16,17 @@ from einops import rearrange
 from torch import Tensor
 
 from posenc.encodings.rope_scaling import default_inv_freq
+from posenc.gpu_checks import checked
 
 Layout = Literal["half", "interleaved"]
 LAYOUTS: tuple[str, ...] = ("half", "interleaved")
 TWO_PI = 2 * math.pi
+
+#: Whether ``apply_rotary`` runs the fused Triton kernel on CUDA: None (default) only for the dtypes
+#: a committed GPU check passed (:mod:`posenc.gpu_checks`, :func:`rotary_case`; none until
+#: ``benchmarks/check_flex.py`` has run on a GPU), True wherever Triton is installed, False never.
+#: Set ``posenc.encodings.rotation.TRITON_ROTARY`` to choose.
+TRITON_ROTARY: bool | None = None
 
 
 def rope_inv_freq(rotary_dim: int, base: float, device: torch.device | None = None) -> Tensor:
@@ -78,14 +85,25 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "half") -
         or _is_func_transformed(x)  # torch.func (vmap, grad, jvp) wrappers refuse out= ops
     ):
         return _rotary_reference(x, cos, sin, layout)
-    if x.is_cuda:  # one fused kernel where Triton is installed; else the formula (which compile fuses)
-        fused = _triton_rotary()
+    if x.is_cuda:  # the fused kernel where chosen and installed; else the formula (which compile fuses)
+        fused = _triton_rotary() if _triton_chosen(x) else None
         if fused is None or not _fits_kernel(x, tables[0]):
             return _rotary_reference(x, cos, sin, layout)
         return fused.TritonRotary.apply(x, *tables, layout == "interleaved")
     if not (torch.is_grad_enabled() and x.requires_grad):  # inference: no autograd node to build
         return _rotary_into(x, cos, sin, layout, transpose=False)
     return _Rotary.apply(x, cos, sin, layout)
+
+
+def rotary_case(x: Tensor) -> str:
+    """The key under which a GPU check records the Triton rotation of inputs like ``x``."""
+    return "triton rotary " + str(x.dtype).removeprefix("torch.")
+
+
+def _triton_chosen(x: Tensor) -> bool:
+    if TRITON_ROTARY is None:
+        return checked(rotary_case(x), backward=x.requires_grad)
+    return TRITON_ROTARY
 
 
 def _broadcasts_into(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:

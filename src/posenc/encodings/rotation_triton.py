@@ -1,5 +1,6 @@
 """The rotation as one fused Triton kernel, forward and backward: the path of
-:func:`~posenc.encodings.rotation.apply_rotary` on CUDA when Triton is installed.
+:func:`~posenc.encodings.rotation.apply_rotary` on CUDA, where Triton is installed, for the dtypes a
+committed GPU check passed (:mod:`posenc.gpu_checks`) or when ``TRITON_ROTARY = True`` asks for it.
 
 One program rotates one row (a token of a head): it reads the row's pairs -- (i, i + rd/2) for
 the half layout, (2i, 2i+1) for the interleaved one -- and the float32 cos/sin of its position
