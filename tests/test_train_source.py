@@ -69,7 +69,9 @@ def test_flags_that_would_change_the_architecture_are_refused(source):
 def test_a_short_fine_tune_lowers_the_loss_and_exports_with_its_tokenizer(source, tmp_path):
     text = tmp_path / "corpus.jsonl"  # enough documents for the files split's 0.1% validation share
     text.write_text("".join(json.dumps({"text": f"the cat {i % 7} sat on the mat. " * 6}) + "\n" for i in range(2000)))
-    out, hf = tmp_path / "run", tmp_path / "hf"
+    out, hf, data = tmp_path / "run", tmp_path / "hf", tmp_path / "data"
+    prepare = ["prepare", "--dataset", "files", "--data-files", str(text), "--tokenizer", str(source)]
+    assert main([*prepare, "--out-dir", str(data)]) == 0  # in the source's tokenizer: a given --data-dir is not filled
     argv = ["train", "--init-from", str(source), "--preset", "tiny", "--block-size", "64", "--rope-scaling", "linear"]
     argv += [
         "--rope-factor",
@@ -77,7 +79,7 @@ def test_a_short_fine_tune_lowers_the_loss_and_exports_with_its_tokenizer(source
         "--data-files",
         str(text),
         "--data-dir",
-        str(tmp_path / "data"),
+        str(data),
         "--out-dir",
         str(out),
     ]

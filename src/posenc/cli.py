@@ -49,9 +49,8 @@ def prepare_args(argv: list[str] | None = None, prog: str | None = None) -> argp
     )
     parser.add_argument(
         "--tokenizer",
-        choices=["gpt2", "bytes"],
         default="gpt2",
-        help="gpt2: GPT-2 BPE (default); bytes: UTF-8 bytes, vocab 256, no files needed",
+        help="gpt2: GPT-2 BPE; bytes: UTF-8 bytes, vocab 256, no files needed; or a GGUF file / model folder: its tokenizer",
     )
     parser.add_argument(
         "--out-dir", type=Path, default=None, help="output folder (default: data/<dataset>-<tokenizer>)"
@@ -93,7 +92,8 @@ def prepare_args(argv: list[str] | None = None, prog: str | None = None) -> argp
     if args.dataset == "files" and not args.data_files:
         parser.error("--dataset files needs --data-files")
     if args.out_dir is None:
-        args.out_dir = Path("data") / f"{args.dataset}-{args.tokenizer}"
+        # a model's tokenizer: its file name, as train's default data folder names it
+        args.out_dir = Path("data") / f"{args.dataset}-{Path(args.tokenizer).stem}"
     return args
 
 
