@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posenc.data.tokenizers import Tokenizer
+from posenc.data.tokenizers import PretrainedTokenizer
 from posenc.io import fsync_dir, sha256_file, temp_path
 
 __all__ = [
@@ -266,8 +266,9 @@ def _transformers(what: str) -> Any:
     return transformers
 
 
-class GGUFTokenizer(Tokenizer):
-    """The tokenizer a GGUF file carries (built by transformers from its vocabulary and merges).
+class GGUFTokenizer(PretrainedTokenizer):
+    """The tokenizer a GGUF file carries (built by transformers from its vocabulary and merges), with
+    the file's own stop and start ids.
 
     ``encode`` adds no BOS/EOS, but text that spells a special token (``<|im_end|>``) is read as
     that token, as the model's own tokenizer reads a chat prompt. ``eot`` is ``eos_token_id``.
@@ -276,25 +277,14 @@ class GGUFTokenizer(Tokenizer):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.name = self.path.name
         meta = check_architecture(self.path)
-        self.hf = _transformers("load_tokenizer").AutoTokenizer.from_pretrained(
-            self.path.parent, gguf_file=self.path.name
-        )
+        super().__init__(self.path)
+        self.name = self.path.name
         self.eos_token_id = int(meta["tokenizer.ggml.eos_token_id"])
         bos = meta.get("tokenizer.ggml.bos_token_id")
         self.bos_token_id = None if bos is None else int(bos)
         self.add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
         self.eot = self.eos_token_id
-        self.vocab_size = len(self.hf)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, no BOS or EOS added."""
-        return self.hf.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of ``ids``, special tokens included."""
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (load_tokenizer, (str(self.path),))
