@@ -31,14 +31,8 @@ def load_source(path: str) -> Any:
     """The GPT of a GGUF file or Hugging Face model folder, float32, eval mode (kept for the next call)."""
     from posenc.model import GPT
 
-    if Path(path).is_file():
-        return GPT.from_gguf(path)
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM
-    except ImportError as e:
-        raise ImportError(f"--init-from {path} needs transformers: pip install 'posenc[gguf]' ({e})") from e
-    return GPT.from_hf(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)).eval()
+    # a folder: GPT.from_hf reads it offline (transformers' own loader), as it reads a model
+    return GPT.from_gguf(path) if Path(path).is_file() else GPT.from_hf(path).eval()
 
 
 def source_config(path: str, model: Mapping[str, Any]) -> Any:
