@@ -150,6 +150,12 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablation-len", type=int, default=None, help=f"--study real: tokens ({real.ablation_len})")
     p.add_argument("--context", type=int, default=None, help="--study real: the trained context (the model's)")
     p.add_argument("--rows", nargs="+", default=None, help="--study real: evaluate only these rows (default: all)")
+    p.add_argument(
+        "--beside",
+        default=None,
+        help=f"--study real: a second model (GGUF file, folder or name) whose ablations run beside ({real.beside}; "
+        "'none': no second model)",
+    )
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -187,8 +193,10 @@ def sweep_from_args(args: argparse.Namespace, command: str) -> Sweep:
     if args.study == "real":
         given = {k: getattr(args, k) for k in ("model", "windows", "ablation_windows", "ablation_len", "context")}
         given |= {"evaluate": not args.no_train, "rows": None if args.rows is None else tuple(args.rows)}
+        if args.beside is not None:
+            given["beside"] = None if args.beside == "none" else args.beside
         base = real_study.QUICK if name == "quick" else real_study.Settings()
-        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None or k == "beside"})
     return Sweep(
         name=name,
         preset=preset,

@@ -90,7 +90,7 @@ def real_markdown(results: dict[str, Any], figures: list[str], assets: str) -> s
             "them (the saved evaluations are kept).",
             "",
         ]
-    out += _extension(results, figures, assets) + _ablations(results) + _claims(results)
+    out += _extension(results, figures, assets) + _ablations(results) + _beside(results) + _claims(results)
     return "\n".join(out)
 
 
@@ -185,17 +185,30 @@ def _extension(results: dict[str, Any], figures: list[str], assets: str) -> list
     return out
 
 
-def _ablations(results: dict[str, Any]) -> list[str]:
+def _kind(results: dict[str, Any], row: str) -> str:
+    """ " (local)" / " (global)" after a one-layer row of a model with both kinds; "" otherwise."""
+    local = results["model"].get("local_layers") or []
+    if not local or not row.startswith("layer "):
+        return ""
+    return " (local)" if int(row.split()[1]) in local else " (global)"
+
+
+def _ablations(results: dict[str, Any], title: str = "## Where position lives") -> list[str]:
     L = results["settings"]["ablation_len"]
     rows = _rows(results, "ablation")
     base = window_means(results, "unmodified", 0, L)
     out = [
-        "## Where position lives",
+        title,
         "",
         f"Windows of {L} tokens (the first tokens of the same long documents), each row against the unmodified "
         f"model on the same windows (unmodified: {_spread(base)}); change = row minus unmodified, per window, mean "
         "± std over windows. The lowest frequencies are removed with p-RoPE (their pairs are not rotated); the "
-        "highest by making their frequencies ~0 (LongRoPE factors of 1e30).",
+        "highest by making their frequencies ~0 (LongRoPE factors of 1e30)."
+        + (
+            " Local layers are the sliding-window ones, global the others; `local: ...` changes the local layers only."
+            if results["model"].get("local_layers")
+            else ""
+        ),
         "",
         "| row | loss | change |",
         "|---|---:|---:|",
@@ -205,7 +218,7 @@ def _ablations(results: dict[str, Any]) -> list[str]:
         if r == "unmodified":
             continue
         change = _paired(results, r, "unmodified", 0, L)
-        line = f"| {r} | {_spread(window_means(results, r, 0, L))} | {_spread(change)} |"
+        line = f"| {r}{_kind(results, r)} | {_spread(window_means(results, r, 0, L))} | {_spread(change)} |"
         if r.startswith("layer "):
             layers.append((r, change, line))
         else:
@@ -235,6 +248,67 @@ def _ablations(results: dict[str, Any]) -> list[str]:
             "",
         ]
     return out
+
+
+def _beside(results: dict[str, Any]) -> list[str]:
+    """The second model's ablations, and the two models' changes side by side."""
+    other = results.get("beside")
+    if not other:
+        return []
+    name, first = _name(other), _name(results)
+    m = other["model"]
+    L = results["settings"]["ablation_len"]
+    out = _ablations(other, f"## Where position lives in {name}, beside {first}")
+    out[1:1] = [
+        "",
+        f"Model: `{other['source']['path']}`"
+        + (f", sha256 `{other['source']['sha256']}`" if other["source"].get("sha256") else "")
+        + f"; layers {m['layer_codes']}"
+        + (
+            f" (layers {', '.join(map(str, m['local_layers']))} local, window {m['window']})"
+            if m["local_layers"]
+            else ""
+        )
+        + f", head dim {m['head_dim']}, RoPE bases {', '.join(f'{b:g}' for b in m['rope_bases'])}. Its own "
+        f"tokenizer on the same documents: tokens sha256 `{other['tokens_sha256']}`; {len(other['units'])} "
+        f"(row, window) evaluations finished, one window took {_seconds(other, 'ablation')}.",
+    ]
+    shared = [r for r in _rows(results, "ablation") if r in other["rows"] and not r.startswith("layer ")]
+    shared = [r for r in shared if r != "unmodified"]
+    out += [
+        f"Side by side, change against each model's unmodified loss at {L} tokens:",
+        "",
+        f"| row | {first} | {name} |",
+        "|---|---:|---:|",
+    ]
+    for r in shared:
+        out.append(
+            f"| {r} | {_spread(_paired(results, r, 'unmodified', 0, L))} | {_spread(_paired(other, r, 'unmodified', 0, L))} |"
+        )
+    for label, part in ((first, results), (name, other)):
+        for kind, layers in _layer_groups(part).items():
+            xs = [np.mean(c) for r in layers if (c := _paired(part, r, "unmodified", 0, L))]
+            if xs:
+                out.append(
+                    f"| {label}: one {kind}layer to NoPE, mean over {len(xs)} layers | "
+                    + (f"{np.mean(xs):.3f} | |" if part is results else f" | {np.mean(xs):.3f} |")
+                )
+    return [*out, ""]
+
+
+def _name(results: dict[str, Any]) -> str:
+    return results["source"].get("name") or results["source"]["path"].split("/")[-1]
+
+
+def _layer_groups(results: dict[str, Any]) -> dict[str, list[str]]:
+    """ "" -> every one-layer row, or "local " / "global " -> theirs for a model with both kinds."""
+    layers = [r for r in _rows(results, "ablation") if r.startswith("layer ")]
+    if not results["model"].get("local_layers"):
+        return {"": layers}
+    groups: dict[str, list[str]] = {"local ": [], "global ": []}
+    for r in layers:
+        groups[_kind(results, r).strip(" ()") + " "].append(r)
+    return groups
 
 
 def _claims(results: dict[str, Any]) -> list[str]:
@@ -280,7 +354,9 @@ def plot_real(results: dict[str, Any], path: Any) -> None:
 
     plt = pyplot()
     T, width = results["settings"]["context"], results["settings"]["bucket"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 4.5))
+    other = results.get("beside")
+    fig, axes = plt.subplots(1, 3 if other else 2, figsize=(21 if other else 14, 4.5))
+    ax = axes[0]
     rows = _rows(results, "extension")
     colors = _colors(plt, rows)
     for r in rows:
@@ -294,18 +370,28 @@ def plot_real(results: dict[str, Any], path: Any) -> None:
     ax.set_ylabel("loss")
     ax.set_title(f"loss by position, schedules for 2x (T = {T})")
     ax.legend(fontsize=8)
+    for bx, part in zip(axes[1:], [results, other] if other else [results], strict=True):
+        _layer_bars(bx, part)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def _layer_bars(bx: Any, results: dict[str, Any]) -> None:
+    """One bar per layer: the loss change when that layer's RoPE is removed (local layers hatched)."""
     L = results["settings"]["ablation_len"]
     layers = [r for r in _rows(results, "ablation") if r.startswith("layer ")]
     changes = [_paired(results, r, "unmodified", 0, L) for r in layers]
     idx = [int(r.split()[1]) for r in layers]
-    bx.bar(
+    bars = bx.bar(
         idx,
         [np.mean(c) if c else np.nan for c in changes],
         yerr=[np.std(c, ddof=1) if len(c) > 1 else 0 for c in changes],
     )
-    bx.set_xlabel("layer turned to NoPE")
+    for bar, r in zip(bars, layers, strict=True):
+        if _kind(results, r) == " (local)":
+            bar.set_hatch("//")
+            bar.set_alpha(0.6)
+    bx.set_xlabel("layer turned to NoPE" + (" (hatched: local)" if results["model"].get("local_layers") else ""))
     bx.set_ylabel(f"loss change at {L} tokens")
-    bx.set_title("one layer's RoPE removed")
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
-    plt.close(fig)
+    bx.set_title(f"{_name(results)}: one layer's RoPE removed")

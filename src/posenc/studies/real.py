@@ -15,11 +15,15 @@ Every row is a variant of the same weights built from the model's config (``with
 - **Ablations** (``ablation_rows``): windows of ``ablation_len`` tokens (2048) from the same documents,
   RoPE replaced by NoPE in one layer at a time, and the rotation removed from the lowest 25% / 50%
   (p-RoPE, Barbero et al. 2024) or the highest 25% of the frequencies, each against the unmodified
-  model on the same windows.
+  model on the same windows. A model with sliding-window ("local") and global layers (Gemma 3) also
+  has each band in each kind of layer alone and each kind turned to NoPE.
+- **Beside** (``Settings.beside``, Gemma 3 270M by default): a second model's ablations on the same
+  documents in its own tokenizer, so that the two designs that ship most are read side by side.
 
 Resumable: each (row, window) is saved in ``<out>/real/<row>-w<i>.json`` as it finishes and
 ``<out>/real.json`` is written again after each, so a page can be drawn from a partial run; a rerun
-continues. Rows run window by window (window 0 of every row first).
+continues. Rows run window by window (window 0 of every row of both models first); the second model's
+evaluations are saved in ``<out>/real/beside-<file>/``.
 """
 
 from __future__ import annotations
@@ -96,9 +100,10 @@ class Settings:
     seed: int = 0
     evaluate: bool = True  # False: write real.json from the saved evaluations only (the others pending)
     rows: tuple[str, ...] | None = None  # evaluate only these rows (the others' saved evaluations are kept)
+    beside: str | None = "gemma3-270m"  # a second model whose ablations run beside the first's (None: none)
 
 
-QUICK = Settings(windows=1, ablation_windows=1, ablation_len=32, context=128, chunk=256, bucket=32)
+QUICK = Settings(windows=1, ablation_windows=1, ablation_len=32, context=128, chunk=256, bucket=32, beside=None)
 
 
 def dynamic_base(base: float, head_dim: int, length: int, context: int) -> float:
@@ -122,24 +127,61 @@ def drop_highest(pairs: int, fraction: float, context: int) -> dict[str, Any]:
     }
 
 
-def rope_change(options: dict[str, Any]) -> Callable[[Any], Any]:
-    """config -> the config with every RoPE layer's ``options`` replaced (none: unchanged)."""
-    return lambda c: c.with_encoding("rope", **options) if options else c
+def rope_change(options: dict[str, Any], layers: list[int] | None = None) -> Callable[[Any], Any]:
+    """config -> the config with the RoPE ``options`` replaced in ``layers`` (None: every RoPE layer;
+    no options: unchanged)."""
+    if not options:
+        return lambda c: c
+    if layers is None:
+        return lambda c: c.with_encoding("rope", **options)
+    return lambda c: c.map_layers(
+        lambda j, layer: layer.replace(pe=layer.pe.replace(**options)) if j in layers else layer
+    )
+
+
+def rotary_pairs(config: Any) -> int:
+    """Rotated channel pairs per head of the model's RoPE layers (the same in every layer here)."""
+    pairs = {
+        layer.pe.rotated_channels(layer.attention.encoding_dims(config.dims).head_dim) // 2
+        for layer in config.layers
+        if layer.encoding == "rope"
+    }
+    if len(pairs) != 1:
+        raise ValueError(f"the RoPE layers rotate different numbers of pairs {sorted(pairs)}; the bands need one")
+    return pairs.pop()
+
+
+def layer_kinds(config: Any) -> dict[str, list[int]]:
+    """The RoPE layers by kind: "local" (a sliding window) and "global" (none); {} when all are one kind."""
+    rope = [i for i, layer in enumerate(config.layers) if layer.encoding == "rope"]
+    kinds = {
+        "local": [i for i in rope if config.layers[i].window is not None],
+        "global": [i for i in rope if config.layers[i].window is None],
+    }
+    return kinds if all(kinds.values()) else {}
 
 
 def ablation_rows(config: Any) -> dict[str, Callable[[Any], Any]]:
-    """Row name -> (config -> the config of that row) for the where-position-lives ablations."""
+    """Row name -> (config -> the config of that row) for the where-position-lives ablations: the
+    frequency bands in every RoPE layer, then (a model with local and global layers) in each kind
+    alone and each kind turned to NoPE, then each layer turned to NoPE."""
     from posenc.encodings import encoding_config
 
-    T, hd = config.block_size, config.head_dim
+    T, pairs = config.block_size, rotary_pairs(config)
 
-    def nope_at(i: int) -> Callable[[Any], Any]:
-        return lambda c: c.map_layers(lambda j, layer: layer.replace(pe=encoding_config("nope")) if j == i else layer)
+    def nope_in(layers: list[int]) -> Callable[[Any], Any]:
+        return lambda c: c.map_layers(
+            lambda j, layer: layer.replace(pe=encoding_config("nope")) if j in layers else layer
+        )
 
-    rope_layers = [i for i, layer in enumerate(config.layers) if layer.encoding == "rope"]
+    bands = {name: opts(T, 2 * pairs) for name, opts in BANDS.items()}
     rows: dict[str, Callable[[Any], Any]] = {"unmodified": lambda c: c}
-    rows |= {name: rope_change(opts(T, hd)) for name, opts in BANDS.items()}
-    rows |= {f"layer {i} NoPE": nope_at(i) for i in rope_layers}
+    rows |= {name: rope_change(opts) for name, opts in bands.items()}
+    for kind, layers in layer_kinds(config).items():
+        rows[f"{kind} layers NoPE"] = nope_in(layers)
+        rows |= {f"{kind}: {name}": rope_change(opts, layers) for name, opts in bands.items()}
+    rope_layers = [i for i, layer in enumerate(config.layers) if layer.encoding == "rope"]
+    rows |= {f"layer {i} NoPE": nope_in([i]) for i in rope_layers}
     return rows
 
 
@@ -198,57 +240,100 @@ def run(sweep: Sweep) -> int:
     settings = (
         sweep.settings if isinstance(sweep.settings, Settings) else (QUICK if sweep.name == "quick" else Settings())
     )
-    model, tokenizer, source = load_model(settings.model)
-    return run_model(model, tokenizer, source, settings, sweep)
+    beside = load_model(settings.beside) if settings.beside else None
+    return run_model(*load_model(settings.model), settings, sweep, beside=beside)
 
 
-def run_model(model: Any, tokenizer: Any, source: dict[str, Any], settings: Settings, sweep: Sweep) -> int:
-    """The study of ``model`` (a GPT) with ``tokenizer``; ``source`` says where the model came from."""
-    t0 = time.time()
-    T = settings.context or model.config.block_size
-    base_config = model.config.replace(block_size=2 * T)
-    sequences = real_data.extension_sequences(tokenizer, settings.windows, 2 * T, settings.seed)
-    windows = real_data.ablation_windows(tokenizer, settings.ablation_windows, settings.ablation_len)
-    folder = sweep.out / "real"
-    folder.mkdir(parents=True, exist_ok=True)
-    ropes = [layer.pe for layer in base_config.layers if layer.encoding == "rope"]
+@dataclass
+class Part:
+    """One model's share of the study: its rows (name -> section, config change, sequences), where
+    its evaluations are saved, what real.json says of it, and the evaluations done."""
+
+    model: Any
+    config: Any  # the model's config at 2T (the extension rows read 2T tokens)
+    context: int
+    rows: dict[str, tuple[str, Callable[[Any], Any], list]]
+    folder: Path
+    info: dict[str, Any]
+    done: dict[str, dict[str, Any]]
+
+
+def plan(model: Any, tokenizer: Any, source: dict[str, Any], settings: Settings, folder: Path, extension: bool) -> Part:
+    """The rows of ``model``: the schedules (``extension``) and the ablations, on its own tokens."""
+    T = (settings.context if extension else None) or model.config.block_size
+    config = model.config.replace(block_size=2 * T)
+    ropes = [layer.pe for layer in config.layers if layer.encoding == "rope"]
     if not ropes:
-        raise ValueError(f"the real-model study needs a RoPE model; this one's layers are {base_config.layer_codes}")
-    rope = ropes[0]
-    unknown = sorted(set(settings.rows or ()) - set(SCHEDULES) - set(ablation_rows(base_config)))
-    if unknown:
-        raise ValueError(f"--rows {unknown}: no such row; the rows are {[*SCHEDULES, *ablation_rows(base_config)]}")
-    hd = base_config.head_dim
+        raise ValueError(f"the real-model study needs a RoPE model; this one's layers are {config.layer_codes}")
+    sequences = real_data.extension_sequences(tokenizer, settings.windows, 2 * T, settings.seed) if extension else []
+    windows = real_data.ablation_windows(tokenizer, settings.ablation_windows, settings.ablation_len)
+    hd = 2 * rotary_pairs(config)
     rows: dict[str, tuple[str, Callable[[Any], Any], list]] = {}
-    for name, opts in SCHEDULES.items():
-        rows[name] = ("extension", rope_change(opts(T, hd, rope.base)), sequences)
-    for name, change in ablation_rows(base_config.replace(block_size=T)).items():
-        rows[name] = ("ablation", change, windows)
+    if extension:
+        rows |= {
+            name: ("extension", rope_change(opts(T, hd, ropes[0].base)), sequences) for name, opts in SCHEDULES.items()
+        }
+    rows |= {
+        name: ("ablation", change, windows) for name, change in ablation_rows(config.replace(block_size=T)).items()
+    }
+    kinds = layer_kinds(config)
     info = {
-        "kind": "real",
-        "format": 1,
-        "command": sweep.command,
         "source": source,
-        "settings": asdict(settings) | {"context": T},
-        "full_scale": asdict(Settings()) | {"command": "posenc compare --study real --out out/real --render PAGE"},
-        "model": {"layer_codes": "".join(base_config.layer_codes), "head_dim": hd, "rope_base": rope.base},
-        "python": platform.python_version(),
+        "model": {
+            "layer_codes": "".join(config.layer_codes),
+            "head_dim": hd,
+            "rope_base": ropes[0].base,
+            "rope_bases": sorted({pe.base for pe in ropes}),
+            "local_layers": kinds.get("local", []),
+            "window": max((layer.window or 0 for layer in config.layers), default=0) or None,
+        },
         "tokens_sha256": tokens_hash([s.tokens for s in sequences] + [w.tokens for w in windows]),
         "documents": {"extension": [s.document for s in sequences], "ablation": [w.document for w in windows]},
         "rows": {name: {"section": section} for name, (section, _, _) in rows.items()},
     }
-    done: dict[str, dict[str, Any]] = {}
-    for name, _, change, w, seq in _units(rows):
-        path = folder / f"{_slug(name)}-w{w}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    return Part(model, config, T, rows, folder, info, {})
+
+
+def run_model(
+    model: Any,
+    tokenizer: Any,
+    source: dict[str, Any],
+    settings: Settings,
+    sweep: Sweep,
+    beside: tuple[Any, Any, dict[str, Any]] | None = None,
+) -> int:
+    """The study of ``model`` (a GPT) with ``tokenizer``; ``source`` says where the model came from.
+    ``beside`` (model, tokenizer, source): a second model whose ablations run beside the first's."""
+    t0 = time.time()
+    parts = [plan(model, tokenizer, source, settings, sweep.out / "real", extension=True)]
+    if beside is not None:
+        folder = sweep.out / "real" / f"beside-{_slug(Path(beside[2]['path']).stem)}"
+        parts.append(plan(*beside, settings, folder, extension=False))
+    known = [r for part in parts for r in part.rows]
+    unknown = sorted(set(settings.rows or ()) - set(known))
+    if unknown:
+        raise ValueError(f"--rows {unknown}: no such row; the rows are {list(dict.fromkeys(known))}")
+    info = {
+        "kind": "real",
+        "format": 1,
+        "command": sweep.command,
+        **parts[0].info,
+        "settings": asdict(settings) | {"context": parts[0].context},
+        "full_scale": asdict(Settings()) | {"command": "posenc compare --study real --out out/real --render PAGE"},
+        "python": platform.python_version(),
+    }
+    for part, name, _, change, w, seq in _units(parts):
+        path = part.folder / f"{_slug(name)}-w{w}.json"
         saved = json.loads(path.read_text()) if path.exists() else None
-        check = {"tokens_sha256": tokens_hash([seq.tokens]), "context": T, "bucket": settings.bucket}
+        check = {"tokens_sha256": tokens_hash([seq.tokens]), "context": part.context, "bucket": settings.bucket}
         if saved is not None and saved.get("check") != check:
             saved = None  # another sequence or bucket width: evaluated again
         if saved is None and not (settings.evaluate and (settings.rows is None or name in settings.rows)):
             continue
         if saved is None:
             t = time.time()
-            model_i = variant(model, change(base_config)).to(sweep.device)
+            model_i = variant(part.model, change(part.config)).to(sweep.device)
             saved = {
                 "row": name,
                 "window": w,
@@ -257,21 +342,23 @@ def run_model(model: Any, tokenizer: Any, source: dict[str, Any], settings: Sett
                 "seconds": time.time() - t,
             }
             atomic_write(path, json.dumps(saved))
-            print(f"[real] {name} window {w}: {_said(saved)} ({saved['seconds']:.0f} s)", flush=True)
+            label = "" if part is parts[0] else f"{part.info['source']['path'].split('/')[-1]}: "
+            print(f"[real] {label}{name} window {w}: {_said(saved)} ({saved['seconds']:.0f} s)", flush=True)
             del model_i
-        done[f"{name}/w{w}"] = saved
-        _write(info, done, sweep, t0, final=False)
-    _write(info, done, sweep, t0, final=True)
+        part.done[f"{name}/w{w}"] = saved
+        _write(info, parts, sweep, t0, final=False)
+    _write(info, parts, sweep, t0, final=True)
     return 0
 
 
-def _units(rows: dict[str, tuple[str, Callable, list]]) -> Iterator[tuple[str, str, Callable, int, Any]]:
-    """(row, section, change, window, sequence): window 0 of every row, then window 1, ..."""
-    most = max(len(seqs) for _, _, seqs in rows.values())
+def _units(parts: list[Part]) -> Iterator[tuple[Part, str, str, Callable, int, Any]]:
+    """(part, row, section, change, window, sequence): window 0 of every row of every part, then window 1, ..."""
+    most = max(len(seqs) for part in parts for _, _, seqs in part.rows.values())
     for w in range(most):
-        for name, (section, change, seqs) in rows.items():
-            if w < len(seqs):
-                yield name, section, change, w, seqs[w]
+        for part in parts:
+            for name, (section, change, seqs) in part.rows.items():
+                if w < len(seqs):
+                    yield part, name, section, change, w, seqs[w]
 
 
 def variant(model: Any, config: Any) -> Any:
@@ -304,16 +391,22 @@ def tokens_hash(sequences: list[list[int]]) -> str:
     return h.hexdigest()
 
 
-def _write(info: dict[str, Any], done: dict[str, dict[str, Any]], sweep: Sweep, t0: float, final: bool) -> None:
+def _units_of(part: Part) -> dict[str, dict[str, Any]]:
+    keep = ("row", "window", "sums", "counts", "hits", "key_positions", "seconds")
+    return {k: {f: v[f] for f in keep} for k, v in part.done.items()}
+
+
+def _write(info: dict[str, Any], parts: list[Part], sweep: Sweep, t0: float, final: bool) -> None:
     results = info | {
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "environment": environment(sweep.device, sweep.jobs, torch.get_num_threads()),
         "wall_time_s": time.time() - t0,
-        "units": {
-            k: {f: v[f] for f in ("row", "window", "sums", "counts", "hits", "key_positions", "seconds")}
-            for k, v in done.items()
-        },
+        "units": _units_of(parts[0]),
     }
+    if len(parts) > 1:
+        other = parts[1]
+        results["beside"] = other.info | {"settings": info["settings"] | {"context": other.context}}
+        results["beside"]["units"] = _units_of(other)
     if final:
         write_study(results, sweep.out, sweep.render)
     else:
