@@ -8,29 +8,24 @@ sees -- causal, a sliding ``window``, a ``chunk``, document ``segments``, paddin
 rule of :mod:`posenc.attention.mask`. The value width may differ from the key width (MLA). A
 query with no visible key returns zeros (never NaN).
 
-The scores are ``q.k * scale``, then ``softcap * tanh(scores / softcap)`` when a logit ``softcap``
-is set (Gemma 2), then ``+ score_bias``; per-head ``sinks`` (gpt-oss) add one logit per head to the
-softmax's denominator only, so a head can put weight nowhere. ``score_bias(q_positions,
+What shapes the scores comes in one :class:`~posenc.attention.scores.ScoreInputs` (or its fields
+as keywords). The scores are ``q.k * scale``, then ``softcap * tanh(scores / softcap)`` when a logit
+``softcap`` is set (Gemma 2), then ``+ score_bias`` and ``+ content_bias`` (CoPE); per-head ``sinks``
+(gpt-oss) add one logit per head to the softmax's denominator only, so a head can put weight
+nowhere; the weights are a softmax or stick-breaking's (``weighting``). ``score_bias(q_positions,
 k_positions, q_features, k_features)`` is an encoding's hook: it receives the tile's slice of the
 positions and, for content-dependent encodings, of the per-token features (token dim -2).
 
-Three paths, chosen by :func:`posenc.attention.kernel.attend` (see docs/attention.md); this module is
-the blockwise one:
-
-- ``"sdpa"``: ``scaled_dot_product_attention`` -- no bias, no window or chunk, no segments, no
-  padding, no softcap, no sinks: ``is_causal=True`` when Tq == Tk (the flash kernel where one
-  exists; the "RoPE layer" baseline), a boolean (Tq, Tk) mask in a KV-cache step.
-- ``"blockwise"`` (any device): :func:`blockwise_attention`. Queries go in blocks of ``block_q``;
-  each block is scored against only the key blocks it can see (causal upper bound, window lower
-  bound), with the bias built for that (bq, bk-span) tile only. Under autograd every query block
-  is a ``torch.utils.checkpoint`` region, so backward recomputes the tile instead of saving it
-  and gradients reach the bias's own parameters through the ordinary graph. Peak memory is one
-  tile, O(nh * bq * span), plus O(T) for inputs, outputs and gradients.
-- ``"flex"`` (opt-in: an attention config's ``backend="flex"``): :func:`flex_attention_path`,
-  ``flex_attention`` with the bias as ``score_mod`` and the mask as a ``BlockMask`` built once per
-  shape (cached) or passed in; compiled on CUDA, the unfused reference on CPU (forward only: this
-  torch has no CPU backward, and its compiled CPU kernel gave wrong values with a generic
-  score_mod). No sinks and no features. Not chosen automatically: see docs/attention.md.
+This is one of the four paths of :func:`posenc.attention.kernel.attend` (``"sdpa"``, ``"dense"``,
+``"flex"``, ``"blockwise"``: that module and docs/attention.md say which runs when), the one that
+computes everything on every device: queries go in blocks of ``block_q``; each block is scored
+against only the key blocks it can see (causal upper bound, window lower bound), with the bias
+built for that (bq, bk-span) tile only. Under autograd every query block is a
+``torch.utils.checkpoint`` region, so backward recomputes the tile instead of saving it and
+gradients reach the bias's own parameters through the ordinary graph; on CPU, softmax tiles
+without a softcap, content bias, sinks, dropout, documents or padding take the fused tiles of
+:mod:`posenc.attention.flash_tiles` instead. Peak memory is one tile, O(nh * bq * span), plus O(T)
+for inputs, outputs and gradients.
 
 Scores and the softmax run in float32 for half-precision inputs (float64 inputs stay float64); the
 probabilities are cast back to the dtype of ``v`` for the value product.

@@ -3,7 +3,8 @@
 visibility rule (:mod:`posenc.attention.mask`) as a ``BlockMask`` -- compiled on CUDA, the unfused
 reference implementation on CPU (forward only there: this torch has no CPU backward). The bias is
 the encoding's ``elementwise_score_bias()``, computed per score inside the kernel; on CUDA
-:func:`~posenc.attention.kernel.choose_backend` sends every path it serves here (docs/attention.md).
+:func:`~posenc.attention.kernel.choose_backend` sends here the cases a GPU check passed
+(docs/attention.md).
 """
 
 from __future__ import annotations
