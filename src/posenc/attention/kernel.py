@@ -35,7 +35,20 @@ from posenc.attention.scores import ContentBias, ElementwiseBias, ScoreBias, Sco
 from posenc.encodings.base import PositionalEncoding
 from posenc.gpu_checks import checked
 
-__all__ = ["BACKENDS", "ContentBias", "ElementwiseBias", "ScoreBias", "ScoreInputs", "attend", "choose_backend"]
+__all__ = [
+    "BACKENDS",
+    "FLEX_MAX_HEAD_DIM",
+    "FLEX_MIN_HEAD_DIM",
+    "Backend",
+    "ContentBias",
+    "ElementwiseBias",
+    "ScoreBias",
+    "ScoreInputs",
+    "attend",
+    "choose_backend",
+    "flex_case",
+    "flex_compiles",
+]
 
 Backend = Literal["auto", "sdpa", "dense", "blockwise", "flex"]
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "blockwise", "flex")
