@@ -46,6 +46,7 @@ import common  # noqa: E402
 from posenc import GPTConfig, gpu_checks  # noqa: E402
 from posenc.attention import dense  # noqa: E402
 from posenc.attention.kernel import choose_backend, flex_case, flex_compiles  # noqa: E402
+from posenc.attention.scores import ScoreInputs  # noqa: E402
 from posenc.encodings import rotation  # noqa: E402
 
 #: name -> (encoding, the layer's attention options, sliding window)
@@ -94,37 +95,36 @@ def pair(name: str, *, n_head: int, n_embd: int, T: int, device: torch.device, b
     return auto.to(device), ref.to(device)
 
 
-def layer_call(layer, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """q, k and the options this layer's whole-sequence training forward on inputs of ``dtype``
+def layer_call(layer, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, ScoreInputs]:
+    """q, k and the inputs this layer's whole-sequence training forward on inputs of ``dtype``
     passes the kernel's rule (what ``Attention.attend`` tells it)."""
     q = torch.empty(x.shape[0], layer.n_head, x.shape[1], layer.head_dim, device=x.device, dtype=dtype)
     k = torch.empty(x.shape[0], layer.n_kv_head, x.shape[1], layer.head_dim, device=x.device, dtype=dtype)
     pe = layer.pe
     bias = pe.where == "scores" and not pe.has_content_bias
-    options = dict(
+    inputs = ScoreInputs(
+        score_bias=pe.score_bias if bias else None,
         elementwise_score_bias=pe.elementwise_score_bias if bias and pe.elementwise_bias else None,
-        window=layer.mask.window,
-        chunk=layer.mask.chunk,
+        mask=layer.mask,
         softcap=layer.config.softcap,
         sinks=layer.sinks,
+        weighting=pe.weighting,
+        learned_bias=bias and any(p.requires_grad for p in pe.parameters()),
     )
-    return q, k, options | {"score_bias": pe.score_bias if bias else None}
+    return q, k, inputs
 
 
 def path_taken(layer, x: torch.Tensor, dtype: torch.dtype) -> str:
     """What ``auto`` chooses for this layer's whole-sequence training forward on inputs of ``dtype``."""
-    q, k, options = layer_call(layer, x, dtype)
-    pe = layer.pe
-    learned = options["score_bias"] is not None and any(p.requires_grad for p in pe.parameters())
-    return choose_backend(q, k, learned_bias=learned, weighting=pe.weighting, **options)
+    return choose_backend(*layer_call(layer, x, dtype))
 
 
 def case_key(layer, x: torch.Tensor, dtype: torch.dtype) -> str | None:
     """The key the record files this layer's case under (``posenc.attention.kernel.flex_case``)."""
-    q, k, options = layer_call(layer, x, dtype)
-    if options.pop("score_bias") is None:
-        options["elementwise_score_bias"] = None
-    return flex_case(q, k, **options)
+    q, k, inputs = layer_call(layer, x, dtype)
+    if inputs.score_bias is None:
+        inputs = inputs.replace(elementwise_score_bias=None)
+    return flex_case(q, k, inputs)
 
 
 def check(
@@ -165,6 +165,7 @@ def check_kernel(*, device: torch.device, backward: bool) -> dict:
     keys before 88 queries, per-row positions, chunks of 48 counted per document, two documents in
     a row, left padding, ALiBi, FoX-like features that take a gradient, sinks; float32."""
     from posenc.attention.kernel import attend
+    from posenc.attention.mask import Mask
     from posenc.encodings.alibi import ALiBi
 
     g = torch.Generator(device=device).manual_seed(2)
@@ -187,14 +188,15 @@ def check_kernel(*, device: torch.device, backward: bool) -> dict:
         return lambda h, qp, kp, qf, kf: fox_alibi(h, qp, kp) + qf - kf
 
     inputs = [t.requires_grad_(backward) for t in (q, k, v, feats, sinks)]
+    shaping = ScoreInputs(
+        score_bias=bias, elementwise_score_bias=elementwise, q_positions=pos[:, -Tq:], k_positions=pos,
+        q_features=feats[:, :, -Tq:], k_features=feats, mask=Mask(chunk=48), q_segments=seg[:, -Tq:],
+        k_segments=seg, key_padding_mask=pad, sinks=sinks,
+    )  # fmt: skip
     outs, grads = [], []
     for backend in ("flex", "blockwise"):
         with contextlib.nullcontext() if backward else torch.no_grad():
-            y = attend(
-                q, k, v, score_bias=bias, elementwise_score_bias=elementwise, q_positions=pos[:, -Tq:],
-                k_positions=pos, q_features=feats[:, :, -Tq:], k_features=feats, chunk=48, q_segments=seg[:, -Tq:],
-                k_segments=seg, key_padding_mask=pad, sinks=sinks, backend=backend,
-            )  # fmt: skip
+            y = attend(q, k, v, shaping, backend=backend)
         outs.append(y.detach())
         if backward:
             grads.append(torch.autograd.grad(y, inputs, torch.ones_like(y)))

@@ -99,3 +99,27 @@ def test_no_import_circle() -> None:
 )
 def test_the_cycle_finder_finds_cycles(graph: dict, cyclic: bool) -> None:  # its negative control
     assert (find_cycle(graph) is not None) == cyclic
+
+
+def private_imports(path: Path) -> list[str]:
+    """The underscore names a file imports from posenc's modules (``from posenc.x import _name``)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "posenc"):
+            names += [f"{node.module}.{alias.name}" for alias in node.names if alias.name.startswith("_")]
+    return names
+
+
+def test_no_attention_module_imports_a_private_name_of_another() -> None:
+    """The attention modules share their helpers by public names (attention/scores.py, mask.py)."""
+    found = {str(p.relative_to(SRC)): n for p in sorted((SRC / "attention").glob("*.py")) if (n := private_imports(p))}
+    assert not found, found
+
+
+def test_the_private_import_finder_finds_them(tmp_path: Path) -> None:  # its negative control
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from __future__ import annotations\nfrom torch.utils._triton import has_triton\n"
+        "from posenc.attention.blockwise import _tile, query_block\n"
+    )
+    assert private_imports(source) == ["posenc.attention.blockwise._tile"]

@@ -13,6 +13,7 @@ from posenc.attention.base import Attention, AttentionConfig, KVCache, LayerKVCa
 from posenc.attention.core import CausalSelfAttention, QKNorm, QKNormAttention, causal_attention
 from posenc.attention.mask import Mask
 from posenc.attention.mla import MultiHeadLatentAttention
+from posenc.attention.scores import ScoreInputs
 from posenc.spec import registered_config
 
 ATTENTIONS: dict[str, type[Attention]] = {
@@ -51,6 +52,7 @@ __all__ = [
     "MultiHeadLatentAttention",
     "QKNorm",
     "QKNormAttention",
+    "ScoreInputs",
     "attention_class",
     "attention_config",
     "causal_attention",

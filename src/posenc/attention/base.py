@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from posenc.attention.kernel import BACKENDS, attend
 from posenc.attention.mask import Mask
+from posenc.attention.scores import ScoreInputs
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.spec import Spec, check_bool, check_choice, check_number, spec
 
@@ -199,10 +200,7 @@ class Attention(nn.Module):
         bias = self.pe.where == "scores"
         learned = bias and torch.is_grad_enabled() and any(p.requires_grad for p in self.pe.parameters())
         learned = learned or (features[1] is not None and features[1].requires_grad)
-        return attend(
-            q,
-            k,
-            v,
+        inputs = ScoreInputs(
             score_bias=self.pe.score_bias if bias else None,
             elementwise_score_bias=self.pe.elementwise_score_bias if bias and self.pe.elementwise_bias else None,
             content_bias=self.pe.content_bias if self.pe.has_content_bias else None,
@@ -210,18 +208,16 @@ class Attention(nn.Module):
             k_positions=k_pos if bias else None,
             q_features=features[0],
             k_features=features[1],
-            window=self.mask.window,
-            chunk=self.mask.chunk,
+            mask=self.mask,
             q_segments=None if segments is None else segments[0],
             k_segments=None if segments is None else segments[1],
-            scale=scale,
             softcap=self.config.softcap,
             sinks=self.sinks,
             weighting=self.pe.weighting,
-            dropout_p=self.dropout if self.training else 0.0,
-            backend=self.config.backend,
             learned_bias=learned,
         )
+        dropout_p = self.dropout if self.training else 0.0
+        return attend(q, k, v, inputs, scale=scale, dropout_p=dropout_p, backend=self.config.backend)
 
 
 def with_head_dim(dims: ModelDims, head_dim: int) -> ModelDims:

@@ -8,29 +8,24 @@ sees -- causal, a sliding ``window``, a ``chunk``, document ``segments``, paddin
 rule of :mod:`posenc.attention.mask`. The value width may differ from the key width (MLA). A
 query with no visible key returns zeros (never NaN).
 
-The scores are ``q.k * scale``, then ``softcap * tanh(scores / softcap)`` when a logit ``softcap``
-is set (Gemma 2), then ``+ score_bias``; per-head ``sinks`` (gpt-oss) add one logit per head to the
-softmax's denominator only, so a head can put weight nowhere. ``score_bias(q_positions,
+What shapes the scores comes in one :class:`~posenc.attention.scores.ScoreInputs` (or its fields
+as keywords). The scores are ``q.k * scale``, then ``softcap * tanh(scores / softcap)`` when a logit
+``softcap`` is set (Gemma 2), then ``+ score_bias`` and ``+ content_bias`` (CoPE); per-head ``sinks``
+(gpt-oss) add one logit per head to the softmax's denominator only, so a head can put weight
+nowhere; the weights are a softmax or stick-breaking's (``weighting``). ``score_bias(q_positions,
 k_positions, q_features, k_features)`` is an encoding's hook: it receives the tile's slice of the
 positions and, for content-dependent encodings, of the per-token features (token dim -2).
 
-Three paths, chosen by :func:`posenc.attention.kernel.attend` (see docs/attention.md); this module is
-the blockwise one:
-
-- ``"sdpa"``: ``scaled_dot_product_attention`` -- no bias, no window or chunk, no segments, no
-  padding, no softcap, no sinks: ``is_causal=True`` when Tq == Tk (the flash kernel where one
-  exists; the "RoPE layer" baseline), a boolean (Tq, Tk) mask in a KV-cache step.
-- ``"blockwise"`` (any device): :func:`blockwise_attention`. Queries go in blocks of ``block_q``;
-  each block is scored against only the key blocks it can see (causal upper bound, window lower
-  bound), with the bias built for that (bq, bk-span) tile only. Under autograd every query block
-  is a ``torch.utils.checkpoint`` region, so backward recomputes the tile instead of saving it
-  and gradients reach the bias's own parameters through the ordinary graph. Peak memory is one
-  tile, O(nh * bq * span), plus O(T) for inputs, outputs and gradients.
-- ``"flex"`` (opt-in: an attention config's ``backend="flex"``): :func:`flex_attention_path`,
-  ``flex_attention`` with the bias as ``score_mod`` and the mask as a ``BlockMask`` built once per
-  shape (cached) or passed in; compiled on CUDA, the unfused reference on CPU (forward only: this
-  torch has no CPU backward, and its compiled CPU kernel gave wrong values with a generic
-  score_mod). No sinks and no features. Not chosen automatically: see docs/attention.md.
+This is one of the four paths of :func:`posenc.attention.kernel.attend` (``"sdpa"``, ``"dense"``,
+``"flex"``, ``"blockwise"``: that module and docs/attention.md say which runs when), the one that
+computes everything on every device: queries go in blocks of ``block_q``; each block is scored
+against only the key blocks it can see (causal upper bound, window lower bound), with the bias
+built for that (bq, bk-span) tile only. Under autograd every query block is a
+``torch.utils.checkpoint`` region, so backward recomputes the tile instead of saving it and
+gradients reach the bias's own parameters through the ordinary graph; on CPU, softmax tiles
+without a softcap, content bias, sinks, dropout, documents or padding take the fused tiles of
+:mod:`posenc.attention.flash_tiles` instead. Peak memory is one tile, O(nh * bq * span), plus O(T)
+for inputs, outputs and gradients.
 
 Scores and the softmax run in float32 for half-precision inputs (float64 inputs stay float64); the
 probabilities are cast back to the dtype of ``v`` for the value product.
@@ -39,7 +34,6 @@ probabilities are cast back to the dtype of ``v`` for the value product.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,18 +41,11 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from posenc.attention.flash_tiles import flash_tiles_attention, flash_tiles_serve
-from posenc.attention.mask import Mask, as_mask, document_starts, visible
-from posenc.encodings.base import SOFTMAX, Weighting
+from posenc.attention.mask import Mask, chunk_starts, visible
+from posenc.attention.scores import ContentBias, ElementwiseBias, ScoreBias, ScoreInputs, score_inputs
+from posenc.encodings.base import Weighting
 
-#: (q_positions, k_positions, q_features, k_features) of a tile -> additive float bias (nh, bq, bk) or
-#: (B, nh, bq, bk), or None. Positions are (bq,) / (bk,) or (B, bq) / (B, bk). An encoding's ``score_bias``.
-ScoreBias = Callable[..., "Tensor | None"]
-#: (head, q position, k position, q feature, k feature) -> float32 bias of one score, elementwise:
-#: what an encoding's ``elementwise_score_bias()`` returns, the form FlexAttention compiles.
-ElementwiseBias = Callable[..., Tensor]
-#: (q block (B, nh, bq, hs), its scaled scores (B, nh, bq, span), the visibility mask, scale) -> additive
-#: bias (B, nh, bq, span) or None. An encoding's ``content_bias`` (CoPE).
-ContentBias = Callable[[Tensor, Tensor, Tensor, float], "Tensor | None"]
+__all__ = ["ContentBias", "ElementwiseBias", "ScoreBias", "TILE_BUDGET", "blockwise_attention", "query_block"]
 
 
 #: The most elements of one tile's scores (B, nh, bq, span) that ``block_q=None`` allows: 2**19
@@ -75,60 +62,6 @@ def query_block(B: int, nh: int, Tk: int, budget: int | None = None) -> int:
     while bq > 16 and B * nh * bq * Tk > budget:
         bq //= 2
     return bq
-
-
-def _check_inputs(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_segments: Tensor | None,
-    k_segments: Tensor | None,
-    key_padding_mask: Tensor | None,
-    dropout_p: float,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Validate shapes and options; return (q_segments, k_segments), filled in from each other."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be (B, nh, T, hs), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, nh, Tq, hs = q.shape
-    if k.shape[:3] != v.shape[:3] or k.shape[0] != B or k.shape[3] != hs:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} do not fit q {tuple(q.shape)}")
-    n_kv, Tk = k.shape[1], k.shape[2]
-    if nh % n_kv:
-        raise ValueError(f"q has {nh} heads, which is not a multiple of the {n_kv} key/value heads")
-    if Tq > Tk:
-        raise ValueError(f"the queries must be the last of the keys, got Tq={Tq} > Tk={Tk}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
-    if q_segments is None and k_segments is not None:
-        q_segments = k_segments[:, Tk - Tq :]
-    if k_segments is None and q_segments is not None:
-        if Tq != Tk:
-            raise ValueError(f"with Tq={Tq} < Tk={Tk}, pass k_segments (B, Tk) as well as q_segments")
-        k_segments = q_segments
-    if q_segments is not None and (tuple(q_segments.shape) != (B, Tq) or tuple(k_segments.shape) != (B, Tk)):
-        raise ValueError(
-            f"q_segments/k_segments must be (B, Tq)=({B}, {Tq}) and (B, Tk)=({B}, {Tk}), "
-            f"got {tuple(q_segments.shape)} and {tuple(k_segments.shape)}"
-        )
-    if key_padding_mask is not None and (
-        key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (B, Tk)
-    ):
-        raise ValueError(
-            f"key_padding_mask must be a bool (B, Tk)=({B}, {Tk}) tensor, "
-            f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
-        )
-    return q_segments, k_segments
-
-
-def _check_extras(q: Tensor, softcap: float | None, sinks: Tensor | None) -> None:
-    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or softcap <= 0):
-        raise ValueError(f"softcap must be a number > 0 or None, got {softcap!r}")
-    if sinks is not None and tuple(sinks.shape) != (q.shape[1],):
-        raise ValueError(f"sinks must be one logit per query head ({q.shape[1]},), got {tuple(sinks.shape)}")
-
-
-def _default_positions(positions: Tensor | None, start: int, stop: int, device: torch.device) -> Tensor:
-    return torch.arange(start, stop, device=device) if positions is None else positions
 
 
 def _softmax_weights(s: Tensor, allowed: Tensor, sinks: Tensor | None) -> Tensor:
@@ -220,41 +153,26 @@ def blockwise_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    inputs: ScoreInputs | None = None,
     *,
-    score_bias: ScoreBias | None = None,
-    content_bias: ContentBias | None = None,
-    q_positions: Tensor | None = None,
-    k_positions: Tensor | None = None,
-    q_features: Tensor | None = None,
-    k_features: Tensor | None = None,
-    window: int | None = None,
-    chunk: int | None = None,
-    q_segments: Tensor | None = None,
-    k_segments: Tensor | None = None,
-    key_padding_mask: Tensor | None = None,
     scale: float | None = None,
-    softcap: float | None = None,
-    sinks: Tensor | None = None,
-    weighting: Weighting = SOFTMAX,
     dropout_p: float = 0.0,
     block_q: int | None = None,
     block_k: int = 128,
+    **fields,
 ) -> Tensor:
     """Exact causal attention for q (B, nh, Tq, hs) against k (B, n_kv, Tk, hs), v (B, n_kv, Tk, dv)
-    -> (B, nh, Tq, dv); ``weighting``: softmax, or stick-breaking (:class:`~posenc.encodings.base.Weighting`).
+    -> (B, nh, Tq, dv), shaped by ``inputs`` (:class:`~posenc.attention.scores.ScoreInputs`, or its
+    fields as keywords: ``blockwise_attention(q, k, v, score_bias=..., window=4)``).
 
-    Never builds a (nh, Tq, Tk) tensor in forward or backward: see the module docstring.
-    ``q_positions``/``k_positions`` ((Tq,)/(Tk,) or (B, Tq)/(B, Tk)) are what ``score_bias``
-    receives, block by block; they default to ``arange(Tk - Tq, Tk)`` and ``arange(Tk)``; so are
-    ``q_features``/``k_features`` (..., Tq, F) / (..., Tk, F). ``scale`` defaults to 1/sqrt(hs).
-    ``block_q``/``block_k``: tile sizes; a query block reads whole key blocks, so the key span is
-    rounded out to multiples of ``block_k``. ``block_q=None`` sizes the query blocks so that one
-    tile's scores stay within :data:`TILE_BUDGET` elements (:func:`query_block`).
+    Never builds a (nh, Tq, Tk) tensor in forward or backward: see the module docstring. ``scale``
+    defaults to 1/sqrt(hs). ``block_q``/``block_k``: tile sizes; a query block reads whole key
+    blocks, so the key span is rounded out to multiples of ``block_k``. ``block_q=None`` sizes the
+    query blocks so that one tile's scores stay within :data:`TILE_BUDGET` elements (:func:`query_block`).
     """
-    q_segments, k_segments = _check_inputs(q, k, v, q_segments, k_segments, key_padding_mask, dropout_p)
-    mask = as_mask(window, chunk)
-    _check_extras(q, softcap, sinks)
-    if weighting.kind == "stickbreaking" and sinks is not None:
+    inputs = score_inputs(inputs, fields).checked(q, k, v, dropout_p)
+    mask, weighting = inputs.mask, inputs.weighting
+    if weighting.kind == "stickbreaking" and inputs.sinks is not None:
         raise ValueError(
             "stick-breaking attention takes no sinks: the stick left over already goes nowhere or to the query"
         )
@@ -266,31 +184,29 @@ def blockwise_attention(
         raise ValueError(f"block_q and block_k must be positive, got {block_q} and {block_k}")
     Tq, Tk = q.shape[2], k.shape[2]
     scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else scale
-    if score_bias is not None:
-        q_positions = _default_positions(q_positions, Tk - Tq, Tk, q.device)
-        k_positions = _default_positions(k_positions, 0, Tk, q.device)
-    rows = dict(q_positions=q_positions, k_positions=k_positions, q_features=q_features, k_features=k_features)
-    if flash_tiles_serve(q, v, softcap=softcap, sinks=sinks, content_bias=content_bias, dropout_p=dropout_p, weighting=weighting, q_segments=q_segments, key_padding_mask=key_padding_mask, score_bias=score_bias, q_features=q_features, k_features=k_features):  # fmt: skip
-        return flash_tiles_attention(q, k, v, score_bias=score_bias, mask=mask, scale=scale, block_q=block_q_given, block_k=block_k, **rows)  # fmt: skip
+    if inputs.score_bias is not None:
+        q_positions, k_positions = inputs.positions(Tq, Tk, q.device)
+        inputs = inputs.replace(q_positions=q_positions, k_positions=k_positions)
+    if flash_tiles_serve(q, v, inputs, dropout_p):
+        return flash_tiles_attention(q, k, v, inputs, scale=scale, block_q=block_q_given, block_k=block_k)
     # one split per tensor: backward assembles each gradient once, instead of one full-size
     # zero-filled gradient per query block that a slice would cost
     k_chunks, v_chunks = k.split(block_k, dim=2), v.split(block_k, dim=2)
     # Recompute tiles in backward, saving none: a window's saved scores took the layer to 2.6x the
     # RoPE layer's memory at T=4096 (docs/attention.md)
     recompute = torch.is_grad_enabled()
-    rows |= dict(q_segments=q_segments, k_segments=k_segments, key_padding_mask=key_padding_mask, device=q.device)
-    rows |= _starts(mask, k_segments, Tq)
+    starts = chunk_starts(mask, inputs.k_segments, Tq)
     # chunks counted from each document's start need not align with the row's: bound by the window only
-    bound = Mask(window=mask.window) if rows["k_starts"] is not None else mask
+    bound = Mask(window=mask.window) if starts[1] is not None else mask
     outputs = []
     for n, q_blk in enumerate(q.split(block_q, dim=2)):
         q_lo = n * block_q
         first, last = Tk - Tq + q_lo, Tk - Tq + q_lo + q_blk.shape[2] - 1  # global indices of the block's queries
         c_lo, c_hi = bound.first_key(first) // block_k, last // block_k + 1  # key chunks [c_lo, c_hi)
         k_lo, k_hi = c_lo * block_k, min(c_hi * block_k, Tk)
-        allowed, pos, feat = _block(rows, q_lo, q_lo + q_blk.shape[2], first, k_lo, k_hi, mask, weighting, score_bias)
-        args = (q_blk, k_chunks[c_lo:c_hi], v_chunks[c_lo:c_hi], *pos, *feat, allowed, score_bias, content_bias, scale)
-        args += (softcap, sinks, dropout_p, weighting, first - k_lo)
+        allowed, pos, feat = _block(inputs, starts, q.device, q_lo, q_lo + q_blk.shape[2], first, k_lo, k_hi)
+        args = (q_blk, k_chunks[c_lo:c_hi], v_chunks[c_lo:c_hi], *pos, *feat, allowed, inputs.score_bias)
+        args += (inputs.content_bias, scale, inputs.softcap, inputs.sinks, dropout_p, weighting, first - k_lo)
         if recompute:
             outputs.append(checkpoint(_tile, *args, use_reentrant=False))
         else:
@@ -298,37 +214,30 @@ def blockwise_attention(
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (B, nh, Tq, dv)
 
 
-def _starts(mask: Mask, k_segments: Tensor | None, Tq: int) -> dict[str, Tensor | None]:
-    """Each token's document start, for a chunked mask over packed documents (the queries are the
-    last Tq keys); None otherwise."""
-    if mask.chunk is None or k_segments is None:
-        return {"q_starts": None, "k_starts": None}
-    k_starts = document_starts(k_segments)
-    return {"q_starts": k_starts[:, k_starts.shape[1] - Tq :], "k_starts": k_starts}
-
-
 def _block(
-    rows: dict, q_lo: int, q_hi: int, first: int, k_lo: int, k_hi: int, mask: Mask, weighting: Weighting, score_bias
+    inputs: ScoreInputs, starts: tuple, device: torch.device, q_lo: int, q_hi: int, first: int, k_lo: int, k_hi: int
 ) -> tuple[Tensor, tuple, tuple]:
     """One query block's visibility mask and its slices of the positions and features."""
-    q_seg, k_seg, pad = rows["q_segments"], rows["k_segments"], rows["key_padding_mask"]
+    q_seg, k_seg, pad = inputs.q_segments, inputs.k_segments, inputs.key_padding_mask
+    q_starts, k_starts = starts
+    weighting = inputs.weighting
     allowed = visible(
         first,
         first + q_hi - q_lo,
         k_lo,
         k_hi,
-        mask,
-        device=rows["device"],
+        inputs.mask,
+        device=device,
         q_segments=None if q_seg is None else q_seg[:, q_lo:q_hi],
         k_segments=None if k_seg is None else k_seg[:, k_lo:k_hi],
         key_padding_mask=None if pad is None else pad[:, k_lo:k_hi],
         itself=weighting.kind != "stickbreaking" or weighting.attend_current,
-        q_starts=None if rows["q_starts"] is None else rows["q_starts"][:, q_lo:q_hi],
-        k_starts=None if rows["k_starts"] is None else rows["k_starts"][:, k_lo:k_hi],
+        q_starts=None if q_starts is None else q_starts[:, q_lo:q_hi],
+        k_starts=None if k_starts is None else k_starts[:, k_lo:k_hi],
     )
     pos = feat = (None, None)
-    if score_bias is not None:
-        pos = (rows["q_positions"][..., q_lo:q_hi], rows["k_positions"][..., k_lo:k_hi])
-    if rows["q_features"] is not None:
-        feat = (rows["q_features"][..., q_lo:q_hi, :], rows["k_features"][..., k_lo:k_hi, :])
+    if inputs.score_bias is not None:
+        pos = (inputs.q_positions[..., q_lo:q_hi], inputs.k_positions[..., k_lo:k_hi])
+    if inputs.q_features is not None:
+        feat = (inputs.q_features[..., q_lo:q_hi, :], inputs.k_features[..., k_lo:k_hi, :])
     return allowed, pos, feat

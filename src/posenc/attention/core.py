@@ -8,9 +8,10 @@ QK-norm acts before RoPE, as in OLMo 2, Qwen3 and Gemma 3, so the rotation sees 
 vectors and the norm never sees position information.
 
 Attention runs through :meth:`posenc.attention.base.Attention.attend` (the one kernel,
-:func:`posenc.attention.blockwise.attend`): SDPA with ``is_causal=True`` when nothing but
-causality shapes the scores (flash kernel where the hardware has one), otherwise an exact
-blockwise path, linear in memory (docs/attention.md).
+:func:`posenc.attention.kernel.attend`): SDPA with ``is_causal=True`` when nothing but
+causality shapes the scores (flash kernel where the hardware has one), otherwise one SDPA call
+with a dense additive mask while it fits a budget, compiled FlexAttention for the cases a GPU check
+passed, or an exact blockwise path, linear in memory (docs/attention.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from posenc.attention.base import Attention, AttentionConfig, KVCache, LayerKVCache, append_positions
 from posenc.attention.kernel import attend
 from posenc.attention.mask import Mask
+from posenc.attention.scores import ScoreInputs
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
 from posenc.spec import check_bool, check_choice, check_int, check_number, spec
@@ -121,20 +123,16 @@ def causal_attention(
 ) -> Tensor:
     """Causal attention for q (B, nh, Tq, hs) against k, v (B, nkv, Tk, hs) (the queries are the last Tq
     keys; nkv divides nh) with an optional dense float ``bias`` (nh, Tq, Tk) or (B, nh, Tq, Tk) and a
-    sliding ``window``: :func:`posenc.attention.blockwise.attend` with the bias as a table."""
+    sliding ``window``: :func:`posenc.attention.kernel.attend` with the bias as a table."""
     score_bias = None if bias is None else (lambda q_pos, k_pos, qf=None, kf=None: bias[..., q_pos, :][..., k_pos])
     Tq, Tk = q.shape[-2], k.shape[-2]
-    return attend(
-        q,
-        k,
-        v,
+    inputs = ScoreInputs(
         score_bias=score_bias,
         q_positions=None if bias is None else torch.arange(Tq, device=q.device),
         k_positions=None if bias is None else torch.arange(Tk, device=q.device),
-        window=window,
-        dropout_p=dropout_p,
-        scale=scale,
+        mask=Mask(window=window),
     )
+    return attend(q, k, v, inputs, dropout_p=dropout_p, scale=scale)
 
 
 class CausalSelfAttention(Attention):

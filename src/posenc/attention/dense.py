@@ -6,7 +6,8 @@ not -- is faster forward and backward than walking tiles in Python (docs/attenti
 both). :func:`posenc.attention.kernel.attend` takes this path when that mask has at most
 :data:`DENSE_BUDGET` elements; past it, the blockwise kernel keeps memory linear in T.
 
-Same inputs and outputs as :func:`~posenc.attention.blockwise.blockwise_attention`, for softmax
+Same inputs (:class:`~posenc.attention.scores.ScoreInputs`) and outputs as
+:func:`~posenc.attention.blockwise.blockwise_attention`, for softmax
 weights without a logit softcap or a content bias (those need the scores themselves): score
 biases (with their per-token features), windows, chunks, document segments, key padding, GQA,
 KV-cache steps, dropout, and per-head sinks as one extra key whose score is the sink's logit and
@@ -22,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from posenc.attention.blockwise import ScoreBias, _check_extras, _check_inputs, _default_positions, _starts
-from posenc.attention.mask import as_mask, visible
+from posenc.attention.mask import chunk_starts, visible
+from posenc.attention.scores import ScoreInputs, score_inputs
 
 #: The most elements of the (B, nh, Tq, Tk) mask for which ``attend(backend="auto")`` takes the
 #: dense path: 2**24 (64 MiB in float32; SDPA's math kernel keeps about three such tensors per
@@ -45,48 +46,39 @@ def dense_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    inputs: ScoreInputs | None = None,
     *,
-    score_bias: ScoreBias | None = None,
-    q_positions: Tensor | None = None,
-    k_positions: Tensor | None = None,
-    q_features: Tensor | None = None,
-    k_features: Tensor | None = None,
-    window: int | None = None,
-    chunk: int | None = None,
-    q_segments: Tensor | None = None,
-    k_segments: Tensor | None = None,
-    key_padding_mask: Tensor | None = None,
     scale: float | None = None,
-    sinks: Tensor | None = None,
     dropout_p: float = 0.0,
+    **fields,
 ) -> Tensor:
     """Causal attention q (B, nh, Tq, hs), k (B, n_kv, Tk, hs), v (B, n_kv, Tk, dv) -> (B, nh, Tq, dv)
     through one SDPA call (arguments as :func:`~posenc.attention.blockwise.blockwise_attention`)."""
-    q_segments, k_segments = _check_inputs(q, k, v, q_segments, k_segments, key_padding_mask, dropout_p)
-    _check_extras(q, None, sinks)
+    inputs = score_inputs(inputs, fields).checked(q, k, v, dropout_p)
+    inputs.check_path("dense")
     B, nh, Tq, hs = q.shape
     Tk = k.shape[2]
-    mask = as_mask(window, chunk)
+    q_starts, k_starts = chunk_starts(inputs.mask, inputs.k_segments, Tq)
     allowed = visible(
         Tk - Tq,
         Tk,
         0,
         Tk,
-        mask,
+        inputs.mask,
         device=q.device,
-        q_segments=q_segments,
-        k_segments=k_segments,
-        key_padding_mask=key_padding_mask,
-        **_starts(mask, k_segments, Tq),
+        q_segments=inputs.q_segments,
+        k_segments=inputs.k_segments,
+        key_padding_mask=inputs.key_padding_mask,
+        q_starts=q_starts,
+        k_starts=k_starts,
     )  # (Tq, Tk) or (B, 1, Tq, Tk)
     mask = torch.where(allowed, 0.0, float("-inf")).to(q.dtype)
-    if score_bias is not None:
-        q_positions = _default_positions(q_positions, Tk - Tq, Tk, q.device)
-        k_positions = _default_positions(k_positions, 0, Tk, q.device)
-        bias = score_bias(q_positions, k_positions, q_features, k_features)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
+    if inputs.score_bias is not None:
+        q_pos, k_pos = inputs.positions(Tq, Tk, q.device)
+        bias = inputs.score_bias(q_pos, k_pos, inputs.q_features, inputs.k_features)  # (nh, Tq, Tk) or (B, nh, Tq, Tk)
         if bias is not None:
             mask = mask + bias.to(q.dtype)
-    empty = None
+    empty, sinks = None, inputs.sinks
     if sinks is None:
         empty = ~allowed.any(dim=-1, keepdim=True)  # rows with no visible key: SDPA would return NaN
         if bool(empty.any()):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.attention.mask import Mask, visible
+from posenc.attention.scores import ScoreInputs
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -147,33 +148,21 @@ def _feat(leaves, n_feat: int) -> tuple:
     return tuple(leaves[:n_feat]) + (None,) * (2 - n_feat)
 
 
-def flash_tiles_serve(
-    q: Tensor,
-    v: Tensor,
-    *,
-    softcap,
-    sinks,
-    content_bias,
-    dropout_p,
-    weighting,
-    q_segments,
-    key_padding_mask,
-    score_bias,
-    q_features,
-    k_features,
-) -> bool:
+def flash_tiles_serve(q: Tensor, v: Tensor, inputs: ScoreInputs, dropout_p: float) -> bool:
     """Whether :class:`FlashTiles` computes this call exactly (module docstring)."""
     if not (torch.is_grad_enabled() and q.device.type == "cpu" and q.dtype in FLASH_TILE_DTYPES):
         return False
     if v.shape[-1] != q.shape[-1] or v.dtype != q.dtype:  # the fused kernel takes one head width (not MLA's)
         return False
-    if weighting.kind != "softmax" or softcap is not None or sinks is not None or content_bias is not None:
+    if inputs.weighting.kind != "softmax" or inputs.softcap is not None or inputs.sinks is not None:
         return False
-    if dropout_p > 0.0 or q_segments is not None or key_padding_mask is not None:
+    if inputs.content_bias is not None or dropout_p > 0.0:
         return False
-    if (q_features is None) != (k_features is None):
+    if inputs.q_segments is not None or inputs.key_padding_mask is not None:
         return False
-    return bias_leaves(score_bias) is not None
+    if (inputs.q_features is None) != (inputs.k_features is None):
+        return False
+    return bias_leaves(inputs.score_bias) is not None
 
 
 #: the most scores (B * nh * bq * span) of one tile that ``block_q=None`` allows here: 2**21 (8 MiB
@@ -182,31 +171,19 @@ FLASH_TILE_BUDGET: int = 2**21
 
 
 def flash_tiles_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    score_bias,
-    q_positions: Tensor | None,
-    k_positions: Tensor | None,
-    q_features: Tensor | None,
-    k_features: Tensor | None,
-    mask: Mask,
-    scale: float,
-    block_q: int | None,
-    block_k: int,
+    q: Tensor, k: Tensor, v: Tensor, inputs: ScoreInputs, *, scale: float, block_q: int | None, block_k: int
 ) -> Tensor:
-    """:class:`FlashTiles` for checked inputs (``blockwise_attention``'s); grouped key/value heads
-    are repeated to the query heads (autograd sums their gradients back)."""
+    """:class:`FlashTiles` for checked inputs (``blockwise_attention``'s, positions filled in);
+    grouped key/value heads are repeated to the query heads (autograd sums their gradients back)."""
     B, nh, Tq, hs = q.shape
-    Tk = k.shape[2]
+    Tk, mask = k.shape[2], inputs.mask
     if k.shape[1] != nh:
         k, v = (t.repeat_interleave(nh // t.shape[1], dim=1) for t in (k, v))
     if block_q is None:
         span = Tk if mask.window is None else min(Tk, mask.window + 2 * block_k)
         block_q = max(16, min(Tq, FLASH_TILE_BUDGET // max(1, B * nh * span)))
     plan = _Plan(Tq, Tk, mask, block_q, block_k)
-    features = [t for t in (q_features, k_features) if t is not None]
-    leaves = bias_leaves(score_bias)
-    positions = (q_positions, k_positions)
-    return FlashTiles.apply(q, k, v, plan, scale, score_bias, positions, len(features), *features, *leaves)
+    features = [t for t in (inputs.q_features, inputs.k_features) if t is not None]
+    leaves = bias_leaves(inputs.score_bias)
+    positions = (inputs.q_positions, inputs.k_positions)
+    return FlashTiles.apply(q, k, v, plan, scale, inputs.score_bias, positions, len(features), *features, *leaves)

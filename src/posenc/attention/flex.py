@@ -3,7 +3,8 @@
 visibility rule (:mod:`posenc.attention.mask`) as a ``BlockMask`` -- compiled on CUDA, the unfused
 reference implementation on CPU (forward only there: this torch has no CPU backward). The bias is
 the encoding's ``elementwise_score_bias()``, computed per score inside the kernel; on CUDA
-:func:`~posenc.attention.kernel.choose_backend` sends every path it serves here (docs/attention.md).
+:func:`~posenc.attention.kernel.choose_backend` sends here the cases a GPU check passed
+(docs/attention.md).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import functools
 import torch
 from torch import Tensor
 
-from posenc.attention.blockwise import ElementwiseBias, _check_extras, _check_inputs, _default_positions
-from posenc.attention.mask import Mask, as_mask, document_starts, index_rule
+from posenc.attention.mask import Mask, as_mask, chunk_starts, sees
+from posenc.attention.scores import ElementwiseBias, ScoreInputs, score_inputs
 
 
 def flex_block_mask(
@@ -48,20 +49,19 @@ def _build_block_mask(Tq, Tk, mask, q_segments, k_segments, key_padding_mask, de
     from torch.nn.attention.flex_attention import create_block_mask
 
     offset = Tk - Tq
-    starts = None if mask.chunk is None or k_segments is None else document_starts(k_segments)
+    q_starts, k_starts = chunk_starts(mask, k_segments, Tq)
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        if starts is None:
-            keep = index_rule(q_idx + offset, kv_idx, mask)
-        else:  # chunks counted from each document's start
-            keep = index_rule(
-                q_idx + offset, kv_idx, mask, q_start=starts[b, q_idx + offset], k_start=starts[b, kv_idx]
-            )
-        if q_segments is not None:
-            keep = keep & (q_segments[b, q_idx] == k_segments[b, kv_idx])
-        if key_padding_mask is not None:
-            keep = keep & key_padding_mask[b, kv_idx]
-        return keep
+    def mask_mod(b, h, q_idx, kv_idx):  # the rule of posenc.attention.mask at one score
+        return sees(
+            q_idx + offset,
+            kv_idx,
+            mask,
+            q_start=0 if q_starts is None else q_starts[b, q_idx],
+            k_start=0 if k_starts is None else k_starts[b, kv_idx],
+            q_doc=None if q_segments is None else q_segments[b, q_idx],
+            k_doc=None if k_segments is None else k_segments[b, kv_idx],
+            k_real=None if key_padding_mask is None else key_padding_mask[b, kv_idx],
+        )
 
     per_row = q_segments is not None or key_padding_mask is not None
     B = (q_segments if q_segments is not None else key_padding_mask).shape[0] if per_row else None
@@ -130,26 +130,16 @@ def flex_attention_path(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    inputs: ScoreInputs | None = None,
     *,
-    score_bias: ElementwiseBias | None = None,
-    q_positions: Tensor | None = None,
-    k_positions: Tensor | None = None,
-    q_features: Tensor | None = None,
-    k_features: Tensor | None = None,
-    window: int | None = None,
-    chunk: int | None = None,
-    q_segments: Tensor | None = None,
-    k_segments: Tensor | None = None,
-    key_padding_mask: Tensor | None = None,
     scale: float | None = None,
-    softcap: float | None = None,
-    sinks: Tensor | None = None,
-    block_mask=None,
     compiled: bool | None = None,
+    **fields,
 ) -> Tensor:
     """The same attention as :func:`blockwise_attention` through FlexAttention (fused on CUDA).
 
-    ``score_bias``: an encoding's ``elementwise_score_bias()`` (head, q position, k position,
+    ``inputs`` (:class:`~posenc.attention.scores.ScoreInputs`, or its fields as keywords): its
+    ``score_bias`` here is an encoding's ``elementwise_score_bias()`` (head, q position, k position,
     q feature, k feature) -> bias, not its tile-wise ``score_bias``. Features (B, nh, T, 1): one per
     token and head (FoX's F_t). ``sinks`` (nh,): a logit per head in the softmax's denominator,
     applied to the output with the rows' log-sum-exp. ``block_mask`` from :func:`flex_block_mask`,
@@ -159,37 +149,38 @@ def flex_attention_path(
     """
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
-    q_segments, k_segments = _check_inputs(q, k, v, q_segments, k_segments, key_padding_mask, 0.0)
-    _check_extras(q, softcap, sinks)
-    for name, features in (("q_features", q_features), ("k_features", k_features)):
+    inputs = score_inputs(inputs, fields).checked(q, k, v, 0.0)
+    inputs.check_path("flex")
+    for name, features in (("q_features", inputs.q_features), ("k_features", inputs.k_features)):
         if features is not None and (features.dim() != 4 or features.shape[-1] != 1):
             raise ValueError(
                 f"FlexAttention takes one feature per token and head, (B, nh, T, 1); got {name} "
                 f"of shape {tuple(features.shape)}"
             )
     Tq, Tk = q.shape[2], k.shape[2]
+    block_mask = inputs.block_mask
     if block_mask is None:
         block_mask = flex_block_mask(
             Tq,
             Tk,
             device=q.device,
-            window=window,
-            chunk=chunk,
-            q_segments=q_segments,
-            k_segments=k_segments,
-            key_padding_mask=key_padding_mask,
+            window=inputs.mask.window,
+            chunk=inputs.mask.chunk,
+            q_segments=inputs.q_segments,
+            k_segments=inputs.k_segments,
+            key_padding_mask=inputs.key_padding_mask,
         )
-    score_mod = None
+    score_mod, score_bias, softcap = None, inputs.score_bias, inputs.softcap
     if score_bias is not None or softcap is not None:
+        q_positions, k_positions = inputs.q_positions, inputs.k_positions
         if score_bias is not None:  # per-row positions of one row serve every row
-            q_positions = _rows(_default_positions(q_positions, Tk - Tq, Tk, q.device), q.shape[0])
-            k_positions = _rows(_default_positions(k_positions, 0, Tk, q.device), q.shape[0])
-        q_features, k_features = _captured(q_features), _captured(k_features)
+            q_positions, k_positions = (_rows(p, q.shape[0]) for p in inputs.positions(Tq, Tk, q.device))
+        q_features, k_features = _captured(inputs.q_features), _captured(inputs.k_features)
         score_mod = _score_mod(score_bias, q_positions, k_positions, q_features, k_features, softcap)
     compiled = q.device.type == "cuda" if compiled is None else compiled
     # inside a compiled model the outer compile lowers FlexAttention itself
     fn = _compiled_flex_attention() if compiled and not torch.compiler.is_compiling() else flex_attention
-    gqa = q.shape[1] != k.shape[1]
+    gqa, sinks = q.shape[1] != k.shape[1], inputs.sinks
     aux = None if sinks is None else AuxRequest(lse=True)
     y = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa, return_aux=aux)
     if sinks is None:

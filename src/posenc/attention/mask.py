@@ -10,10 +10,12 @@ A query at global index i (the queries are the last Tq of Tk keys) sees key j wh
 - ``q_segments[b, i] == k_segments[b, j]`` (packed documents: its own document only);
 - ``key_padding_mask[b, j]`` (True = a real token).
 
-:class:`Mask` is the per-layer part (window, chunk) as a config; :func:`index_rule` is the rule on
-indices, used by the dense SDPA mask, the blockwise kernel's tiles and FlexAttention's
-``mask_mod``; :meth:`Mask.first_key` is the lowest key a block of queries can see, so kernels skip
-the rest. Shapes: B batch, Tq queries, Tk keys.
+:class:`Mask` is the per-layer part (window, chunk) as a config; :func:`sees` is the whole rule on
+broadcastable values, :func:`index_rule` its part on indices; :func:`visible` applies it to a
+block of queries and keys (the SDPA, dense, blockwise and fused-tile paths) and FlexAttention's
+``mask_mod`` to one score; :func:`chunk_starts` gives the document starts a chunked mask counts
+from. :meth:`Mask.first_key` is the lowest key a block of queries can see, so kernels skip the
+rest. Shapes: B batch, Tq queries, Tk keys.
 """
 
 from __future__ import annotations
@@ -71,6 +73,29 @@ def index_rule(
     return keep
 
 
+def sees(
+    q_idx: Tensor,
+    k_idx: Tensor,
+    mask: Mask,
+    *,
+    itself: bool = True,
+    q_start: Any = 0,
+    k_start: Any = 0,
+    q_doc: Tensor | None = None,
+    k_doc: Tensor | None = None,
+    k_real: Tensor | None = None,
+) -> Tensor:
+    """The whole rule on broadcastable values -> bool: :func:`index_rule` on the global indices
+    (chunks counted from ``q_start``/``k_start``), then, with packed documents, ``q_doc == k_doc``
+    (the tokens' document ids) and, with padding, ``k_real`` (the key is a real token)."""
+    keep = index_rule(q_idx, k_idx, mask, itself=itself, q_start=q_start, k_start=k_start)
+    if q_doc is not None:
+        keep = keep & (q_doc == k_doc)
+    if k_real is not None:
+        keep = keep & k_real
+    return keep
+
+
 def document_starts(segments: Tensor) -> Tensor:
     """(B, T) document ids -> (B, T): the index of the first token of each token's document (a
     document is a run of equal ids)."""
@@ -78,6 +103,16 @@ def document_starts(segments: Tensor) -> Tensor:
     new = torch.ones_like(segments, dtype=torch.bool)
     new[:, 1:] = segments[:, 1:] != segments[:, :-1]
     return torch.where(new, idx, torch.zeros_like(idx)).cummax(dim=1).values
+
+
+def chunk_starts(mask: Mask, k_segments: Tensor | None, Tq: int) -> tuple[Tensor | None, Tensor | None]:
+    """(queries', keys') document starts (B, Tq), (B, Tk) from which a chunked mask over packed
+    documents counts its chunks, as if each document were alone (the queries are the last Tq keys);
+    (None, None) without a chunk or documents: chunks then count from index 0."""
+    if mask.chunk is None or k_segments is None:
+        return None, None
+    k_starts = document_starts(k_segments)
+    return k_starts[:, k_starts.shape[1] - Tq :], k_starts
 
 
 def visible(
@@ -97,19 +132,23 @@ def visible(
 ) -> Tensor:
     """The visibility of queries at global indices [q_lo, q_hi) to keys [k_lo, k_hi): bool (bq, bk), or
     (B, 1, bq, bk) with segments (already sliced to the block: (B, bq) and (B, bk)) or padding (B, bk).
-    ``q_starts``/``k_starts`` (sliced likewise; :func:`document_starts` of the whole rows): the chunks
+    ``q_starts``/``k_starts`` (sliced likewise; :func:`chunk_starts` of the whole rows): the chunks
     of a chunked mask start at each document's first token."""
     q_idx = torch.arange(q_lo, q_hi, device=device)[:, None]  # (bq, 1)
     k_idx = torch.arange(k_lo, k_hi, device=device)[None, :]  # (1, bk)
-    if mask.chunk is not None and q_starts is not None:
-        starts = dict(q_start=q_starts[:, :, None], k_start=k_starts[:, None, :])  # (B, bq, 1), (B, 1, bk)
-        allowed = index_rule(q_idx, k_idx, mask, itself=itself, **starts)  # (B, bq, bk)
-    else:
-        allowed = index_rule(q_idx, k_idx, mask, itself=itself)  # (bq, bk)
-    if q_segments is not None:
-        allowed = allowed & (q_segments[:, :, None] == k_segments[:, None, :])  # (B, bq, bk)
-    if key_padding_mask is not None:
-        allowed = allowed & key_padding_mask[:, None, :]  # (B, bq, bk)
+    q_rows = lambda t: None if t is None else t[:, :, None]  # noqa: E731  (B, bq) -> (B, bq, 1)
+    k_rows = lambda t: None if t is None else t[:, None, :]  # noqa: E731  (B, bk) -> (B, 1, bk)
+    starts = {} if q_starts is None else dict(q_start=q_rows(q_starts), k_start=k_rows(k_starts))
+    allowed = sees(
+        q_idx,
+        k_idx,
+        mask,
+        itself=itself,
+        q_doc=q_rows(q_segments),
+        k_doc=k_rows(k_segments),
+        k_real=k_rows(key_padding_mask),
+        **starts,
+    )  # (bq, bk) or (B, bq, bk)
     return allowed[:, None] if allowed.dim() == 3 else allowed  # (B, 1, bq, bk)
 
 
