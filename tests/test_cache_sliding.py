@@ -19,7 +19,7 @@ MASKS = {
     "window+chunk": lambda i: Mask(window=3, chunk=C),
     "gemma-mix": lambda i: Mask() if i % 2 else Mask(window=W),  # local, global, local, global
 }
-VARIANTS = ("rope", "alibi", "t5", "fire", "fox", "cope", "mla")
+VARIANTS = ("rope", "alibi", "t5", "fire", "fox", "cope", "stickbreaking", "rope_sinks", "mla")
 PLANS = {"short-prefill": (2, 1, 1, 1, 3, 1, 6, 1, 1, 1), "long-prefill": (11, 1, 1, 4, 1, 2)}
 
 
