@@ -12,7 +12,8 @@ signature ``forward(x, positions=None, cache=None, segments=None)``:
 The layer's encoding ``pe``, its :class:`~posenc.attention.mask.Mask` (window, chunk), dropout and
 the options of its config (a logit ``softcap``, per-head ``sinks``, the kernel ``backend``) reach
 the kernel through :meth:`Attention.attend`, the only place a variant calls it.
-Shapes: B batch, T new tokens, S = past + T keys, C channels, nh heads.
+Shapes: B batch, T new tokens, S = held + T keys (a cache holds every past key, or those a window
+or chunk leaves visible), C channels, nh heads.
 """
 
 from __future__ import annotations

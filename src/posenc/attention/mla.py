@@ -1,6 +1,6 @@
 """Multi-head latent attention (MLA; DeepSeek-AI 2024, "DeepSeek-V2", arXiv:2405.04434; DeepSeek-V3).
 
-Shapes: B batch, T new tokens, S = past + T keys, C = n_embd, nh heads, L = kv_lora_rank,
+Shapes: B batch, T new tokens, S = held + T keys, C = n_embd, nh heads, L = kv_lora_rank,
 r = qk_rope_head_dim, dn = qk_nope_head_dim, dv = v_head_dim.
 
 Keys and values are not projected from x directly. One projection ``kv_a_proj_with_mqa`` maps x to
