@@ -12,7 +12,8 @@ signature ``forward(x, positions=None, cache=None, segments=None)``:
 The layer's encoding ``pe``, its :class:`~posenc.attention.mask.Mask` (window, chunk), dropout and
 the options of its config (a logit ``softcap``, per-head ``sinks``, the kernel ``backend``) reach
 the kernel through :meth:`Attention.attend`, the only place a variant calls it.
-Shapes: B batch, T new tokens, S = past + T keys, C channels, nh heads.
+Shapes: B batch, T new tokens, S = held + T keys (a cache holds every past key, or those a window
+or chunk leaves visible), C channels, nh heads.
 """
 
 from __future__ import annotations
@@ -68,9 +69,17 @@ class AttentionConfig(Spec):
 
 
 class LayerKVCache:
-    """Keys, values, key positions and encoding features of the tokens seen so far by one layer."""
+    """Keys, values, key positions and encoding features of the tokens one layer can still see.
 
-    def __init__(self) -> None:
+    A layer with a sliding ``window`` or ``chunk`` (its :class:`Mask`) keeps only the keys a later
+    query can see (Hugging Face's sliding cache): the last ``window - 1``, or the tokens of the
+    current chunk; :meth:`update` returns this step's keys after them. ``length`` counts every token
+    seen, ``stored`` the keys held.
+    """
+
+    def __init__(self, mask: Mask | None = None) -> None:
+        self.mask = Mask() if mask is None else mask
+        self.seen = 0
         self.k: Tensor | None = None  # (B, nkv, S, hs), rotated unless the encoding is length-dependent
         self.v: Tensor | None = None
         self.positions: Tensor | None = None  # (S,) or (B, S)
@@ -78,14 +87,36 @@ class LayerKVCache:
 
     @property
     def length(self) -> int:
+        """Number of tokens already processed."""
+        return self.seen
+
+    @property
+    def stored(self) -> int:
+        """Number of keys held."""
         return 0 if self.k is None else self.k.shape[-2]
 
-    def update(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def update(self, k: Tensor, v: Tensor, positions: Tensor, documents: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Append k, v (B, nkv, T, hs) at ``positions`` (T,) or (B, T); return the held and the new ones."""
+        self.seen += k.shape[-2]
         if self.k is not None:
             k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
             positions = append_positions(self.positions, positions, k.shape[0])
-        self.k, self.v, self.positions = k, v, positions
+        cut = k.shape[-2] - kept(self.mask, self.seen, k.shape[-2], documents)
+        self.k, self.v, self.positions = k[..., cut:, :], v[..., cut:, :], positions[..., cut:]
         return k, v, positions
+
+
+def kept(mask: Mask, seen: int, held: int, documents: bool = False) -> int:
+    """How many of the ``held`` last keys a layer with ``mask`` that has seen ``seen`` tokens keeps:
+    those from the first key a query at index ``seen`` or later can see. A chunked layer keeps whole
+    chunks (the kernel counts chunks from the first key it is given), and every key with packed
+    documents (their chunks start at each document's first token, which a cut could drop)."""
+    if mask.chunk is not None and documents:
+        return held
+    first = mask.first_key(seen)
+    if mask.chunk is not None:
+        first = first // mask.chunk * mask.chunk
+    return min(held, seen - first)
 
 
 def append_positions(past: Tensor, new: Tensor, rows: int) -> Tensor:
@@ -157,8 +188,8 @@ class Attention(nn.Module):
         self.sinks = nn.Parameter(torch.randn(n_head) * 0.02) if config.sinks else None
 
     def new_cache(self) -> LayerKVCache:
-        """An empty cache for this layer."""
-        return LayerKVCache()
+        """An empty cache for this layer: it keeps the keys this layer's window and chunk leave visible."""
+        return LayerKVCache(self.mask)
 
     @staticmethod
     def default_positions(x: Tensor, positions: Tensor | None, past: int) -> tuple[Tensor | None, Tensor]:
@@ -175,12 +206,14 @@ class Attention(nn.Module):
     def features(self, x: Tensor, cache: LayerKVCache | None) -> tuple[Tensor | None, Tensor | None]:
         """The encoding's (new tokens', all keys') token features; cached beside the keys."""
         past = None if cache is None else cache.features
+        if past is not None and past.shape[-2] == 0:  # a chunked cache between chunks: features start afresh
+            past = None
         new = self.pe.token_features(x, past)
         if new is None:
             return None, None
         every = new if past is None else torch.cat((past, new), dim=-2)
-        if cache is not None:
-            cache.features = every
+        if cache is not None:  # called after the cache's update: keep the features of the keys it keeps
+            cache.features = every[:, :, every.shape[-2] - cache.stored :]
         return new, every
 
     def attend(
@@ -197,6 +230,8 @@ class Attention(nn.Module):
         """The kernel: q (B, nh, T, hs), k (B, nkv, S, hs), v (B, nkv, S, dv) -> (B, nh, T, dv)."""
         if segments is not None and not self.pe.supports_segments:
             raise ValueError(f"{type(self.pe).__name__} does not support packed documents (document segments)")
+        if segments is not None and segments[1].shape[1] > k.shape[-2]:  # a sliding cache held fewer keys
+            segments = (segments[0], segments[1][:, -k.shape[-2] :])
         bias = self.pe.where == "scores"
         learned = bias and torch.is_grad_enabled() and any(p.requires_grad for p in self.pe.parameters())
         learned = learned or (features[1] is not None and features[1].requires_grad)

@@ -282,13 +282,13 @@ class CausalSelfAttention(Attention):
             # un-rotated keys and every step rotates all of them with the current length (the GPT
             # recomputes the cached hidden states when the rotation changes: posenc.model)
             if cache is not None:
-                k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), not rotated
+                k, v, k_pos = cache.update(k, v, q_pos, segments is not None)  # (B, nkv, S, hs), not rotated
             q = self.pe.rotate_queries(q, positions)
             k = self.pe.rotate_keys(k, None if cache is None else k_pos)
         else:
             q, k = self.pe.rotate(q, k, positions)
             if cache is not None:
-                k, v, k_pos = cache.update(k, v, q_pos)  # (B, nkv, past + T, hs), rotated
+                k, v, k_pos = cache.update(k, v, q_pos, segments is not None)  # (B, nkv, S, hs), rotated
         scale = self.config.softmax_scale if self.qk_norm is None or self.qk_norm.scale is None else self.qk_norm.scale
         y = self.attend(q, k, v, q_pos, k_pos, segments, self.features(x, cache), scale)  # (B, nh, T, hs)
         y = rearrange(y, "b nh t hs -> b t (nh hs)")  # (B, T, nh * hs)

@@ -1,6 +1,6 @@
 """Multi-head latent attention (MLA; DeepSeek-AI 2024, "DeepSeek-V2", arXiv:2405.04434; DeepSeek-V3).
 
-Shapes: B batch, T new tokens, S = past + T keys, C = n_embd, nh heads, L = kv_lora_rank,
+Shapes: B batch, T new tokens, S = held + T keys, C = n_embd, nh heads, L = kv_lora_rank,
 r = qk_rope_head_dim, dn = qk_nope_head_dim, dv = v_head_dim.
 
 Keys and values are not projected from x directly. One projection ``kv_a_proj_with_mqa`` maps x to
@@ -63,7 +63,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from posenc.attention.base import Attention, AttentionConfig, append_positions, with_head_dim
+from posenc.attention.base import Attention, AttentionConfig, append_positions, kept, with_head_dim
 from posenc.attention.mask import Mask
 from posenc.attention.mla_dims import MLADims, cache_bytes_per_token, mla_dims, mla_softmax_scale, yarn_mscale
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
@@ -90,14 +90,22 @@ class MLACache:
     is rotated, except under a length-dependent encoding (see the module docstring).
     """
 
-    def __init__(self, kv_lora_rank: int) -> None:
+    def __init__(self, kv_lora_rank: int, mask: Mask | None = None) -> None:
         self.kv_lora_rank = kv_lora_rank
+        self.mask = Mask() if mask is None else mask  # a window or chunk keeps only the rows still visible
+        self.seen = 0
         self.kv: Tensor | None = None  # (B, S, L + r)
         self.positions: Tensor | None = None  # (S,) or (B, S)
         self.features: Tensor | None = None  # (B, nh, S, F): the encoding's token_features, if any
 
     @property
     def length(self) -> int:
+        """Number of tokens already processed."""
+        return self.seen
+
+    @property
+    def stored(self) -> int:
+        """Number of rows held."""
         return 0 if self.kv is None else self.kv.shape[1]
 
     @property
@@ -113,12 +121,15 @@ class MLACache:
         """Bytes of the cached rows (positions not counted)."""
         return 0 if self.kv is None else self.kv.numel() * self.kv.element_size()
 
-    def update(self, kv: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Append rows (B, T, L + r) at ``positions`` (T,) or (B, T); return all rows and positions."""
+    def update(self, kv: Tensor, positions: Tensor, documents: bool = False) -> tuple[Tensor, Tensor]:
+        """Append rows (B, T, L + r) at ``positions`` (T,) or (B, T); return the held and the new rows
+        and positions (:class:`~posenc.attention.base.LayerKVCache` says which rows stay held)."""
+        self.seen += kv.shape[1]
         if self.kv is not None:
             kv = torch.cat((self.kv, kv), dim=1)
             positions = append_positions(self.positions, positions, kv.shape[0])
-        self.kv, self.positions = kv, positions
+        cut = kv.shape[1] - kept(self.mask, self.seen, kv.shape[1], documents)
+        self.kv, self.positions = kv[:, cut:], positions[..., cut:]
         return kv, positions
 
 
@@ -281,7 +292,7 @@ class MultiHeadLatentAttention(Attention):
 
     def new_cache(self) -> MLACache:
         """An empty cache for this layer (latent and shared rotary key per token)."""
-        return MLACache(self.kv_lora_rank)
+        return MLACache(self.kv_lora_rank, self.mask)
 
     def _queries(self, x: Tensor) -> Tensor:
         if self.q_lora_rank is None:
@@ -307,19 +318,24 @@ class MultiHeadLatentAttention(Attention):
         if self.rope_interleave:
             q_pe, k_pe = _deinterleave(q_pe), _deinterleave(k_pe)
         positions, q_pos = self.default_positions(x, positions, 0 if cache is None else cache.length)
-        features = self.features(x, cache)
         if cache is None:
             q_pe, k_pe = self.pe.rotate(q_pe, k_pe, positions)
+            features = self.features(x, cache)
             y = self._attend_naive(q_nope, q_pe, latent, k_pe, q_pos, q_pos, segments, features)
         elif self.pe.length_dependent:
-            kv, k_pos = cache.update(torch.cat((latent, k_pe[:, 0]), dim=-1), q_pos)  # (B, S, L + r), k_pe raw
+            row = torch.cat((latent, k_pe[:, 0]), dim=-1)
+            kv, k_pos = cache.update(row, q_pos, segments is not None)  # (B, S, L + r), k_pe raw
             seq_len = int(k_pos.max()) + 1
             q_pe = self.pe.rotate_queries(q_pe, q_pos, seq_len=seq_len)
             k_pe_all = self.pe.rotate_keys(kv[:, None, :, L:], k_pos, seq_len=seq_len)  # (B, 1, S, r)
+            features = self.features(x, cache)
             y = self._attend_absorbed(q_nope, q_pe, kv[..., :L], k_pe_all, q_pos, k_pos, segments, features)
         else:
             q_pe, k_pe = self.pe.rotate(q_pe, k_pe, positions)
-            kv, k_pos = cache.update(torch.cat((latent, k_pe[:, 0]), dim=-1), q_pos)  # (B, S, L + r)
+            kv, k_pos = cache.update(
+                torch.cat((latent, k_pe[:, 0]), dim=-1), q_pos, segments is not None
+            )  # (B, S, L + r)
+            features = self.features(x, cache)
             y = self._attend_absorbed(q_nope, q_pe, kv[..., :L], kv[:, None, :, L:], q_pos, k_pos, segments, features)
         y = rearrange(y, "b nh t dv -> b t (nh dv)")  # (B, T, nh * dv)
         return self.resid_dropout(self.c_proj(y))
