@@ -1,7 +1,7 @@
 """Runs of a sweep or a study as folders, and the settings every study shares.
 
 - :class:`Sweep`: the resolved settings of one ``compare`` invocation (preset, output folder,
-  device, parallelism, seeds, data); :meth:`Sweep.spec` is the :class:`~posenc.train.run.RunSpec`
+  device, parallelism, seeds, data), as :mod:`posenc.sweep` (the command line) builds them; :meth:`Sweep.spec` is the :class:`~posenc.train.run.RunSpec`
   of a variant (a name of :mod:`posenc.variants`) at a seed, with a study's own overrides.
 - :func:`plan_run`: whether a folder still needs training. A folder holds its run's ``run.json``;
   one started with other settings (another identity) is refused rather than mixed into the comparison.
@@ -208,6 +208,7 @@ def run_sweep(
         while pending or running:
             while pending and len(running) < n_jobs:
                 name, seed, folder = pending.pop(0)
+                (folder / "train.out").touch()  # the worker appends to it
                 proc = spawn.Process(target=_worker, args=(str(folder), str(folder / "train.out"), threads))
                 proc.start()
                 running[proc] = (name, seed, folder)

@@ -127,11 +127,9 @@ def train_spec(
     The folder decides (:func:`plan_folder`): a new one starts; one holding the same run continues
     from its latest checkpoint (or from step 0 when it has none), and a finished one is left as it is
     (its summary is logged and returned with ``"finished": True``); one holding another run is
-    refused, or, with ``overwrite``, its run's files are deleted and the run starts. ``resume`` says
-    that ``spec`` continues the folder's run even where it differs from the saved one (more
-    steps, another data folder: the configs of :func:`resume_configs`, changed); its ``run.json``
-    then becomes ``spec``. One process at a time trains in a folder
-    (:func:`~posenc.train.run.hold_folder`)."""
+    refused, or, with ``overwrite``, its run's files are deleted and the run starts. ``resume`` says that
+    ``spec`` continues the folder's run even where it differs from the saved one (more steps, another
+    data folder), and becomes its ``run.json``. One process at a time trains in a folder (:func:`hold_folder`)."""
     if not isinstance(spec, RunSpec):
         raise TypeError(f"train_spec takes a RunSpec, got {type(spec).__name__}")
     config, cfg = spec.model, spec.train
