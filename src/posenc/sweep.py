@@ -1,6 +1,7 @@
 """``compare``: train every positional-encoding variant under identical conditions, evaluate, and
-write a study's json and page. The command line is one front end: it resolves its flags into a
-:class:`~posenc.jobs.Sweep` (typed settings) and calls one study of :data:`posenc.studies.STUDIES`
+write a study's json and page. This module is that command line, and the only one here that parses
+argv: it resolves its flags into a :class:`~posenc.jobs.Sweep` (the typed settings object, which lives
+in :mod:`posenc.jobs` with the run folders it trains) and calls one study of :data:`posenc.studies.STUDIES`
 (``table`` by default: :mod:`posenc.studies.table`). ``--render PAGE --from JSON`` redraws a page
 from a study's json alone.
 """
