@@ -1,14 +1,17 @@
 """Runs of a sweep or a study as folders, and the settings every study shares.
 
 - :class:`Sweep`: the resolved settings of one ``compare`` invocation (preset, output folder,
-  device, parallelism, seeds, data), as :mod:`posenc.sweep` (the command line) builds them; :meth:`Sweep.spec` is the :class:`~posenc.train.run.RunSpec`
-  of a variant (a name of :mod:`posenc.variants`) at a seed, with a study's own overrides.
+  device, parallelism, seeds, data), as :mod:`posenc.sweep` (the command line) builds them;
+  :meth:`Sweep.spec` is the :class:`~posenc.train.run.RunSpec` of a variant (a name of
+  :mod:`posenc.variants`) at a seed, with a study's own overrides.
 - :func:`plan_run`: whether a folder still needs training. A folder holds its run's ``run.json``;
   one started with other settings (another identity) is refused rather than mixed into the comparison.
 - :func:`train_jobs`: train folders in this process or in worker processes (each trains the run
   saved in its folder with :func:`~posenc.train.loop.train_folder`: from its latest checkpoint or
-  from step 0), with a stop (Ctrl-C, SIGTERM) checkpointing every running run. A run whose loss became
-  non-finite is a finished run too (recorded in ``diverged.json``): a result, not an error.
+  from step 0), with a stop (Ctrl-C, SIGTERM) checkpointing every running run. A run whose loss
+  became non-finite is a finished run too (recorded in ``diverged.json``): a result, not an error.
+  Workers are spawned interpreters (:mod:`multiprocessing`): a script that trains more than one job
+  at a time calls this under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
