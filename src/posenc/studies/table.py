@@ -165,7 +165,7 @@ def _results(sweep: Sweep, variants, seeds, folders, evals, wall: float, trained
     }
     results["aggregate"] = aggregate(runs, variants, seeds)
     results["comparisons"] = compare_pairs(runs, variants, seeds)
-    return results
+    return complete_results(results)  # a run folder of 0.2 kept by the sweep: its summary lacks kv_cache_bytes
 
 
 #: The variants a sweep trains by default, the rows of docs/results.md: the study's five, four controls,
