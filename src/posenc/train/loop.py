@@ -2,7 +2,7 @@
 :class:`~posenc.train.trainer.Trainer`'s), and what makes a run resumable.
 
 :func:`train_spec` is the run core: it takes a :class:`~posenc.train.run.RunSpec`.
-:func:`train_folder` trains the run saved in a folder (what a sweep's jobs and ``--resume`` do), and
+:func:`train_folder` trains the run saved in a folder (a sweep's jobs: :mod:`posenc.jobs`), and
 :func:`train` (``train(model_config, train_config)``) builds the spec from the two configs.
 
 A run folder holds ``run.json`` (its :class:`~posenc.train.run.RunSpec`, written as soon as the run
