@@ -14,11 +14,11 @@ from _data_helpers import SEED, make_documents, no_network, prep, split_at_eot, 
 
 from posenc.data import (
     DataError,
-    _net,
     corpora,
     embedded_documents,
     get_tokenizer,
     load_split,
+    network,
     prepare,
     read_meta,
     split_documents,
@@ -166,7 +166,7 @@ def test_owt_load_failure_names_the_alternatives_and_keeps_the_old_folder(tmp_pa
         raise ConnectionError("Couldn't reach 'Skylion007/openwebtext' on the Hub (LocalEntryNotFoundError)")
 
     out = prep(tmp_path / "out", [jsonl])  # an earlier, valid preparation in the same folder
-    monkeypatch.setattr(_net, "reachable", lambda *a, **k: True)
+    monkeypatch.setattr(network, "reachable", lambda *a, **k: True)
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(DataError, match=rf"ConnectionError.*{OFFLINE_ALTERNATIVES}") as err:
         prepare(out, source="owt", tokenizer="bytes", progress=False)

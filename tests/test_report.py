@@ -308,3 +308,29 @@ def test_kv_cache_bytes_beside_the_loss(committed):
     assert kv_cache_bytes(committed, "mla") == 4 * (128 + 16) * 2  # latent (rank 128) + shared rotary key (16)
     assert kv_cache_bytes(committed, "not-a-variant") is None
     assert re.search(r"^\| GPT MLA \| [^|]+ \| [^|]+ \| 1,152 \|$", study_table(committed), re.M)
+
+
+def test_kv_cache_bytes_are_read_from_the_runs_summary(results):
+    for run in results["runs"].values():
+        if run["variant"] == "rope":
+            run["kv_cache_bytes"] = 1234  # what the run recorded, not what its layers would give now
+    assert kv_cache_bytes(results, "rope") == 1234
+
+
+def test_results_of_0_2_gain_kv_cache_bytes_when_loaded(committed, results):
+    from posenc.studies.table import complete_results
+
+    for run in results["runs"].values():  # 0.2's records: no kv_cache_bytes, one attention, its options flat
+        if run["variant"] not in ("rope", "absolute", "nope", "alibi", "gqa", "mla"):
+            continue  # a variant 0.2 lacked (one with cached features) keeps its record
+        del run["kv_cache_bytes"]
+        first = run["architecture"]["layers"][0]["attention"]
+        options = {k: v for k, v in first.items() if k != "name"}
+        run["architecture"] = {"attention": first["name"], "attention_options": options, "layers": ["P"] * 4}
+    results["runs"]["rope/s0"].pop("architecture")  # before architectures were recorded: MHA
+    assert kv_cache_bytes(results, "mla") is None
+    completed = complete_results(results)
+    assert [r["kv_cache_bytes"] for r in completed["runs"].values()] == [
+        r["kv_cache_bytes"] for r in committed["runs"].values()
+    ]
+    assert render_markdown(completed, "results", list(FIGURES)) == PAGE.read_text()

@@ -146,3 +146,17 @@ def test_a_study_run_folder_in_use_is_refused_not_trained_twice(data_dir, tmp_pa
         assert jobs.train_in_process(tmp_path) == 2
     assert f"in use by process {os.getpid()}" in capsys.readouterr().err
     assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_the_run_core_takes_a_run_spec_and_a_folder_its_saved_one(data_dir, tmp_path):
+    from posenc.train import RunSpec, train_folder, train_spec
+    from posenc.train.args import spec_from_args
+    from posenc.train.args import train_parser as parser
+
+    spec = spec_from_args(parser().parse_args(tiny_argv(tmp_path, data_dir, max_iters=2)))
+    with pytest.raises(TypeError, match="train_spec takes a RunSpec, got tuple"):
+        train_spec((spec.model, spec.train))
+    spec.save(tmp_path)  # what a sweep's plan_run leaves: the run, saved, not started
+    summary = train_folder(tmp_path, progress=False, log=lambda *a: None)
+    assert summary["steps"] == 2 and RunSpec.load(tmp_path).identity() == spec.identity()
+    assert train_folder(tmp_path, progress=False, log=lambda *a: None)["finished"] is True

@@ -10,7 +10,7 @@ import time
 import pytest
 from _data_helpers import no_network
 
-from posenc.data import ByteTokenizer, TokenizerError, _net, get_tokenizer, prepare
+from posenc.data import ByteTokenizer, TokenizerError, get_tokenizer, network, prepare
 
 
 def test_byte_tokenizer_drops_nul_and_round_trips_utf8():
@@ -49,7 +49,7 @@ def test_gpt2_tokenizer_without_cached_files_fails_fast(tmp_path, monkeypatch):
 
     # A resolver that never answers costs the probe timeout, not minutes.
     monkeypatch.setattr(socket, "create_connection", hang)
-    monkeypatch.setattr(_net, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(network, "PROBE_TIMEOUT_S", 0.5)
     t0 = time.perf_counter()
     with pytest.raises(TokenizerError, match="cannot be reached"):
         get_tokenizer("gpt2")

@@ -1,22 +1,25 @@
 """Runs of a sweep or a study as folders, and the settings every study shares.
 
 - :class:`Sweep`: the resolved settings of one ``compare`` invocation (preset, output folder,
-  device, parallelism, seeds, data); :meth:`Sweep.spec` is the :class:`~posenc.train.run.RunSpec`
-  of a variant (a name of :mod:`posenc.variants`) at a seed, with a study's own overrides.
+  device, parallelism, seeds, data), as :mod:`posenc.sweep` (the command line) builds them;
+  :meth:`Sweep.spec` is the :class:`~posenc.train.run.RunSpec` of a variant (a name of
+  :mod:`posenc.variants`) at a seed, with a study's own overrides.
 - :func:`plan_run`: whether a folder still needs training. A folder holds its run's ``run.json``;
   one started with other settings (another identity) is refused rather than mixed into the comparison.
-- :func:`train_jobs`: train folders in this process or in worker processes (each runs
-  ``posenc train --resume --out-dir FOLDER``: the saved run, from its latest checkpoint or from
-  step 0), with a stop (Ctrl-C, SIGTERM) checkpointing every running run. A run whose loss became
-  non-finite is a finished run too (recorded in ``diverged.json``): a result, not an error.
+- :func:`train_jobs`: train folders in this process or in worker processes (each trains the run
+  saved in its folder with :func:`~posenc.train.loop.train_folder`: from its latest checkpoint or
+  from step 0), with a stop (Ctrl-C, SIGTERM) checkpointing every running run. A run whose loss
+  became non-finite is a finished run too (recorded in ``diverged.json``): a result, not an error.
+  Workers are spawned interpreters (:mod:`multiprocessing`): a script that trains more than one job
+  at a time calls this under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -28,8 +31,8 @@ import torch
 
 from posenc.checkpoint import CheckpointError
 from posenc.io import atomic_write
-from posenc.train.args import guarded, run_train, train_parser
-from posenc.train.loop import resume_configs
+from posenc.train.args import FIELD_FLAGS, guarded, is_out_of_memory, out_of_memory_message
+from posenc.train.loop import handle_stop_signals, resume_configs, train_folder
 from posenc.train.run import RunSpec, build_spec
 from posenc.train.runlog import read_summary
 
@@ -148,13 +151,32 @@ class Stop(Exception):
         self.code = code
 
 
-def _resume_argv(folder: Path) -> list[str]:
-    return ["--resume", "--out-dir", str(folder), "--no-progress"]
-
-
 def train_in_process(folder: Path) -> int:
-    """Train the run saved in ``folder`` (from its latest checkpoint, or from step 0); its exit code."""
-    return guarded(lambda: run_train(train_parser().parse_args(_resume_argv(folder))))
+    """Train the run saved in ``folder`` (from its latest checkpoint, or from step 0); its exit code:
+    0, 2 for a user error (printed), 3 when the loss became non-finite, 128 + signal when stopped."""
+
+    def go() -> int:
+        with handle_stop_signals() as stop:
+            try:
+                result = train_folder(folder, stop=stop, progress=False)
+            except (RuntimeError, MemoryError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise ValueError(out_of_memory_message(RunSpec.load(folder))) from None
+        return int(result["exit_code"]) if result and result.get("stopped") else 0
+
+    return guarded(go, FIELD_FLAGS)
+
+
+def _worker(folder: str, log: str, threads: int | None) -> None:
+    """A worker process: :func:`train_in_process` with its output appended to ``log``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    if threads is not None:  # small models scale poorly over threads: parallel runs use the cores better
+        torch.set_num_threads(threads)
+    sys.exit(train_in_process(Path(folder)))
 
 
 def _finished(folder: Path, code: int, name: str, seed: int) -> bool:
@@ -183,43 +205,35 @@ def run_sweep(
                 raise Stop(code)
             on_done(name, seed)
         return
-    env = dict(os.environ)
-    if threads is not None:  # small models scale poorly over threads: parallel runs use the cores better
-        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads or locks
     pending, running = list(jobs), {}
     try:
         while pending or running:
             while pending and len(running) < n_jobs:
                 name, seed, folder = pending.pop(0)
-                log = open(folder / "train.out", "ab")  # noqa: SIM115 -- the worker writes it until it exits
-                argv = [sys.executable, "-m", "posenc", "train", *_resume_argv(folder)]
-                running[subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)] = (
-                    name,
-                    seed,
-                    folder,
-                    log,
-                )
+                (folder / "train.out").touch()  # the worker appends to it
+                proc = spawn.Process(target=_worker, args=(str(folder), str(folder / "train.out"), threads))
+                proc.start()
+                running[proc] = (name, seed, folder)
                 print(f"[compare] train {name} seed {seed} (log {folder / 'train.out'})", flush=True)
             time.sleep(0.5)
-            for proc in [p for p in running if p.poll() is not None]:
-                name, seed, folder, log = running.pop(proc)
-                log.close()
-                if not _finished(folder, proc.returncode, name, seed):
+            for proc in [p for p in running if p.exitcode is not None]:
+                name, seed, folder = running.pop(proc)
+                if not _finished(folder, proc.exitcode, name, seed):
                     tail = (folder / "train.out").read_text(errors="replace").splitlines()[-5:]
                     print(
-                        f"[compare] {name} seed {seed} exited with {proc.returncode}:\n  " + "\n  ".join(tail),
+                        f"[compare] {name} seed {seed} exited with {proc.exitcode}:\n  " + "\n  ".join(tail),
                         file=sys.stderr,
                     )
-                    raise Stop(proc.returncode)
+                    raise Stop(proc.exitcode)
                 on_done(name, seed)
     except (KeyboardInterrupt, Stop) as e:
         # SIGTERM, not SIGINT: a run that already got the terminal's SIGINT would die at a second one
         for proc in running:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, (_, _, _, log) in running.items():
-            proc.wait()
-            log.close()
+            if proc.exitcode is None:
+                proc.terminate()
+        for proc in running:
+            proc.join()
         raise e if isinstance(e, Stop) else Stop(130) from None
 
 

@@ -1,6 +1,7 @@
 """``compare``: train every positional-encoding variant under identical conditions, evaluate, and
-write a study's json and page. The command line is one front end: it resolves its flags into a
-:class:`~posenc.jobs.Sweep` (typed settings) and calls one study of :data:`posenc.studies.STUDIES`
+write a study's json and page. This module is that command line, and the only one here that parses
+argv: it resolves its flags into a :class:`~posenc.jobs.Sweep` (the typed settings object, which lives
+in :mod:`posenc.jobs` with the run folders it trains) and calls one study of :data:`posenc.studies.STUDIES`
 (``table`` by default: :mod:`posenc.studies.table`). ``--render PAGE --from JSON`` redraws a page
 from a study's json alone.
 """
@@ -23,7 +24,7 @@ from posenc.report import merge_results, render_page
 from posenc.studies import STUDIES
 from posenc.studies import lr as lr_study
 from posenc.studies import real as real_study
-from posenc.studies.table import DEFAULT_VARIANTS
+from posenc.studies.table import DEFAULT_VARIANTS, complete_results
 from posenc.train.args import PLACEMENT_FLAGS, guarded
 from posenc.train.config import resolve_device
 from posenc.variants import variant_names
@@ -232,7 +233,7 @@ def render_from(sources: list[Path], page: Path, revision: tuple[Path, str, str]
 
         figures = render_study(parts[0], page)
     else:
-        results = parts[0] if len(parts) == 1 else merge_results(parts)
+        results = complete_results(parts[0] if len(parts) == 1 else merge_results(parts))
         figures = render_page(results, page, sources[0] if len(sources) == 1 and revision is None else None)
     print(
         f"[compare] wrote {page} from {', '.join(map(str, sources))}"

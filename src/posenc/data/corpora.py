@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from posenc.data import _net
+from posenc.data import network
 from posenc.data.errors import DataError
 
 Source = Literal["owt", "embedded", "files"]
@@ -192,7 +192,7 @@ def load_owt(num_proc: int | None, progress: bool) -> DatasetCorpus:
     """OpenWebText's ``text`` column; :class:`DataError` within seconds when the hub is unreachable."""
     datasets = _import_datasets("source='owt'")
     # Without this probe an unreachable hub costs ~25 s of retries before datasets gives up.
-    if not _hub_offline_mode() and not _net.reachable(_hub_host()):
+    if not _hub_offline_mode() and not network.reachable(_hub_host()):
         raise DataError(
             f"{OWT_DATASET}: the Hugging Face hub ({_hub_host()}) cannot be reached; {_OFFLINE_HINT}; "
             "a copy already in the datasets cache loads with HF_HUB_OFFLINE=1"

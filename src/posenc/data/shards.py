@@ -13,7 +13,7 @@ preparation that did not finish, and :func:`load_split` refuses it. A rerun with
 and options (recorded as a fingerprint in ``meta.json``) whose shards have the recorded sizes
 writes nothing.
 
-Tokenizing runs in ``num_proc`` worker processes (:mod:`posenc.data._encode`); the shards do not
+Tokenizing runs in ``num_proc`` worker processes (:mod:`posenc.data.workers`); the shards do not
 depend on their number. Nothing is printed except progress bars on stderr (``progress=True``).
 """
 
@@ -29,15 +29,6 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from posenc.data._encode import (
-    POOL_MIN_DOCS,
-    Encoder,
-    Progress,
-    chunks,
-    encoded_chunks,
-    init_worker,
-    mp_context,
-)
 from posenc.data.corpora import (
     DEFAULT_FRACTIONS,
     OWT_DATASET,
@@ -52,6 +43,15 @@ from posenc.data.corpora import (
 )
 from posenc.data.errors import DataError
 from posenc.data.tokenizers import TokenizerName, get_tokenizer
+from posenc.data.workers import (
+    POOL_MIN_DOCS,
+    Encoder,
+    Progress,
+    chunks,
+    encoded_chunks,
+    init_worker,
+    mp_context,
+)
 from posenc.io import atomic_write, fsync_dir, sha256_file
 
 FORMAT_VERSION = 1

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from posenc.data import _net
+from posenc.data import network
 from posenc.data.errors import DataError, TokenizerError
 
 TokenizerName = Literal["gpt2", "bytes"]
@@ -136,7 +136,7 @@ def _gpt2_encoding() -> Any:
         "or use the byte-level tokenizer, which needs no files: get_tokenizer('bytes') "
         "(posenc.data.prepare(..., tokenizer='bytes'))"
     )
-    if (cache_file is None or not cache_file.is_file()) and not _net.reachable(_TIKTOKEN_HOST):
+    if (cache_file is None or not cache_file.is_file()) and not network.reachable(_TIKTOKEN_HOST):
         where = f"not in the cache ({cache_file})" if cache_file else "not cached (TIKTOKEN_CACHE_DIR is empty)"
         raise TokenizerError(f"GPT-2 BPE ranks are {where} and {_TIKTOKEN_HOST} cannot be reached; {hint}") from None
     try:

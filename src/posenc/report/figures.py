@@ -39,13 +39,13 @@ def have_matplotlib() -> bool:
     return True
 
 
-def _save(fig: Any, path: Path, plt: Any) -> None:
+def save_figure(fig: Any, path: Path, plt: Any) -> None:
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 
-def _colors(plt: Any, variants: list[str]) -> dict[str, Any]:
+def variant_colors(plt: Any, variants: list[str]) -> dict[str, Any]:
     """One distinct colour per variant: tab10 up to 10 variants (the page's first figures), tab20 beyond."""
     if len(variants) <= 10:
         return {v: plt.get_cmap("tab10")(i) for i, v in enumerate(variants)}
@@ -56,7 +56,7 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
     """Train and validation loss against tokens, mean ± std over seeds."""
     plt = pyplot()
     agg = results["aggregate"]
-    colors = _colors(plt, list(agg))
+    colors = variant_colors(plt, list(agg))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, key, title in zip(axes, ("train_loss", "val_loss"), ("train (mean over each eval interval)", "validation")):
         for v, a in agg.items():
@@ -73,14 +73,14 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("loss (mean ± std over seeds)")
     axes[1].legend(fontsize=8)
-    _save(fig, path, plt)
+    save_figure(fig, path, plt)
 
 
 def plot_extrapolation(results: dict[str, Any], path: Path) -> None:
     """Loss against the context multiplier, and loss by position at the largest context."""
     plt = pyplot()
     agg = results["aggregate"]
-    colors = _colors(plt, list(agg))
+    colors = variant_colors(plt, list(agg))
     T = results["block_size"]
     width = results["per_position_long_width"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -110,14 +110,14 @@ def plot_extrapolation(results: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    _save(fig, path, plt)
+    save_figure(fig, path, plt)
 
 
 def plot_per_position(results: dict[str, Any], path: Path) -> None:
     """Loss at each position of the training context, log-scaled positions."""
     plt = pyplot()
     agg = results["aggregate"]
-    colors = _colors(plt, list(agg))
+    colors = variant_colors(plt, list(agg))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v, a in agg.items():
         ax.plot(np.arange(1, len(a["per_position"]) + 1), a["per_position"], color=colors[v], lw=1, label=label(v))
@@ -127,7 +127,7 @@ def plot_per_position(results: dict[str, Any], path: Path) -> None:
     ax.set_title("per-position loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path, plt)
+    save_figure(fig, path, plt)
 
 
 def plot_all(results: dict[str, Any], folder: str | os.PathLike) -> list[str]:
@@ -139,3 +139,6 @@ def plot_all(results: dict[str, Any], folder: str | os.PathLike) -> list[str]:
     for name, plot in zip(FIGURES, (plot_curves, plot_extrapolation, plot_per_position)):
         plot(results, folder / name)
     return list(FIGURES)
+
+
+_colors = variant_colors  # the earlier name, still imported by posenc.report.real

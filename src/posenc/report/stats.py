@@ -81,30 +81,12 @@ def early_late(per_position: list[float]) -> tuple[float, float]:
     return statistics.fmean(per_position[:k]), statistics.fmean(per_position[-k:])
 
 
-def kv_cache_bytes(results: dict[str, Any], variant: str, dtype: Any = None) -> int | None:
-    """KV-cache bytes one token adds to the variant's model (all layers, fp16 by default), asked of
-    each layer's attention config as its first run recorded it (posenc 0.2's records: one attention
-    for every layer; runs from before architectures were recorded: multi-head attention with the
-    sweep's sizes); None when unknown."""
-    import torch
-
-    from posenc.attention import attention_config
-    from posenc.encodings.base import ModelDims
-    from posenc.layer import LayerSpec
-
-    mc = results["model_config"]
-    dims = ModelDims(n_embd=mc["n_embd"], n_head=mc["n_head"], block_size=mc["block_size"])
+def kv_cache_bytes(results: dict[str, Any], variant: str) -> int | None:
+    """KV-cache bytes one token adds to the variant's model (all layers, fp16), as its first run's
+    summary recorded them (results of posenc 0.2 are completed when loaded:
+    :func:`posenc.studies.table.complete_results`); None when unknown."""
     run = next((r for r in results["runs"].values() if r["variant"] == variant), None)
-    if run is None:
-        return None
-    arch = run.get("architecture") or {"attention": "mha", "layers": [None] * mc["n_layer"]}
-    if arch["layers"] and isinstance(arch["layers"][0], dict) and "attention" in arch["layers"][0]:
-        layers = [LayerSpec(attention=layer["attention"], pe=layer["pe"]) for layer in arch["layers"]]
-        return sum(layer.cache_bytes_per_token(dims, dtype or torch.float16) for layer in layers)
-    # one attention for every layer, its options flat (None = the default)
-    options = {k: v for k, v in (arch.get("attention_options") or {}).items() if v is not None}
-    attentions = [attention_config(arch["attention"], **options)] * len(arch["layers"])
-    return sum(a.cache_bytes_per_token(dims, dtype or torch.float16) for a in attentions)
+    return None if run is None else run.get("kv_cache_bytes")
 
 
 def aggregate(runs: dict[str, dict[str, Any]], variants: list[str], seeds: list[int]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from posenc.io import atomic_write
-from posenc.report.figures import _colors, _save, have_matplotlib, pyplot
+from posenc.report.figures import have_matplotlib, pyplot, save_figure, variant_colors
 from posenc.report.real import plot_real, real_markdown
 from posenc.report.revisions import revisions_markdown
 from posenc.report.stats import fmt_spread
@@ -183,7 +183,7 @@ def plot_lr(results: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     variants = list(results["phase1"])
     rates = phase1_rates(results)
-    colors = _colors(plt, variants)
+    colors = variant_colors(plt, variants)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for v in variants:
         points = sorted((float(lr), y) for lr, y in results["phase1"][v].items() if y is not None)
@@ -197,7 +197,7 @@ def plot_lr(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("final validation loss")
     ax.set_title(f"Loss against learning rate (seed {results['seeds'][0]})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: 14 rows hide lines
-    _save(fig, path, plt)
+    save_figure(fig, path, plt)
 
 
 # -- extension -------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def plot_extension(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for ax, section in zip(axes, SECTION_TITLES, strict=True):
         these = [r for r in rows if r["section"] == section]
-        colors = _colors(plt, [r["name"] for r in these])
+        colors = variant_colors(plt, [r["name"] for r in these])
         for r in these:
             pts = [(m, r["loss"][str(m)]) for m in mults if r["loss"][str(m)] is not None]
             ax.plot(*zip(*pts, strict=True), "o-", color=colors[r["name"]], label=row(r["name"]))
@@ -286,7 +286,7 @@ def plot_extension(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(f"context (x {results['block_size']} tokens)")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("validation loss")
-    _save(fig, path, plt)
+    save_figure(fig, path, plt)
 
 
 # -- synthetic ------------------------------------------------------------------------------------

@@ -47,6 +47,34 @@ RUN_FIELDS: tuple[str, ...] = (
 )
 
 
+def complete_results(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with each run's ``kv_cache_bytes`` (fp16 keys and values one token adds, all layers)
+    where it lacks them: results.json of posenc 0.2 predates the summary recording them. Each is asked of
+    the layers the run recorded (0.2's records: one attention for every layer, its options flat; runs
+    from before architectures were recorded: multi-head attention with the sweep's sizes)."""
+    runs = {
+        k: r if r.get("kv_cache_bytes") is not None else r | {"kv_cache_bytes": _kv_bytes(results, r)}
+        for k, r in results["runs"].items()
+    }
+    return results | {"runs": runs}
+
+
+def _kv_bytes(results: dict[str, Any], run: dict[str, Any]) -> int:
+    from posenc.attention import attention_config
+    from posenc.encodings.base import ModelDims
+    from posenc.layer import LayerSpec
+
+    mc = results["model_config"]
+    dims = ModelDims(n_embd=mc["n_embd"], n_head=mc["n_head"], block_size=mc["block_size"])
+    arch = run.get("architecture") or {"attention": "mha", "layers": [None] * mc["n_layer"]}
+    if arch["layers"] and isinstance(arch["layers"][0], dict) and "attention" in arch["layers"][0]:
+        layers = [LayerSpec(attention=layer["attention"], pe=layer["pe"]) for layer in arch["layers"]]
+        return sum(layer.cache_bytes_per_token(dims) for layer in layers)
+    options = {k: v for k, v in (arch.get("attention_options") or {}).items() if v is not None}
+    attention = attention_config(arch["attention"], **options)
+    return len(arch["layers"]) * attention.cache_bytes_per_token(dims)
+
+
 def collect(
     folders: dict[tuple[str, int], Path], evals: dict[tuple[str, int], dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
@@ -137,7 +165,7 @@ def _results(sweep: Sweep, variants, seeds, folders, evals, wall: float, trained
     }
     results["aggregate"] = aggregate(runs, variants, seeds)
     results["comparisons"] = compare_pairs(runs, variants, seeds)
-    return results
+    return complete_results(results)  # a run folder of 0.2 kept by the sweep: its summary lacks kv_cache_bytes
 
 
 #: The variants a sweep trains by default, the rows of docs/results.md: the study's five, four controls,

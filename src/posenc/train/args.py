@@ -401,7 +401,7 @@ def rope_scaling_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def run_train(args: argparse.Namespace, *, hooks: Any = None, prog: str = "posenc train") -> int:
     """One run from parsed flags; the process exit code (128 + signal when stopped by one)."""
-    from posenc.train import handle_stop_signals, train
+    from posenc.train import handle_stop_signals, train_spec
 
     def go() -> int:
         world = int(os.environ.get("WORLD_SIZE", 1))
@@ -411,9 +411,8 @@ def run_train(args: argparse.Namespace, *, hooks: Any = None, prog: str = "posen
             return 0
         with handle_stop_signals() as stop:
             try:
-                result = train(
-                    spec.model,
-                    spec.train,
+                result = train_spec(
+                    spec,
                     resume=resume,
                     overwrite=args.overwrite,
                     stop=stop,

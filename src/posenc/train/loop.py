@@ -1,5 +1,9 @@
-"""``train()``: one pretraining run, from prepared data to a checkpointed, summarised model (the
-work itself is :class:`~posenc.train.trainer.Trainer`'s), and what makes a run resumable.
+"""One pretraining run, from prepared data to a checkpointed, summarised model (the work itself is
+:class:`~posenc.train.trainer.Trainer`'s), and what makes a run resumable.
+
+:func:`train_spec` is the run core: it takes a :class:`~posenc.train.run.RunSpec`.
+:func:`train_folder` trains the run saved in a folder (a sweep's jobs: :mod:`posenc.jobs`), and
+:func:`train` (``train(model_config, train_config)``) builds the spec from the two configs.
 
 A run folder holds ``run.json`` (its :class:`~posenc.train.run.RunSpec`, written as soon as the run
 starts), checkpoints (``ckpt-*.pt`` behind ``checkpoints.json``), ``log.jsonl``, ``run.lock`` and,
@@ -42,6 +46,8 @@ __all__ = [
     "plan_folder",
     "resume_configs",
     "train",
+    "train_folder",
+    "train_spec",
 ]
 
 
@@ -91,9 +97,21 @@ def plan_folder(out_dir: str | Path, spec: RunSpec, *, overwrite: bool = False, 
     return "finished" if read_summary(out_dir) is not None else "resume"
 
 
-def train(
-    config: GPTConfig,
-    cfg: TrainConfig,
+def train(config: GPTConfig, cfg: TrainConfig, **options: Any) -> dict[str, Any] | None:
+    """Train ``config`` as ``cfg`` says, in ``cfg.out_dir``: :func:`train_spec` of
+    ``RunSpec(config, cfg)``, with the same keyword ``options``."""
+    return train_spec(RunSpec(config, cfg), **options)
+
+
+def train_folder(folder: str | Path, **options: Any) -> dict[str, Any] | None:
+    """Train the run saved in ``folder`` (its ``run.json``, or a 0.1-0.2 folder's checkpoint): from its
+    latest checkpoint, or from step 0 when it has none; a finished one is left as it is.
+    :func:`train_spec` with ``resume=True`` and the same keyword ``options``."""
+    return train_spec(RunSpec(*resume_configs(folder)), resume=True, **options)
+
+
+def train_spec(
+    spec: RunSpec,
     *,
     resume: bool = False,
     overwrite: bool = False,
@@ -103,17 +121,18 @@ def train(
     hooks: Any = None,
     log: Any = print,
 ) -> dict[str, Any] | None:
-    """Train ``config`` as ``cfg`` says, in ``cfg.out_dir``; the summary (rank 0; None on other
-    ranks), or ``{"stopped": True, "exit_code", "step"}`` when stopped early.
+    """Train ``spec`` (its model as its run config says, in ``spec.train.out_dir``); the summary
+    (rank 0; None on other ranks), or ``{"stopped": True, "exit_code", "step"}`` when stopped early.
 
     The folder decides (:func:`plan_folder`): a new one starts; one holding the same run continues
     from its latest checkpoint (or from step 0 when it has none), and a finished one is left as it is
     (its summary is logged and returned with ``"finished": True``); one holding another run is
-    refused, or, with ``overwrite``, its run's files are deleted and the run starts. ``resume`` says
-    that these configs continue the folder's run even where they differ from the saved ones (more
-    steps, another data folder: the configs of :func:`resume_configs`, changed); its ``run.json``
-    then becomes these. One process at a time trains in a folder
-    (:func:`~posenc.train.run.hold_folder`)."""
+    refused, or, with ``overwrite``, its run's files are deleted and the run starts. ``resume`` says that
+    ``spec`` continues the folder's run even where it differs from the saved one (more steps, another
+    data folder), and becomes its ``run.json``. One process at a time trains in a folder (:func:`hold_folder`)."""
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"train_spec takes a RunSpec, got {type(spec).__name__}")
+    config, cfg = spec.model, spec.train
     t_start = time.time()
     stop = [] if stop is None else stop
     dist = Dist.from_env(cfg.device)
@@ -196,7 +215,7 @@ def resume_configs(
     run_dir: str | Path, *, device: str | None = None, world_size: int | None = None
 ) -> tuple[GPTConfig, TrainConfig]:
     """The configs a run folder was started with -- its ``run.json``, or, for folders of posenc 0.1-0.2,
-    its latest checkpoint -- to pass to ``train()``; ``device`` and ``world_size``
+    its latest checkpoint -- to pass to :func:`train`; ``device`` and ``world_size``
     may change between sessions. A folder with neither raises :class:`CheckpointError`."""
     spec = RunSpec.load(run_dir)
     if spec is None:

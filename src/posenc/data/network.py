@@ -1,6 +1,6 @@
 """A quick reachability probe, so that an offline machine gets an error in seconds, not minutes.
 
-Callers go through the module (``_net.reachable(host)``), so one attribute replaces the probe.
+Callers go through the module (``network.reachable(host)``), so one attribute replaces the probe.
 """
 
 from __future__ import annotations
