@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _rope_fields
+from posenc.hf.common import Converted, refuse, rope_fields
 
 
 def import_cohere2(model: nn.Module) -> Converted:
@@ -39,7 +38,7 @@ def import_cohere2(model: nn.Module) -> Converted:
         tie_embeddings=bool(c.tie_word_embeddings),
         layer_pe=tuple("rope" if s else "nope" for s in sliding),
         layer_window=tuple(c.sliding_window if s else None for s in sliding),
-        **(_rope_fields(c) | {"rope_layout": "interleaved"}),
+        **(rope_fields(c) | {"rope_layout": "interleaved"}),
     )
     config = GPTConfig(**fields)
     config = config.map_layers(lambda i, layer: layer.replace(block=layer.block.replace(parallel=True)))

@@ -8,9 +8,8 @@ from __future__ import annotations
 from torch import nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted
+from posenc.hf.common import Converted, post_norm_weights
 from posenc.hf.llama import common_llama_fields
-from posenc.hf.olmo import _olmo_weights
 
 
 def import_exaone4(model: nn.Module) -> Converted:
@@ -32,4 +31,4 @@ def import_exaone4(model: nn.Module) -> Converted:
     config = GPTConfig(**fields).map_layers(
         lambda i, spec: spec.replace(block=spec.block.replace(pre_norm=False, post_norm=True))
     )
-    return config, _olmo_weights(model.state_dict(), n)
+    return config, post_norm_weights(model.state_dict(), n)

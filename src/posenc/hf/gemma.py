@@ -16,11 +16,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from posenc.config import GPTConfig, LayerSpec
-from posenc.encodings.rope import RotaryEmbedding
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
-from posenc.hf.olmo import _per_layer_type
-from posenc.hf.qwen_vl import _text_name
+from posenc.hf.common import Converted, llama_weights, mha_weights, per_layer_type, refuse, rope_config, text_name
+from posenc.hf.llama import common_llama_fields
 
 TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 
@@ -40,9 +37,7 @@ def import_gemma3(model: nn.Module) -> Converted:
     text = c.text_config
     if getattr(text, "final_logit_softcapping", None) is not None:
         refuse("gemma3", {"text_config.final_logit_softcapping": text.final_logit_softcapping})
-    sd = {
-        _text_name(k): v for k, v in model.state_dict().items() if k.startswith(("model.language_model.", "lm_head."))
-    }
+    sd = {text_name(k): v for k, v in model.state_dict().items() if k.startswith(("model.language_model.", "lm_head."))}
     return _gemma_text(text, sd, tie=bool(c.tie_word_embeddings))
 
 
@@ -59,7 +54,7 @@ def _gemma_text(c: Any, sd: dict[str, Tensor], tie: bool) -> Converted:
     refuse(model_type, differ)
     n = c.num_hidden_layers
     types = list(c.layer_types)[:n]
-    nested = _per_layer_type(c)
+    nested = per_layer_type(c)
     plain = _ActSilu(c)  # common_llama_fields checks for SiLU; the MLP kind is set below
     fields = common_llama_fields(plain, model_type, own_head_dim=True, rope=not nested)
     attention: dict[str, Any] = {"head_dim": c.head_dim, "softmax_scale": c.query_pre_attn_scalar**-0.5}
@@ -84,7 +79,7 @@ def _gemma_text(c: Any, sd: dict[str, Tensor], tie: bool) -> Converted:
     def layer(i: int, spec: LayerSpec) -> LayerSpec:
         spec = spec.replace(block=spec.block.replace(post_norm=True))
         if nested:
-            return spec.replace(pe=RotaryEmbedding.from_hf_config(c, layer_type=types[i]).config)
+            return spec.replace(pe=rope_config(c, layer_type=types[i]))
         return spec
 
     config = GPTConfig(**fields).map_layers(layer)
@@ -115,7 +110,7 @@ def _gemma_weights(sd: dict[str, Tensor], n_layer: int, qk_norm: bool) -> dict[s
         sd[f"{src}.post_attention_layernorm.weight"] = sd[f"{src}.pre_feedforward_layernorm.weight"]  # -> ln_2
 
     def attention(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-        out = _mha_weights(sd, src, dst)
+        out = mha_weights(sd, src, dst)
         if qk_norm:
             out[f"{dst}.qk_norm.q_norm.weight"] = sd[f"{src}.q_norm.weight"]
             out[f"{dst}.qk_norm.k_norm.weight"] = sd[f"{src}.k_norm.weight"]

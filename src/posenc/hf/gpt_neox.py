@@ -11,8 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, per_head_qkv, refuse
-from posenc.hf.llama import _rope_fields
+from posenc.hf.common import Converted, per_head_qkv, refuse, rope_fields
 
 #: Hugging Face's activation names and posenc's MLP kinds (``gelu_fast``, GPT-NeoX-20B's: the tanh GELU)
 ACTIVATIONS: dict[str, str] = {
@@ -44,7 +43,7 @@ def import_gpt_neox(model: nn.Module) -> Converted:
         tie_embeddings=bool(c.tie_word_embeddings),
         dropout=0.0,
         pe="rope",
-        **_rope_fields(c),
+        **rope_fields(c),
     )
     config = GPTConfig(**fields)
     if c.use_parallel_residual:

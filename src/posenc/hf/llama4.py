@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.nope import NoPE
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.common import Converted, llama_weights, mha_weights, refuse
+from posenc.hf.llama import common_llama_fields
 
 
 def import_llama4_text(model: nn.Module) -> Converted:
@@ -50,7 +50,7 @@ def import_llama4_text(model: nn.Module) -> Converted:
         return spec
 
     config = GPTConfig(**fields).map_layers(layer)
-    return config, llama_weights(_renamed(model.state_dict(), n), n, attention=_mha_weights)
+    return config, llama_weights(_renamed(model.state_dict(), n), n, attention=mha_weights)
 
 
 def _renamed(sd: dict[str, Tensor], n_layer: int) -> dict[str, Tensor]:

@@ -13,8 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _rope_fields
+from posenc.hf.common import Converted, refuse, rope_fields
 
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -66,7 +65,7 @@ def import_phi(model: nn.Module) -> Converted:
         intermediate_size=c.intermediate_size,
         tie_embeddings=bool(c.tie_word_embeddings),
         pe="rope",
-        **_rope_fields(c),
+        **rope_fields(c),
     )
     sd = {k.removeprefix("model."): v for k, v in model.state_dict().items()}
     qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.common import Converted, llama_weights, mha_weights
+from posenc.hf.llama import common_llama_fields
 
 
 def import_phi3(model: nn.Module) -> Converted:
@@ -29,7 +29,7 @@ def import_phi3(model: nn.Module) -> Converted:
         sd[f"{at}.q_proj.weight"], sd[f"{at}.k_proj.weight"], sd[f"{at}.v_proj.weight"] = qkv.split((q, kv, kv))
         gate, up = sd.pop(f"{mlp}.gate_up_proj.weight").chunk(2)
         sd[f"{mlp}.gate_proj.weight"], sd[f"{mlp}.up_proj.weight"] = gate, up
-    return GPTConfig(**fields), llama_weights(sd, c.num_hidden_layers, attention=_mha_weights)
+    return GPTConfig(**fields), llama_weights(sd, c.num_hidden_layers, attention=mha_weights)
 
 
 __all__ = ["import_phi3"]

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.common import Converted, llama_weights, qk_normed_weights
+from posenc.hf.llama import common_llama_fields
 
 
 def import_qwen3(model: nn.Module) -> Converted:
@@ -29,11 +29,4 @@ def import_qwen3(model: nn.Module) -> Converted:
         layer_pe=("rope",),
         layer_window=tuple(c.sliding_window if w else None for w in windowed),
     )
-    return GPTConfig(**fields), llama_weights(model.state_dict(), n, attention=_qk_normed_weights)
-
-
-def _qk_normed_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-    return _mha_weights(sd, src, dst) | {
-        f"{dst}.qk_norm.q_norm.weight": sd[f"{src}.q_norm.weight"],
-        f"{dst}.qk_norm.k_norm.weight": sd[f"{src}.k_norm.weight"],
-    }
+    return GPTConfig(**fields), llama_weights(model.state_dict(), n, attention=qk_normed_weights)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from torch import nn
 
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.common import Converted, llama_weights, mha_weights
+from posenc.hf.llama import common_llama_fields
 
 
 def import_smollm3(model: nn.Module) -> Converted:
@@ -28,4 +28,4 @@ def import_smollm3(model: nn.Module) -> Converted:
         layer_pe=tuple("rope" if use else "nope" for use in uses_rope),
         layer_window=tuple(c.sliding_window if w else None for w in windowed),
     )
-    return GPTConfig(**fields), llama_weights(model.state_dict(), n, attention=_mha_weights)
+    return GPTConfig(**fields), llama_weights(model.state_dict(), n, attention=mha_weights)
