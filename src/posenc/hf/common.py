@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc.config import GPTConfig
+from posenc.attention import CausalSelfAttention
+from posenc.attention.base import AttentionConfig
+from posenc.attention.mask import Mask
+from posenc.block import MLP, Block, NormConfig
+from posenc.config import GPTConfig, LayerSpec
+from posenc.encodings.base import EncodingConfig
+from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
 from posenc.encodings.rope_scaling import hf_rope_arguments, validate_scaling
 
@@ -32,6 +38,27 @@ def per_head_qkv(w: Tensor, n_head: int) -> Tensor:
     GPT-NeoX, BLOOM) regrouped into posenc's ``[q, k, v]``."""
     rows = w.reshape(n_head, 3, -1, *w.shape[1:]).transpose(0, 1)  # (q/k/v, head, head_dim, ...)
     return rows.reshape(w.shape)
+
+
+def layer_spec(
+    norm: NormConfig,
+    mlp: MLP.Config,
+    *,
+    attention: AttentionConfig | None = None,
+    pe: EncodingConfig | None = None,
+    window: int | None = None,
+    chunk: int | None = None,
+    **block: Any,
+) -> LayerSpec:
+    """One layer from its parts: its norm and MLP, its attention (default: multi-head with biases),
+    its encoding (default: NoPE), its window or chunk, and ``block``'s other fields (``parallel``,
+    ``pre_norm``, ``post_norm``)."""
+    return LayerSpec(
+        attention=CausalSelfAttention.Config() if attention is None else attention,
+        pe=NoPE.Config() if pe is None else pe,
+        mask=Mask(window=window, chunk=chunk),
+        block=Block.Config(norm=norm, mlp=mlp, **block),
+    )
 
 
 def rope_config(c: Any, layer_type: str | None = None) -> RotaryEmbedding.Config:
