@@ -71,22 +71,23 @@ def rope_config(c: Any, layer_type: str | None = None) -> RotaryEmbedding.Config
     return config
 
 
-def rope_fields(c: Any) -> dict[str, Any]:
-    """GPTConfig's RoPE fields of a transformers config (see :func:`rope_config`)."""
+def rope_spec(c: Any, block_size: int, **options: Any) -> RotaryEmbedding.Config:
+    """The one RoPE of a transformers config as a model's layers carry it: partial rotary as
+    ``rotary_dim`` (which outlives a later change of schedule, ``config.with_encoding("rope",
+    scaling=...)``), no schedule for plain RoPE, a schedule's ``max_position_embeddings`` defaulting
+    to ``block_size``; ``options`` set other fields (``layout``, ``norm_after_eps``)."""
     head_dim = hf_rope_arguments(c)[0]
     rope = rope_config(c)
-    fields: dict[str, Any] = {"rope_base": rope.base, "rope_layout": "half"}
     scaling = {k: v for k, v in validate_scaling(rope.scaling).items() if v is not None}
-    if scaling.pop("partial_rotary_factor", None) is not None:
-        # as rotary_dim, which outlives a later change of schedule (config.with_encoding("rope", scaling=...))
-        fields["rotary_dim"] = rope.rotated_channels(head_dim)
-    if scaling.get("rope_type") != "default":
-        fields["rope_scaling"] = scaling
-    if rope.mrope_section is not None:  # M-RoPE
-        fields["pe_options"] = {
-            "rope": {"mrope_section": rope.mrope_section, "mrope_interleaved": rope.mrope_interleaved}
-        }
-    return fields
+    rotary_dim = rope.rotated_channels(head_dim) if scaling.pop("partial_rotary_factor", None) is not None else None
+    fields: dict[str, Any] = dict(
+        base=rope.base,
+        rotary_dim=rotary_dim,
+        scaling=None if scaling.get("rope_type") == "default" else {"max_position_embeddings": block_size} | scaling,
+        mrope_section=rope.mrope_section,
+        mrope_interleaved=rope.mrope_interleaved,
+    )
+    return RotaryEmbedding.Config(**(fields | options))
 
 
 def per_layer_type(c: Any) -> bool:

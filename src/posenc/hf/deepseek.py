@@ -13,10 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from posenc.attention.mla import MultiHeadLatentAttention
-from posenc.config import GPTConfig
 from posenc.encodings.rope import RotaryEmbedding
 from posenc.hf.common import Converted, llama_weights, refuse
-from posenc.hf.llama import common_llama_fields
+from posenc.hf.llama import llama_parts
 
 MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 
@@ -37,17 +36,15 @@ def import_deepseek_v3(model: nn.Module) -> Converted:
                 "why": "layers past first_k_dense_replace are mixture-of-experts, which posenc does not build",
             },
         )
-    fields = common_llama_fields(c, "deepseek_v3") | {name: getattr(c, name) for name in MLA_FIELDS}
     attention_bias = bool(getattr(c, "attention_bias", False))
-    fields |= dict(
-        attention="mla",
+    parts = llama_parts(c, "deepseek_v3", bias=attention_bias)
+    attention = MultiHeadLatentAttention.Config(
+        **{name: getattr(c, name) for name in MLA_FIELDS},
         rope_interleave=bool(getattr(c, "rope_interleave", False)),
         bias=attention_bias,
-        mlp_bias=False,
-        pe="rope",
     )
-    fields.pop("n_kv_head")  # MLA has one latent, not key/value heads
-    return GPTConfig(**fields), llama_weights(model.state_dict(), c.num_hidden_layers, attention=mla_weights)
+    config = parts.config([parts.layer(attention=attention, mlp=parts.mlp.replace(bias=False))])
+    return config, llama_weights(model.state_dict(), c.num_hidden_layers, attention=mla_weights)
 
 
 def hf_to_mla_name(name: str) -> str:

@@ -9,37 +9,28 @@ from __future__ import annotations
 
 from torch import nn
 
-from posenc.config import GPTConfig, LayerSpec
 from posenc.hf.common import Converted, per_layer_type, post_norm_weights, rope_config
-from posenc.hf.llama import common_llama_fields
+from posenc.hf.llama import llama_parts
 
 
 def import_olmo(model: nn.Module) -> Converted:
     c = model.config
-    model_type = c.model_type
     attention_bias = bool(getattr(c, "attention_bias", False))
     n = c.num_hidden_layers
     types = list(getattr(c, "layer_types", None) or ["full_attention"] * n)[:n]
-    nested = per_layer_type(c)
-    fields = common_llama_fields(c, model_type, rope=not nested)
-    windows = tuple(c.sliding_window if kind == "sliding_attention" else None for kind in types)
-    fields |= dict(
-        bias=False,
-        qkv_bias=attention_bias,
-        proj_bias=attention_bias,
-        mlp_bias=False,
-        qk_norm=True,
-        qk_norm_type="rms_full",
-        attention_options={"qk_norm_eps": float(c.rms_norm_eps)},
-        layer_pe=("rope",),
-        layer_window=windows,
+    nested = per_layer_type(c)  # each layer type its own RoPE parameters
+    parts = llama_parts(c, c.model_type, rope=not nested)
+    attention = parts.attention.replace(
+        qkv_bias=attention_bias, proj_bias=attention_bias, qk_norm="rms_full", qk_norm_eps=float(c.rms_norm_eps)
     )
-
-    def layer(i: int, spec: LayerSpec) -> LayerSpec:
-        spec = spec.replace(block=spec.block.replace(pre_norm=False, post_norm=True))
-        if nested:  # each layer type its own RoPE parameters
-            return spec.replace(pe=rope_config(c, layer_type=types[i]))
-        return spec
-
-    config = GPTConfig(**fields).map_layers(layer)
-    return config, post_norm_weights(model.state_dict(), n)
+    layers = [
+        parts.layer(
+            attention=attention,
+            pe=rope_config(c, layer_type=kind) if nested else parts.rope,
+            window=c.sliding_window if kind == "sliding_attention" else None,
+            pre_norm=False,
+            post_norm=True,
+        )
+        for kind in types
+    ]
+    return parts.config(layers), post_norm_weights(model.state_dict(), n)
