@@ -137,6 +137,16 @@ def test_what_no_family_expresses_is_refused_with_every_reason(pe) -> None:
     assert len(message.splitlines()) == 1 + len(EXPORTERS)
 
 
+def test_latent_attention_is_refused_by_the_multi_head_families_by_its_kind() -> None:
+    model = GPT(GPTConfig.from_preset("tiny", attention="mla", pe="rope"))
+    with pytest.raises(ValueError, match="no Hugging Face family expresses") as e:
+        model.to_hf()
+    for family in ("gpt_neox", "llama", "qwen3", "smollm3", "cohere2"):
+        assert f"\n  {family}: its attention is MultiHeadLatentAttention.Config; {family} has multi-head" in str(
+            e.value
+        )
+
+
 def test_a_qk_norm_eps_apart_from_the_block_norms_is_refused_by_qwen3() -> None:
     fields = dict(pe="rope", qk_norm=True, qk_norm_type="rms") | LLAMA_BLOCK | dict(norm_eps=1e-5)
     with pytest.raises(ValueError, match=r"qwen3: layers\[i\]\.attention\.qk_norm_eps is 1e-06 here, 1e-05 in qwen3"):

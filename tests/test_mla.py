@@ -26,12 +26,12 @@ from posenc.attention.mla import (
     MLACache,
     MLADims,
     cache_bytes_per_token,
-    load_hf_attention_weights,
     mla_dims,
     mla_softmax_scale,
     yarn_mscale,
 )
 from posenc.encodings.base import ModelDims
+from posenc.hf.deepseek import load_hf_attention_weights, mla_from_hf_config
 
 C, NH = 32, 4
 DIMS = dict(kv_lora_rank=24, qk_rope_head_dim=6, qk_nope_head_dim=10, v_head_dim=12)
@@ -367,7 +367,7 @@ def hf_pair(*, q_lora_rank, rope_interleave, rope_parameters, attention_bias=Fal
     with torch.no_grad():
         for name, p in hf.named_parameters():
             p.copy_(torch.randn(p.shape) * 0.2 + (1.0 if name.endswith("layernorm.weight") else 0.0))
-    ours = MultiHeadLatentAttention.from_hf_config(config).eval()
+    ours = mla_from_hf_config(config).eval()
     load_hf_attention_weights(ours, hf.state_dict())
     return hf, DeepseekV3RotaryEmbedding(config), ours
 

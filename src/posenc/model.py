@@ -30,7 +30,6 @@ from posenc.attention.base import append_positions
 from posenc.block import MLP, Block, NormConfig
 from posenc.config import GPTConfig
 from posenc.encodings.base import PositionalEncoding, check_positions
-from posenc.hf import convert
 from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
 from posenc.sampling import check_sampling, sample
 
@@ -426,6 +425,8 @@ class GPT(nn.Module):
         ... : the families of docs/models.md) that reproduces its logits. Takes the model, or the path
         of a local folder that holds one (config.json and weights; a hub name is not fetched), or a
         bare GPT-2 state dict with ``n_head``. See :mod:`posenc.hf`."""
+        from posenc.hf import convert
+
         config, weights = convert(model_or_state_dict, n_head=n_head)
         model = cls(config)
         model.load_state_dict(weights, strict=True)

@@ -56,9 +56,6 @@ Golden test: tests/test_mla.py loads the same weights into Hugging Face's ``Deep
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -68,7 +65,6 @@ from posenc.attention.mask import Mask
 from posenc.attention.mla_dims import MLADims, cache_bytes_per_token, mla_dims, mla_softmax_scale, yarn_mscale
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
-from posenc.encodings.rope import RotaryEmbedding
 from posenc.spec import check_bool, check_number, spec
 
 __all__ = [
@@ -76,7 +72,6 @@ __all__ = [
     "MLADims",
     "MultiHeadLatentAttention",
     "cache_bytes_per_token",
-    "load_hf_attention_weights",
     "mla_dims",
     "mla_softmax_scale",
     "yarn_mscale",
@@ -268,28 +263,6 @@ class MultiHeadLatentAttention(Attention):
             float(softmax_scale) if softmax_scale is not None else mla_softmax_scale(dims.qk_head_dim, pe.scaling)
         )
 
-    @classmethod
-    def from_hf_config(cls, config: Any, **options: Any) -> MultiHeadLatentAttention:
-        """An MLA layer shaped like a transformers ``DeepseekV3Config`` (or V2, or a config.json dict),
-        with its RoPE built by :meth:`RotaryEmbedding.from_hf_config`; ``options`` override arguments."""
-        get = config.get if isinstance(config, Mapping) else (lambda key, default=None: getattr(config, key, default))
-        kwargs: dict[str, Any] = dict(
-            bias=bool(get("attention_bias", False)),
-            dropout=float(get("attention_dropout", 0.0) or 0.0),
-            kv_lora_rank=get("kv_lora_rank"),
-            q_lora_rank=get("q_lora_rank"),
-            qk_rope_head_dim=get("qk_rope_head_dim"),
-            qk_nope_head_dim=get("qk_nope_head_dim"),
-            v_head_dim=get("v_head_dim"),
-            rope_interleave=bool(get("rope_interleave", False)),
-        )
-        if "pe" not in options:
-            rope_config = dict(config) if isinstance(config, Mapping) else config.to_dict()
-            rope_config["head_dim"] = get("qk_rope_head_dim")  # DeepSeek's rotary acts on the decoupled part
-            cache_len = min(get("max_position_embeddings") or 2048, 8192)  # longer positions are computed on the fly
-            kwargs["pe"] = RotaryEmbedding.from_hf_config(rope_config, cache_len=cache_len)
-        return cls(get("hidden_size"), get("num_attention_heads"), **(kwargs | options))
-
     def new_cache(self) -> MLACache:
         """An empty cache for this layer (latent and shared rotary key per token)."""
         return MLACache(self.kv_lora_rank, self.mask)
@@ -399,46 +372,3 @@ def _check_encoding(pe: PositionalEncoding, dims: MLADims, rope_interleave: bool
         )
     if rope_interleave and pe.layout not in (None, "half"):
         raise ValueError(_INTERLEAVE_NEEDS_HALF.format(name=name, layout=pe.layout))
-
-
-#: Hugging Face ``DeepseekV3Attention`` parameter prefix -> this module's, where they differ.
-_HF_RENAMES = {"o_proj.": "c_proj."}
-
-
-def load_hf_attention_weights(
-    module: MultiHeadLatentAttention, hf_attn_state_dict: Mapping[str, Tensor], *, prefix: str = ""
-) -> MultiHeadLatentAttention:
-    """Copy a Hugging Face ``DeepseekV3Attention`` (or V2) state dict into ``module``, in place.
-
-    Keys are the attention's own (``kv_b_proj.weight``, ...); with ``prefix`` (e.g.
-    ``"model.layers.0.self_attn."``) only keys under it are read, so a whole model's state dict
-    works. Every parameter of ``module`` must be present with its shape; otherwise ``ValueError``.
-    The weights need no permutation for either ``rope_interleave``: it only changes how the rotary
-    channels are read.
-    """
-    mapped: dict[str, Tensor] = {}
-    for key, tensor in hf_attn_state_dict.items():
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :]
-        for old, new in _HF_RENAMES.items():
-            if name.startswith(old):
-                name = new + name[len(old) :]
-        mapped[name] = tensor
-    own = dict(module.named_parameters())
-    missing = sorted(set(own) - set(mapped))
-    unexpected = sorted(set(mapped) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            f"Hugging Face MLA weights do not match the module: missing {missing}, unexpected {unexpected} "
-            f"(q_lora_rank={module.q_lora_rank}, bias={module.c_proj.bias is not None})"
-        )
-    for name, tensor in mapped.items():
-        if tuple(tensor.shape) != tuple(own[name].shape):
-            raise ValueError(
-                f"{prefix}{name}: shape {tuple(tensor.shape)} does not fit the module's {tuple(own[name].shape)}"
-            )
-    with torch.no_grad():
-        for name, tensor in mapped.items():
-            own[name].copy_(tensor)
-    return module

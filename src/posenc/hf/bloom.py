@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, per_head_qkv, refuse
+from posenc.encodings.alibi import ALiBi
+from posenc.hf.common import Converted, layer_spec, per_head_qkv, refuse
+from posenc.layer import EmbeddingConfig, HeadConfig
 
 
 def import_bloom(model: nn.Module) -> Converted:
@@ -22,19 +25,17 @@ def import_bloom(model: nn.Module) -> Converted:
     if getattr(c, "pretraining_tp", 1) != 1 and c.slow_but_exact:
         differ["pretraining_tp"] = c.pretraining_tp
     refuse("bloom", differ)
-    norm = {"kind": "layernorm", "eps": c.layer_norm_epsilon}
+    norm = NormConfig(kind="layernorm", eps=c.layer_norm_epsilon)
     config = GPTConfig(
         vocab_size=c.vocab_size,
         n_embd=c.hidden_size,
         n_layer=c.n_layer,
         n_head=c.n_head,
         block_size=getattr(c, "seq_length", None) or 2048,  # ALiBi has no table: a nominal context
-        norm_eps=c.layer_norm_epsilon,
-        bias=True,
-        tie_embeddings=bool(c.tie_word_embeddings),
-        pe="alibi",
+        embedding=EmbeddingConfig(norm=norm),
+        head=HeadConfig(norm=norm, tie_embeddings=bool(c.tie_word_embeddings)),
+        layers=(layer_spec(norm, MLP.Config(kind="gelu"), pe=ALiBi.Config()),),
     )
-    config = config.replace(embedding=config.embedding.replace(norm=norm))
     sd = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()}
     ours = {
         "wte.weight": sd["word_embeddings.weight"],

@@ -5,14 +5,15 @@ interleaved layout, parallel blocks reading one LayerNorm without bias (``ln_2``
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from posenc.attention import CausalSelfAttention
+from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _rope_fields
+from posenc.encodings.nope import NoPE
+from posenc.hf.common import Converted, layer_spec, refuse, rope_spec
+from posenc.layer import HeadConfig
 
 
 def import_cohere2(model: nn.Module) -> Converted:
@@ -22,28 +23,32 @@ def import_cohere2(model: nn.Module) -> Converted:
     n = c.num_hidden_layers
     sliding = [kind == "sliding_attention" for kind in c.layer_types[:n]]
     attention_bias = bool(getattr(c, "attention_bias", False))
-    fields: dict[str, Any] = dict(
+    norm = NormConfig(kind="layernorm", eps=c.layer_norm_eps, bias=False)
+    mlp = MLP.Config(kind="swiglu", hidden=c.intermediate_size, bias=False)
+    attention = CausalSelfAttention.Config(
+        n_kv_head=c.num_key_value_heads or c.num_attention_heads, qkv_bias=attention_bias, proj_bias=attention_bias
+    )
+    rope = rope_spec(c, c.max_position_embeddings, layout="interleaved")
+    layers = [
+        layer_spec(
+            norm,
+            mlp,
+            attention=attention,
+            pe=rope if s else NoPE.Config(),
+            window=c.sliding_window if s else None,
+            parallel=True,
+        )
+        for s in sliding
+    ]
+    config = GPTConfig(
         vocab_size=c.vocab_size,
         n_embd=c.hidden_size,
         n_layer=n,
         n_head=c.num_attention_heads,
-        n_kv_head=c.num_key_value_heads or c.num_attention_heads,
         block_size=c.max_position_embeddings,
-        norm="layernorm",
-        norm_eps=c.layer_norm_eps,
-        bias=False,
-        qkv_bias=attention_bias,
-        proj_bias=attention_bias,
-        mlp="swiglu",
-        intermediate_size=c.intermediate_size,
-        tie_embeddings=bool(c.tie_word_embeddings),
-        layer_pe=tuple("rope" if s else "nope" for s in sliding),
-        layer_window=tuple(c.sliding_window if s else None for s in sliding),
-        **(_rope_fields(c) | {"rope_layout": "interleaved"}),
+        head=HeadConfig(norm=norm, tie_embeddings=bool(c.tie_word_embeddings), logit_scale=float(c.logit_scale)),
+        layers=tuple(layers),
     )
-    config = GPTConfig(**fields)
-    config = config.map_layers(lambda i, layer: layer.replace(block=layer.block.replace(parallel=True)))
-    config = config.replace(head=config.head.replace(logit_scale=float(c.logit_scale)))
     sd = model.state_dict()
     ours = {
         "wte.weight": sd["model.embed_tokens.weight"],

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from posenc.config import GPTConfig
-from posenc.hf.common import Converted
-from posenc.hf.llama import common_llama_fields
-from posenc.hf.olmo import _olmo_weights
+from posenc.encodings.nope import NoPE
+from posenc.hf.common import Converted, post_norm_weights
+from posenc.hf.llama import llama_parts
 
 
 def import_exaone4(model: nn.Module) -> Converted:
@@ -18,18 +17,18 @@ def import_exaone4(model: nn.Module) -> Converted:
     n = c.num_hidden_layers
     sliding = [c.sliding_window is not None and kind == "sliding_attention" for kind in c.layer_types[:n]]
     rope = [c.sliding_window is None or s for s in sliding]
-    fields = common_llama_fields(c, "exaone4") | dict(
-        bias=False,
-        qkv_bias=False,
-        proj_bias=False,
-        mlp_bias=False,
-        qk_norm=True,
-        qk_norm_type="rms",
-        attention_options={"qk_norm_eps": float(c.rms_norm_eps)},
-        layer_pe=tuple("rope" if r else "nope" for r in rope),
-        layer_window=tuple(c.sliding_window if s else None for s in sliding),
+    parts = llama_parts(c, "exaone4")
+    attention = parts.attention.replace(
+        qkv_bias=False, proj_bias=False, qk_norm="rms", qk_norm_eps=float(c.rms_norm_eps)
     )
-    config = GPTConfig(**fields).map_layers(
-        lambda i, spec: spec.replace(block=spec.block.replace(pre_norm=False, post_norm=True))
-    )
-    return config, _olmo_weights(model.state_dict(), n)
+    layers = [
+        parts.layer(
+            attention=attention,
+            pe=parts.rope if r else NoPE.Config(),
+            window=c.sliding_window if s else None,
+            pre_norm=False,
+            post_norm=True,
+        )
+        for r, s in zip(rope, sliding)
+    ]
+    return parts.config(layers), post_norm_weights(model.state_dict(), n)

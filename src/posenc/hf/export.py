@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc.attention import CausalSelfAttention
 from posenc.config import GPTConfig, LayerSpec
 from posenc.io import replace_durably
 
@@ -59,6 +60,14 @@ def _uniform(config: GPTConfig, family: str) -> LayerSpec:
         if layer.attention != first.attention or layer.block != first.block:
             raise Unfit(f"layer {i}'s attention or block differs from layer 0's; {family} has one kind of layer")
     return first
+
+
+def _mha(layer: LayerSpec, family: str) -> CausalSelfAttention.Config:
+    """The layer's attention, which must be multi-head (with grouped or single key/value heads): the
+    attention of ``family``."""
+    if not isinstance(layer.attention, CausalSelfAttention.Config):
+        raise Unfit(f"its attention is {type(layer.attention).__qualname__}; {family} has multi-head attention")
+    return layer.attention
 
 
 def _rope_parameters(
@@ -118,7 +127,7 @@ def gpt_neox_config(config: GPTConfig) -> Any:
         max_position_embeddings=config.block_size,
         layer_norm_eps=layer.block.norm.eps,
         use_parallel_residual=layer.block.parallel,
-        attention_bias=bool(getattr(layer.attention, "qkv_bias", True)),
+        attention_bias=_mha(layer, "gpt_neox").qkv_bias,
         tie_word_embeddings=config.head.tie_embeddings,
         rope_parameters=_rope_parameters(config, "gpt_neox"),
         **_no_token_ids(),
@@ -127,18 +136,18 @@ def gpt_neox_config(config: GPTConfig) -> Any:
 
 def _llama_fields(config: GPTConfig, family: str) -> dict[str, Any]:
     layer = _uniform(config, family)
-    attention = layer.attention
+    attention = _mha(layer, family)
     return dict(
         vocab_size=config.vocab_size,
         hidden_size=config.n_embd,
         intermediate_size=layer.block.mlp.width(config.n_embd),
         num_hidden_layers=config.n_layer,
         num_attention_heads=config.n_head,
-        num_key_value_heads=getattr(attention, "n_kv_head", None) or config.n_head,
-        head_dim=getattr(attention, "head_dim", None) or config.head_dim,
+        num_key_value_heads=attention.n_kv_head or config.n_head,
+        head_dim=attention.head_dim or config.head_dim,
         max_position_embeddings=config.block_size,
         rms_norm_eps=layer.block.norm.eps,
-        attention_bias=bool(getattr(attention, "qkv_bias", False)),
+        attention_bias=attention.qkv_bias,
         tie_word_embeddings=config.head.tie_embeddings,
         rope_parameters=_rope_parameters(config, family),
         **_no_token_ids(),
@@ -167,6 +176,7 @@ def smollm3_config(config: GPTConfig) -> Any:
 
 def cohere2_config(config: GPTConfig) -> Any:
     layer = _uniform(config, "cohere2")
+    attention = _mha(layer, "cohere2")
     windows = {spec.window for spec in config.layers if spec.encoding == "rope"}
     if len(windows) != 1 or None in windows:
         raise Unfit(
@@ -178,10 +188,10 @@ def cohere2_config(config: GPTConfig) -> Any:
         intermediate_size=layer.block.mlp.width(config.n_embd),
         num_hidden_layers=config.n_layer,
         num_attention_heads=config.n_head,
-        num_key_value_heads=getattr(layer.attention, "n_kv_head", None) or config.n_head,
+        num_key_value_heads=attention.n_kv_head or config.n_head,
         max_position_embeddings=config.block_size,
         layer_norm_eps=layer.block.norm.eps,
-        attention_bias=bool(getattr(layer.attention, "qkv_bias", False)),
+        attention_bias=attention.qkv_bias,
         tie_word_embeddings=config.head.tie_embeddings,
         logit_scale=config.head.logit_scale,
         sliding_window=windows.pop(),

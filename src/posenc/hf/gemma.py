@@ -15,12 +15,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from posenc.config import GPTConfig, LayerSpec
-from posenc.encodings.rope import RotaryEmbedding
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
-from posenc.hf.olmo import _per_layer_type
-from posenc.hf.qwen_vl import _text_name
+from posenc.config import GPTConfig
+from posenc.hf.common import Converted, llama_weights, mha_weights, per_layer_type, refuse, rope_config, text_name
+from posenc.hf.llama import llama_parts
+from posenc.layer import EmbeddingConfig
 
 TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 
@@ -40,9 +38,7 @@ def import_gemma3(model: nn.Module) -> Converted:
     text = c.text_config
     if getattr(text, "final_logit_softcapping", None) is not None:
         refuse("gemma3", {"text_config.final_logit_softcapping": text.final_logit_softcapping})
-    sd = {
-        _text_name(k): v for k, v in model.state_dict().items() if k.startswith(("model.language_model.", "lm_head."))
-    }
+    sd = {text_name(k): v for k, v in model.state_dict().items() if k.startswith(("model.language_model.", "lm_head."))}
     return _gemma_text(text, sd, tie=bool(c.tie_word_embeddings))
 
 
@@ -59,49 +55,35 @@ def _gemma_text(c: Any, sd: dict[str, Tensor], tie: bool) -> Converted:
     refuse(model_type, differ)
     n = c.num_hidden_layers
     types = list(c.layer_types)[:n]
-    nested = _per_layer_type(c)
-    plain = _ActSilu(c)  # common_llama_fields checks for SiLU; the MLP kind is set below
-    fields = common_llama_fields(plain, model_type, own_head_dim=True, rope=not nested)
-    attention: dict[str, Any] = {"head_dim": c.head_dim, "softmax_scale": c.query_pre_attn_scalar**-0.5}
-    if getattr(c, "attn_logit_softcapping", None) is not None:
-        attention["softcap"] = float(c.attn_logit_softcapping)
+    nested = per_layer_type(c)
+    parts = llama_parts(c, model_type, own_head_dim=True, rope=not nested, act_checked=True)
     attention_bias = bool(getattr(c, "attention_bias", False))
-    fields |= dict(
-        bias=False,
+    softcap = getattr(c, "attn_logit_softcapping", None)
+    attention = parts.attention.replace(
         qkv_bias=attention_bias,
         proj_bias=attention_bias,
-        mlp="geglu",
-        mlp_bias=False,
-        tie_embeddings=tie,
-        attention_options=attention,
-        layer_pe=("rope",),
-        layer_window=tuple(c.sliding_window if kind == "sliding_attention" else None for kind in types),
+        head_dim=c.head_dim,
+        softmax_scale=c.query_pre_attn_scalar**-0.5,
+        softcap=None if softcap is None else float(softcap),
     )
-    if gemma3:
-        fields |= dict(qk_norm=True, qk_norm_type="rms")
-        attention["qk_norm_eps"] = float(c.rms_norm_eps)  # Gemma 3's q_norm/k_norm share it
-
-    def layer(i: int, spec: LayerSpec) -> LayerSpec:
-        spec = spec.replace(block=spec.block.replace(post_norm=True))
-        if nested:
-            return spec.replace(pe=RotaryEmbedding.from_hf_config(c, layer_type=types[i]).config)
-        return spec
-
-    config = GPTConfig(**fields).map_layers(layer)
-    softcap = getattr(c, "final_logit_softcapping", None)
-    head = config.head.replace(softcap=None if softcap is None else float(softcap))
-    config = config.replace(embedding=config.embedding.replace(scale=c.hidden_size**0.5), head=head)
+    if gemma3:  # Gemma 3's q_norm/k_norm share the block norms' eps
+        attention = attention.replace(qk_norm="rms", qk_norm_eps=float(c.rms_norm_eps))
+    layers = [
+        parts.layer(
+            attention=attention,
+            mlp=parts.mlp.replace(kind="geglu"),
+            pe=rope_config(c, layer_type=kind) if nested else parts.rope,
+            window=c.sliding_window if kind == "sliding_attention" else None,
+            post_norm=True,
+        )
+        for kind in types
+    ]
+    final_softcap = getattr(c, "final_logit_softcapping", None)
+    head = parts.head.replace(tie_embeddings=tie, softcap=None if final_softcap is None else float(final_softcap))
+    config = GPTConfig(
+        **parts.sizes, embedding=EmbeddingConfig(scale=c.hidden_size**0.5), head=head, layers=tuple(layers)
+    )
     return config, _gemma_weights(sd, n, gemma3)
-
-
-class _ActSilu:
-    """A view of a Gemma config that reads as SiLU to the Llama field reader (the MLP is set apart)."""
-
-    def __init__(self, c: Any) -> None:
-        self._c = c
-
-    def __getattr__(self, name: str) -> Any:
-        return "silu" if name == "hidden_act" else getattr(self._c, name)
 
 
 def _gemma_weights(sd: dict[str, Tensor], n_layer: int, qk_norm: bool) -> dict[str, Tensor]:
@@ -115,7 +97,7 @@ def _gemma_weights(sd: dict[str, Tensor], n_layer: int, qk_norm: bool) -> dict[s
         sd[f"{src}.post_attention_layernorm.weight"] = sd[f"{src}.pre_feedforward_layernorm.weight"]  # -> ln_2
 
     def attention(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-        out = _mha_weights(sd, src, dst)
+        out = mha_weights(sd, src, dst)
         if qk_norm:
             out[f"{dst}.qk_norm.q_norm.weight"] = sd[f"{src}.q_norm.weight"]
             out[f"{dst}.qk_norm.k_norm.weight"] = sd[f"{src}.k_norm.weight"]

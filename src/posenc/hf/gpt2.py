@@ -8,8 +8,11 @@ import math
 
 from torch import Tensor, nn
 
+from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted
+from posenc.encodings.absolute import AbsolutePE
+from posenc.hf.common import Converted, layer_spec
+from posenc.layer import EmbeddingConfig, HeadConfig
 
 
 def import_gpt2(model: nn.Module) -> Converted:
@@ -37,16 +40,16 @@ def gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int, tie: bool = True) -
         raise ValueError(f"not a GPT-2 state dict: missing {missing}")
     vocab_size, n_embd = sd["wte.weight"].shape
     n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
+    norm = NormConfig(kind="layernorm")
     config = GPTConfig(
         block_size=sd["wpe.weight"].shape[0],
         vocab_size=vocab_size,
         n_layer=n_layer,
         n_head=n_head,
         n_embd=n_embd,
-        bias=True,
-        pe="absolute",
-        dropout=0.0,
-        tie_embeddings=tie,
+        embedding=EmbeddingConfig(input_pe=AbsolutePE.Config()),
+        head=HeadConfig(norm=norm, tie_embeddings=tie),
+        layers=(layer_spec(norm, MLP.Config(kind="gelu")),),
     )
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     per_layer = (

@@ -6,13 +6,13 @@ Pythia: 0.25), a parallel residual (``x + attn(ln_1 x) + mlp(ln_2 x)``) unless
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
+from posenc.attention import CausalSelfAttention
+from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, per_head_qkv, refuse
-from posenc.hf.llama import _rope_fields
+from posenc.hf.common import Converted, layer_spec, per_head_qkv, refuse, rope_spec
+from posenc.layer import HeadConfig
 
 #: Hugging Face's activation names and posenc's MLP kinds (``gelu_fast``, GPT-NeoX-20B's: the tanh GELU)
 ACTIVATIONS: dict[str, str] = {
@@ -28,27 +28,23 @@ def import_gpt_neox(model: nn.Module) -> Converted:
     if c.hidden_act not in ACTIVATIONS:
         refuse("gpt_neox", {"hidden_act": c.hidden_act})
     attention_bias = bool(getattr(c, "attention_bias", True))
-    fields: dict[str, Any] = dict(
+    norm = NormConfig(kind="layernorm", eps=c.layer_norm_eps)
+    layer = layer_spec(
+        norm,
+        MLP.Config(kind=ACTIVATIONS[c.hidden_act], hidden=c.intermediate_size),
+        attention=CausalSelfAttention.Config(qkv_bias=attention_bias, proj_bias=attention_bias),
+        pe=rope_spec(c, c.max_position_embeddings),
+        parallel=bool(c.use_parallel_residual),
+    )
+    config = GPTConfig(
         vocab_size=c.vocab_size,
         n_embd=c.hidden_size,
         n_layer=c.num_hidden_layers,
         n_head=c.num_attention_heads,
         block_size=c.max_position_embeddings,
-        norm="layernorm",
-        norm_eps=c.layer_norm_eps,
-        bias=True,
-        qkv_bias=attention_bias,
-        proj_bias=attention_bias,
-        mlp=ACTIVATIONS[c.hidden_act],
-        intermediate_size=c.intermediate_size,
-        tie_embeddings=bool(c.tie_word_embeddings),
-        dropout=0.0,
-        pe="rope",
-        **_rope_fields(c),
+        head=HeadConfig(norm=norm, tie_embeddings=bool(c.tie_word_embeddings)),
+        layers=(layer,),
     )
-    config = GPTConfig(**fields)
-    if c.use_parallel_residual:
-        config = config.map_layers(lambda i, layer: layer.replace(block=layer.block.replace(parallel=True)))
     return config, neox_weights(model.state_dict(), c.num_hidden_layers, c.num_attention_heads)
 
 

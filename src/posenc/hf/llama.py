@@ -1,45 +1,63 @@
 """The Llama family (``llama``, ``qwen2``, ``mistral``): RMSNorm, SwiGLU, grouped-query attention,
-RoPE with the config's ``rope_parameters`` / ``rope_scaling`` (through
-:meth:`~posenc.encodings.rope.RotaryEmbedding.from_hf_config`), Qwen2's q/k/v biases, Mistral's
+RoPE with the config's ``rope_parameters`` / ``rope_scaling`` (read by
+:func:`~posenc.hf.common.rope_config`), Qwen2's q/k/v biases, Mistral's
 sliding window."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from posenc.config import GPTConfig
+from posenc.attention import CausalSelfAttention
+from posenc.block import MLP, NormConfig
+from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.rope import RotaryEmbedding
-from posenc.hf.common import Converted, refuse
+from posenc.hf.common import Converted, layer_spec, llama_weights, mha_weights, refuse, rope_spec
+from posenc.layer import HeadConfig
 
 
-def _rope_fields(c: Any) -> dict[str, Any]:
-    """GPTConfig's RoPE fields from a transformers config, through RotaryEmbedding.from_hf_config."""
-    rope = RotaryEmbedding.from_hf_config(c)
-    fields: dict[str, Any] = {"rope_base": rope.base, "rope_layout": "half"}
-    scaling = {k: v for k, v in rope.scaling.items() if v is not None}
-    if scaling.pop("partial_rotary_factor", None) is not None:
-        # as rotary_dim, which outlives a later change of schedule (config.with_encoding("rope", scaling=...))
-        fields["rotary_dim"] = rope.rotary_dim
-    if scaling.get("rope_type") != "default":
-        fields["rope_scaling"] = scaling
-    if rope.position_axes > 1:  # M-RoPE
-        mrope = {"mrope_section": rope.config.mrope_section, "mrope_interleaved": rope.config.mrope_interleaved}
-        fields["pe_options"] = {"rope": mrope}
-    return fields
+@dataclass(frozen=True)
+class LlamaParts:
+    """The parts of a Llama-style config that its layers share: RMSNorm, SwiGLU MLP, grouped-query
+    attention, the model-wide RoPE (None: RoPE per layer type, set by the importer) and the head."""
+
+    sizes: dict[str, int]
+    norm: NormConfig
+    mlp: MLP.Config
+    attention: CausalSelfAttention.Config
+    rope: RotaryEmbedding.Config | None
+    head: HeadConfig
+
+    def layer(self, **parts: Any) -> LayerSpec:
+        """One layer of these parts; ``parts`` replace some (``attention``, ``pe``, ``mlp``, ``window``,
+        ``chunk``, ``post_norm``, ...)."""
+        return layer_spec(**(dict(norm=self.norm, mlp=self.mlp, attention=self.attention, pe=self.rope) | parts))
+
+    def config(self, layers: Sequence[LayerSpec]) -> GPTConfig:
+        return GPTConfig(**self.sizes, head=self.head, layers=tuple(layers))
 
 
-def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False, rope: bool = True) -> dict[str, Any]:
-    """GPTConfig's fields of a Llama-style config; ``own_head_dim``: the family sets ``head_dim``
+def llama_parts(
+    c: Any,
+    model_type: str,
+    *,
+    own_head_dim: bool = False,
+    rope: bool = True,
+    bias: bool = False,
+    act_checked: bool = False,
+) -> LlamaParts:
+    """The shared parts of a Llama-style config; ``own_head_dim``: the family sets ``head_dim``
     apart from hidden_size / num_attention_heads (Qwen3), which the importer then passes on;
-    ``rope=False``: without the RoPE fields (a family with RoPE parameters per layer type sets
-    each layer's own). ``pretraining_tp`` (SmolLM3-3B: 2) is ignored, as Hugging Face does outside
-    BLOOM: it was the tensor-parallel degree of pretraining, which splits matmuls without changing them."""
+    ``rope=False``: no model-wide RoPE (a family with RoPE parameters per layer type sets each
+    layer's own); ``bias``: biases everywhere, the importer then sets the attention's and MLP's own;
+    ``act_checked``: the importer checks the activation and sets its MLP (Gemma's GeGLU).
+    ``pretraining_tp`` (SmolLM3-3B: 2) is ignored, as Hugging Face does outside BLOOM: it was the
+    tensor-parallel degree of pretraining, which splits matmuls without changing them."""
     differ: dict[str, Any] = {}
-    if getattr(c, "hidden_act", "silu") != "silu":
+    if not act_checked and getattr(c, "hidden_act", "silu") != "silu":
         differ["hidden_act"] = c.hidden_act
     head_dim = getattr(c, "head_dim", None)
     # DeepSeek's head_dim is its rotary width (qk_rope_head_dim); MLA sets its own head sizes
@@ -47,69 +65,35 @@ def common_llama_fields(c: Any, model_type: str, own_head_dim: bool = False, rop
     if not own and head_dim is not None and head_dim != c.hidden_size // c.num_attention_heads:
         differ["head_dim"] = head_dim
     refuse(model_type, differ)
-    return dict(
-        vocab_size=c.vocab_size,
-        n_embd=c.hidden_size,
-        n_layer=c.num_hidden_layers,
-        n_head=c.num_attention_heads,
-        n_kv_head=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
-        block_size=c.max_position_embeddings,
-        norm="rmsnorm",
-        norm_eps=c.rms_norm_eps,
-        mlp="swiglu",
-        intermediate_size=c.intermediate_size,
-        tie_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
-        dropout=0.0,
-        **(_rope_fields(c) if rope else {}),
+    norm = NormConfig(kind="rmsnorm", eps=c.rms_norm_eps, bias=bias)
+    n_kv_head = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return LlamaParts(
+        sizes=dict(
+            vocab_size=c.vocab_size,
+            n_embd=c.hidden_size,
+            n_layer=c.num_hidden_layers,
+            n_head=c.num_attention_heads,
+            block_size=c.max_position_embeddings,
+        ),
+        norm=norm,
+        mlp=MLP.Config(kind="swiglu", hidden=c.intermediate_size, bias=bias),
+        attention=CausalSelfAttention.Config(n_kv_head=n_kv_head, qkv_bias=bias, proj_bias=bias),
+        rope=rope_spec(c, c.max_position_embeddings) if rope else None,
+        head=HeadConfig(norm=norm, tie_embeddings=bool(getattr(c, "tie_word_embeddings", False))),
     )
 
 
 def import_llama(model: nn.Module) -> Converted:
     c = model.config
     model_type = c.model_type
-    fields = common_llama_fields(c, model_type)
+    parts = llama_parts(c, model_type)
     attention_bias = bool(getattr(c, "attention_bias", False))
-    fields |= dict(
-        bias=False, qkv_bias=attention_bias, proj_bias=attention_bias, mlp_bias=bool(getattr(c, "mlp_bias", False))
-    )
+    attention = parts.attention.replace(qkv_bias=attention_bias, proj_bias=attention_bias)
+    mlp = parts.mlp.replace(bias=bool(getattr(c, "mlp_bias", False)))
     if model_type == "qwen2":  # q/k/v biases, none elsewhere
-        fields |= dict(qkv_bias=True, proj_bias=False, mlp_bias=False)
+        attention, mlp = attention.replace(qkv_bias=True, proj_bias=False), mlp.replace(bias=False)
         if getattr(c, "use_sliding_window", False):
             refuse(model_type, {"use_sliding_window": True})
     window = getattr(c, "sliding_window", None) if model_type == "mistral" else None
-    fields |= dict(layer_pe=("rope",), layer_window=(window,)) if window is not None else dict(pe="rope")
-    sd = model.state_dict()
-    return GPTConfig(**fields), llama_weights(sd, c.num_hidden_layers, attention=_mha_weights)
-
-
-def _mha_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-    out = {
-        f"{dst}.c_attn.weight": torch.cat([sd[f"{src}.{p}_proj.weight"] for p in "qkv"]),
-        f"{dst}.c_proj.weight": sd[f"{src}.o_proj.weight"],
-    }
-    if f"{src}.q_proj.bias" in sd:
-        out[f"{dst}.c_attn.bias"] = torch.cat([sd[f"{src}.{p}_proj.bias"] for p in "qkv"])
-    if f"{src}.o_proj.bias" in sd:
-        out[f"{dst}.c_proj.bias"] = sd[f"{src}.o_proj.bias"]
-    return out
-
-
-def llama_weights(
-    sd: dict[str, Tensor], n_layer: int, attention: Callable[[dict[str, Tensor], str, str], dict[str, Tensor]]
-) -> dict[str, Tensor]:
-    """posenc names for a Llama-style state dict (``model.layers.{i}...``); ``attention`` maps one layer's attention."""
-    ours = {
-        "wte.weight": sd["model.embed_tokens.weight"],
-        "ln_f.weight": sd["model.norm.weight"],
-        "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"]),
-    }
-    for i in range(n_layer):
-        src, dst = f"model.layers.{i}", f"blocks.{i}"
-        ours[f"{dst}.ln_1.weight"] = sd[f"{src}.input_layernorm.weight"]
-        ours[f"{dst}.ln_2.weight"] = sd[f"{src}.post_attention_layernorm.weight"]
-        ours |= attention(sd, f"{src}.self_attn", f"{dst}.attn")
-        for theirs, mine in (("gate_proj", "w_gate"), ("up_proj", "w_up"), ("down_proj", "c_proj")):
-            ours[f"{dst}.mlp.{mine}.weight"] = sd[f"{src}.mlp.{theirs}.weight"]
-            if f"{src}.mlp.{theirs}.bias" in sd:
-                ours[f"{dst}.mlp.{mine}.bias"] = sd[f"{src}.mlp.{theirs}.bias"]
-    return ours
+    config = parts.config([parts.layer(attention=attention, mlp=mlp, window=window)])
+    return config, llama_weights(model.state_dict(), c.num_hidden_layers, attention=mha_weights)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.nope import NoPE
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.common import Converted, llama_weights, mha_weights, refuse, rope_spec
+from posenc.hf.llama import llama_parts
 
 
 def import_llama4_text(model: nn.Module) -> Converted:
@@ -25,32 +24,29 @@ def import_llama4_text(model: nn.Module) -> Converted:
     n = c.num_hidden_layers
     rope = [bool(r) for r in c.no_rope_layers[:n]]  # 1: the layer uses RoPE (Hugging Face's naming)
     chunked = [kind == "chunked_attention" for kind in c.layer_types[:n]]
-    attention_bias = bool(getattr(c, "attention_bias", False))
-    fields = common_llama_fields(c, "llama4_text", own_head_dim=True) | dict(
-        bias=False,
-        qkv_bias=attention_bias,
-        proj_bias=attention_bias,
-        mlp_bias=False,
-        intermediate_size=c.intermediate_size_mlp,
-        rope_layout="interleaved",
-        attention_options={"head_dim": c.head_dim},
-        layer_pe=tuple("rope" if r else "nope" for r in rope),
-    )
-    if c.use_qk_norm:
-        fields["pe_options"] = {"rope": {"norm_after_eps": float(c.rms_norm_eps)}}
     if any(chunked) and c.attention_chunk_size is None:
         refuse("llama4_text", {"layer_types": c.layer_types, "attention_chunk_size": None})
+    attention_bias = bool(getattr(c, "attention_bias", False))
+    parts = llama_parts(c, "llama4_text", own_head_dim=True)
+    attention = parts.attention.replace(qkv_bias=attention_bias, proj_bias=attention_bias, head_dim=c.head_dim)
+    mlp = parts.mlp.replace(hidden=c.intermediate_size_mlp)
+    rope_pe = rope_spec(
+        c,
+        c.max_position_embeddings,
+        layout="interleaved",
+        norm_after_eps=float(c.rms_norm_eps) if c.use_qk_norm else None,
+    )
     nope = NoPE.Config(temperature_floor=int(c.floor_scale), temperature_scale=float(c.attn_scale))
-
-    def layer(i: int, spec: LayerSpec) -> LayerSpec:
-        if chunked[i]:
-            spec = spec.replace(mask=spec.mask.replace(chunk=c.attention_chunk_size))
-        if not rope[i] and c.attn_temperature_tuning:
-            spec = spec.replace(pe=nope)
-        return spec
-
-    config = GPTConfig(**fields).map_layers(layer)
-    return config, llama_weights(_renamed(model.state_dict(), n), n, attention=_mha_weights)
+    layers = [
+        parts.layer(
+            attention=attention,
+            mlp=mlp,
+            pe=rope_pe if r else nope if c.attn_temperature_tuning else NoPE.Config(),
+            chunk=c.attention_chunk_size if ch else None,
+        )
+        for r, ch in zip(rope, chunked)
+    ]
+    return parts.config(layers), llama_weights(_renamed(model.state_dict(), n), n, attention=mha_weights)
 
 
 def _renamed(sd: dict[str, Tensor], n_layer: int) -> dict[str, Tensor]:

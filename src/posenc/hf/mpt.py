@@ -11,8 +11,12 @@ import math
 
 from torch import nn
 
+from posenc.attention import CausalSelfAttention
+from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
-from posenc.hf.common import Converted, refuse
+from posenc.encodings.alibi import ALiBi
+from posenc.hf.common import Converted, layer_spec, refuse
+from posenc.layer import HeadConfig
 
 
 def import_mpt(model: nn.Module) -> Converted:
@@ -37,17 +41,16 @@ def import_mpt(model: nn.Module) -> Converted:
         # code reads it): the two disagree, and posenc will not pick one silently
         differ["attn_config.alibi_bias_max"] = a.alibi_bias_max
     refuse("mpt", differ)
+    norm = NormConfig(kind="layernorm", eps=c.layer_norm_epsilon, bias=False)
+    attention = CausalSelfAttention.Config(qkv_bias=False, proj_bias=False)
     config = GPTConfig(
         vocab_size=c.vocab_size,
         n_embd=c.d_model,
         n_layer=c.n_layers,
         n_head=c.n_heads,
         block_size=c.max_seq_len,
-        norm_eps=c.layer_norm_epsilon,
-        bias=False,
-        mlp="gelu_exact",
-        tie_embeddings=bool(c.tie_word_embeddings),
-        pe="alibi",
+        head=HeadConfig(norm=norm, tie_embeddings=bool(c.tie_word_embeddings)),
+        layers=(layer_spec(norm, MLP.Config(kind="gelu_exact", bias=False), attention=attention, pe=ALiBi.Config()),),
     )
     sd = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()}
     ours = {

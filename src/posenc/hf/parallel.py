@@ -7,14 +7,15 @@ LayerNorm (``qk_layernorm``), which posenc does not build and refuses."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from posenc.config import GPTConfig
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _rope_fields
+from posenc.attention import CausalSelfAttention
+from posenc.block import MLP, NormConfig
+from posenc.config import GPTConfig, LayerSpec
+from posenc.encodings.rope import RotaryEmbedding
+from posenc.hf.common import Converted, layer_spec, refuse, rope_spec
+from posenc.layer import HeadConfig
 
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -24,28 +25,18 @@ def import_gptj(model: nn.Module) -> Converted:
     if c.activation_function not in TANH_GELU:
         refuse("gptj", {"activation_function": c.activation_function})
     head_dim = c.n_embd // c.n_head
-    fields: dict[str, Any] = dict(
-        vocab_size=c.vocab_size,
-        n_embd=c.n_embd,
-        n_layer=c.n_layer,
-        n_head=c.n_head,
-        block_size=c.n_positions,
-        norm_eps=c.layer_norm_epsilon,
-        bias=True,
-        qkv_bias=False,
-        proj_bias=False,
-        intermediate_size=c.n_inner or 4 * c.n_embd,
-        tie_embeddings=bool(c.tie_word_embeddings),
-        pe="rope",
-        rope_base=10000.0,
-        rope_layout="interleaved",
-        rotary_dim=c.rotary_dim if c.rotary_dim is not None else head_dim,
+    rope = RotaryEmbedding.Config(
+        base=10000.0, layout="interleaved", rotary_dim=c.rotary_dim if c.rotary_dim is not None else head_dim
     )
+    attention = CausalSelfAttention.Config(qkv_bias=False, proj_bias=False)
+    layer = parallel_layer(c.layer_norm_epsilon, c.n_inner or 4 * c.n_embd, attention, rope)
+    sizes = dict(vocab_size=c.vocab_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, block_size=c.n_positions)
+    config = parallel_config(sizes, c.layer_norm_epsilon, bool(c.tie_word_embeddings), layer)
     sd = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()}
     renames = {"attn.out_proj": "attn.c_proj", "mlp.fc_in": "mlp.c_fc", "mlp.fc_out": "mlp.c_proj"}
     weights = _parallel_weights(sd, c.n_layer, "h", "ln_1", ("attn.q_proj", "attn.k_proj", "attn.v_proj"), renames)
     weights |= {"wte.weight": sd["wte.weight"], "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]}
-    return _with_parallel_head(GPTConfig(**fields)), weights | _head(sd)
+    return config, weights | _head(sd)
 
 
 def import_phi(model: nn.Module) -> Converted:
@@ -54,33 +45,40 @@ def import_phi(model: nn.Module) -> Converted:
         refuse("phi", {"hidden_act": c.hidden_act})
     if c.qk_layernorm:
         refuse("phi", {"qk_layernorm": True, "why": "posenc's QK-norms are RMS and L2, not LayerNorm"})
-    fields: dict[str, Any] = dict(
+    n_kv_head = c.num_key_value_heads or c.num_attention_heads
+    attention = CausalSelfAttention.Config(n_kv_head=n_kv_head)
+    rope = rope_spec(c, c.max_position_embeddings)
+    layer = parallel_layer(c.layer_norm_eps, c.intermediate_size, attention, rope)
+    sizes = dict(
         vocab_size=c.vocab_size,
         n_embd=c.hidden_size,
         n_layer=c.num_hidden_layers,
         n_head=c.num_attention_heads,
-        n_kv_head=c.num_key_value_heads or c.num_attention_heads,
         block_size=c.max_position_embeddings,
-        norm_eps=c.layer_norm_eps,
-        bias=True,
-        intermediate_size=c.intermediate_size,
-        tie_embeddings=bool(c.tie_word_embeddings),
-        pe="rope",
-        **_rope_fields(c),
     )
+    config = parallel_config(sizes, c.layer_norm_eps, bool(c.tie_word_embeddings), layer)
     sd = {k.removeprefix("model."): v for k, v in model.state_dict().items()}
     qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
     renames = {"self_attn.dense": "attn.c_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
     weights = _parallel_weights(sd, c.num_hidden_layers, "layers", "input_layernorm", qkv, renames)
     norm = {"ln_f.weight": sd["final_layernorm.weight"], "ln_f.bias": sd["final_layernorm.bias"]}
     weights |= {"wte.weight": sd["embed_tokens.weight"]} | norm
-    return _with_parallel_head(GPTConfig(**fields)), weights | _head(sd)
+    return config, weights | _head(sd)
 
 
-def _with_parallel_head(config: GPTConfig) -> GPTConfig:
-    """Every block parallel, and a bias on the output head."""
-    config = config.map_layers(lambda i, layer: layer.replace(block=layer.block.replace(parallel=True)))
-    return config.replace(head=config.head.replace(bias=True))
+def parallel_layer(
+    eps: float, hidden: int, attention: CausalSelfAttention.Config, rope: RotaryEmbedding.Config
+) -> LayerSpec:
+    """A parallel block with one LayerNorm and a tanh-GELU MLP, biases on both."""
+    return layer_spec(
+        NormConfig(kind="layernorm", eps=eps), MLP.Config(hidden=hidden), attention=attention, pe=rope, parallel=True
+    )
+
+
+def parallel_config(sizes: dict[str, int], eps: float, tie: bool, layer: LayerSpec) -> GPTConfig:
+    """Every layer ``layer``, the final LayerNorm, and a bias on the output head."""
+    head = HeadConfig(norm=NormConfig(kind="layernorm", eps=eps), tie_embeddings=tie, bias=True)
+    return GPTConfig(**sizes, head=head, layers=(layer,))
 
 
 def _head(sd: dict[str, Tensor]) -> dict[str, Tensor]:

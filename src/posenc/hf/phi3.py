@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from posenc.config import GPTConfig
-from posenc.hf.common import Converted
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.common import Converted, llama_weights, mha_weights
+from posenc.hf.llama import llama_parts
 
 
 def import_phi3(model: nn.Module) -> Converted:
     c = model.config
-    fields = common_llama_fields(c, "phi3")
-    fields |= dict(bias=False, qkv_bias=False, proj_bias=False, mlp_bias=False)
-    window = getattr(c, "sliding_window", None)
-    fields |= dict(layer_pe=("rope",), layer_window=(window,)) if window is not None else dict(pe="rope")
+    parts = llama_parts(c, "phi3")
+    layer = parts.layer(window=getattr(c, "sliding_window", None))
     head_dim = c.hidden_size // c.num_attention_heads
     q, kv = c.num_attention_heads * head_dim, (c.num_key_value_heads or c.num_attention_heads) * head_dim
     sd = dict(model.state_dict())
@@ -29,7 +26,7 @@ def import_phi3(model: nn.Module) -> Converted:
         sd[f"{at}.q_proj.weight"], sd[f"{at}.k_proj.weight"], sd[f"{at}.v_proj.weight"] = qkv.split((q, kv, kv))
         gate, up = sd.pop(f"{mlp}.gate_up_proj.weight").chunk(2)
         sd[f"{mlp}.gate_proj.weight"], sd[f"{mlp}.up_proj.weight"] = gate, up
-    return GPTConfig(**fields), llama_weights(sd, c.num_hidden_layers, attention=_mha_weights)
+    return parts.config([layer]), llama_weights(sd, c.num_hidden_layers, attention=mha_weights)
 
 
 __all__ = ["import_phi3"]

@@ -5,35 +5,24 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from posenc.config import GPTConfig
-from posenc.hf.common import Converted
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.hf.common import Converted, llama_weights, qk_normed_weights
+from posenc.hf.llama import llama_parts
 
 
 def import_qwen3(model: nn.Module) -> Converted:
     c = model.config
-    fields = common_llama_fields(c, "qwen3", own_head_dim=True)
+    parts = llama_parts(c, "qwen3", own_head_dim=True)
     attention_bias = bool(getattr(c, "attention_bias", False))
-    n = c.num_hidden_layers
-    windowed = [bool(c.use_sliding_window) and kind == "sliding_attention" for kind in c.layer_types[:n]]
-    fields |= dict(
-        bias=False,
+    attention = parts.attention.replace(
         qkv_bias=attention_bias,
         proj_bias=attention_bias,
-        mlp_bias=False,
-        qk_norm=True,
-        qk_norm_type="rms",
-        attention_options={"head_dim": c.head_dim, "qk_norm_eps": float(c.rms_norm_eps)},  # shared with q/k_norm
-        layer_pe=("rope",),
-        layer_window=tuple(c.sliding_window if w else None for w in windowed),
+        qk_norm="rms",
+        qk_norm_eps=float(c.rms_norm_eps),  # shared with q/k_norm
+        head_dim=c.head_dim,
     )
-    return GPTConfig(**fields), llama_weights(model.state_dict(), n, attention=_qk_normed_weights)
-
-
-def _qk_normed_weights(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-    return _mha_weights(sd, src, dst) | {
-        f"{dst}.qk_norm.q_norm.weight": sd[f"{src}.q_norm.weight"],
-        f"{dst}.qk_norm.k_norm.weight": sd[f"{src}.k_norm.weight"],
-    }
+    n = c.num_hidden_layers
+    windowed = [bool(c.use_sliding_window) and kind == "sliding_attention" for kind in c.layer_types[:n]]
+    layers = [parts.layer(attention=attention, window=c.sliding_window if w else None) for w in windowed]
+    return parts.config(layers), llama_weights(model.state_dict(), n, attention=qk_normed_weights)

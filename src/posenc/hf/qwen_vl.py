@@ -8,37 +8,33 @@ placeholder tokens, which posenc does not build)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
-from posenc.config import GPTConfig
-from posenc.hf.common import Converted, refuse
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
-from posenc.hf.qwen3 import _qk_normed_weights
+from posenc.hf.common import Converted, llama_weights, mha_weights, qk_normed_weights, refuse, text_name
+from posenc.hf.llama import llama_parts
 
 
 def import_qwen_vl(model: nn.Module) -> Converted:
     model_type = model.config.model_type
     c = model.config.text_config
-    fields = common_llama_fields(c, model_type, own_head_dim=model_type == "qwen3_vl")
+    parts = llama_parts(c, model_type, own_head_dim=model_type == "qwen3_vl")
     if model_type == "qwen3_vl":
         bias = bool(getattr(c, "attention_bias", False))
-        fields |= dict(qkv_bias=bias, proj_bias=bias, qk_norm=True, qk_norm_type="rms")
-        fields |= dict(attention_options={"head_dim": c.head_dim, "qk_norm_eps": float(c.rms_norm_eps)})
-        attention = _qk_normed_weights
+        attention = parts.attention.replace(
+            qkv_bias=bias, proj_bias=bias, qk_norm="rms", qk_norm_eps=float(c.rms_norm_eps), head_dim=c.head_dim
+        )
+        weights = qk_normed_weights
     else:  # Qwen2: q/k/v biases only
         if getattr(c, "use_sliding_window", False):
             refuse(model_type, {"text_config.use_sliding_window": True})
-        fields |= dict(qkv_bias=True, proj_bias=False)
-        attention = _mha_weights
+        attention, weights = parts.attention.replace(qkv_bias=True, proj_bias=False), mha_weights
     # the outer config says whether the head is tied: Hugging Face ties by it (a v4 text_config's flag is moved there)
-    fields |= dict(bias=False, mlp_bias=False, pe="rope", tie_embeddings=bool(model.config.tie_word_embeddings))
-    sd = {_text_name(k): v for k, v in model.state_dict().items() if not k.startswith(("model.visual.", "visual."))}
-    return GPTConfig(**fields), llama_weights(sd, c.num_hidden_layers, attention=attention)
-
-
-def _text_name(key: str) -> str:
-    """``model.language_model.layers.0...`` -> ``model.layers.0...`` (the Llama names)."""
-    return key.replace("model.language_model.", "model.", 1)
+    head = parts.head.replace(tie_embeddings=bool(model.config.tie_word_embeddings))
+    config = replace(parts, head=head).config([parts.layer(attention=attention)])
+    sd = {text_name(k): v for k, v in model.state_dict().items() if not k.startswith(("model.visual.", "visual."))}
+    return config, llama_weights(sd, c.num_hidden_layers, attention=weights)
 
 
 __all__ = ["import_qwen_vl"]

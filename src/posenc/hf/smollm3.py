@@ -6,26 +6,30 @@ from __future__ import annotations
 
 from torch import nn
 
-from posenc.config import GPTConfig
-from posenc.hf.common import Converted
-from posenc.hf.llama import _mha_weights, common_llama_fields, llama_weights
+from posenc.encodings.nope import NoPE
+from posenc.hf.common import Converted, llama_weights, mha_weights
+from posenc.hf.llama import llama_parts
 
 
 def import_smollm3(model: nn.Module) -> Converted:
     c = model.config
-    fields = common_llama_fields(c, "smollm3")
+    parts = llama_parts(c, "smollm3")
     attention_bias = bool(getattr(c, "attention_bias", False))
-    fields |= dict(
-        bias=False, qkv_bias=attention_bias, proj_bias=attention_bias, mlp_bias=bool(getattr(c, "mlp_bias", False))
-    )
+    attention = parts.attention.replace(qkv_bias=attention_bias, proj_bias=attention_bias)
+    mlp = parts.mlp.replace(bias=bool(getattr(c, "mlp_bias", False)))
     n = c.num_hidden_layers
     uses_rope = list(c.no_rope_layers)[:n]  # 1: the layer rotates q and k, 0: NoPE
     windowed = [
         bool(c.use_sliding_window) and c.sliding_window is not None and kind == "sliding_attention"
         for kind in c.layer_types[:n]
     ]
-    fields |= dict(
-        layer_pe=tuple("rope" if use else "nope" for use in uses_rope),
-        layer_window=tuple(c.sliding_window if w else None for w in windowed),
-    )
-    return GPTConfig(**fields), llama_weights(model.state_dict(), n, attention=_mha_weights)
+    layers = [
+        parts.layer(
+            attention=attention,
+            mlp=mlp,
+            pe=parts.rope if use else NoPE.Config(),
+            window=c.sliding_window if w else None,
+        )
+        for use, w in zip(uses_rope, windowed)
+    ]
+    return parts.config(layers), llama_weights(model.state_dict(), n, attention=mha_weights)
