@@ -49,9 +49,7 @@ def builds_argv(path: Path) -> list[str]:
 
 
 def test_jobs_and_studies_build_no_command_line():
-    # studies/real.py and real_data.py are left to their own change
-    checked = [p for p in modules("jobs.py", "studies") if p.name not in ("real.py", "real_data.py")]
-    assert [line for p in checked for line in builds_argv(p)] == []
+    assert [line for p in modules("jobs.py", "studies") for line in builds_argv(p)] == []
 
 
 def test_the_scan_finds_a_command_line(tmp_path):
@@ -60,13 +58,9 @@ def test_the_scan_finds_a_command_line(tmp_path):
 
 
 def test_no_module_imports_a_private_name_of_another():
-    # attention/ and hf/ are checked with their own change; report/real.py still imports _colors,
-    # which report/figures.py keeps as an alias of variant_colors
-    skip = ("attention", "hf")
     bad = [
         f"{p.relative_to(SRC)}: {m} {name}"
         for p in SRC.rglob("*.py")
-        if p.relative_to(SRC).parts[0] not in skip and p != SRC / "report" / "real.py"
         for m, name in imported(p)
         if m.startswith("posenc")
         and (any(part.startswith("_") and part != "__init__" for part in m.split(".")) or (name or "").startswith("_"))

@@ -139,6 +139,3 @@ def plot_all(results: dict[str, Any], folder: str | os.PathLike) -> list[str]:
     for name, plot in zip(FIGURES, (plot_curves, plot_extrapolation, plot_per_position)):
         plot(results, folder / name)
     return list(FIGURES)
-
-
-_colors = variant_colors  # the earlier name, still imported by posenc.report.real

@@ -350,7 +350,7 @@ def _claims(results: dict[str, Any]) -> list[str]:
 
 def plot_real(results: dict[str, Any], path: Any) -> None:
     from posenc.io import atomic_write
-    from posenc.report.figures import _colors, pyplot
+    from posenc.report.figures import pyplot, variant_colors
 
     plt = pyplot()
     T, width = results["settings"]["context"], results["settings"]["bucket"]
@@ -358,7 +358,7 @@ def plot_real(results: dict[str, Any], path: Any) -> None:
     fig, axes = plt.subplots(1, 3 if other else 2, figsize=(21 if other else 14, 4.5))
     ax = axes[0]
     rows = _rows(results, "extension")
-    colors = _colors(plt, rows)
+    colors = variant_colors(plt, rows)
     for r in rows:
         units = [u for u in results["units"].values() if u["row"] == r]
         if not units:
