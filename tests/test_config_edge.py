@@ -43,12 +43,13 @@ def flat_calls(tree: ast.Module) -> list[str]:
     a ``**`` splat whose keys cannot be read in its function counts as flat ('line: **name')."""
     found = []
     scopes = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     for scope in [tree, *scopes]:
         for node in _own_nodes(scope):
             if not (isinstance(node, ast.Call) and _builds_config(node.func)):
                 continue
             for k in node.keywords:
-                keys = {k.arg} if k.arg is not None else _keys(k.value, scope, set())
+                keys = {k.arg} if k.arg is not None else _keys(k.value, scope, frozenset(), functions)
                 if keys is None:
                     found.append(f"{node.lineno}: **{ast.unparse(k.value)}")
                 else:
@@ -73,33 +74,40 @@ def _own_nodes(scope: ast.AST) -> list[ast.AST]:
     return out
 
 
-def _keys(expr: ast.expr, scope: ast.AST, seen: set[str]) -> set[str] | None:
-    """The string keys a dict expression can hold, read from its literals and from the assignments to
-    a name in ``scope``; None when some cannot be read (a parameter, a function's result)."""
-    parts: list[ast.expr | None] = []
+def _keys(expr: ast.expr, scope: ast.AST, seen: frozenset[str], functions: dict) -> set[str] | None:
+    """The string keys a dict expression can hold, read from its literals, the assignments to a name
+    in ``scope`` and the returns of a function of the module; None when some cannot be read (a
+    parameter, another module's function)."""
+    parts: list[tuple[ast.expr | None, ast.AST]] = []
     keys: set[str] = set()
     if isinstance(expr, ast.Dict):
         for k, v in zip(expr.keys, expr.values):
             if k is None:
-                parts.append(v)
+                parts.append((v, scope))
             elif isinstance(k, ast.Constant) and isinstance(k.value, str):
                 keys.add(k.value)
             else:
                 return None
     elif isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "dict":
-        parts += expr.args
+        parts += [(a, scope) for a in expr.args]
         for k in expr.keywords:
             keys |= {k.arg} if k.arg is not None else set()
-            parts += [k.value] if k.arg is None else []
+            parts += [(k.value, scope)] if k.arg is None else []
+    elif isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id in functions:
+        if expr.func.id in seen:
+            return keys
+        fn = functions[expr.func.id]
+        parts += [(r.value, fn) for r in _own_nodes(fn) if isinstance(r, ast.Return)] or [(None, fn)]
+        seen = seen | {expr.func.id}
     elif isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.BitOr):
-        parts += [expr.left, expr.right]
+        parts += [(expr.left, scope), (expr.right, scope)]
     elif isinstance(expr, ast.Name) and expr.id not in seen:
-        parts += _assigned(expr.id, scope) or [None]
+        parts += [(v, scope) for v in _assigned(expr.id, scope)] or [(None, scope)]
         seen = seen | {expr.id}
     elif not (isinstance(expr, ast.Name) and expr.id in seen):
         return None
-    for part in parts:
-        more = None if part is None else _keys(part, scope, seen)
+    for part, where in parts:
+        more = None if part is None else _keys(part, where, seen, functions)
         if more is None:
             return None
         keys |= more
@@ -175,6 +183,12 @@ def test_no_variants_import_outside_the_edge() -> None:
             [],
         ),
         ("def f(c):\n    s = fields(c)\n    return GPTConfig(**s)", ["3: **s"], []),
+        ("def g(c):\n    return dict(n_layer=2)\ndef f(c):\n    return GPTConfig(**g(c), layers=())", [], []),
+        (
+            "def g(c):\n    d = dict(n_layer=2)\n    d['bias'] = c\n    return d\ndef f(c):\n    return GPTConfig(**g(c))",
+            ["6: bias"],
+            [],
+        ),
         ("from posenc.variants import variant", [], [1]),
         ("def f():\n    from posenc import variants", [], [2]),
         ("import posenc.variants as v", [], [1]),
