@@ -29,9 +29,8 @@ from posenc.attention import CausalSelfAttention, KVCache, Mask
 from posenc.attention.base import append_positions
 from posenc.block import MLP, Block, NormConfig
 from posenc.config import GPTConfig, LayerSpec
+from posenc.encodings import NoPE, RotaryEmbedding
 from posenc.encodings.base import PositionalEncoding, check_positions
-from posenc.encodings.nope import NoPE
-from posenc.encodings.rope import RotaryEmbedding
 from posenc.hf import convert
 from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
 from posenc.sampling import check_sampling, sample
