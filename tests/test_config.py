@@ -141,10 +141,9 @@ def test_every_variant_is_a_valid_config(pe: str) -> None:
 def test_presets_build_and_round_trip_through_dicts(name: str) -> None:
     config = GPTConfig.from_preset(name)
     for field, value in PRESETS[name].items():
-        if field != "bias":  # flat sugar, resolved into the layers below
+        if field != "layers":  # tiled over depth below
             assert getattr(config, field) == value
-    biases = {layer.attention.qkv_bias for layer in config.layers} | {layer.block.mlp.bias for layer in config.layers}
-    assert biases == {PRESETS[name]["bias"]} and config.head.norm.bias == PRESETS[name]["bias"]
+    assert set(config.layers) == set(PRESETS[name].get("layers", (LayerSpec(),)))
     d = config.to_dict()
     assert json.loads(json.dumps(d)) == d  # plain data, storable in a checkpoint
     assert GPTConfig.from_dict(d) == config

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from posenc import GPT, VARIANTS, ALiBi, GPTConfig, Mask, NoPE, RNoPEBlock, RotaryEmbedding
+from posenc.model import rnope_layers
 
 CLOSE = dict(rtol=0.0, atol=1e-10)
 
@@ -388,3 +389,19 @@ def test_last_only_gives_the_last_positions_logits() -> None:
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="last_only=True gives one position's logits"):
         model(idx, targets=idx, last_only=True)
+
+
+@pytest.mark.parametrize(
+    "pattern, options",
+    [("RRRN", {}), ("rrrN", {"sliding_window": 4, "qk_norm": True}), ("rNnR", {"sliding_window": 2, "bias": True})],
+)
+def test_rnope_block_layers_are_the_layer_patterns(pattern: str, options: dict) -> None:
+    options = {"sliding_window": None, "rope_base": 5e5, "qk_norm": False, "bias": False} | options
+    flat = GPTConfig(n_layer=len(pattern), n_head=4, n_embd=32, layer_pattern=pattern, **options)
+    assert rnope_layers(pattern, **options) == flat.layers
+
+
+@pytest.mark.parametrize("pattern, window", [("rrrN", None), ("RRRN", 4)])
+def test_rnope_block_refuses_a_window_without_windowed_layers_and_back(pattern: str, window: int | None) -> None:
+    with pytest.raises(ValueError, match=f"RNoPEBlock pattern {pattern!r} has"):
+        RNoPEBlock(32, 4, pattern, sliding_window=window)

@@ -347,3 +347,11 @@ def test_lr_no_train_reports_what_has_finished(studies, data_dir, tmp_path):
 def test_no_train_is_for_the_lr_study():
     with pytest.raises(SystemExit):
         compare.parse_args(["--study", "synthetic", "--no-train"])
+
+
+@pytest.mark.parametrize("variant", ["rope", "absolute", "rnope_swa_sinks", "gqa"])
+def test_probe_models_are_the_flat_configs_of_before(variant):
+    probe = synthetic.PROBE_PRESETS["cpu"]
+    sizes = dict(n_layer=probe.n_layer, n_head=probe.n_head, n_embd=probe.n_embd, block_size=probe.train_len)
+    flat = GPTConfig(pe=variant, vocab_size=synthetic.VOCAB, bias=False, dropout=0.0, **sizes)
+    assert synthetic.build_model(variant, probe, seed=0).config == flat

@@ -225,3 +225,13 @@ def test_every_case_is_refused_under_python_O(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["checked"] == len(ALL_CASES)
     assert report["problems"] == {}
+
+
+def test_a_run_takes_layers_over_its_model_preset() -> None:
+    from posenc import GPTConfig, LayerSpec
+    from posenc.train.run import build_spec
+
+    layers = (LayerSpec(pe="rope"), LayerSpec(pe="nope"))
+    spec = build_spec("tiny", model={"layers": layers})
+    assert spec.model == GPTConfig.from_preset("tiny", layers=layers)
+    assert spec.model.layer_codes == ("R", "N", "R", "N") and spec.model.head == GPTConfig.from_preset("tiny").head

@@ -35,24 +35,35 @@ from typing import Any
 import torch
 from torch import nn
 
+from posenc.attention import CausalSelfAttention
+from posenc.block import MLP, Block, NormConfig
 from posenc.encodings import ENCODINGS
 from posenc.encodings.base import ModelDims
 from posenc.layer import EmbeddingConfig, HeadConfig, LayerSpec, component
 from posenc.spec import Spec, check_int, check_number
-from posenc.sugar import from_flat_dict, resolve
+from posenc.sugar import from_flat_dict, over, resolve
 
 __all__ = ["CONFIG_FORMAT", "PRESETS", "EmbeddingConfig", "GPTConfig", "HeadConfig", "LayerSpec"]
 
-#: Model presets; ``GPTConfig.from_preset(name, **overrides)``.
+#: The parts of a model without biases (nanoGPT's ``bias=False``): no bias on the attention's and the
+#: MLP's projections nor on LayerNorm, before every block and the head.
+NO_BIAS_NORM = NormConfig(bias=False)
+NO_BIAS_LAYER = LayerSpec(
+    attention=CausalSelfAttention.Config(qkv_bias=False, proj_bias=False),
+    block=Block.Config(norm=NO_BIAS_NORM, mlp=MLP.Config(bias=False)),
+)
+NO_BIAS = {"head": HeadConfig(norm=NO_BIAS_NORM), "layers": (NO_BIAS_LAYER,)}
+
+#: Model presets, sizes and parts; ``GPTConfig.from_preset(name, **overrides)``.
 PRESETS: dict[str, dict[str, Any]] = {
     # The reference study: nanoGPT with 4 layers, 4 heads, 256 channels, GPT-2 vocab padded to 50304.
-    "owt-16m": dict(n_layer=4, n_head=4, n_embd=256, block_size=1024, vocab_size=50304, bias=False, dropout=0.0),
-    # GPT-2 small (124M), nanoGPT's default.
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, bias=True, dropout=0.0),
+    "owt-16m": dict(n_layer=4, n_head=4, n_embd=256, block_size=1024, vocab_size=50304, dropout=0.0, **NO_BIAS),
+    # GPT-2 small (124M), nanoGPT's default: biases everywhere (the default parts).
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, dropout=0.0),
     # CPU training on bytes (vocab 256) in minutes.
-    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=256, bias=False, dropout=0.0),
+    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=256, dropout=0.0, **NO_BIAS),
     # Unit tests and smoke runs: 4 layers so that "RRRN" shows its NoPE layer.
-    "tiny": dict(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=256, bias=False, dropout=0.0),
+    "tiny": dict(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=256, dropout=0.0, **NO_BIAS),
 }
 
 SIZES: tuple[str, ...] = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
@@ -161,6 +172,11 @@ class GPTConfig(Spec):
         """A copy whose layer i is ``fn(i, layer)``, checked again."""
         return self.replace(layers=tuple(fn(i, layer) for i, layer in enumerate(self.layers)))
 
+    def with_variant(self, name: str) -> GPTConfig:
+        """A copy with the layers and input table of the variant ``name`` (:data:`posenc.VARIANTS`),
+        keeping the sizes and the biases (layers that flat fields describe, as a preset's)."""
+        return self.replace(**over(self.dims, self.parts(), {"pe": name}))
+
     def with_encoding(self, name: str, **options: Any) -> GPTConfig:
         """A copy in which every layer encoding called ``name`` has ``options`` replaced, e.g.
         ``config.with_encoding("rope", scaling={"rope_type": "yarn", ...})``."""
@@ -175,9 +191,27 @@ class GPTConfig(Spec):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        """The preset ``name`` with ``overrides``: sizes, parts (``layers=...``, tiled over the
+        preset's depth), or flat sugar (``pe="rope"``), which keeps the preset's biases."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
-        return cls(**(PRESETS[name] | overrides))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        sugar = {k: v for k, v in overrides.items() if k not in fields}
+        structured = {k: v for k, v in overrides.items() if k in fields}
+        config = cls(**(PRESETS[name] | structured))
+        if not sugar:
+            return config
+        given = sorted(set(structured) & set(STRUCTURE))
+        if given:
+            raise ValueError(
+                f"GPTConfig: the flat fields {sorted(sugar)} and {given} both describe the layers; "
+                "give either the flat fields or layers/embedding/head"
+            )
+        return config.replace(**over(config.dims, config.parts(), sugar))
+
+    def parts(self) -> dict[str, Any]:
+        """``{"embedding", "head", "layers"}``: the structure without the sizes."""
+        return {name: getattr(self, name) for name in STRUCTURE}
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()

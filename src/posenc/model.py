@@ -25,15 +25,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.attention import KVCache
+from posenc.attention import CausalSelfAttention, KVCache, Mask
 from posenc.attention.base import append_positions
 from posenc.block import MLP, Block, NormConfig
-from posenc.config import GPTConfig
+from posenc.config import GPTConfig, LayerSpec
+from posenc.encodings import NoPE, RotaryEmbedding
 from posenc.encodings.base import PositionalEncoding, check_positions
 from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
 from posenc.sampling import check_sampling, sample
+from posenc.spec import check_bool
 
 __all__ = ["GPT", "MLP", "Block", "NormConfig", "RNoPEBlock", "sample"]
+
+
+def rnope_layers(
+    pattern: str, *, sliding_window: int | None, rope_base: float, qk_norm: bool, bias: bool
+) -> tuple[LayerSpec, ...]:
+    """:class:`RNoPEBlock`'s layers: RoPE (base ``rope_base``) on R/r, NoPE on N/n, a window of
+    ``sliding_window`` tokens on the lower-case ones; RMS QK-norm when ``qk_norm``; ``bias`` on
+    every projection and LayerNorm."""
+    check_bool("RNoPEBlock", "qk_norm", qk_norm)
+    windowed = any(c.islower() for c in pattern)
+    if windowed != (sliding_window is not None):
+        raise ValueError(
+            f"RNoPEBlock pattern {pattern!r} has {'' if windowed else 'no '}windowed (lower-case) layers "
+            f"but sliding_window={sliding_window!r}"
+        )
+    norm = NormConfig(bias=bias)
+    attention = CausalSelfAttention.Config(qkv_bias=bias, proj_bias=bias, qk_norm="rms" if qk_norm else None)
+    layer = LayerSpec(attention=attention, block=Block.Config(norm=norm, mlp=MLP.Config(bias=bias)))
+    rope = RotaryEmbedding.Config(base=rope_base)
+    return tuple(
+        layer.replace(
+            pe=rope if c in "Rr" else NoPE.Config(), mask=Mask(window=sliding_window if c.islower() else None)
+        )
+        for c in pattern
+    )
 
 
 class RNoPEBlock(nn.Module):
@@ -60,17 +87,9 @@ class RNoPEBlock(nn.Module):
         bad = sorted({c for c in pattern if c not in "RrNn"}) if isinstance(pattern, str) else [pattern]
         if bad or not pattern:
             raise ValueError(f"RNoPEBlock pattern must use only R, r, N, n; got {pattern!r} (bad: {bad})")
+        layers = rnope_layers(pattern, sliding_window=sliding_window, rope_base=rope_base, qk_norm=qk_norm, bias=bias)
         config = GPTConfig(
-            n_layer=len(pattern),
-            n_head=n_head,
-            n_embd=n_embd,
-            block_size=block_size,
-            layer_pattern=pattern,
-            sliding_window=sliding_window,
-            rope_base=rope_base,
-            qk_norm=qk_norm,
-            dropout=dropout,
-            bias=bias,
+            n_layer=len(pattern), n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, layers=layers
         )
         self.pattern = pattern
         self.blocks = config.build_layers()

@@ -139,6 +139,19 @@ def resolve(dims: ModelDims, sugar: Mapping[str, Any]) -> dict[str, Any]:
     return {"embedding": embedding, "head": HeadConfig(norm=norm, tie_embeddings=f["tie_embeddings"]), "layers": layers}
 
 
+def over(dims: ModelDims, parts: Mapping[str, Any], sugar: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of the flat fields ``sugar`` given over a structured config's ``parts`` (a
+    preset's): the flat ``bias`` defaults to the one that gives ``parts`` (nanoGPT's ``bias=False``
+    presets stay without biases). Parts that no ``bias`` alone gives take no flat fields."""
+    for bias in (False, True):
+        if resolve(dims, {"bias": bias}) == dict(parts):
+            return resolve(dims, {"bias": bias} | dict(sugar))
+    raise ValueError(
+        f"GPTConfig: the flat fields {sorted(sugar)} cannot be given over these layers/embedding/head, "
+        "which flat fields do not describe; change the parts instead (GPTConfig.map_layers, replace)"
+    )
+
+
 def from_flat_dict(d: Mapping[str, Any]) -> dict[str, Any]:
     """GPTConfig keyword arguments from the flat dict of a format 1 or 2 checkpoint (every 0.1-0.2
     field, lists for tuples); unknown keys are refused by name."""

@@ -130,17 +130,9 @@ def build_model(variant: str, probe: ProbeConfig, seed: int, vocab_size: int = V
     from posenc.model import GPT
 
     torch.manual_seed(seed)
-    config = GPTConfig(
-        pe=variant,
-        n_layer=probe.n_layer,
-        n_head=probe.n_head,
-        n_embd=probe.n_embd,
-        block_size=probe.train_len,
-        vocab_size=vocab_size,
-        bias=False,
-        dropout=0.0,
-    )
-    return GPT(config)
+    sizes = dict(n_layer=probe.n_layer, n_head=probe.n_head, n_embd=probe.n_embd, vocab_size=vocab_size)
+    config = GPTConfig.from_preset("tiny", block_size=probe.train_len, **sizes)  # no biases, no dropout
+    return GPT(config.with_variant(variant))
 
 
 def train_probe(
