@@ -4,7 +4,8 @@ of Llama-style state dicts that most families reuse."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,12 +20,39 @@ from posenc.encodings.base import EncodingConfig
 from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
 from posenc.encodings.rope_scaling import hf_rope_arguments, validate_scaling
+from posenc.layer import EmbeddingConfig, HeadConfig
 
 #: (the GPTConfig that reproduces the model, its weights under posenc's parameter names)
 Converted = tuple[GPTConfig, dict[str, Tensor]]
 
 #: One layer's attention weights: (Hugging Face state dict, its attention prefix, posenc's) -> posenc's weights
 AttentionWeights = Callable[[dict[str, Tensor], str, str], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """A model's sizes: the fields of GPTConfig that are not its parts."""
+
+    vocab_size: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    block_size: int
+
+    def config(
+        self, layers: Sequence[LayerSpec], head: HeadConfig, embedding: EmbeddingConfig | None = None
+    ) -> GPTConfig:
+        """The GPTConfig of these sizes and parts (the layers tiled over depth)."""
+        return GPTConfig(
+            vocab_size=self.vocab_size,
+            n_embd=self.n_embd,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            block_size=self.block_size,
+            embedding=embedding,
+            head=head,
+            layers=tuple(layers),
+        )
 
 
 def refuse(model_type: str, differ: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from posenc.config import GPTConfig
 from posenc.hf.common import Converted, llama_weights, mha_weights, per_layer_type, refuse, rope_config, text_name
 from posenc.hf.llama import llama_parts
 from posenc.layer import EmbeddingConfig
@@ -80,9 +79,7 @@ def _gemma_text(c: Any, sd: dict[str, Tensor], tie: bool) -> Converted:
     ]
     final_softcap = getattr(c, "final_logit_softcapping", None)
     head = parts.head.replace(tie_embeddings=tie, softcap=None if final_softcap is None else float(final_softcap))
-    config = GPTConfig(
-        **parts.sizes, embedding=EmbeddingConfig(scale=c.hidden_size**0.5), head=head, layers=tuple(layers)
-    )
+    config = parts.sizes.config(layers, head, EmbeddingConfig(scale=c.hidden_size**0.5))
     return config, _gemma_weights(sd, n, gemma3)
 
 

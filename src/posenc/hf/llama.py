@@ -15,7 +15,7 @@ from posenc.attention import CausalSelfAttention
 from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.rope import RotaryEmbedding
-from posenc.hf.common import Converted, layer_spec, llama_weights, mha_weights, refuse, rope_spec
+from posenc.hf.common import Converted, Sizes, layer_spec, llama_weights, mha_weights, refuse, rope_spec
 from posenc.layer import HeadConfig
 
 
@@ -24,7 +24,7 @@ class LlamaParts:
     """The parts of a Llama-style config that its layers share: RMSNorm, SwiGLU MLP, grouped-query
     attention, the model-wide RoPE (None: RoPE per layer type, set by the importer) and the head."""
 
-    sizes: dict[str, int]
+    sizes: Sizes
     norm: NormConfig
     mlp: MLP.Config
     attention: CausalSelfAttention.Config
@@ -37,7 +37,7 @@ class LlamaParts:
         return layer_spec(**(dict(norm=self.norm, mlp=self.mlp, attention=self.attention, pe=self.rope) | parts))
 
     def config(self, layers: Sequence[LayerSpec]) -> GPTConfig:
-        return GPTConfig(**self.sizes, head=self.head, layers=tuple(layers))
+        return self.sizes.config(layers, self.head)
 
 
 def llama_parts(
@@ -68,7 +68,7 @@ def llama_parts(
     norm = NormConfig(kind="rmsnorm", eps=c.rms_norm_eps, bias=bias)
     n_kv_head = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     return LlamaParts(
-        sizes=dict(
+        sizes=Sizes(
             vocab_size=c.vocab_size,
             n_embd=c.hidden_size,
             n_layer=c.num_hidden_layers,

@@ -14,7 +14,7 @@ from posenc.attention import CausalSelfAttention
 from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.rope import RotaryEmbedding
-from posenc.hf.common import Converted, layer_spec, refuse, rope_spec
+from posenc.hf.common import Converted, Sizes, layer_spec, refuse, rope_spec
 from posenc.layer import HeadConfig
 
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -30,7 +30,9 @@ def import_gptj(model: nn.Module) -> Converted:
     )
     attention = CausalSelfAttention.Config(qkv_bias=False, proj_bias=False)
     layer = parallel_layer(c.layer_norm_epsilon, c.n_inner or 4 * c.n_embd, attention, rope)
-    sizes = dict(vocab_size=c.vocab_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, block_size=c.n_positions)
+    sizes = Sizes(
+        vocab_size=c.vocab_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, block_size=c.n_positions
+    )
     config = parallel_config(sizes, c.layer_norm_epsilon, bool(c.tie_word_embeddings), layer)
     sd = {k.removeprefix("transformer."): v for k, v in model.state_dict().items()}
     renames = {"attn.out_proj": "attn.c_proj", "mlp.fc_in": "mlp.c_fc", "mlp.fc_out": "mlp.c_proj"}
@@ -49,7 +51,7 @@ def import_phi(model: nn.Module) -> Converted:
     attention = CausalSelfAttention.Config(n_kv_head=n_kv_head)
     rope = rope_spec(c, c.max_position_embeddings)
     layer = parallel_layer(c.layer_norm_eps, c.intermediate_size, attention, rope)
-    sizes = dict(
+    sizes = Sizes(
         vocab_size=c.vocab_size,
         n_embd=c.hidden_size,
         n_layer=c.num_hidden_layers,
@@ -75,10 +77,10 @@ def parallel_layer(
     )
 
 
-def parallel_config(sizes: dict[str, int], eps: float, tie: bool, layer: LayerSpec) -> GPTConfig:
+def parallel_config(sizes: Sizes, eps: float, tie: bool, layer: LayerSpec) -> GPTConfig:
     """Every layer ``layer``, the final LayerNorm, and a bias on the output head."""
     head = HeadConfig(norm=NormConfig(kind="layernorm", eps=eps), tie_embeddings=tie, bias=True)
-    return GPTConfig(**sizes, head=head, layers=(layer,))
+    return sizes.config((layer,), head)
 
 
 def _head(sd: dict[str, Tensor]) -> dict[str, Tensor]:
