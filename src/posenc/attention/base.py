@@ -27,6 +27,7 @@ from posenc.attention.kernel import BACKENDS, attend
 from posenc.attention.mask import Mask
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.spec import Spec, check_bool, check_choice, check_number, spec
+from posenc.weight_init import WeightInit
 
 
 @spec
@@ -154,6 +155,11 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         # N(0, 0.02), as gpt-oss's initialiser (Hugging Face GptOssPreTrainedModel._init_weights)
         self.sinks = nn.Parameter(torch.randn(n_head) * 0.02) if config.sinks else None
+
+    def init_weights(self, init: WeightInit) -> None:
+        """Initialise this variant's own parameters (projections with ``init.linear``, the one into
+        the residual stream with ``residual=True``); the encoding's stay as built."""
+        raise NotImplementedError(f"{type(self).__name__} must define init_weights(init)")
 
     def new_cache(self) -> LayerKVCache:
         """An empty cache for this layer."""

@@ -30,6 +30,7 @@ from posenc.attention.mask import Mask
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
 from posenc.spec import check_bool, check_choice, check_int, check_number, spec
+from posenc.weight_init import WeightInit
 
 __all__ = [
     "CausalSelfAttention",
@@ -261,6 +262,12 @@ class CausalSelfAttention(Attention):
                 self.head_dim, n_head, qk_norm, block_size=block_size, n_kv_head=self.n_kv_head, eps=config.qk_norm_eps
             )
         )
+
+    def init_weights(self, init: WeightInit) -> None:
+        """q|k|v N(0, std), the output projection into the residual stream N(0, residual_std); QK-norm
+        gains, sinks and the encoding keep their constructors' values."""
+        init.linear("c_attn", self.c_attn)
+        init.linear("c_proj", self.c_proj, residual=True)
 
     def forward(
         self,

@@ -70,6 +70,7 @@ from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
 from posenc.encodings.rope import RotaryEmbedding
 from posenc.spec import check_bool, check_number, spec
+from posenc.weight_init import WeightInit
 
 __all__ = [
     "MLACache",
@@ -282,6 +283,15 @@ class MultiHeadLatentAttention(Attention):
     def new_cache(self) -> MLACache:
         """An empty cache for this layer (latent and shared rotary key per token)."""
         return MLACache(self.kv_lora_rank)
+
+    def init_weights(self, init: WeightInit) -> None:
+        """Every projection N(0, std), the output one into the residual stream N(0, residual_std);
+        the latent norms' gains and the encoding keep their constructors' values."""
+        for name in ("q_proj",) if self.q_lora_rank is None else ("q_a_proj", "q_b_proj"):
+            init.linear(name, getattr(self, name))
+        init.linear("kv_a_proj_with_mqa", self.kv_a_proj_with_mqa)
+        init.linear("kv_b_proj", self.kv_b_proj)
+        init.linear("c_proj", self.c_proj, residual=True)
 
     def _queries(self, x: Tensor) -> Tensor:
         if self.q_lora_rank is None:

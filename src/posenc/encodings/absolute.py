@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions
 from posenc.spec import check_bool, check_int, check_number, spec
+from posenc.weight_init import WeightInit
 
 
 def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
@@ -80,6 +81,11 @@ class AbsolutePE(PositionalEncoding):
     @classmethod
     def build(cls, dims: ModelDims, **options: Any) -> AbsolutePE:
         return cls(dims.block_size, dims.n_embd, **options)
+
+    def init_weights(self, init: WeightInit) -> None:
+        """GPT-2's N(0, 0.02) table, from the model's seed."""
+        if self.weight is not None:
+            init.normal("weight", self.weight)
 
     def embed(self, positions: Tensor) -> Tensor:
         check_positions(positions, self.max_positions)

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.spec import Spec, spec
+from posenc.weight_init import WeightInit
 
 Where = Literal["input", "qk", "scores", "none"]
 
@@ -163,6 +164,10 @@ class PositionalEncoding(nn.Module):
         """The encoding for one layer (or the input) of a model of size ``dims``; ``options`` are
         the encoding's own keyword arguments (its config's fields). The default passes only them."""
         return cls(**options)
+
+    def init_weights(self, init: WeightInit) -> None:
+        """The model's initialisation of this encoding's parameters (default: none; an encoding keeps
+        what its constructor drew, as its reference does)."""
 
     @property
     def length_dependent(self) -> bool:
