@@ -131,7 +131,8 @@ def _deinterleave(x: Tensor) -> Tensor:
 class MultiHeadLatentAttention(Attention):
     """Multi-head latent attention with an injected positional encoding on its decoupled rotary part.
 
-    Args:
+    ``MultiHeadLatentAttention(config, dims, pe=..., mask=..., dropout=...)`` builds it from its
+    ``Config``; ``MultiHeadLatentAttention(n_embd, n_head, ...)`` (:meth:`create`) from these Args:
         n_embd, n_head: model width and number of heads.
         pe: the encoding (``where`` "qk" with head size ``qk_rope_head_dim``, "scores" or "none");
             ``None`` means :class:`NoPE`.
@@ -189,8 +190,9 @@ class MultiHeadLatentAttention(Attention):
             d = self.dims(dims)
             return (d.kv_lora_rank + d.qk_rope_head_dim) * torch.empty((), dtype=dtype).element_size()
 
-    def __init__(
-        self,
+    @classmethod
+    def create(
+        cls,
         n_embd: int,
         n_head: int,
         *,
@@ -211,14 +213,14 @@ class MultiHeadLatentAttention(Attention):
         softcap: float | None = None,
         sinks: bool = False,
         backend: str = "auto",
-    ) -> None:
-        super().__init__()
+    ) -> MultiHeadLatentAttention:
+        """The layer from flat keyword arguments (the class's Args): builds the config and the sizes."""
         if qk_norm is not None:
             raise ValueError(
                 f"MultiHeadLatentAttention does not take QK-norm (got qk_norm={qk_norm!r}): a per-head norm of the "
                 f"keys is not linear in the latent, so W_UK could no longer be folded into the query for decoding"
             )
-        config = self.Config(
+        config = cls.Config(
             kv_lora_rank=kv_lora_rank,
             q_lora_rank=q_lora_rank,
             qk_rope_head_dim=qk_rope_head_dim,
@@ -231,7 +233,21 @@ class MultiHeadLatentAttention(Attention):
             sinks=sinks,
             backend=backend,
         )
-        dims = config.dims(ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size))
+        dims = ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size)
+        return cls(config, dims, pe=pe, mask=Mask(window=window, chunk=chunk), dropout=dropout)
+
+    def __init__(
+        self,
+        config: Config,
+        dims: ModelDims,
+        *,
+        pe: PositionalEncoding | None = None,
+        mask: Mask | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        n_embd, n_head, bias, rope_interleave = dims.n_embd, dims.n_head, config.bias, config.rope_interleave
+        dims = config.dims(dims)  # the latent and head sizes (MLADims)
         pe = NoPE() if pe is None else pe
         _check_encoding(pe, dims, rope_interleave)
         self.n_embd, self.n_head, self.dims = n_embd, n_head, dims
@@ -253,9 +269,11 @@ class MultiHeadLatentAttention(Attention):
         self.kv_a_layernorm = nn.RMSNorm(dims.kv_lora_rank, eps=1e-6)
         self.kv_b_proj = nn.Linear(dims.kv_lora_rank, n_head * (dims.qk_nope_head_dim + dims.v_head_dim), bias=False)
         self.c_proj = nn.Linear(n_head * dims.v_head_dim, n_embd, bias=bias)
-        self._setup(config, pe, Mask(window=window, chunk=chunk), dropout, n_head)
+        self._setup(config, pe, mask, dropout, n_head)
         self.softmax_scale = (
-            float(softmax_scale) if softmax_scale is not None else mla_softmax_scale(dims.qk_head_dim, pe.scaling)
+            float(config.softmax_scale)
+            if config.softmax_scale is not None
+            else mla_softmax_scale(dims.qk_head_dim, self.pe.scaling)
         )
 
     @classmethod
