@@ -236,25 +236,13 @@ class RotaryEmbedding(PositionalEncoding):
         self._build_tables(device=None)
 
     @classmethod
-    def create(
-        cls,
-        head_dim: int,
-        base: float = 10000.0,
-        layout: Layout = "half",
-        rotary_dim: int | None = None,
-        *,
-        cache_len: int = 2048,
-        **options: Any,
-    ) -> RotaryEmbedding:
-        """By hand: ``options`` are the other fields of the config (the class's Args)."""
-        return cls.build(
-            sizes(head_dim=head_dim, block_size=0),
-            base=base,
-            layout=layout,
-            rotary_dim=rotary_dim,
-            cache_len=cache_len,
-            **options,
-        )
+    def create(cls, head_dim: int, *args: Any, cache_len: int = 2048, **options: Any) -> RotaryEmbedding:
+        """By hand: ``args`` base, layout, rotary_dim and ``options`` the config's fields (the Args)."""
+        names = ("base", "layout", "rotary_dim")
+        if len(args) > len(names) or set(names[: len(args)]) & set(options):
+            raise TypeError(f"RotaryEmbedding takes head_dim, base, layout, rotary_dim by position, got {args!r}")
+        options |= dict(zip(names, args, strict=False))
+        return cls.build(sizes(head_dim=head_dim, block_size=0), cache_len=cache_len, **options)
 
     @classmethod
     def build(cls, dims: ModelDims, *, cache_len: int | None = None, **options: Any) -> RotaryEmbedding:
