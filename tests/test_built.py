@@ -8,11 +8,11 @@ import inspect
 import pytest
 import torch
 
-from posenc.attention import ATTENTIONS, CausalSelfAttention
+from posenc.attention import ATTENTIONS, Attention, CausalSelfAttention
 from posenc.attention.mask import Mask
 from posenc.encodings import ENCODINGS
 from posenc.encodings.alibi import ALiBi
-from posenc.encodings.base import ModelDims
+from posenc.encodings.base import ModelDims, PositionalEncoding
 from posenc.encodings.rope import RotaryEmbedding
 
 #: what an attention layer holds beside its config and sizes: its encoding, mask and dropout
@@ -53,3 +53,16 @@ def test_the_readme_constructors_build_the_config_and_take_the_one_path():
     torch.testing.assert_close(flat.state_dict(), built.state_dict(), rtol=0, atol=0)
     assert torch.equal(ALiBi(8).slopes, ALiBi.Config().build(ModelDims(n_embd=64, n_head=8, block_size=4)).slopes)
     assert RotaryEmbedding(16, cache_len=100).cos_cached.shape[0] == 100
+
+
+def test_a_module_without_a_factory_says_how_it_is_built():
+    class Bare(PositionalEncoding):
+        def __init__(self, config, dims) -> None:
+            super().__init__()
+            self.config = config
+
+    with pytest.raises(TypeError, match=r"Bare takes \(config, dims\)"):
+        Bare(4)
+    assert Bare().config == Bare.Config()  # no sizes, no options: the config path
+    with pytest.raises(TypeError, match=r"Attention takes \(config, dims"):
+        Attention(64, 4)

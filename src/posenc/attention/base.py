@@ -133,6 +133,13 @@ class Attention(nn.Module, metaclass=BuiltFromConfig):
         if "Config" in cls.__dict__:
             cls.Config.attention = cls
 
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> Attention:
+        """The layer from flat keyword arguments; a variant that offers it overrides this."""
+        raise TypeError(
+            f"{cls.__name__} takes (config, dims, pe=, mask=, dropout=); it has no create() taking {args!r}"
+        )
+
     def _setup(
         self, config: AttentionConfig, pe: PositionalEncoding | None, mask: Mask | None, dropout: float, n_head: int
     ) -> None:

@@ -179,8 +179,13 @@ class PositionalEncoding(nn.Module, metaclass=BuiltFromConfig):
         return cls(cls.Config(**options), dims)
 
     @classmethod
-    def create(cls, **options: Any) -> PositionalEncoding:
+    def create(cls, *args: Any, **options: Any) -> PositionalEncoding:
         """By hand, for an encoding that reads no sizes: ``options`` are the fields of its config."""
+        if args:
+            raise TypeError(
+                f"{cls.__name__} takes (config, dims), or .build(dims, **options); it has no create() "
+                f"taking sizes, got {args!r}"
+            )
         return cls(cls.Config(**options), None)
 
     def init_weights(self, init: WeightInit) -> None:
