@@ -125,7 +125,7 @@ class EncodingConfig(Spec):
         return self.encoding.where
 
     def options(self) -> dict[str, Any]:
-        """The fields as constructor keyword arguments."""
+        """The fields by name (the keyword arguments of ``Encoding.build(dims, **options)``)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def check(self, dims: ModelDims) -> None:
