@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
@@ -47,15 +46,11 @@ class LearnedSlope(PositionalEncoding):
         def __post_init__(self) -> None:
             check_number("LearnedSlope.Config", "init_slope", self.init_slope, low=0)
 
-    def __init__(self, n_head: int, *, init_slope: float = 0.5) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
         super().__init__()
-        self.config = self.Config(init_slope=init_slope)
-        raw = math.log(math.expm1(init_slope))  # softplus(raw) = init_slope
-        self.raw_slope = nn.Parameter(torch.full((n_head,), raw))
-
-    @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> LearnedSlope:
-        return cls(dims.n_head, **options)
+        self.config = config
+        raw = math.log(math.expm1(config.init_slope))  # softplus(raw) = init_slope
+        self.raw_slope = nn.Parameter(torch.full((dims.n_head,), raw))
 
     def score_bias(self, q_positions: Tensor, k_positions: Tensor, q_features=None, k_features=None) -> Tensor:
         distance = (q_positions[..., :, None] - k_positions[..., None, :]).float()  # (Tq, Tk) or (B, Tq, Tk)
@@ -160,6 +155,49 @@ def test_a_new_attention_variant_is_one_file_and_one_line(monkeypatch):
         torch.testing.assert_close(model(idx)[0], plain(idx)[0], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="tau"):
         GPTConfig.from_preset("tiny", attention="tempered", attention_options={"tau": -1.0})
+
+
+# -- an option of an existing attention variant -------------------------------------------------
+
+
+def test_an_attention_option_is_its_config_its_module_and_one_test(monkeypatch):
+    """A ``logit_gain`` option of multi-head attention: a field of its config and a line of its module
+    (both patched here, as an edit of attention/core.py would), then built, serialised and run with no
+    other change: the layer spec, GPTConfig, the model and its initialisation take it as it is."""
+    plain_attend = CausalSelfAttention.attend
+
+    @spec
+    class Config(CausalSelfAttention.Config):
+        logit_gain: float = 1.0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            check_number("CausalSelfAttention.Config", "logit_gain", self.logit_gain, low=0)
+
+    def attend(self, q, k, v, q_pos, k_pos, segments, features, scale):
+        scale = (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale) * self.config.logit_gain
+        return plain_attend(self, q, k, v, q_pos, k_pos, segments, features, scale)
+
+    monkeypatch.setattr(CausalSelfAttention, "Config", Config)  # the config's new field
+    monkeypatch.setattr(CausalSelfAttention, "attend", attend)  # the module's use of it
+    # flat fields, not a preset: the presets' parts were built with the config class before the patch
+    sizes = dict(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=256)
+    config = GPTConfig(**sizes, pe="rope", attention_options={"logit_gain": 2.0})
+    assert config.layers[0].attention.logit_gain == 2.0
+    assert GPTConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    torch.manual_seed(0)
+    model = GPT(config).double().eval()
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(**sizes, pe="rope")).double().eval()
+    torch.testing.assert_close(model.state_dict(), plain.state_dict(), rtol=0, atol=0)
+    idx = torch.randint(0, 256, (1, 10))
+    with torch.no_grad():
+        assert (model(idx)[0] - plain(idx)[0]).abs().max() > 1e-5
+        for block in plain.blocks:  # the plain model with its queries doubled
+            block.attn.c_attn.weight[: config.n_embd] *= 2.0
+        torch.testing.assert_close(model(idx)[0], plain(idx)[0], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="logit_gain"):
+        GPTConfig(**sizes, attention_options={"logit_gain": -1.0})
 
 
 # -- a Hugging Face model family -----------------------------------------------------------------

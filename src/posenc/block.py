@@ -14,7 +14,7 @@ Shapes: B batch, T tokens, C = n_embd, H the MLP's hidden width.
   the layer's :class:`~posenc.config.LayerSpec`.
 
 Parameter names (``ln_1``, ``attn``, ``ln_2``, ``mlp.c_fc``, ...) are nanoGPT's: initial weights are
-seeded by name, and checkpoints load by name.
+seeded by name (each module's ``init_weights``), and checkpoints load by name.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from posenc.attention.base import LayerKVCache
 from posenc.spec import Spec, check_bool, check_choice, check_int, check_number, spec
+from posenc.weight_init import WeightInit
 
 NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
 MLPS: tuple[str, ...] = ("gelu", "gelu_exact", "swiglu", "geglu")
@@ -94,6 +95,11 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(H, C, bias=config.bias)
         self.dropout = nn.Dropout(dropout)
 
+    def init_weights(self, init: WeightInit) -> None:
+        for name in ("w_gate", "w_up") if self.gated else ("c_fc",):
+            init.linear(name, getattr(self, name))
+        init.linear("c_proj", self.c_proj, residual=True)
+
     def forward(self, x: Tensor) -> Tensor:
         h = self.act(self.w_gate(x)) * self.w_up(x) if self.gated else self.gelu(self.c_fc(x))  # (B, T, H)
         return self.dropout(self.c_proj(h))
@@ -133,6 +139,14 @@ class Block(nn.Module):
             self.post_attn_norm = config.norm.build(n_embd)
             self.post_mlp_norm = config.norm.build(n_embd)
         self.parallel, self.post_norm = config.parallel, config.post_norm
+
+    def init_weights(self, init: WeightInit) -> None:
+        """The attention's and the MLP's own initialisation; the norms' biases zero."""
+        self.attn.init_weights(init.child("attn"))
+        self.mlp.init_weights(init.child("mlp"))
+        for norm in (self.ln_1, self.ln_2, getattr(self, "post_attn_norm", None), getattr(self, "post_mlp_norm", None)):
+            if getattr(norm, "bias", None) is not None:
+                norm.bias.data.zero_()
 
     def forward(
         self,

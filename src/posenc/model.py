@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import zlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -34,6 +33,7 @@ from posenc.encodings.base import PositionalEncoding, check_positions
 from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
 from posenc.sampling import check_sampling, sample
 from posenc.spec import check_bool
+from posenc.weight_init import WeightInit
 
 __all__ = ["GPT", "MLP", "Block", "NormConfig", "RNoPEBlock", "sample"]
 
@@ -133,26 +133,27 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """GPT-2 initialisation of the embeddings, projections and MLPs: matrices N(0, 0.02), residual
-        projections N(0, 0.02/sqrt(2 n_layer)), biases zero. Each matrix is drawn from its own generator
-        seeded by (seed, parameter name), so variants that share a parameter (name and shape) start
-        from the same values. The layers' encodings keep the initialisation their own constructors
-        gave them, as their references do (FIRE's MLP keeps nn.Linear's; T5's table its small normal).
-        ``seed`` defaults to one draw from torch's global RNG (the constructor draws it first, so the
-        same global seed gives every variant the same ``seed``).
+        """GPT-2 initialisation, each module of its own parameters (:mod:`posenc.weight_init`):
+        matrices N(0, 0.02), projections into the residual stream N(0, 0.02/sqrt(2 n_layer)), biases
+        zero, each matrix from a generator seeded by (seed, parameter name). The layers' encodings keep
+        the initialisation their own constructors gave them, as their references do (FIRE's MLP keeps
+        nn.Linear's; T5's table its small normal). ``seed`` defaults to one draw from torch's global
+        RNG (the constructor draws it first, so the same global seed gives every variant the same
+        ``seed``).
         """
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()))
-        own = {id(p) for block in self.blocks for p in block.attn.pe.parameters()}
-        for name, p in self.named_parameters():
-            if id(p) in own:
-                continue
-            if p.dim() >= 2:
-                std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-            elif name.endswith(".bias"):
-                p.zero_()
+        init = WeightInit(seed, std=0.02, residual_std=0.02 / math.sqrt(2 * self.config.n_layer))
+        init.normal("wte.weight", self.wte.weight)
+        if self.wpe is not None:
+            self.wpe.init_weights(init.child("wpe"))
+        for i, block in enumerate(self.blocks):
+            block.init_weights(init.child(f"blocks.{i}"))
+        if not self.config.head.tie_embeddings:
+            init.normal("lm_head.weight", self.lm_head.weight)
+        for module in (self.ln_emb, self.ln_f, self.lm_head):
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; with ``non_embedding`` the position table is excluded (as nanoGPT counts)

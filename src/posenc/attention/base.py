@@ -27,8 +27,11 @@ from torch import Tensor, nn
 from posenc.attention.kernel import BACKENDS, attend
 from posenc.attention.mask import Mask
 from posenc.attention.scores import ScoreInputs
+from posenc.built import BuiltFromConfig
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.encodings.nope import NoPE
 from posenc.spec import Spec, check_bool, check_choice, check_number, spec
+from posenc.weight_init import WeightInit
 
 
 @spec
@@ -61,7 +64,7 @@ class AttentionConfig(Spec):
         return dims
 
     def build(self, dims: ModelDims, *, pe: PositionalEncoding, mask: Mask, dropout: float) -> Attention:
-        return self.attention.from_config(self, dims, pe=pe, mask=mask, dropout=dropout)
+        return self.attention(self, dims, pe=pe, mask=mask, dropout=dropout)
 
     def cache_bytes_per_token(self, dims: ModelDims, dtype: torch.dtype = torch.float16) -> int:
         """Bytes one token adds to this layer's KV cache (positions not counted)."""
@@ -147,8 +150,13 @@ class KVCache:
         return self.layers[0].length if self.layers else 0
 
 
-class Attention(nn.Module):
-    """Base of the attention variants: the encoding, the mask and the kernel call they share."""
+class Attention(nn.Module, metaclass=BuiltFromConfig):
+    """Base of the attention variants: the encoding, the mask and the kernel call they share.
+
+    A variant's constructor is ``Variant(config, dims, *, pe=None, mask=None, dropout=0.0)``: its
+    ``Config``, the model's sizes, and the layer's encoding (None: NoPE), mask and dropout
+    (:mod:`posenc.built`); ``Variant.create(n_embd, n_head, ...)`` takes flat keyword arguments.
+    """
 
     Config: ClassVar[type[AttentionConfig]] = AttentionConfig
 
@@ -158,24 +166,18 @@ class Attention(nn.Module):
             cls.Config.attention = cls
 
     @classmethod
-    def from_config(
-        cls, config: AttentionConfig, dims: ModelDims, *, pe: PositionalEncoding, mask: Mask, dropout: float
-    ) -> Attention:
-        """The layer for a model of sizes ``dims``: the constructor takes the config's fields by name."""
-        options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        return cls(
-            dims.n_embd,
-            dims.n_head,
-            pe=pe,
-            window=mask.window,
-            chunk=mask.chunk,
-            dropout=dropout,
-            block_size=dims.block_size,
-            **options,
+    def create(cls, *args: Any, **kwargs: Any) -> Attention:
+        """The layer from flat keyword arguments; a variant that offers it overrides this."""
+        raise TypeError(
+            f"{cls.__name__} takes (config, dims, pe=, mask=, dropout=); it has no create() taking {args!r}"
         )
 
-    def _setup(self, config: AttentionConfig, pe: PositionalEncoding, mask: Mask, dropout: float, n_head: int) -> None:
-        """The parts every variant keeps: its config, encoding, mask, dropout and sinks."""
+    def _setup(
+        self, config: AttentionConfig, pe: PositionalEncoding | None, mask: Mask | None, dropout: float, n_head: int
+    ) -> None:
+        """The parts every variant keeps: its config, encoding (None: NoPE), mask, dropout and sinks."""
+        pe = NoPE() if pe is None else pe
+        mask = Mask() if mask is None else mask
         if pe.where == "input":
             raise ValueError(
                 f"{type(pe).__name__} acts at the model input (where='input'); pass it to the model, not to attention"
@@ -186,6 +188,11 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         # N(0, 0.02), as gpt-oss's initialiser (Hugging Face GptOssPreTrainedModel._init_weights)
         self.sinks = nn.Parameter(torch.randn(n_head) * 0.02) if config.sinks else None
+
+    def init_weights(self, init: WeightInit) -> None:
+        """Initialise this variant's own parameters (projections with ``init.linear``, the one into
+        the residual stream with ``residual=True``); the encoding's stay as built."""
+        raise NotImplementedError(f"{type(self).__name__} must define init_weights(init)")
 
     def new_cache(self) -> LayerKVCache:
         """An empty cache for this layer: it keeps the keys this layer's window and chunk leave visible."""

@@ -30,8 +30,8 @@ from posenc.attention.kernel import attend
 from posenc.attention.mask import Mask
 from posenc.attention.scores import ScoreInputs
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
-from posenc.encodings.nope import NoPE
 from posenc.spec import check_bool, check_choice, check_int, check_number, spec
+from posenc.weight_init import WeightInit
 
 __all__ = [
     "CausalSelfAttention",
@@ -139,7 +139,8 @@ class CausalSelfAttention(Attention):
     """Multi-head causal self-attention (MHA; GQA and MQA with ``n_kv_head``) with an injected
     positional encoding.
 
-    Args:
+    ``CausalSelfAttention(config, dims, pe=..., mask=..., dropout=...)`` builds it from its
+    ``Config``; ``CausalSelfAttention(n_embd, n_head, ...)`` (:meth:`create`) from these Args:
         n_embd, n_head: model width and number of heads.
         pe: the encoding acting inside attention (``where`` "qk", "scores" or "none"); ``None``
             means :class:`NoPE`. Input-level encodings belong to the model, not here.
@@ -208,8 +209,9 @@ class CausalSelfAttention(Attention):
             hs = self.encoding_dims(dims).head_dim
             return 2 * self.kv_heads(dims) * hs * torch.empty((), dtype=dtype).element_size()
 
-    def __init__(
-        self,
+    @classmethod
+    def create(
+        cls,
         n_embd: int,
         n_head: int,
         *,
@@ -230,9 +232,9 @@ class CausalSelfAttention(Attention):
         softmax_scale: float | None = None,
         qk_norm_eps: float = QK_NORM_EPS,
         **options: Any,
-    ) -> None:
-        super().__init__()
-        config = self.Config(
+    ) -> CausalSelfAttention:
+        """The layer from flat keyword arguments (the class's Args): builds the config and the sizes."""
+        config = cls.Config(
             n_kv_head=n_kv_head,
             qk_norm=qk_norm,
             qk_norm_eps=qk_norm_eps,
@@ -246,19 +248,43 @@ class CausalSelfAttention(Attention):
             **options,  # the fields a subclass's Config adds
         )
         dims = ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size)
+        return cls(config, dims, pe=pe, mask=Mask(window=window, chunk=chunk), dropout=dropout)
+
+    def __init__(
+        self,
+        config: Config,
+        dims: ModelDims,
+        *,
+        pe: PositionalEncoding | None = None,
+        mask: Mask | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
         config.check(dims)
+        n_embd, n_head = dims.n_embd, dims.n_head
         self.n_embd, self.n_head, self.n_kv_head = n_embd, n_head, config.kv_heads(dims)
         self.head_dim = config.encoding_dims(dims).head_dim
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)  # q|k|v
         self.c_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=config.proj_bias)
-        self._setup(config, NoPE() if pe is None else pe, Mask(window=window, chunk=chunk), dropout, n_head)
+        self._setup(config, pe, mask, dropout, n_head)
         self.qk_norm = (
             None
-            if qk_norm is None
+            if config.qk_norm is None
             else QKNorm(
-                self.head_dim, n_head, qk_norm, block_size=block_size, n_kv_head=self.n_kv_head, eps=config.qk_norm_eps
+                self.head_dim,
+                n_head,
+                config.qk_norm,
+                block_size=dims.block_size,
+                n_kv_head=self.n_kv_head,
+                eps=config.qk_norm_eps,
             )
         )
+
+    def init_weights(self, init: WeightInit) -> None:
+        """q|k|v N(0, std), the output projection into the residual stream N(0, residual_std); QK-norm
+        gains, sinks and the encoding keep their constructors' values."""
+        init.linear("c_attn", self.c_attn)
+        init.linear("c_proj", self.c_proj, residual=True)
 
     def forward(
         self,
@@ -298,5 +324,6 @@ class CausalSelfAttention(Attention):
 class QKNormAttention(CausalSelfAttention):
     """:class:`CausalSelfAttention` with QK-norm on by default (``qk_norm="rms"``; ``"l2"`` for Henry et al.)."""
 
-    def __init__(self, n_embd: int, n_head: int, *, qk_norm: QKNormType = "rms", **kwargs) -> None:
-        super().__init__(n_embd, n_head, qk_norm=qk_norm, **kwargs)
+    @classmethod
+    def create(cls, n_embd: int, n_head: int, *, qk_norm: QKNormType = "rms", **kwargs: Any) -> QKNormAttention:
+        return super().create(n_embd, n_head, qk_norm=qk_norm, **kwargs)

@@ -66,6 +66,7 @@ from posenc.attention.mla_dims import MLADims, cache_bytes_per_token, mla_dims, 
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.nope import NoPE
 from posenc.spec import check_bool, check_number, spec
+from posenc.weight_init import WeightInit
 
 __all__ = [
     "MLACache",
@@ -136,7 +137,8 @@ def _deinterleave(x: Tensor) -> Tensor:
 class MultiHeadLatentAttention(Attention):
     """Multi-head latent attention with an injected positional encoding on its decoupled rotary part.
 
-    Args:
+    ``MultiHeadLatentAttention(config, dims, pe=..., mask=..., dropout=...)`` builds it from its
+    ``Config``; ``MultiHeadLatentAttention(n_embd, n_head, ...)`` (:meth:`create`) from these Args:
         n_embd, n_head: model width and number of heads.
         pe: the encoding (``where`` "qk" with head size ``qk_rope_head_dim``, "scores" or "none");
             ``None`` means :class:`NoPE`.
@@ -194,8 +196,9 @@ class MultiHeadLatentAttention(Attention):
             d = self.dims(dims)
             return (d.kv_lora_rank + d.qk_rope_head_dim) * torch.empty((), dtype=dtype).element_size()
 
-    def __init__(
-        self,
+    @classmethod
+    def create(
+        cls,
         n_embd: int,
         n_head: int,
         *,
@@ -216,14 +219,14 @@ class MultiHeadLatentAttention(Attention):
         softcap: float | None = None,
         sinks: bool = False,
         backend: str = "auto",
-    ) -> None:
-        super().__init__()
+    ) -> MultiHeadLatentAttention:
+        """The layer from flat keyword arguments (the class's Args): builds the config and the sizes."""
         if qk_norm is not None:
             raise ValueError(
                 f"MultiHeadLatentAttention does not take QK-norm (got qk_norm={qk_norm!r}): a per-head norm of the "
                 f"keys is not linear in the latent, so W_UK could no longer be folded into the query for decoding"
             )
-        config = self.Config(
+        config = cls.Config(
             kv_lora_rank=kv_lora_rank,
             q_lora_rank=q_lora_rank,
             qk_rope_head_dim=qk_rope_head_dim,
@@ -236,7 +239,21 @@ class MultiHeadLatentAttention(Attention):
             sinks=sinks,
             backend=backend,
         )
-        dims = config.dims(ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size))
+        dims = ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size)
+        return cls(config, dims, pe=pe, mask=Mask(window=window, chunk=chunk), dropout=dropout)
+
+    def __init__(
+        self,
+        config: Config,
+        dims: ModelDims,
+        *,
+        pe: PositionalEncoding | None = None,
+        mask: Mask | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        n_embd, n_head, bias, rope_interleave = dims.n_embd, dims.n_head, config.bias, config.rope_interleave
+        dims = config.dims(dims)  # the latent and head sizes (MLADims)
         pe = NoPE() if pe is None else pe
         _check_encoding(pe, dims, rope_interleave)
         self.n_embd, self.n_head, self.dims = n_embd, n_head, dims
@@ -258,14 +275,25 @@ class MultiHeadLatentAttention(Attention):
         self.kv_a_layernorm = nn.RMSNorm(dims.kv_lora_rank, eps=1e-6)
         self.kv_b_proj = nn.Linear(dims.kv_lora_rank, n_head * (dims.qk_nope_head_dim + dims.v_head_dim), bias=False)
         self.c_proj = nn.Linear(n_head * dims.v_head_dim, n_embd, bias=bias)
-        self._setup(config, pe, Mask(window=window, chunk=chunk), dropout, n_head)
+        self._setup(config, pe, mask, dropout, n_head)
         self.softmax_scale = (
-            float(softmax_scale) if softmax_scale is not None else mla_softmax_scale(dims.qk_head_dim, pe.scaling)
+            float(config.softmax_scale)
+            if config.softmax_scale is not None
+            else mla_softmax_scale(dims.qk_head_dim, self.pe.scaling)
         )
 
     def new_cache(self) -> MLACache:
         """An empty cache for this layer (latent and shared rotary key per token)."""
         return MLACache(self.kv_lora_rank, self.mask)
+
+    def init_weights(self, init: WeightInit) -> None:
+        """Every projection N(0, std), the output one into the residual stream N(0, residual_std);
+        the latent norms' gains and the encoding keep their constructors' values."""
+        for name in ("q_proj",) if self.q_lora_rank is None else ("q_a_proj", "q_b_proj"):
+            init.linear(name, getattr(self, name))
+        init.linear("kv_a_proj_with_mqa", self.kv_a_proj_with_mqa)
+        init.linear("kv_b_proj", self.kv_b_proj)
+        init.linear("c_proj", self.c_proj, residual=True)
 
     def _queries(self, x: Tensor) -> Tensor:
         if self.q_lora_rank is None:

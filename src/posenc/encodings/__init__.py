@@ -1,7 +1,7 @@
 """Registry of positional encodings: name -> (layer-pattern code, class).
 
 Adding an encoding: write ``posenc/encodings/<name>.py`` with a :class:`PositionalEncoding`
-subclass (its ``where``, its nested ``Config`` and the hook it overrides), add one line to
+subclass (its ``where``, its nested ``Config``, ``__init__(config, dims)`` and the hook it overrides), add one line to
 ``ENCODINGS`` below, and add ``tests/test_<name>.py``. Attention, the model, the configs, the sweep
 and the report need no change: ``GPTConfig(pe="<name>")`` builds it on every layer, and
 ``compare --variants <name>`` trains it and renders its row.

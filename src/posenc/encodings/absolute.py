@@ -21,13 +21,13 @@ Hugging Face GPT-2's ``wpe`` through ``GPT.from_hf`` (tests/test_absolute.py, te
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions, sizes
 from posenc.spec import check_bool, check_int, check_number, spec
+from posenc.weight_init import WeightInit
 
 
 def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
@@ -65,11 +65,14 @@ class AbsolutePE(PositionalEncoding):
             if self.scale is not None and not self.sinusoidal:
                 raise ValueError(f"scale={self.scale!r} applies only to the sinusoidal table (sinusoidal=True)")
 
-    def __init__(self, n_positions: int, dim: int, *, sinusoidal: bool = False, scale: float | None = None) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
+        """A table of ``block_size`` positions by ``n_embd`` channels."""
         super().__init__()
+        n_positions, dim = dims.block_size, dims.n_embd
         check_int(type(self).__name__, "n_positions", n_positions)
         check_int(type(self).__name__, "dim", dim)
-        self.config = AbsolutePE.Config(sinusoidal=sinusoidal, scale=scale)
+        self.config = config
+        sinusoidal, scale = config.sinusoidal, config.scale
         self.n_positions, self.dim, self.sinusoidal = n_positions, dim, sinusoidal
         self.scale = (1.0 / math.sqrt(dim) if scale is None else float(scale)) if sinusoidal else 1.0
         self.max_positions = None if sinusoidal else n_positions
@@ -78,8 +81,13 @@ class AbsolutePE(PositionalEncoding):
             nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
     @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> AbsolutePE:
-        return cls(dims.block_size, dims.n_embd, **options)
+    def create(cls, n_positions: int, dim: int, *, sinusoidal: bool = False, scale: float | None = None) -> AbsolutePE:
+        return cls(cls.Config(sinusoidal=sinusoidal, scale=scale), sizes(n_embd=dim, block_size=n_positions))
+
+    def init_weights(self, init: WeightInit) -> None:
+        """GPT-2's N(0, 0.02) table, from the model's seed."""
+        if self.weight is not None:
+            init.normal("weight", self.weight)
 
     def embed(self, positions: Tensor) -> Tensor:
         check_positions(positions, self.max_positions)
@@ -105,6 +113,10 @@ class SinusoidalPE(AbsolutePE):
         def __post_init__(self) -> None:
             check_number("SinusoidalPE.Config", "scale", self.scale, optional=True)
 
-    def __init__(self, n_positions: int, dim: int, *, scale: float | None = None) -> None:
-        super().__init__(n_positions, dim, sinusoidal=True, scale=scale)
-        self.config = SinusoidalPE.Config(scale=scale)
+    def __init__(self, config: Config, dims: ModelDims) -> None:
+        super().__init__(AbsolutePE.Config(sinusoidal=True, scale=config.scale), dims)
+        self.config = config
+
+    @classmethod
+    def create(cls, n_positions: int, dim: int, *, scale: float | None = None) -> SinusoidalPE:
+        return cls(cls.Config(scale=scale), sizes(n_embd=dim, block_size=n_positions))

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, bias_over_heads
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, bias_over_heads, sizes
 from posenc.spec import check_number, spec
 
 
@@ -56,16 +55,15 @@ class ALiBi(PositionalEncoding):
         def __post_init__(self) -> None:
             check_number("ALiBi", "bias_max", self.bias_max, low=0)
 
-    def __init__(self, n_head: int, bias_max: float = 8.0) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
         super().__init__()
-        self.config = self.Config(bias_max=bias_max)
-        self.n_head = n_head
-        slopes = torch.tensor(alibi_slopes(n_head, float(bias_max)), dtype=torch.float32)
+        self.config, self.n_head = config, dims.n_head
+        slopes = torch.tensor(alibi_slopes(dims.n_head, float(config.bias_max)), dtype=torch.float32)
         self.register_buffer("slopes", slopes, persistent=False)
 
     @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> ALiBi:
-        return cls(dims.n_head, **options)
+    def create(cls, n_head: int, bias_max: float = 8.0) -> ALiBi:
+        return cls(cls.Config(bias_max=bias_max), sizes(n_head))
 
     def score_bias(
         self,

@@ -56,7 +56,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from posenc.built import BuiltFromConfig
 from posenc.spec import Spec, spec
+from posenc.weight_init import WeightInit
 
 Where = Literal["input", "qk", "scores", "none"]
 
@@ -77,6 +79,12 @@ class ModelDims:
     def __post_init__(self) -> None:
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.n_embd // self.n_head)
+
+
+def sizes(n_head: int = 1, head_dim: int | None = None, n_embd: int | None = None, block_size: int = 1) -> ModelDims:
+    """The :class:`ModelDims` of an encoding built by hand from the sizes it reads (the rest fill in)."""
+    n_embd = (n_head if head_dim is None else n_head * head_dim) if n_embd is None else n_embd
+    return ModelDims(n_embd=n_embd, n_head=n_head, block_size=block_size, head_dim=1 if head_dim is None else head_dim)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ class EncodingConfig(Spec):
         return self.encoding.where
 
     def options(self) -> dict[str, Any]:
-        """The fields as constructor keyword arguments."""
+        """The fields by name (the keyword arguments of ``Encoding.build(dims, **options)``)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def check(self, dims: ModelDims) -> None:
@@ -125,11 +133,17 @@ class EncodingConfig(Spec):
 
     def build(self, dims: ModelDims) -> PositionalEncoding:
         self.check(dims)
-        return self.encoding.build(dims, **self.options())
+        return self.encoding(self, dims)
 
 
-class PositionalEncoding(nn.Module):
-    """Base class: a module that injects position information at one place (``where``)."""
+class PositionalEncoding(nn.Module, metaclass=BuiltFromConfig):
+    """Base class: a module that injects position information at one place (``where``).
+
+    An encoding's constructor is ``Encoding(config, dims)``: its ``Config`` and the model's sizes
+    (what ``config.build(dims)`` calls, :mod:`posenc.built`); ``Encoding.create(...)`` (and calling
+    the class with sizes as numbers) takes flat keyword arguments, ``Encoding.build(dims, **options)``
+    the config's fields.
+    """
 
     where: ClassVar[Where] = "none"
     Config: ClassVar[type[EncodingConfig]] = EncodingConfig
@@ -161,8 +175,22 @@ class PositionalEncoding(nn.Module):
     @classmethod
     def build(cls, dims: ModelDims, **options: Any) -> PositionalEncoding:
         """The encoding for one layer (or the input) of a model of size ``dims``; ``options`` are
-        the encoding's own keyword arguments (its config's fields). The default passes only them."""
-        return cls(**options)
+        the fields of its config."""
+        return cls(cls.Config(**options), dims)
+
+    @classmethod
+    def create(cls, *args: Any, **options: Any) -> PositionalEncoding:
+        """By hand, for an encoding that reads no sizes: ``options`` are the fields of its config."""
+        if args:
+            raise TypeError(
+                f"{cls.__name__} takes (config, dims), or .build(dims, **options); it has no create() "
+                f"taking sizes, got {args!r}"
+            )
+        return cls(cls.Config(**options), None)
+
+    def init_weights(self, init: WeightInit) -> None:
+        """The model's initialisation of this encoding's parameters (default: none; an encoding keeps
+        what its constructor drew, as its reference does)."""
 
     @property
     def length_dependent(self) -> bool:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, sizes
 from posenc.spec import check_int, spec
 
 
@@ -52,16 +52,18 @@ class ContextualPosition(PositionalEncoding):
         def __post_init__(self) -> None:
             check_int("ContextualPosition.Config", "npos", self.npos, minimum=2, optional=True)
 
-    def __init__(self, head_dim: int, npos: int) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
+        """``npos`` None: one more than the model's block size (every position a training context has)."""
         super().__init__()
+        head_dim, npos = dims.head_dim, dims.block_size + 1 if config.npos is None else config.npos
         check_int("ContextualPosition", "head_dim", head_dim)
         self.config = self.Config(npos=npos)
         self.npos = npos
         self.pos_emb = nn.Parameter(torch.zeros(head_dim, npos))  # e[n] is pos_emb[:, n]; zeros as the reference
 
     @classmethod
-    def build(cls, dims: ModelDims, npos: int | None = None) -> ContextualPosition:
-        return cls(dims.head_dim, dims.block_size + 1 if npos is None else npos)
+    def create(cls, head_dim: int, npos: int) -> ContextualPosition:
+        return cls(cls.Config(npos=npos), sizes(head_dim=head_dim))
 
     def content_bias(self, q: Tensor, scores: Tensor, visible: Tensor, scale: float) -> Tensor:
         gates = torch.sigmoid(scores) * visible  # (B, nh, bq, span): the keys a query sees

@@ -49,13 +49,12 @@ the module's parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, sizes
 from posenc.spec import check_int, check_number, spec
 
 
@@ -88,19 +87,12 @@ class FIRE(PositionalEncoding):
             check_number("FIRE.Config", "init_threshold", self.init_threshold, low=0)
             check_number("FIRE.Config", "eps", self.eps, low=0, low_open=False)
 
-    def __init__(
-        self,
-        n_head: int,
-        *,
-        mlp_width: int = 32,
-        init_c: float = 0.1,
-        init_threshold: float = 512.0,
-        eps: float = 1e-6,
-    ) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
         super().__init__()
+        n_head, mlp_width, init_c, init_threshold = dims.n_head, config.mlp_width, config.init_c, config.init_threshold
         check_int("FIRE", "n_head", n_head)
-        self.config = self.Config(mlp_width=mlp_width, init_c=init_c, init_threshold=init_threshold, eps=eps)
-        self.n_head, self.mlp_width, self.eps = n_head, mlp_width, eps
+        self.config = config
+        self.n_head, self.mlp_width, self.eps = n_head, mlp_width, config.eps
         # nn.Linear's own initialisation, as the paper's code (its MLP is two nn.Linear layers)
         self.mlp_in = nn.Linear(1, mlp_width)
         self.mlp_out = nn.Linear(mlp_width, n_head)
@@ -109,8 +101,11 @@ class FIRE(PositionalEncoding):
         self.threshold_multiplier = nn.Parameter(torch.tensor(1.0))
 
     @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> FIRE:
-        return cls(dims.n_head, **options)
+    def create(
+        cls, n_head: int, *, mlp_width: int = 32, init_c: float = 0.1, init_threshold: float = 512.0, eps: float = 1e-6
+    ) -> FIRE:
+        config = cls.Config(mlp_width=mlp_width, init_c=init_c, init_threshold=init_threshold, eps=eps)
+        return cls(config, sizes(n_head))
 
     @property
     def threshold(self) -> Tensor:

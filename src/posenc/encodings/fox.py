@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
-from posenc.encodings.rope import MAX_CACHE_LEN, RotaryEmbedding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, sizes
+from posenc.encodings.rope import RotaryEmbedding
 from posenc.spec import check_int, spec
 
 
@@ -88,14 +88,14 @@ class ForgetGate(_Gates, PositionalEncoding):
     class Config(EncodingConfig):
         """FoX has no options: its gates are learned."""
 
-    def __init__(self, n_embd: int, n_head: int) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
         super().__init__()
-        self.config = self.Config()
-        self._init_gate(n_embd, n_head)
+        self.config = config
+        self._init_gate(dims.n_embd, dims.n_head)
 
     @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> ForgetGate:
-        return cls(dims.n_embd, dims.n_head, **options)
+    def create(cls, n_embd: int, n_head: int) -> ForgetGate:
+        return cls(cls.Config(), sizes(n_head, n_embd=n_embd))
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}"
@@ -108,11 +108,11 @@ class ForgetGateRoPE(_Gates, RotaryEmbedding):
     class Config(RotaryEmbedding.Config):
         """RoPE's options (see :class:`RotaryEmbedding`)."""
 
-    def __init__(self, head_dim: int, n_embd: int, n_head: int, **rope: Any) -> None:
-        RotaryEmbedding.__init__(self, head_dim, **rope)
-        self._init_gate(n_embd, n_head)
+    def __init__(self, config: Config, dims: ModelDims) -> None:
+        RotaryEmbedding.__init__(self, config, dims)
+        self._init_gate(dims.n_embd, dims.n_head)
 
     @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> ForgetGateRoPE:
-        cache_len = min(dims.block_size, MAX_CACHE_LEN)
-        return cls(dims.head_dim, dims.n_embd, dims.n_head, **({"cache_len": cache_len} | options))
+    def create(cls, head_dim: int, n_embd: int, n_head: int, *, cache_len: int = 2048, **rope: Any) -> ForgetGateRoPE:
+        """By hand: ``rope`` are RoPE's options (:class:`RotaryEmbedding`)."""
+        return cls.build(sizes(n_head, head_dim=head_dim, n_embd=n_embd, block_size=0), cache_len=cache_len, **rope)

@@ -27,13 +27,12 @@ Golden test (tests/test_kerple.py): the bias against the paper's formula evaluat
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, bias_over_heads
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, bias_over_heads, sizes
 from posenc.spec import check_int, spec
 
 _MIN_INIT = 1e-2  # the paper's clamp
@@ -53,10 +52,11 @@ class KerpleLog(PositionalEncoding):
     class Config(EncodingConfig):
         """KERPLE (log) has no options: its two parameters per head are learned."""
 
-    def __init__(self, n_head: int) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
         super().__init__()
+        n_head = dims.n_head
         check_int("KerpleLog", "n_head", n_head)
-        self.config = self.Config()
+        self.config = config
         self.n_head = n_head
         r1 = (2.0 * torch.rand(n_head)).clamp_min(_MIN_INIT)
         r2 = torch.rand(n_head).clamp_min(_MIN_INIT)
@@ -64,8 +64,8 @@ class KerpleLog(PositionalEncoding):
         self.raw_r2 = nn.Parameter(_inverse_softplus(r2))
 
     @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> KerpleLog:
-        return cls(dims.n_head, **options)
+    def create(cls, n_head: int) -> KerpleLog:
+        return cls(cls.Config(), sizes(n_head))
 
     @property
     def r1(self) -> Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import EncodingConfig, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.spec import check_int, check_number, spec
 
 
@@ -44,10 +44,10 @@ class NoPE(PositionalEncoding):
             check_int("NoPE", "temperature_floor", self.temperature_floor, optional=True)
             check_number("NoPE", "temperature_scale", self.temperature_scale, low=0, low_open=False)
 
-    def __init__(self, temperature_floor: int | None = None, temperature_scale: float = 0.1) -> None:
+    def __init__(self, config: Config, dims: ModelDims | None = None) -> None:
         super().__init__()
-        self.config = self.Config(temperature_floor=temperature_floor, temperature_scale=temperature_scale)
-        if temperature_floor is not None:
+        self.config = config
+        if config.temperature_floor is not None:
             self.position_axes = 1  # the temperature reads positions
 
     def temperature(self, positions: Tensor) -> Tensor:

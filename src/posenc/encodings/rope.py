@@ -76,7 +76,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, check_positions, sizes
 from posenc.encodings.mrope import check_section, pair_axes
 from posenc.encodings.rope_scaling import (
     ROPE_SCALINGS,
@@ -211,46 +211,22 @@ class RotaryEmbedding(PositionalEncoding):
         def check(self, dims: ModelDims) -> None:
             self.rotated_channels(dims.head_dim)
 
-    def __init__(
-        self,
-        head_dim: int,
-        base: float = 10000.0,
-        layout: Layout = "half",
-        rotary_dim: int | None = None,
-        *,
-        scaling: Mapping[str, Any] | None = None,
-        p_rope: float | None = None,
-        xpos: bool = False,
-        xpos_scale_base: float = 512.0,
-        mrope_section: tuple[int, ...] | None = None,
-        mrope_interleaved: bool = False,
-        norm_after_eps: float | None = None,
-        cache_len: int = 2048,
-    ) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
+        """RoPE on heads of ``dims.head_dim``, with tables for the first ``block_size`` positions (at most
+        ``MAX_CACHE_LEN``: longer ones are computed on the fly, and a 128k-context import would otherwise
+        hold a (128k, hs) table per layer)."""
         super().__init__()
+        head_dim, cache_len = dims.head_dim, min(dims.block_size, MAX_CACHE_LEN)
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
             raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
-        if isinstance(cache_len, bool) or not isinstance(cache_len, int) or cache_len < 0:
-            raise ValueError(f"cache_len must be an int >= 0, got {cache_len!r}")
-        self.config = config = self.Config(
-            base=base,
-            layout=layout,
-            rotary_dim=rotary_dim,
-            scaling=scaling,
-            p_rope=p_rope,
-            xpos=xpos,
-            xpos_scale_base=xpos_scale_base,
-            mrope_section=mrope_section,
-            mrope_interleaved=mrope_interleaved,
-            norm_after_eps=norm_after_eps,
-        )
+        self.config = config
         self.scaling = validate_scaling(config.scaling)
         self.rope_type: str = self.scaling["rope_type"]
         self.head_dim, self.rotary_dim, self.base = head_dim, config.rotated_channels(head_dim), config.base
-        self.layout: Layout = layout
+        self.layout: Layout = config.layout
         self.cache_len = cache_len
-        self.p_rope = None if p_rope is None else float(p_rope)
-        self.xpos, self.xpos_scale_base = xpos, float(xpos_scale_base)
+        self.p_rope = None if config.p_rope is None else float(config.p_rope)
+        self.xpos, self.xpos_scale_base = config.xpos, float(config.xpos_scale_base)
         self.pair_axes = config.pair_axes(head_dim)
         self.position_axes = 1 if config.mrope_section is None else len(config.mrope_section)
         self._schedule = ROPE_SCALINGS[self.rope_type].fn
@@ -260,10 +236,24 @@ class RotaryEmbedding(PositionalEncoding):
         self._build_tables(device=None)
 
     @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> RotaryEmbedding:
-        # tables for the first positions only: longer ones are computed on the fly (and a 128k-context
-        # import would otherwise hold a (128k, hs) table per layer)
-        return cls(dims.head_dim, **({"cache_len": min(dims.block_size, MAX_CACHE_LEN)} | options))
+    def create(cls, head_dim: int, *args: Any, cache_len: int = 2048, **options: Any) -> RotaryEmbedding:
+        """By hand: ``args`` base, layout, rotary_dim and ``options`` the config's fields (the Args)."""
+        names = ("base", "layout", "rotary_dim")
+        if len(args) > len(names) or set(names[: len(args)]) & set(options):
+            raise TypeError(f"RotaryEmbedding takes head_dim, base, layout, rotary_dim by position, got {args!r}")
+        options |= dict(zip(names, args, strict=False))
+        return cls.build(sizes(head_dim=head_dim, block_size=0), cache_len=cache_len, **options)
+
+    @classmethod
+    def build(cls, dims: ModelDims, *, cache_len: int | None = None, **options: Any) -> RotaryEmbedding:
+        """``cache_len`` replaces the tables' length that ``dims`` gives."""
+        module = cls(cls.Config(**options), dims)
+        if cache_len is not None and cache_len != module.cache_len:
+            if isinstance(cache_len, bool) or not isinstance(cache_len, int) or cache_len < 0:
+                raise ValueError(f"cache_len must be an int >= 0, got {cache_len!r}")
+            module.cache_len = cache_len
+            module._build_tables(device=None)
+        return module
 
     @classmethod
     def from_hf_config(cls, config: Any, layer_type: str | None = None, **options: Any) -> RotaryEmbedding:

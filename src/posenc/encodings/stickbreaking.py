@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from posenc.encodings.base import EncodingConfig, PositionalEncoding, Weighting
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, Weighting
 from posenc.spec import check_bool, check_choice, spec
 
 
@@ -52,9 +52,13 @@ class StickBreaking(PositionalEncoding):
             check_bool("StickBreaking.Config", "attend_current", self.attend_current)
             check_choice("StickBreaking.Config", "remainder", self.remainder, ("self", "drop"))
 
-    def __init__(self, *, attend_current: bool = False, remainder: Literal["self", "drop"] = "self") -> None:
+    def __init__(self, config: Config, dims: ModelDims | None = None) -> None:
         super().__init__()
-        self.config = self.Config(attend_current=attend_current, remainder=remainder)
+        self.config = config
+
+    @classmethod
+    def create(cls, *, attend_current: bool = False, remainder: Literal["self", "drop"] = "self") -> StickBreaking:
+        return cls(cls.Config(attend_current=attend_current, remainder=remainder))
 
     @property
     def weighting(self) -> Weighting:

@@ -42,13 +42,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, sizes
 from posenc.spec import check_int, check_number, spec
 
 
@@ -82,26 +81,27 @@ class T5RelativeBias(PositionalEncoding):
             check_int("T5RelativeBias.Config", "max_distance", self.max_distance, minimum=self.num_buckets // 2 + 1)
             check_number("T5RelativeBias.Config", "init_std", self.init_std, low=0, low_open=False)
 
-    def __init__(
-        self,
-        n_head: int,
-        *,
-        num_buckets: int = 32,
-        max_distance: int = 128,
-        init_std: float = 0.02,
-        scale: float = 1.0,
-    ) -> None:
+    def __init__(self, config: Config, dims: ModelDims) -> None:
+        """The bias of a model of sizes ``dims``, scaled by sqrt(hs) (module docstring)."""
         super().__init__()
+        n_head = dims.n_head
         check_int("T5RelativeBias", "n_head", n_head)
-        check_number("T5RelativeBias", "scale", scale, low=0)
-        self.config = self.Config(num_buckets=num_buckets, max_distance=max_distance, init_std=init_std)
-        self.n_head, self.num_buckets, self.max_distance, self.scale = n_head, num_buckets, max_distance, float(scale)
-        self.relative_attention_bias = nn.Embedding(num_buckets, n_head)
-        nn.init.normal_(self.relative_attention_bias.weight, std=init_std)
+        self.config = config
+        self.n_head, self.num_buckets, self.max_distance = n_head, config.num_buckets, config.max_distance
+        self.scale = math.sqrt(dims.head_dim)
+        self.relative_attention_bias = nn.Embedding(config.num_buckets, n_head)
+        nn.init.normal_(self.relative_attention_bias.weight, std=config.init_std)
 
     @classmethod
-    def build(cls, dims: ModelDims, **options: Any) -> T5RelativeBias:
-        return cls(dims.n_head, scale=math.sqrt(dims.head_dim), **options)
+    def create(
+        cls, n_head: int, *, num_buckets: int = 32, max_distance: int = 128, init_std: float = 0.02, scale: float = 1.0
+    ) -> T5RelativeBias:
+        """By hand: the table times ``scale`` (T5's own 1.0 by default)."""
+        check_number("T5RelativeBias", "scale", scale, low=0)
+        config = cls.Config(num_buckets=num_buckets, max_distance=max_distance, init_std=init_std)
+        module = cls(config, sizes(n_head, head_dim=1))
+        module.scale = float(scale)
+        return module
 
     def score_bias(
         self,
