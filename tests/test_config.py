@@ -365,3 +365,19 @@ def test_attention_biases_turned_off_under_a_biased_model_stay_off() -> None:
     assert block.norm.bias and block.mlp.bias
     model = GPT(config)
     assert model.blocks[0].attn.c_attn.bias is None and model.blocks[0].mlp.c_fc.bias is not None
+
+
+def test_a_model_with_a_rope_scaling_deep_copies_and_pickles():
+    """Gemma 3's imported RoPE carries a scaling mapping; copying the model (a study's variants, an
+    EMA copy) and pickling it must work, and the mapping stays read-only."""
+    import copy
+    import pickle
+
+    scaling = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}
+    config = GPTConfig.from_preset("tiny", pe="rope").with_encoding("rope", scaling=scaling)
+    model = GPT(config)
+    twin = copy.deepcopy(model)
+    assert twin.config == config and twin.config.layers[0].pe.scaling["factor"] == 2.0
+    assert pickle.loads(pickle.dumps(config)) == config
+    with pytest.raises(TypeError):
+        config.layers[0].pe.scaling["factor"] = 4.0

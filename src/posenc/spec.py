@@ -18,8 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -36,9 +35,34 @@ def plain(value: Any) -> Any:
     return value
 
 
+class FrozenMapping(Mapping[str, Any]):
+    """A read-only copy of a mapping that, unlike ``types.MappingProxyType``, copies and pickles, so
+    that a model holding a config with one (a RoPE ``scaling``) can be deep-copied and saved whole."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"FrozenMapping({self._items!r})"
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return FrozenMapping, (self._items,)
+
+
 def frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """A read-only copy of a mapping field (None stays None)."""
-    return None if value is None else types.MappingProxyType(dict(value))
+    return None if value is None else FrozenMapping(value)
 
 
 class Spec:
