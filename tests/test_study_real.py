@@ -146,6 +146,44 @@ def test_the_page_says_every_row(tiny_run):
     assert results["tokens_sha256"][:12] in page and results["python"] in page
 
 
+def tiny_gemma() -> GPT:
+    """Two sliding-window layers to one global one, with a RoPE scaling mapping as Gemma 3's import has."""
+    torch.manual_seed(1)
+    config = GPTConfig(
+        n_layer=3, n_head=4, n_kv_head=1, n_embd=32, block_size=256, vocab_size=256, bias=False,
+        layer_pattern="rrR", sliding_window=16, rope_base=1e4, norm="rmsnorm", mlp="swiglu",
+    )  # fmt: skip
+    scaling = {"rope_type": "default", "max_position_embeddings": 256}
+    return GPT(config.with_encoding("rope", scaling=scaling)).eval()
+
+
+def test_a_second_model_runs_its_ablations_beside_with_local_and_global_layers_apart(tmp_path):
+    beside = (tiny_gemma(), ByteTokenizer(), {"path": "models/tiny-gemma.gguf", "sha256": None})
+    settings = dataclasses.replace(SETTINGS, windows=1)
+    assert real.run_model(tiny_llama(), ByteTokenizer(), {"path": "tiny"}, settings, sweep(tmp_path), beside) == 0
+    results = json.loads((tmp_path / "real.json").read_text())
+    other = results["beside"]
+    kinds = {"local layers NoPE", "global layers NoPE", "local: highest 25% removed", "global: lowest 50% removed"}
+    assert kinds <= set(other["rows"]) and not set(real.SCHEDULES) & set(other["rows"])
+    assert not kinds & set(results["rows"])  # the first model has global layers only
+    assert other["model"]["local_layers"] == [0, 1] and other["model"]["window"] == 16
+    assert set(other["units"]) == {f"{r}/w{w}" for r in other["rows"] for w in range(2)}
+    assert (tmp_path / "real" / "beside-tiny-gemma" / "local-layers-nope-w1.json").is_file()
+    page = real_markdown(results, [], "results-real")
+    assert "## Where position lives in tiny-gemma.gguf, beside tiny" in page
+    assert "| layer 2 NoPE (global) |" in page and "| layer 0 NoPE (local) |" in page
+    assert "one local layer to NoPE, mean over 2 layers" in page
+
+
+def test_a_kind_of_layer_changes_only_in_its_layers():
+    config = tiny_gemma().config
+    rows = real.ablation_rows(config)
+    local = rows["local: lowest 50% removed"](config)
+    assert [layer.pe.p_rope for layer in local.layers] == [0.5, 0.5, config.layers[2].pe.p_rope]
+    glob = rows["global layers NoPE"](config)
+    assert [layer.encoding for layer in glob.layers] == ["rope", "rope", "nope"]
+
+
 def test_quick_study_on_the_real_model(tmp_path):
     from posenc import sweep as compare
     from posenc.pretrained import MODELS, cache_dir
