@@ -177,13 +177,10 @@ SETTINGS = {
 
 def build_models(preset: str, device) -> dict[str, nn.Module]:
     sizes = PRESETS[preset]
-    models: dict[str, nn.Module] = {
-        "nanoGPT baseline": NanoGPT(
-            NanoGPTConfig(
-                **{k: sizes[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")}
-            )
-        )
-    }
+    # nanoGPT's one ``bias`` flag: the preset's attention has biases or not (its parts say which)
+    bias = GPTConfig.from_preset(preset).layers[0].attention.qkv_bias
+    dims = {k: sizes[k] for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout")}
+    models: dict[str, nn.Module] = {"nanoGPT baseline": NanoGPT(NanoGPTConfig(**dims, bias=bias))}
     for name in VARIANTS:
         if name != "rnope_swa":  # below, with this benchmark's window
             models[name] = GPT(GPTConfig.from_preset(preset, pe=name))
