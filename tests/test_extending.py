@@ -28,7 +28,7 @@ from posenc.encodings import ENCODINGS
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
 from posenc.encodings.rope import RotaryEmbedding
 from posenc.encodings.rope_scaling import ROPE_SCALINGS, Schedule, default_inv_freq
-from posenc.hf import IMPORTERS
+from posenc.hf import FAMILIES, IMPORTERS, Family
 from posenc.spec import check_number, spec
 
 # -- a score-bias encoding ---------------------------------------------------------------------------
@@ -218,7 +218,8 @@ def import_toy(model: nn.Module):
 
 
 def test_a_new_hugging_face_family_is_one_file_and_one_line(monkeypatch):
-    monkeypatch.setitem(IMPORTERS, "toy", import_toy)  # the one registry line
+    monkeypatch.setitem(FAMILIES, "toy", Family(import_toy))  # the one registry line
+    assert IMPORTERS["toy"] is import_toy  # seen through the read-only view
     torch.manual_seed(0)
     source = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32, pe="absolute")).eval()
     source.config_for_hf = SimpleNamespace(

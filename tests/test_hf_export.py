@@ -17,7 +17,8 @@ from _hf_helpers import perturbed
 from posenc import GPT, GPTConfig
 from posenc.checkpoint import load_checkpoint
 from posenc.cli import main
-from posenc.hf.export import EXPORTERS, _comparable
+from posenc.hf.export import EXPORTERS
+from posenc.hf.family import comparable
 
 transformers = pytest.importorskip("transformers")
 
@@ -109,7 +110,7 @@ def test_export_matches_logits_and_reloads(case, tmp_path) -> None:
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert_same_logits(ours, reloaded)
     back = GPT.from_hf(reloaded)  # and the import of the export is the same architecture
-    assert _comparable(back.config) == _comparable(ours.config)
+    assert comparable(back.config) == comparable(ours.config)
 
 
 @pytest.mark.parametrize("case", ["the study's RoPE model", "RNoPE (SmolLM3)"])

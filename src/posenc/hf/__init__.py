@@ -13,62 +13,77 @@ over the whole projection); ``exaone4`` (sliding RoPE / global NoPE layers, per-
 post-sublayer norms); ``gemma2``, ``gemma3_text`` ((1 + w) norms, scaled embeddings, sandwich norms,
 softcapping, RoPE per layer type; ``gemma3``: the text model of Gemma 3 with vision); ``llama4_text`` (dense: iRoPE, chunked attention, QK-norm after
 RoPE, NoPE query temperature); ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` (their text models, with M-RoPE). A config field this architecture cannot reproduce
-is refused with a ``ValueError`` naming it -- never approximated. Adding a family: one file here
-with a function ``model -> (GPTConfig, weights)``, one line in ``IMPORTERS``, one test file.
+is refused with a ``ValueError`` naming it -- never approximated.
+
+Each family is one adapter in :data:`FAMILIES` (:class:`~posenc.hf.family.Family`): its importer
+and, where posenc exports to it, the config writer beside it in the family's file; config and
+weights' names go both ways through it (``GPT.to_hf``: :mod:`posenc.hf.export`). :data:`IMPORTERS`
+and :data:`EXPORTERS` are read-only views of it. Adding a family: one file here with a function
+``model -> (GPTConfig, weights)`` (and, to export to it, ``GPTConfig -> transformers config``), one
+``Family(...)`` line in ``FAMILIES``, one test file.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
-from posenc.hf.bloom import import_bloom
-from posenc.hf.cohere2 import import_cohere2
+from posenc.config import GPTConfig
+from posenc.hf.bloom import bloom_config, import_bloom
+from posenc.hf.cohere2 import cohere2_config, import_cohere2
 from posenc.hf.common import Converted, refuse
 from posenc.hf.deepseek import import_deepseek_v3
 from posenc.hf.exaone4 import import_exaone4
+from posenc.hf.family import Family, Roles
 from posenc.hf.gemma import import_gemma, import_gemma3
-from posenc.hf.gpt2 import gpt2_from_state_dict, import_gpt2
-from posenc.hf.gpt_neox import import_gpt_neox
-from posenc.hf.llama import import_llama
+from posenc.hf.gpt2 import gpt2_config, gpt2_from_state_dict, import_gpt2
+from posenc.hf.gpt_neox import gpt_neox_config, import_gpt_neox
+from posenc.hf.llama import import_llama, llama_config
 from posenc.hf.llama4 import import_llama4_text
-from posenc.hf.mpt import import_mpt
+from posenc.hf.mpt import import_mpt, mpt_config
 from posenc.hf.olmo import import_olmo
 from posenc.hf.parallel import import_gptj, import_phi
 from posenc.hf.phi3 import import_phi3
-from posenc.hf.qwen3 import import_qwen3
+from posenc.hf.qwen3 import import_qwen3, qwen3_config
 from posenc.hf.qwen_vl import import_qwen_vl
-from posenc.hf.smollm3 import import_smollm3
+from posenc.hf.smollm3 import import_smollm3, smollm3_config
 from posenc.hf.source import check_causal_lm, load_folder
 
-IMPORTERS: dict[str, Callable[[nn.Module], Converted]] = {
-    "gpt2": import_gpt2,
-    "llama": import_llama,
-    "qwen2": import_llama,
-    "mistral": import_llama,
-    "deepseek_v3": import_deepseek_v3,
-    "smollm3": import_smollm3,
-    "qwen3": import_qwen3,
-    "gpt_neox": import_gpt_neox,
-    "gptj": import_gptj,
-    "phi": import_phi,
-    "phi3": import_phi3,
-    "cohere2": import_cohere2,
-    "olmo2": import_olmo,
-    "olmo3": import_olmo,
-    "exaone4": import_exaone4,
-    "gemma2": import_gemma,
-    "gemma3_text": import_gemma,
-    "gemma3": import_gemma3,
-    "llama4_text": import_llama4_text,
-    "bloom": import_bloom,
-    "mpt": import_mpt,
-    "qwen2_vl": import_qwen_vl,
-    "qwen2_5_vl": import_qwen_vl,
-    "qwen3_vl": import_qwen_vl,
+#: Every family by its config's ``model_type``: its importer and, where posenc exports to it, its
+#: config writer. ``to_hf`` tries the exporting families in this order and takes the first that fits.
+FAMILIES: dict[str, Family] = {
+    "gpt2": Family(import_gpt2, gpt2_config),
+    "gpt_neox": Family(import_gpt_neox, gpt_neox_config),
+    "llama": Family(import_llama, llama_config),
+    "qwen2": Family(import_llama),
+    "mistral": Family(import_llama),
+    "deepseek_v3": Family(import_deepseek_v3),
+    "qwen3": Family(import_qwen3, qwen3_config),
+    "smollm3": Family(import_smollm3, smollm3_config),
+    "gptj": Family(import_gptj),
+    "phi": Family(import_phi),
+    "phi3": Family(import_phi3),
+    "cohere2": Family(import_cohere2, cohere2_config),
+    "olmo2": Family(import_olmo),
+    "olmo3": Family(import_olmo),
+    "exaone4": Family(import_exaone4),
+    "gemma2": Family(import_gemma),
+    "gemma3_text": Family(import_gemma),
+    "gemma3": Family(import_gemma3),
+    "llama4_text": Family(import_llama4_text),
+    "bloom": Family(import_bloom, bloom_config),
+    "mpt": Family(import_mpt, mpt_config),
+    "qwen2_vl": Family(import_qwen_vl),
+    "qwen2_5_vl": Family(import_qwen_vl),
+    "qwen3_vl": Family(import_qwen_vl),
 }
+#: Each family's importer (``model -> (GPTConfig, weights)``), read-only: register in FAMILIES
+IMPORTERS: Mapping[str, Callable[[nn.Module], Converted]] = Roles(FAMILIES, "importer")
+#: Each exporting family's config writer (``GPTConfig -> transformers config``), read-only, in the order tried
+EXPORTERS: Mapping[str, Callable[[GPTConfig], Any]] = Roles(FAMILIES, "config_writer")
 
 #: Families whose MLPs are mixtures of experts, which posenc does not build
 MIXTURE_OF_EXPERTS: frozenset[str] = frozenset(
@@ -100,9 +115,9 @@ def convert(
         raise ValueError(
             f"from_hf: config.model_type={model_type!r} is a mixture-of-experts model; posenc builds dense MLPs only"
         )
-    if model_type not in IMPORTERS:
-        raise ValueError(f"from_hf: config.model_type={model_type!r} is not supported; supported: {sorted(IMPORTERS)}")
-    return IMPORTERS[model_type](model_or_state_dict)
+    if model_type not in FAMILIES:
+        raise ValueError(f"from_hf: config.model_type={model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+    return FAMILIES[model_type].from_hf(model_or_state_dict)
 
 
-__all__ = ["IMPORTERS", "Converted", "convert", "refuse"]
+__all__ = ["EXPORTERS", "FAMILIES", "IMPORTERS", "Converted", "Family", "convert", "refuse"]

@@ -6,12 +6,15 @@ grouped by head (regrouped as GPT-NeoX's), tied output embeddings. Hugging Face 
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
 from posenc.encodings.alibi import ALiBi
 from posenc.hf.common import Converted, layer_spec, per_head_qkv, refuse
+from posenc.hf.writers import no_token_ids, transformers_module, uniform_layer
 from posenc.layer import EmbeddingConfig, HeadConfig
 
 
@@ -59,3 +62,18 @@ def import_bloom(model: nn.Module) -> Converted:
             for theirs, mine in renames.items():
                 ours[f"{dst}.{mine}.{p}"] = sd[f"{src}.{theirs}.{p}"]
     return config, ours
+
+
+def bloom_config(config: GPTConfig) -> Any:
+    """The BloomConfig that expresses ``config`` (ALiBi, an embedding LayerNorm, the GPT-2 block)."""
+    layer = uniform_layer(config, "bloom")
+    return transformers_module().BloomConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        layer_norm_epsilon=layer.block.norm.eps,
+        tie_word_embeddings=config.head.tie_embeddings,
+        seq_length=config.block_size,
+        **no_token_ids(),
+    )

@@ -5,6 +5,8 @@ interleaved layout, parallel blocks reading one LayerNorm without bias (``ln_2``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -13,6 +15,7 @@ from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
 from posenc.encodings.nope import NoPE
 from posenc.hf.common import Converted, layer_spec, refuse, rope_spec
+from posenc.hf.writers import Unfit, multi_head, no_token_ids, rope_parameters, transformers_module, uniform_layer
 from posenc.layer import HeadConfig
 
 
@@ -66,3 +69,31 @@ def import_cohere2(model: nn.Module) -> Converted:
         for theirs, mine in (("gate_proj", "w_gate"), ("up_proj", "w_up"), ("down_proj", "c_proj")):
             ours[f"{dst}.mlp.{mine}.weight"] = sd[f"{src}.mlp.{theirs}.weight"]
     return config, ours
+
+
+def cohere2_config(config: GPTConfig) -> Any:
+    """The Cohere2Config that expresses ``config`` (windowed RoPE layers beside global NoPE ones)."""
+    layer = uniform_layer(config, "cohere2")
+    attention = multi_head(layer, "cohere2")
+    windows = {spec.window for spec in config.layers if spec.encoding == "rope"}
+    if len(windows) != 1 or None in windows:
+        raise Unfit(
+            f"its RoPE layers have windows {sorted(windows, key=str)}; cohere2 has one window on every RoPE layer"
+        )
+    return transformers_module().Cohere2Config(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=layer.block.mlp.width(config.n_embd),
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=attention.n_kv_head or config.n_head,
+        max_position_embeddings=config.block_size,
+        layer_norm_eps=layer.block.norm.eps,
+        attention_bias=attention.qkv_bias,
+        tie_word_embeddings=config.head.tie_embeddings,
+        logit_scale=config.head.logit_scale,
+        sliding_window=windows.pop(),
+        layer_types=["sliding_attention" if spec.encoding == "rope" else "full_attention" for spec in config.layers],
+        rope_parameters=rope_parameters(config, "cohere2", layout="interleaved"),
+        **no_token_ids(),
+    )

@@ -5,6 +5,7 @@ are transposed here. A bare state dict loads too, given ``n_head``."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -12,6 +13,7 @@ from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
 from posenc.encodings.absolute import AbsolutePE
 from posenc.hf.common import Converted, layer_spec
+from posenc.hf.writers import no_token_ids, transformers_module, uniform_layer
 from posenc.layer import EmbeddingConfig, HeadConfig
 
 
@@ -70,3 +72,20 @@ def gpt2_from_state_dict(sd: dict[str, Tensor], n_head: int, tie: bool = True) -
             ours[f"blocks.{i}.{name}"] = w.t() if name in conv1d else w  # HF Conv1D stores (in, out)
     ours["lm_head.weight"] = ours["wte.weight"] if head is None else head
     return config, ours
+
+
+def gpt2_config(config: GPTConfig) -> Any:
+    """The GPT2Config that expresses ``config`` (learned absolute positions, the GPT-2 block)."""
+    layer = uniform_layer(config, "gpt2")
+    return transformers_module().GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=layer.block.mlp.width(config.n_embd),
+        layer_norm_epsilon=layer.block.norm.eps,
+        activation_function="gelu_new",
+        tie_word_embeddings=config.head.tie_embeddings,
+        **no_token_ids(),
+    )

@@ -6,12 +6,15 @@ Pythia: 0.25), a parallel residual (``x + attn(ln_1 x) + mlp(ln_2 x)``) unless
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from posenc.attention import CausalSelfAttention
 from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
 from posenc.hf.common import Converted, layer_spec, per_head_qkv, refuse, rope_spec
+from posenc.hf.writers import Unfit, multi_head, no_token_ids, rope_parameters, transformers_module, uniform_layer
 from posenc.layer import HeadConfig
 
 #: Hugging Face's activation names and posenc's MLP kinds (``gelu_fast``, GPT-NeoX-20B's: the tanh GELU)
@@ -74,3 +77,26 @@ def neox_weights(sd: dict[str, Tensor], n_layer: int, n_head: int) -> dict[str, 
             if f"{src}.attention.query_key_value.{p}" in sd:
                 ours[f"{dst}.attn.c_attn.{p}"] = per_head_qkv(sd[f"{src}.attention.query_key_value.{p}"], n_head)
     return ours
+
+
+def gpt_neox_config(config: GPTConfig) -> Any:
+    """The GPTNeoXConfig that expresses ``config`` (RoPE in the half layout, LayerNorm, a GELU MLP)."""
+    layer = uniform_layer(config, "gpt_neox")
+    acts = {"gelu": "gelu_pytorch_tanh", "gelu_exact": "gelu"}
+    if layer.block.mlp.kind not in acts:
+        raise Unfit(f"its MLP is {layer.block.mlp.kind!r}; gpt_neox has a GELU MLP")
+    return transformers_module().GPTNeoXConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        intermediate_size=layer.block.mlp.width(config.n_embd),
+        hidden_act=acts[layer.block.mlp.kind],
+        max_position_embeddings=config.block_size,
+        layer_norm_eps=layer.block.norm.eps,
+        use_parallel_residual=layer.block.parallel,
+        attention_bias=multi_head(layer, "gpt_neox").qkv_bias,
+        tie_word_embeddings=config.head.tie_embeddings,
+        rope_parameters=rope_parameters(config, "gpt_neox"),
+        **no_token_ids(),
+    )

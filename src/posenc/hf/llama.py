@@ -16,6 +16,7 @@ from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig, LayerSpec
 from posenc.encodings.rope import RotaryEmbedding
 from posenc.hf.common import Converted, Sizes, layer_spec, llama_weights, mha_weights, refuse, rope_spec
+from posenc.hf.writers import multi_head, no_token_ids, rope_parameters, transformers_module, uniform_layer
 from posenc.layer import HeadConfig
 
 
@@ -97,3 +98,30 @@ def import_llama(model: nn.Module) -> Converted:
     window = getattr(c, "sliding_window", None) if model_type == "mistral" else None
     config = parts.config([parts.layer(attention=attention, mlp=mlp, window=window)])
     return config, llama_weights(model.state_dict(), c.num_hidden_layers, attention=mha_weights)
+
+
+def llama_fields(config: GPTConfig, family: str) -> dict[str, Any]:
+    """The fields of a Llama-style Hugging Face config (``family``'s) that express ``config``."""
+    layer = uniform_layer(config, family)
+    attention = multi_head(layer, family)
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=layer.block.mlp.width(config.n_embd),
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=attention.n_kv_head or config.n_head,
+        head_dim=attention.head_dim or config.head_dim,
+        max_position_embeddings=config.block_size,
+        rms_norm_eps=layer.block.norm.eps,
+        attention_bias=attention.qkv_bias,
+        tie_word_embeddings=config.head.tie_embeddings,
+        rope_parameters=rope_parameters(config, family),
+        **no_token_ids(),
+    )
+
+
+def llama_config(config: GPTConfig) -> Any:
+    """The LlamaConfig that expresses ``config``."""
+    layer = uniform_layer(config, "llama")
+    return transformers_module().LlamaConfig(**llama_fields(config, "llama"), mlp_bias=layer.block.mlp.bias)

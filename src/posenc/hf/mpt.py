@@ -8,6 +8,7 @@ masks, ``logit_scale`` -- are refused by name."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import nn
 
@@ -16,6 +17,7 @@ from posenc.block import MLP, NormConfig
 from posenc.config import GPTConfig
 from posenc.encodings.alibi import ALiBi
 from posenc.hf.common import Converted, layer_spec, refuse
+from posenc.hf.writers import no_token_ids, transformers_module, uniform_layer
 from posenc.layer import HeadConfig
 
 
@@ -70,3 +72,18 @@ def import_mpt(model: nn.Module) -> Converted:
         for theirs, mine in renames.items():
             ours[f"blocks.{i}.{mine}.weight"] = sd[f"blocks.{i}.{theirs}.weight"]
     return config, ours
+
+
+def mpt_config(config: GPTConfig) -> Any:
+    """The MptConfig that expresses ``config`` (ALiBi, no biases, exact GELU)."""
+    layer = uniform_layer(config, "mpt")
+    return transformers_module().MptConfig(
+        vocab_size=config.vocab_size,
+        d_model=config.n_embd,
+        n_layers=config.n_layer,
+        n_heads=config.n_head,
+        max_seq_len=config.block_size,
+        layer_norm_epsilon=layer.block.norm.eps,
+        tie_word_embeddings=config.head.tie_embeddings,
+        **no_token_ids(),
+    )

@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
+from posenc.config import GPTConfig
 from posenc.hf.common import Converted, llama_weights, qk_normed_weights
-from posenc.hf.llama import llama_parts
+from posenc.hf.llama import llama_fields, llama_parts
+from posenc.hf.writers import transformers_module
 
 
 def import_qwen3(model: nn.Module) -> Converted:
@@ -26,3 +30,8 @@ def import_qwen3(model: nn.Module) -> Converted:
     windowed = [bool(c.use_sliding_window) and kind == "sliding_attention" for kind in c.layer_types[:n]]
     layers = [parts.layer(attention=attention, window=c.sliding_window if w else None) for w in windowed]
     return parts.config(layers), llama_weights(model.state_dict(), n, attention=qk_normed_weights)
+
+
+def qwen3_config(config: GPTConfig) -> Any:
+    """The Qwen3Config that expresses ``config`` (a Llama with per-head RMS QK-norm)."""
+    return transformers_module().Qwen3Config(**llama_fields(config, "qwen3"), use_sliding_window=False)

@@ -4,11 +4,15 @@ with ``layer_types``). Each layer becomes a posenc ``rope`` or ``nope`` layer, w
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
+from posenc.config import GPTConfig
 from posenc.encodings.nope import NoPE
 from posenc.hf.common import Converted, llama_weights, mha_weights
-from posenc.hf.llama import llama_parts
+from posenc.hf.llama import llama_fields, llama_parts
+from posenc.hf.writers import transformers_module, uniform_layer
 
 
 def import_smollm3(model: nn.Module) -> Converted:
@@ -33,3 +37,15 @@ def import_smollm3(model: nn.Module) -> Converted:
         for use, w in zip(uses_rope, windowed)
     ]
     return parts.config(layers), llama_weights(model.state_dict(), n, attention=mha_weights)
+
+
+def smollm3_config(config: GPTConfig) -> Any:
+    """The SmolLM3Config that expresses ``config`` (a Llama with RoPE or NoPE per layer)."""
+    layer = uniform_layer(config, "smollm3")
+    rope = [1 if spec.encoding == "rope" else 0 for spec in config.layers]
+    return transformers_module().SmolLM3Config(
+        **llama_fields(config, "smollm3"),
+        mlp_bias=layer.block.mlp.bias,
+        no_rope_layers=rope,
+        use_sliding_window=False,
+    )
