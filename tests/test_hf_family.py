@@ -85,7 +85,7 @@ NOT_RENAMINGS = {
 @pytest.mark.parametrize("model_type", list(FAMILIES))
 def test_imported_names_reversed_give_back_the_hugging_face_state_dict(model_type: str) -> None:
     if model_type not in HF_MODELS:
-        pytest.skip(f"no tiny {model_type} model here; tests/test_hf_{model_type}.py checks its import")
+        pytest.skip(f"no tiny {model_type} model here; its own test file checks its import")
     hf = HF_MODELS[model_type]()
     assert hf.config.model_type == model_type
     ours = GPT.from_hf(hf)

@@ -66,7 +66,7 @@ class Family:
 
     def state_dict_to_hf(self, model: Any, hf_config: Any) -> dict[str, Tensor]:
         """The Hugging Face state dict (float32) of the posenc ``model`` in a model of ``hf_config``,
-        through the importer's renaming in reverse: :func:`from_hf` of it gives back ``model``'s
+        through the importer's renaming in reverse: :meth:`from_hf` of it gives back ``model``'s
         weights. Buffers the importer does not read (RoPE frequencies) are left out; :class:`Unfit`
         when ``hf_config`` is not ``model``'s architecture or a tensor has no place."""
         family = hf_config.model_type
