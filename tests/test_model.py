@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from posenc import GPT, VARIANTS, ALiBi, GPTConfig, Mask, NoPE, RNoPEBlock, RotaryEmbedding
-from posenc.model import rnope_layers
+from posenc.rnope import rnope_layers
 
 CLOSE = dict(rtol=0.0, atol=1e-10)
 

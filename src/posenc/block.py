@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.attention.base import LayerKVCache
+from posenc.built import BuiltFromConfig
+from posenc.encodings.base import ModelDims, sizes
 from posenc.spec import Spec, check_bool, check_choice, check_int, check_number, spec
 from posenc.weight_init import WeightInit
 
@@ -54,11 +56,14 @@ class NormConfig(Spec):
         return nn.LayerNorm(width, eps=self.eps, bias=self.bias)
 
 
-class MLP(nn.Module):
+class MLP(nn.Module, metaclass=BuiltFromConfig):
     """GPT-2's MLP (``kind="gelu"``: c_fc -> tanh GELU -> c_proj; ``"gelu_exact"``: the erf GELU,
     Hugging Face's ``"gelu"``), Llama's (``"swiglu"``: c_proj(silu(w_gate x) * w_up x)) or Gemma's
     (``"geglu"``: the same with the tanh GELU), of hidden
-    width ``Config.width(C)``."""
+    width ``Config.width(C)``.
+
+    ``MLP(config, dims, *, dropout=0.0)``: its config and the model's sizes (it reads ``dims.n_embd``);
+    ``MLP(n_embd, config=None, dropout=0.0)`` is :meth:`create`."""
 
     @spec
     class Config(Spec):
@@ -79,10 +84,17 @@ class MLP(nn.Module):
                 return self.hidden
             return 4 * n_embd if self.kind not in GATED else 64 * -(-8 * n_embd // (3 * 64))
 
-    def __init__(self, n_embd: int, config: Config | None = None, dropout: float = 0.0) -> None:
+        def build(self, dims: ModelDims, *, dropout: float = 0.0) -> MLP:
+            return MLP(self, dims, dropout=dropout)
+
+    @classmethod
+    def create(cls, n_embd: int, config: Config | None = None, dropout: float = 0.0) -> MLP:
+        """By hand, from the width as a number (``config`` None: the default MLP)."""
+        return cls(cls.Config() if config is None else config, sizes(n_embd=n_embd), dropout=dropout)
+
+    def __init__(self, config: Config, dims: ModelDims, *, dropout: float = 0.0) -> None:
         super().__init__()
-        config = MLP.Config() if config is None else config
-        C, H = n_embd, config.width(n_embd)
+        C, H = dims.n_embd, config.width(dims.n_embd)
         self.gated = config.kind in GATED
         self.act = F.silu if config.kind == "swiglu" else functools.partial(F.gelu, approximate="tanh")
         if self.gated:
@@ -105,9 +117,13 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(h))
 
 
-class Block(nn.Module):
+class Block(nn.Module, metaclass=BuiltFromConfig):
     """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; with
-    ``Config.parallel``, ``x + attn(ln_1(x)) + mlp(ln_2(x))``."""
+    ``Config.parallel``, ``x + attn(ln_1(x)) + mlp(ln_2(x))``.
+
+    ``Block(config, dims, *, attn, dropout=0.0)``: its config, the model's sizes and the layer's
+    attention (built from the layer's own config); ``Block(n_embd, config, attn, dropout)`` is
+    :meth:`create`."""
 
     @spec
     class Config(Spec):
@@ -128,13 +144,22 @@ class Block(nn.Module):
             if not isinstance(self.mlp, MLP.Config):
                 object.__setattr__(self, "mlp", MLP.Config.from_dict(self.mlp))
 
-    def __init__(self, n_embd: int, config: Config, attn: nn.Module, dropout: float = 0.0) -> None:
+        def build(self, dims: ModelDims, *, attn: nn.Module, dropout: float = 0.0) -> Block:
+            return Block(self, dims, attn=attn, dropout=dropout)
+
+    @classmethod
+    def create(cls, n_embd: int, config: Config, attn: nn.Module, dropout: float = 0.0) -> Block:
+        """By hand, from the width as a number."""
+        return cls(config, sizes(n_embd=n_embd), attn=attn, dropout=dropout)
+
+    def __init__(self, config: Config, dims: ModelDims, *, attn: nn.Module, dropout: float = 0.0) -> None:
         super().__init__()
+        n_embd = dims.n_embd
         pre = (lambda: config.norm.build(n_embd)) if config.pre_norm else nn.Identity
         self.ln_1 = pre()
         self.attn = attn
         self.ln_2 = pre()
-        self.mlp = MLP(n_embd, config.mlp, dropout)
+        self.mlp = config.mlp.build(dims, dropout=dropout)
         if config.post_norm:
             self.post_attn_norm = config.norm.build(n_embd)
             self.post_mlp_norm = config.norm.build(n_embd)

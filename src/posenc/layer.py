@@ -86,7 +86,7 @@ class LayerSpec(Spec):
     def build(self, dims: ModelDims, dropout: float) -> Block:
         pe = self.pe.build(self.attention.encoding_dims(dims))
         attn = self.attention.build(dims, pe=pe, mask=self.mask, dropout=dropout)
-        return Block(dims.n_embd, self.block, attn, dropout)
+        return self.block.build(dims, attn=attn, dropout=dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict() | {"attention": named(self.attention), "pe": named(self.pe)}

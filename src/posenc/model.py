@@ -24,80 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.attention import CausalSelfAttention, KVCache, Mask
+from posenc.attention import KVCache
 from posenc.attention.base import append_positions
 from posenc.block import MLP, Block, NormConfig
-from posenc.config import GPTConfig, LayerSpec
-from posenc.encodings import NoPE, RotaryEmbedding
+from posenc.config import GPTConfig
 from posenc.encodings.base import PositionalEncoding, check_positions
 from posenc.packing import check_attention_mask, check_document_ids, positions_in_documents
+from posenc.rnope import RNoPEBlock
 from posenc.sampling import check_sampling, sample
-from posenc.spec import check_bool
 from posenc.weight_init import WeightInit
 
 __all__ = ["GPT", "MLP", "Block", "NormConfig", "RNoPEBlock", "sample"]
-
-
-def rnope_layers(
-    pattern: str, *, sliding_window: int | None, rope_base: float, qk_norm: bool, bias: bool
-) -> tuple[LayerSpec, ...]:
-    """:class:`RNoPEBlock`'s layers: RoPE (base ``rope_base``) on R/r, NoPE on N/n, a window of
-    ``sliding_window`` tokens on the lower-case ones; RMS QK-norm when ``qk_norm``; ``bias`` on
-    every projection and LayerNorm."""
-    check_bool("RNoPEBlock", "qk_norm", qk_norm)
-    windowed = any(c.islower() for c in pattern)
-    if windowed != (sliding_window is not None):
-        raise ValueError(
-            f"RNoPEBlock pattern {pattern!r} has {'' if windowed else 'no '}windowed (lower-case) layers "
-            f"but sliding_window={sliding_window!r}"
-        )
-    norm = NormConfig(bias=bias)
-    attention = CausalSelfAttention.Config(qkv_bias=bias, proj_bias=bias, qk_norm="rms" if qk_norm else None)
-    layer = LayerSpec(attention=attention, block=Block.Config(norm=norm, mlp=MLP.Config(bias=bias)))
-    rope = RotaryEmbedding.Config(base=rope_base)
-    return tuple(
-        layer.replace(
-            pe=rope if c in "Rr" else NoPE.Config(), mask=Mask(window=sliding_window if c.islower() else None)
-        )
-        for c in pattern
-    )
-
-
-class RNoPEBlock(nn.Module):
-    """One repeat of an RNoPE stack: a block per character of ``pattern`` (default "RRRN": three
-    RoPE layers then one NoPE layer; lower case "r" = RoPE with a sliding window, RNoPE-SWA).
-
-    For use in your own model; ``GPT`` builds the same blocks from ``GPTConfig.layer_pattern``.
-    """
-
-    def __init__(
-        self,
-        n_embd: int,
-        n_head: int,
-        pattern: str = "RRRN",
-        *,
-        sliding_window: int | None = None,
-        rope_base: float = 10000.0,
-        qk_norm: bool = False,
-        dropout: float = 0.0,
-        bias: bool = False,
-        block_size: int = 1024,
-    ) -> None:
-        super().__init__()
-        bad = sorted({c for c in pattern if c not in "RrNn"}) if isinstance(pattern, str) else [pattern]
-        if bad or not pattern:
-            raise ValueError(f"RNoPEBlock pattern must use only R, r, N, n; got {pattern!r} (bad: {bad})")
-        layers = rnope_layers(pattern, sliding_window=sliding_window, rope_base=rope_base, qk_norm=qk_norm, bias=bias)
-        config = GPTConfig(
-            n_layer=len(pattern), n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, layers=layers
-        )
-        self.pattern = pattern
-        self.blocks = config.build_layers()
-
-    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        for block in self.blocks:
-            x = block(x, positions)
-        return x
 
 
 class GPT(nn.Module):

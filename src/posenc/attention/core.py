@@ -29,8 +29,9 @@ from posenc.attention.base import Attention, AttentionConfig, KVCache, LayerKVCa
 from posenc.attention.kernel import attend
 from posenc.attention.mask import Mask
 from posenc.attention.scores import ScoreInputs
+from posenc.built import BuiltFromConfig
 from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding
-from posenc.spec import check_bool, check_choice, check_int, check_number, spec
+from posenc.spec import Spec, check_bool, check_choice, check_int, check_number, spec
 from posenc.weight_init import WeightInit
 
 __all__ = [
@@ -51,7 +52,7 @@ QK_NORM_TYPES: tuple[str, ...] = ("rms", "rms_full", "l2")
 QK_NORM_EPS = 1e-6
 
 
-class QKNorm(nn.Module):
+class QKNorm(nn.Module, metaclass=BuiltFromConfig):
     """Normalise q and k per head before the dot product.
 
     - ``"rms"``: RMSNorm over the head dimension with a learnable gain (separate for q and k,
@@ -66,10 +67,32 @@ class QKNorm(nn.Module):
 
     ``eps`` is the RMS kinds' epsilon (1e-6 by default, as Qwen3, Gemma 3 and OLMo 2 ship; Hugging
     Face's families share it with their block norms' ``rms_norm_eps``); the L2 kind takes none.
+
+    ``QKNorm(config, dims)``: its ``Config`` (the attention config's ``qk_norm``, ``qk_norm_eps`` and
+    ``n_kv_head``) and the sizes it reads: ``dims.head_dim``, ``dims.n_head`` and ``dims.block_size``
+    (the training length L). ``QKNorm(head_dim, n_head, kind, ...)`` is :meth:`create`.
     """
 
-    def __init__(
-        self,
+    @spec
+    class Config(Spec):
+        """``kind`` ("rms", "rms_full", "l2"), the RMS kinds' ``eps`` and ``n_kv_head`` (the key heads
+        "rms_full" normalises together; None = n_head)."""
+
+        kind: str = "rms"
+        eps: float = QK_NORM_EPS
+        n_kv_head: int | None = None
+
+        def __post_init__(self) -> None:
+            check_choice("QKNorm", "kind", self.kind, QK_NORM_TYPES)
+            check_number("QKNorm", "eps", self.eps, low=0)
+            check_int("QKNorm", "n_kv_head", self.n_kv_head, optional=True)
+
+        def build(self, dims: ModelDims) -> QKNorm:
+            return QKNorm(self, dims)
+
+    @classmethod
+    def create(
+        cls,
         head_dim: int,
         n_head: int,
         kind: QKNormType = "rms",
@@ -77,18 +100,22 @@ class QKNorm(nn.Module):
         block_size: int = 1024,
         n_kv_head: int | None = None,
         eps: float = QK_NORM_EPS,
-    ) -> None:
+    ) -> QKNorm:
+        """By hand, from the sizes as numbers and the config's fields."""
+        dims = ModelDims(n_embd=n_head * head_dim, n_head=n_head, block_size=block_size, head_dim=head_dim)
+        return cls(cls.Config(kind=kind, eps=eps, n_kv_head=n_kv_head), dims)
+
+    def __init__(self, config: Config, dims: ModelDims) -> None:
         super().__init__()
-        check_choice("QKNorm", "kind", kind, QK_NORM_TYPES)
-        check_number("QKNorm", "eps", eps, low=0)
-        self.kind = kind
-        if kind == "rms":
+        head_dim, n_head, block_size, eps = dims.head_dim, dims.n_head, dims.block_size, config.eps
+        self.config, self.kind = config, config.kind
+        if self.kind == "rms":
             self.q_norm = nn.RMSNorm(head_dim, eps=eps)
             self.k_norm = nn.RMSNorm(head_dim, eps=eps)
             self.temperature = None
-        elif kind == "rms_full":
+        elif self.kind == "rms_full":
             self.q_norm = nn.RMSNorm(n_head * head_dim, eps=eps)
-            self.k_norm = nn.RMSNorm((n_kv_head or n_head) * head_dim, eps=eps)
+            self.k_norm = nn.RMSNorm((config.n_kv_head or n_head) * head_dim, eps=eps)
             self.temperature = None
         else:
             g0 = math.log2(block_size**2 - block_size) if block_size > 1 else 1.0
@@ -198,6 +225,12 @@ class CausalSelfAttention(Attention):
             if dims.n_head % n_kv:
                 raise ValueError(f"n_kv_head={n_kv!r} must divide n_head={dims.n_head}")
 
+        def qk_norm_config(self) -> QKNorm.Config | None:
+            """The QK-norm's config (None without one)."""
+            if self.qk_norm is None:
+                return None
+            return QKNorm.Config(kind=self.qk_norm, eps=self.qk_norm_eps, n_kv_head=self.n_kv_head)
+
         def kv_heads(self, dims: ModelDims) -> int:
             return dims.n_head if self.n_kv_head is None else self.n_kv_head
 
@@ -267,18 +300,7 @@ class CausalSelfAttention(Attention):
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)  # q|k|v
         self.c_proj = nn.Linear(n_head * self.head_dim, n_embd, bias=config.proj_bias)
         self._setup(config, pe, mask, dropout, n_head)
-        self.qk_norm = (
-            None
-            if config.qk_norm is None
-            else QKNorm(
-                self.head_dim,
-                n_head,
-                config.qk_norm,
-                block_size=dims.block_size,
-                n_kv_head=self.n_kv_head,
-                eps=config.qk_norm_eps,
-            )
-        )
+        self.qk_norm = None if config.qk_norm is None else config.qk_norm_config().build(config.encoding_dims(dims))
 
     def init_weights(self, init: WeightInit) -> None:
         """q|k|v N(0, std), the output projection into the residual stream N(0, residual_std); QK-norm

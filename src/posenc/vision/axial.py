@@ -40,12 +40,15 @@ Tests: Hugging Face's Pixtral rotary (alternating), rotary-embedding-torch's axi
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from posenc.built import BuiltFromConfig
+from posenc.encodings.base import ModelDims, sizes
 from posenc.encodings.rotation import LAYOUTS, Layout, apply_rotary, expand_pairs
+from posenc.spec import Spec, check_bool, check_int, set_field, spec
 
 TWO_PI = 2 * math.pi
 SPLITS: tuple[str, ...] = ("contiguous", "alternating")
@@ -72,10 +75,12 @@ def grid_coords(*sizes: int, normalize: bool = False, device: torch.device | Non
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(sizes))
 
 
-class AxialRotaryEmbedding(nn.Module):
+class AxialRotaryEmbedding(nn.Module, metaclass=BuiltFromConfig):
     """Axial RoPE over ``n_axes`` coordinates (module docstring): ``q, k = rope(q, k, coords)``.
 
-    Args:
+    ``AxialRotaryEmbedding(config, dims)``: its ``Config`` and the sizes it reads, ``dims.head_dim``
+    and ``dims.n_head`` (the heads of q and k, for ``head_axes`` and ``mixed``).
+    ``AxialRotaryEmbedding(head_dim, n_axes=2, ...)`` is :meth:`create`, with these Args:
         head_dim: size of each head.
         n_axes: coordinates per token (2: image rows and columns; 3: video frames too).
         base: 1-D RoPE base of the ``"lang"`` frequencies (and of RoPE-Mixed's magnitudes).
@@ -90,84 +95,109 @@ class AxialRotaryEmbedding(nn.Module):
         shift, jitter, rescale: training-time coordinate augmentations (None: off).
     """
 
-    def __init__(
-        self,
-        head_dim: int,
-        n_axes: int = 2,
-        *,
-        base: float = 10000.0,
-        split: Literal["contiguous", "alternating"] = "contiguous",
-        freqs: Literal["lang", "pixel"] = "lang",
-        max_freq: float = 10.0,
-        layout: Layout = "half",
-        rotary_dim: int | None = None,
-        n_heads: int | None = None,
-        head_axes: tuple[int | None, ...] | None = None,
-        mixed: bool = False,
-        seed: int = 0,
-        n_prefix: int = 0,
-        shift: float | None = None,
-        jitter: float | None = None,
-        rescale: float | None = None,
-    ) -> None:
-        super().__init__()
-        rd = head_dim if rotary_dim is None else rotary_dim
-        if isinstance(n_axes, bool) or not isinstance(n_axes, int) or n_axes < 1:
-            raise ValueError(f"AxialRotaryEmbedding n_axes must be an int >= 1, got {n_axes!r}")
-        if not isinstance(rd, int) or rd < 2 or rd % 2 or rd > head_dim:
-            raise ValueError(
-                f"AxialRotaryEmbedding rotary_dim must be an even int in [2, head_dim={head_dim}], got {rd!r}"
-            )
-        if split not in SPLITS or freqs not in FREQS or layout not in LAYOUTS:
-            raise ValueError(
-                f"AxialRotaryEmbedding split must be one of {SPLITS}, freqs one of {FREQS}, layout one of "
-                f"{LAYOUTS}; got split={split!r}, freqs={freqs!r}, layout={layout!r}"
-            )
-        if not base > 0:
-            raise ValueError(f"AxialRotaryEmbedding base must be > 0, got {base!r}")
-        if (head_axes is not None or mixed) and (n_heads is None or n_heads < 1):
+    @spec
+    class Config(Spec):
+        """The Args of the class but the sizes (``head_dim``, ``n_heads``); what depends on them is
+        checked by ``check(dims)``."""
+
+        n_axes: int = 2
+        base: float = 10000.0
+        split: Literal["contiguous", "alternating"] = "contiguous"
+        freqs: Literal["lang", "pixel"] = "lang"
+        max_freq: float = 10.0
+        layout: Layout = "half"
+        rotary_dim: int | None = None
+        head_axes: tuple[int | None, ...] | None = None
+        mixed: bool = False
+        seed: int = 0
+        n_prefix: int = 0
+        shift: float | None = None
+        jitter: float | None = None
+        rescale: float | None = None
+
+        def __post_init__(self) -> None:
+            n_axes, split, freqs, layout = self.n_axes, self.split, self.freqs, self.layout
+            if isinstance(n_axes, bool) or not isinstance(n_axes, int) or n_axes < 1:
+                raise ValueError(f"AxialRotaryEmbedding n_axes must be an int >= 1, got {n_axes!r}")
+            if split not in SPLITS or freqs not in FREQS or layout not in LAYOUTS:
+                raise ValueError(
+                    f"AxialRotaryEmbedding split must be one of {SPLITS}, freqs one of {FREQS}, layout one of "
+                    f"{LAYOUTS}; got split={split!r}, freqs={freqs!r}, layout={layout!r}"
+                )
+            if not self.base > 0:
+                raise ValueError(f"AxialRotaryEmbedding base must be > 0, got {self.base!r}")
+            check_bool("AxialRotaryEmbedding", "mixed", self.mixed)
+            check_int("AxialRotaryEmbedding", "seed", self.seed, minimum=-(2**63))  # any int seeds a generator
+            if self.head_axes is not None and self.mixed:
+                raise ValueError("AxialRotaryEmbedding: give head_axes or mixed=True, not both")
+            if self.head_axes is not None:
+                set_field(self, "head_axes", tuple(self.head_axes))
+            if not isinstance(self.n_prefix, int) or self.n_prefix < 0:
+                raise ValueError(f"AxialRotaryEmbedding n_prefix must be an int >= 0, got {self.n_prefix!r}")
+            for name in ("shift", "jitter", "rescale"):
+                value = getattr(self, name)
+                if value is not None and not (value >= (0 if name == "shift" else 1)):
+                    raise ValueError(
+                        f"AxialRotaryEmbedding {name} must be None or >= {0 if name == 'shift' else 1}, got {value!r}"
+                    )
+
+        def rotated_channels(self, head_dim: int) -> int:
+            """``rotary_dim``, or all of a head's channels."""
+            return head_dim if self.rotary_dim is None else self.rotary_dim
+
+        def check(self, dims: ModelDims) -> None:
+            """Refuse a head size the axes do not split into, and heads ``head_axes`` does not match."""
+            head_dim, n_heads, n_axes = dims.head_dim, dims.n_head, self.n_axes
+            rd = self.rotated_channels(head_dim)
+            if not isinstance(rd, int) or rd < 2 or rd % 2 or rd > head_dim:
+                raise ValueError(
+                    f"AxialRotaryEmbedding rotary_dim must be an even int in [2, head_dim={head_dim}], got {rd!r}"
+                )
+            if (self.head_axes is not None or self.mixed) and n_heads < 1:
+                raise ValueError("AxialRotaryEmbedding head_axes and mixed need n_heads (the heads of q and k)")
+            if self.head_axes is not None:
+                axes = self.head_axes
+                if len(axes) != n_heads or any(a is not None and not 0 <= a < n_axes for a in axes):
+                    raise ValueError(
+                        f"AxialRotaryEmbedding head_axes must give each of the {n_heads} heads an axis in "
+                        f"[0, {n_axes}) or None, got {axes!r}"
+                    )
+            elif not self.mixed and rd % (2 * n_axes):
+                raise ValueError(f"AxialRotaryEmbedding rotary_dim={rd} must split into {n_axes} axes of whole pairs")
+
+        def build(self, dims: ModelDims) -> AxialRotaryEmbedding:
+            return AxialRotaryEmbedding(self, dims)
+
+    @classmethod
+    def create(
+        cls, head_dim: int, n_axes: int = 2, *, n_heads: int | None = None, **options: Any
+    ) -> AxialRotaryEmbedding:
+        """By hand: the sizes as numbers (``n_heads`` only for ``head_axes`` and ``mixed``) and
+        ``options`` the config's fields (the class's Args)."""
+        config = cls.Config(n_axes=n_axes, **options)
+        if (config.head_axes is not None or config.mixed) and n_heads is None:
             raise ValueError("AxialRotaryEmbedding head_axes and mixed need n_heads (the heads of q and k)")
-        if head_axes is not None and mixed:
-            raise ValueError("AxialRotaryEmbedding: give head_axes or mixed=True, not both")
-        if head_axes is not None:
-            head_axes = tuple(head_axes)
-            if len(head_axes) != n_heads or any(a is not None and not 0 <= a < n_axes for a in head_axes):
-                raise ValueError(
-                    f"AxialRotaryEmbedding head_axes must give each of the {n_heads} heads an axis in "
-                    f"[0, {n_axes}) or None, got {head_axes!r}"
-                )
-        elif not mixed and rd % (2 * n_axes):
-            raise ValueError(f"AxialRotaryEmbedding rotary_dim={rd} must split into {n_axes} axes of whole pairs")
-        if not isinstance(n_prefix, int) or n_prefix < 0:
-            raise ValueError(f"AxialRotaryEmbedding n_prefix must be an int >= 0, got {n_prefix!r}")
-        for name, value in (("shift", shift), ("jitter", jitter), ("rescale", rescale)):
-            if value is not None and not (value >= (0 if name == "shift" else 1)):
-                raise ValueError(
-                    f"AxialRotaryEmbedding {name} must be None or >= {0 if name == 'shift' else 1}, got {value!r}"
-                )
-        self.head_dim, self.rotary_dim, self.n_axes, self.layout = head_dim, rd, n_axes, layout
-        self.n_prefix, self.shift, self.jitter, self.rescale = n_prefix, shift, jitter, rescale
-        self.split, self.head_axes, self.mixed = split, head_axes, mixed
-        F = self._frequency_matrix(base, split, freqs, max_freq, n_heads, head_axes, mixed, seed)
-        if mixed:
+        return cls(config, sizes(n_head=1 if n_heads is None else n_heads, head_dim=head_dim))
+
+    def __init__(self, config: Config, dims: ModelDims) -> None:
+        super().__init__()
+        config.check(dims)
+        self.config = config
+        self.head_dim, self.rotary_dim = dims.head_dim, config.rotated_channels(dims.head_dim)
+        self.n_axes, self.layout, self.n_prefix = config.n_axes, config.layout, config.n_prefix
+        self.shift, self.jitter, self.rescale = config.shift, config.jitter, config.rescale
+        self.split, self.head_axes, self.mixed = config.split, config.head_axes, config.mixed
+        F = self._frequency_matrix(config, dims.n_head)
+        if config.mixed:
             self.freqs = nn.Parameter(F.to(torch.float32))  # (H, n_axes, pairs), learned
         else:
             self.register_buffer("freqs", F, persistent=False)  # (1 or H, n_axes, pairs) float64
 
-    def _frequency_matrix(
-        self,
-        base: float,
-        split: str,
-        freqs: str,
-        max_freq: float,
-        n_heads: int | None,
-        head_axes: tuple[int | None, ...] | None,
-        mixed: bool,
-        seed: int,
-    ) -> Tensor:
+    def _frequency_matrix(self, config: Config, n_heads: int) -> Tensor:
         n, pairs = self.n_axes, self.rotary_dim // 2
-        if mixed:
-            return _mixed_init(n_heads, n, self.rotary_dim, base, seed)  # type: ignore[arg-type]
+        base, freqs, max_freq, head_axes = config.base, config.freqs, config.max_freq, config.head_axes
+        if config.mixed:
+            return _mixed_init(n_heads, n, self.rotary_dim, base, config.seed)
         if head_axes is not None:
             full = rope_frequencies(self.rotary_dim, base, freqs, max_freq)
             F = torch.zeros(len(head_axes), n, pairs, dtype=torch.float64)
@@ -177,7 +207,7 @@ class AxialRotaryEmbedding(nn.Module):
             return F
         per_axis = pairs // n
         F = torch.zeros(1, n, pairs, dtype=torch.float64)
-        if split == "contiguous":  # each axis: its own 1-D RoPE over rotary_dim / n channels
+        if config.split == "contiguous":  # each axis: its own 1-D RoPE over rotary_dim / n channels
             own = rope_frequencies(self.rotary_dim // n, base, freqs, max_freq)
             for a in range(n):
                 F[0, a, a * per_axis : (a + 1) * per_axis] = own

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from posenc.encodings.base import sizes
 from posenc.encodings.rope import RotaryEmbedding
 from posenc.vision.axial import AxialRotaryEmbedding
 
@@ -14,19 +15,21 @@ def layouts() -> dict[str, list[tuple[int, float]]]:
     frequency). The M-RoPE sections are the models' own (Qwen2-VL (16, 24, 24), Qwen3-VL (24, 20,
     20) for 128 channels) scaled to 32."""
     head_dim, pairs = 32, 16
+    dims = sizes(head_dim=head_dim)
     out: dict[str, list[tuple[int, float]]] = {}
     mrope = {
-        "M-RoPE chunked (Qwen2-VL)": RotaryEmbedding(head_dim, mrope_section=(4, 6, 6)),
-        "M-RoPE interleaved (Qwen3-VL)": RotaryEmbedding(head_dim, mrope_section=(6, 5, 5), mrope_interleaved=True),
+        "M-RoPE chunked (Qwen2-VL)": RotaryEmbedding.Config(mrope_section=(4, 6, 6)),
+        "M-RoPE interleaved (Qwen3-VL)": RotaryEmbedding.Config(mrope_section=(6, 5, 5), mrope_interleaved=True),
     }
-    for name, rope in mrope.items():
+    for name, config in mrope.items():
+        rope = config.build(dims)
         out[name] = [(a, float(f)) for a, f in zip(rope.pair_axes, rope.inv_freq64.tolist())]
     axial = {
-        "axial contiguous (RoPE-ViT, rotary-embedding-torch)": AxialRotaryEmbedding(head_dim, 2, split="contiguous"),
-        "axial alternating (Pixtral)": AxialRotaryEmbedding(head_dim, 2, split="alternating"),
+        "axial contiguous (RoPE-ViT, rotary-embedding-torch)": AxialRotaryEmbedding.Config(split="contiguous"),
+        "axial alternating (Pixtral)": AxialRotaryEmbedding.Config(split="alternating"),
     }
-    for name, rope in axial.items():
-        F = rope.freqs[0]  # (axes, pairs)
+    for name, layout in axial.items():
+        F = layout.build(dims).freqs[0]  # (axes, pairs)
         out[name] = [(int(F[:, i].abs().argmax()), float(F[:, i].abs().max())) for i in range(pairs)]
     return out
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.block import MLP
+from posenc.encodings.base import ModelDims
 from posenc.spec import Spec, check_choice, check_int, spec
 from posenc.vision.axial import AxialRotaryEmbedding, grid_coords
 
@@ -39,11 +40,13 @@ VISION_ENCODINGS: tuple[str, ...] = ("absolute", "axial", "axial_norm", "mixed",
 
 
 class Attention(nn.Module):
-    """Bidirectional multi-head attention with an optional rotary encoding of patch coordinates."""
+    """Bidirectional multi-head attention with an optional rotary encoding ``pe`` of patch coordinates
+    (the ViT's config gives its width and heads)."""
 
-    def __init__(self, dim: int, n_head: int, rope: AxialRotaryEmbedding | None) -> None:
+    def __init__(self, config: ViT.Config, *, pe: AxialRotaryEmbedding | None = None) -> None:
         super().__init__()
-        self.n_head, self.rope = n_head, rope
+        dim = config.n_embd
+        self.n_head, self.rope = config.n_head, pe
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -57,10 +60,13 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, n_head: int, rope: AxialRotaryEmbedding | None) -> None:
+    """Pre-norm block of the ViT: LayerNorms, :class:`Attention` with the layer's ``pe``, an exact-GELU MLP."""
+
+    def __init__(self, config: ViT.Config, *, pe: AxialRotaryEmbedding | None = None) -> None:
         super().__init__()
-        self.ln_1, self.attn = nn.LayerNorm(dim), Attention(dim, n_head, rope)
-        self.ln_2, self.mlp = nn.LayerNorm(dim), MLP(dim, MLP.Config(kind="gelu_exact"))
+        dim = config.n_embd
+        self.ln_1, self.attn = nn.LayerNorm(dim), Attention(config, pe=pe)
+        self.ln_2, self.mlp = nn.LayerNorm(dim), MLP.Config(kind="gelu_exact").build(config.dims)
 
     def forward(self, x: Tensor, coords: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x), coords)
@@ -74,7 +80,8 @@ class ViT(nn.Module):
     class Config(Spec):
         """Sizes, the training image size ``image`` (the absolute table's grid) and ``pe``; ``base``
         is the rotary base (RoPE-ViT: 100 for axial, 10 for mixed), ``max_freq`` axial_norm's top
-        frequency (pi * max_freq / 2: half a turn per patch at a 4-patch grid for 4)."""
+        frequency (pi * max_freq / 2: half a turn per patch at a 4-patch grid for 4), ``seed`` draws
+        RoPE-Mixed's initial directions (layer i: ``seed + i``)."""
 
         image: int = 8
         patch: int = 2
@@ -86,6 +93,7 @@ class ViT(nn.Module):
         pe: Literal["absolute", "axial", "axial_norm", "mixed", "none"] = "axial"
         base: float = 100.0
         max_freq: float = 4.0
+        seed: int = 0
 
         def __post_init__(self) -> None:
             for name in ("image", "patch", "channels", "n_classes", "n_layer", "n_head", "n_embd"):
@@ -97,28 +105,34 @@ class ViT(nn.Module):
                 raise ValueError(
                     f"ViT.Config n_embd={self.n_embd} must split into {self.n_head} heads of a multiple of 4"
                 )
+            check_int("ViT.Config", "seed", self.seed, minimum=-(2**63))  # any int seeds a generator
 
-    def __init__(self, config: Config, seed: int = 0) -> None:
+        @property
+        def dims(self) -> ModelDims:
+            """The sizes: width, heads and the training grid's tokens (CLS included)."""
+            return ModelDims(n_embd=self.n_embd, n_head=self.n_head, block_size=1 + (self.image // self.patch) ** 2)
+
+    def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = c = config
         self.patch_embed = nn.Conv2d(c.channels, c.n_embd, kernel_size=c.patch, stride=c.patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, c.n_embd))
         grid = c.image // c.patch
         self.pos = nn.Parameter(torch.randn(1, c.n_embd, grid, grid) * 0.02) if c.pe == "absolute" else None
-        hs = c.n_embd // c.n_head
+        ropes = {
+            "axial": AxialRotaryEmbedding.Config(base=c.base, n_prefix=1),
+            "axial_norm": AxialRotaryEmbedding.Config(freqs="pixel", max_freq=c.max_freq, n_prefix=1),
+            "mixed": AxialRotaryEmbedding.Config(base=c.base, mixed=True, n_prefix=1),
+        }
 
         def rope(layer: int) -> AxialRotaryEmbedding | None:
-            if c.pe == "axial":
-                return AxialRotaryEmbedding(hs, 2, base=c.base, n_prefix=1)
-            if c.pe == "axial_norm":
-                return AxialRotaryEmbedding(hs, 2, freqs="pixel", max_freq=c.max_freq, n_prefix=1)
+            if c.pe not in ropes:
+                return None
             if c.pe == "mixed":  # one learned set per layer, as RoPE-Mixed
-                return AxialRotaryEmbedding(
-                    hs, 2, base=c.base, n_heads=c.n_head, mixed=True, seed=seed + layer, n_prefix=1
-                )
-            return None
+                return ropes[c.pe].replace(seed=c.seed + layer).build(c.dims)
+            return ropes[c.pe].build(c.dims)
 
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, rope(i)) for i in range(c.n_layer))
+        self.blocks = nn.ModuleList(Block(c, pe=rope(i)) for i in range(c.n_layer))
         self.ln_f, self.head = nn.LayerNorm(c.n_embd), nn.Linear(c.n_embd, c.n_classes)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -173,7 +187,7 @@ def train_digits(
     accuracy at each of ``sizes``, its final training loss, parameters and time."""
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = load_digits(seed)
-    model = ViT(ViT.Config(pe=pe, base=10.0 if pe == "mixed" else 100.0), seed=seed)
+    model = ViT(ViT.Config(pe=pe, base=10.0 if pe == "mixed" else 100.0, seed=seed))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(y_train) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -315,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{i}/{n}] {run['pe']} seed {run['seed']}: accuracy {acc} ({run['time_s']:.0f} s)", flush=True)
 
     results = digits_study(args.encodings, args.seeds, sizes=args.sizes, epochs=args.epochs, on_run=progress)
-    results |= {"epochs": args.epochs, "config": ViT.Config().to_dict(), "wall_time_s": time.time() - t0}
+    config = {k: v for k, v in ViT.Config().to_dict().items() if k != "seed"}  # each run's seed is in its row
+    results |= {"epochs": args.epochs, "config": config, "wall_time_s": time.time() - t0}
     args.out = args.out or ("out/vision-quick" if args.quick else "out/vision")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
