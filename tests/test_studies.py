@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 
 import pytest
@@ -164,6 +165,16 @@ def test_every_run_gets_compares_data_and_device(tmp_path):
     spec = sweep.spec("rope", 0, tmp_path)
     assert (spec.train.data_files, spec.train.dataset, spec.train.device) == (("a.txt", "b.txt"), "files", "cpu")
     assert spec.train.out_dir == str(tmp_path) and spec.train.seed == 0
+
+
+def test_the_real_study_evaluates_on_every_thread_unless_told():
+    """It trains nothing, so it runs one evaluation at a time here: one job, torch's default threads."""
+    sweep = compare.sweep_from_args(compare.parse_args(["--study", "real", "--device", "cpu"]), "")
+    assert (sweep.jobs, sweep.threads) == (1, None)
+    told = compare.sweep_from_args(compare.parse_args(["--study", "real", "--device", "cpu", "--threads", "1"]), "")
+    assert told.threads == 1
+    table = compare.sweep_from_args(compare.parse_args(["--device", "cpu"]), "")  # trains runs side by side
+    assert table.jobs == min(4, os.cpu_count() or 1)
 
 
 @pytest.mark.parametrize("name", sorted(extension.ZERO_SHOT))

@@ -98,7 +98,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=None,
-        help="runs trained at once, each in its own process; default: 1 on CUDA, else min(4, CPUs). 1 trains in this process",
+        help="runs trained at once, each in its own process; default: 1 on CUDA or for --study real (which trains nothing), else min(4, CPUs). 1 trains in this process",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads per run; default: CPUs // jobs")
     p.add_argument(
@@ -184,7 +184,8 @@ def sweep_from_args(args: argparse.Namespace, command: str) -> Sweep:
     name = "quick" if args.quick else args.preset or ("owt-16m" if device.type == "cuda" else "cpu")
     preset = SWEEP_PRESETS[name]
     cpus = os.cpu_count() or 1
-    n_jobs = args.jobs or (1 if device.type == "cuda" else min(4, cpus))
+    # the real study trains nothing: its evaluations run one at a time in this process, on every thread
+    n_jobs = args.jobs or (1 if device.type == "cuda" or args.study == "real" else min(4, cpus))
     threads = args.threads or (None if n_jobs == 1 else max(1, cpus // n_jobs))
     settings = None
     if args.study == "lr":
