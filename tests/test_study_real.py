@@ -200,3 +200,10 @@ def test_quick_study_on_the_real_model(tmp_path):
     assert len(results["units"]) == len(results["rows"])  # every row, one window each
     none = results["units"]["none/w0"]
     assert sum(none["sums"]) / sum(none["counts"]) < 6.0  # a trained model, not a random one (ln V = 10.8)
+
+
+def test_a_page_shows_a_cached_model_under_the_home_folder_as_tilde(tmp_path):
+    cached = Path.home() / ".cache" / "posenc" / "models" / "m.gguf"
+    assert real_data.shown_path(str(cached)) == "~/.cache/posenc/models/m.gguf"
+    if not tmp_path.resolve().is_relative_to(Path.home().resolve()):  # a path elsewhere is shown as given
+        assert real_data.shown_path(str(tmp_path / "m.gguf")) == str(tmp_path / "m.gguf")

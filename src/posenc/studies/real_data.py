@@ -125,4 +125,14 @@ def load_pretrained(path: str) -> tuple[Any, Any, dict[str, Any]]:
             raise ValueError(f"--model {path!r} is neither a file, a folder nor one of {sorted(MODELS)}")
         path = str(fetch(path))
     digest = sha256_file(Path(path)) if Path(path).is_file() else None
-    return load_source(str(path)), get_tokenizer(str(path)), {"path": str(path), "sha256": digest}
+    return load_source(str(path)), get_tokenizer(str(path)), {"path": shown_path(path), "sha256": digest}
+
+
+def shown_path(path: str) -> str:
+    """``path`` as a page shows it: under the home folder as ``~/...`` (no user's folder in a page)."""
+    from pathlib import Path
+
+    try:
+        return "~/" + Path(path).resolve().relative_to(Path.home().resolve()).as_posix()
+    except ValueError:
+        return str(path)
