@@ -10,7 +10,7 @@ from hypothesis import given
 from test_blockwise import ENCODINGS, TOL, assert_parity, attention_case, grads, make_encoding, qkv
 
 from posenc import GPT, GPTConfig
-from posenc.attention import dense, kernel
+from posenc.attention import blockwise, dense, kernel
 from posenc.attention.blockwise import blockwise_attention
 from posenc.attention.dense import dense_attention
 from posenc.attention.kernel import attend, choose_backend
@@ -73,7 +73,8 @@ def test_sinks_and_chunks_equal_the_blockwise_kernel(window):
 
 
 def test_the_rule_takes_the_dense_path_only_within_its_budget(monkeypatch):
-    q, k, _ = qkv(2, 4, 4, 16, 16, 8)
+    """Calls no backward follows (a training call on CPU takes the fused tiles: the test below)."""
+    q, k = (t.detach() for t in qkv(2, 4, 4, 16, 16, 8)[:2])
     bias = ALiBi(4).score_bias
     assert choose_backend(q, k) == "sdpa"
     for extra in (dict(score_bias=bias), dict(window=4), dict(chunk=4), dict(sinks=torch.zeros(4))):
@@ -87,6 +88,16 @@ def test_the_rule_takes_the_dense_path_only_within_its_budget(monkeypatch):
     assert choose_backend(q, k, score_bias=bias) == "blockwise"
     monkeypatch.setattr(dense, "DENSE_BUDGET", 2 * 4 * 16 * 16)
     assert choose_backend(q, k, score_bias=bias) == "dense"
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 2**24)
+    qg, kg = q.requires_grad_(), k.requires_grad_()  # a backward will run: the fused tiles where they serve
+    for extra in (dict(score_bias=bias), dict(window=4), dict(chunk=4)):
+        assert choose_backend(qg, kg, **extra) == "blockwise"
+    assert choose_backend(q.detach(), k.detach(), learned_bias=True, score_bias=bias) == "blockwise"
+    assert choose_backend(qg, kg, sinks=torch.zeros(4)) == "dense"  # the tiles take no sinks
+    assert choose_backend(qg, kg, score_bias=bias, dropout_p=0.1) == "dense"  # nor dropout
+    assert choose_backend(qg, kg, score_bias=lambda *a: None) == "dense"  # nor a caller's own bias function
+    with torch.no_grad():
+        assert choose_backend(qg, kg, score_bias=bias) == "dense"
 
 
 def test_attend_refuses_what_the_dense_path_cannot_do():
@@ -107,6 +118,8 @@ def test_a_model_trains_the_same_on_either_path(pe, monkeypatch):
     idx = torch.randint(0, config.vocab_size, (2, 40))
     out, calls = {}, []
     monkeypatch.setattr(kernel, "dense_attention", lambda *a, **kw: calls.append(1) or dense_attention(*a, **kw))
+    # training on CPU prefers the fused tiles where they serve: turned off here to train on the dense path
+    monkeypatch.setattr(kernel, "flash_tiles_take", lambda *a, **kw: False)
     for budget in (dense.DENSE_BUDGET, 0):  # 0: every call over budget, so blockwise
         monkeypatch.setattr(dense, "DENSE_BUDGET", budget)
         model.zero_grad()
@@ -119,3 +132,27 @@ def test_a_model_trains_the_same_on_either_path(pe, monkeypatch):
     assert ga.keys() == gb.keys()
     for n in ga:
         torch.testing.assert_close(ga[n], gb[n], rtol=1e-9, atol=1e-10, msg=n)
+
+
+@pytest.mark.parametrize("pe", ["alibi", "t5", "fox", "rope_sinks"])
+def test_training_on_cpu_takes_the_fused_tiles_within_the_budget(pe, monkeypatch):
+    """A training step on CPU takes the blockwise path's fused tiles wherever they compute the call
+    (a float mask that takes a gradient sends SDPA to its math kernel: docs/attention.md measures
+    both); evaluation without gradients, and what the tiles cannot compute (sinks), stay dense."""
+    config = GPTConfig.from_preset("tiny", pe=pe, block_size=40)
+    model = GPT(config)
+    idx = torch.randint(0, config.vocab_size, (2, 40))
+    paths: list[str] = []
+    monkeypatch.setattr(kernel, "dense_attention", lambda *a, **kw: paths.append("dense") or dense_attention(*a, **kw))
+    monkeypatch.setattr(
+        kernel, "blockwise_attention", lambda *a, **kw: paths.append("blockwise") or blockwise_attention(*a, **kw)
+    )
+    fused = blockwise.flash_tiles_attention
+    monkeypatch.setattr(blockwise, "flash_tiles_attention", lambda *a, **kw: paths.append("tiles") or fused(*a, **kw))
+    model(idx, idx)[1].backward()
+    assert paths == (["dense"] if pe == "rope_sinks" else ["blockwise", "tiles"]) * config.n_layer
+    paths.clear()
+    with torch.no_grad():
+        model(idx)
+    assert paths == ["dense"] * config.n_layer
+

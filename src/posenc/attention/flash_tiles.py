@@ -150,9 +150,14 @@ def _feat(leaves, n_feat: int) -> tuple:
 
 def flash_tiles_serve(q: Tensor, v: Tensor, inputs: ScoreInputs, dropout_p: float) -> bool:
     """Whether :class:`FlashTiles` computes this call exactly (module docstring)."""
+    return v.dtype == q.dtype and flash_tiles_take(q, inputs, dropout_p, value_dim=v.shape[-1])
+
+
+def flash_tiles_take(q: Tensor, inputs: ScoreInputs, dropout_p: float, value_dim: int | None = None) -> bool:
+    """:func:`flash_tiles_serve` before v exists (``value_dim``: its head width, default q's)."""
     if not (torch.is_grad_enabled() and q.device.type == "cpu" and q.dtype in FLASH_TILE_DTYPES):
         return False
-    if v.shape[-1] != q.shape[-1] or v.dtype != q.dtype:  # the fused kernel takes one head width (not MLA's)
+    if value_dim is not None and value_dim != q.shape[-1]:  # the fused kernel takes one head width (not MLA's)
         return False
     if inputs.weighting.kind != "softmax" or inputs.softcap is not None or inputs.sinks is not None:
         return False

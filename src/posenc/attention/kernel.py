@@ -6,9 +6,10 @@
   chunk and nothing else, which sees every one of those keys (no mask);
 - ``"dense"``: :func:`posenc.attention.dense.dense_attention`, one SDPA call with the bias and the
   visibility as an additive mask, for score biases, windows, chunks, documents, padding and sinks
-  while that mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (float32/64 inputs);
+  while that mask fits :data:`~posenc.attention.dense.DENSE_BUDGET` (float32/64 inputs), but for
+  training on CPU where the blockwise path's fused tiles are faster;
 - ``"blockwise"``: :func:`posenc.attention.blockwise.blockwise_attention`, exact at linear memory for
-  everything else (past the budget, softcap, content biases, stick-breaking weights);
+  everything else (training on CPU, past the budget, softcap, content biases, stick-breaking weights);
 - ``"flex"``: :func:`posenc.attention.flex.flex_attention_path`, compiled FlexAttention with block
   masks. ``auto`` takes it on CUDA (with Triton) only for the cases a committed GPU check passed
   (:mod:`posenc.gpu_checks`; none until ``benchmarks/check_flex.py`` has run on a GPU):
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from posenc.attention.blockwise import blockwise_attention
 from posenc.attention.dense import dense_attention, dense_fits
+from posenc.attention.flash_tiles import flash_tiles_take
 from posenc.attention.flex import flex_attention_path
 from posenc.attention.mask import visible
 from posenc.attention.scores import ContentBias, ElementwiseBias, ScoreBias, ScoreInputs, check_shapes, score_inputs
@@ -107,6 +109,8 @@ def choose_backend(
     (``value_dim``, default q's) are ``FLEX_MIN_HEAD_DIM`` to ``FLEX_MAX_HEAD_DIM`` wide, there is no
     attention dropout, and a committed GPU check passed this case (:func:`flex_case`), with its
     gradients when the bias takes one (``learned_bias``; None: it does whenever gradients are on);
+    else, when a backward will run on CPU (q or k requires grad, or ``learned_bias``) and the
+    fused tiles compute the call (:func:`~posenc.attention.flash_tiles.flash_tiles_take`), blockwise;
     else one SDPA call with a dense mask while the mask fits
     :data:`~posenc.attention.dense.DENSE_BUDGET` (softmax, no softcap); else blockwise (every
     device; FlexAttention has no CPU backward). ``inputs``: a :class:`ScoreInputs`, or its fields
@@ -126,6 +130,11 @@ def choose_backend(
         case = inputs if score_bias is not None else inputs.replace(elementwise_score_bias=None)
         if checked(flex_case(q, k, case, value_dim=value_dim), backward=learned):
             return "flex"
+    # training on CPU: a float mask that takes a gradient sends SDPA to its unfused math kernel,
+    # where the blockwise path's fused tiles skip the blocks past the causal bound and save no scores
+    backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or bool(learned_bias))
+    if backward and flash_tiles_take(q, inputs, dropout_p, value_dim=value_dim):
+        return "blockwise"
     return "dense" if inputs.softcap is None and dense_fits(q, k) else "blockwise"
 
 
