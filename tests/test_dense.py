@@ -155,4 +155,3 @@ def test_training_on_cpu_takes_the_fused_tiles_within_the_budget(pe, monkeypatch
     with torch.no_grad():
         model(idx)
     assert paths == ["dense"] * config.n_layer
-
