@@ -279,6 +279,47 @@ def bias_over_heads(encoding: PositionalEncoding, n_head: int, q_positions: Tens
     return bias(heads, q_positions[..., None, :, None], k_positions[..., None, None, :])
 
 
+def bias_by_distance(
+    encoding: PositionalEncoding,
+    n_head: int,
+    q_positions: Tensor,
+    k_positions: Tensor,
+    by_pair: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """:func:`bias_over_heads` for an encoding whose bias is a function of the distance q - k alone.
+
+    On CPU, when both position vectors are runs of consecutive integers (a whole sequence or a tile
+    of one: every call without per-row positions), the bias is computed once per distinct distance
+    (Tq + Tk - 1 of them) and laid out as the (nh, Tq, Tk) Toeplitz matrix in one copy, whose
+    backward sums the diagonals: the same values as over every (query, key) pair, at a fraction of
+    the work where a pair costs more than a copy (T5: its table's gradient by pair was a third of a
+    T=4096 training step; ALiBi's and KERPLE's two or three operations per pair measured the same
+    either way and stay by pair). Elsewhere, and
+    on other devices (the check of the positions would wait for the device), every pair: by
+    ``by_pair(q_positions, k_positions)``, default :func:`bias_over_heads`."""
+    if not (_consecutive(q_positions) and _consecutive(k_positions)):
+        if by_pair is not None:
+            return by_pair(q_positions, k_positions)
+        return bias_over_heads(encoding, n_head, q_positions, k_positions)
+    Tq, Tk = q_positions.shape[0], k_positions.shape[0]
+    farthest = int(q_positions[-1]) - int(k_positions[0])
+    distances = farthest - torch.arange(Tq + Tk - 1, device=q_positions.device)  # descending
+    heads = torch.arange(n_head, device=q_positions.device).view(-1, 1)
+    per_distance = encoding.elementwise_score_bias()(heads, distances, torch.zeros((), dtype=distances.dtype))
+    # row s of the windows is distances s .. s + Tk - 1 of that list: query Tq - 1 - s against every key;
+    # index_select copies them in query order, row-major (a flip kept the windows' key-major strides,
+    # and the fused kernel read that mask at a third of the speed)
+    rows = torch.arange(Tq - 1, -1, -1, device=q_positions.device)
+    return per_distance.expand(n_head, -1).unfold(-1, Tk, 1).index_select(-2, rows)
+
+
+def _consecutive(positions: Tensor) -> bool:
+    """Whether ``positions`` is a (T,) CPU run of consecutive integers."""
+    if positions.dim() != 1 or positions.device.type != "cpu" or positions.is_floating_point():
+        return False
+    return positions.shape[0] < 2 or bool((positions.diff() == 1).all())
+
+
 def check_positions(positions: Tensor, limit: int | None, name: str = "positions", axes: bool = False) -> None:
     """Refuse non-integer, negative or (when ``limit`` is set) too large positions with a clear error;
     ``axes``: (n_axes, B, T) positions, one row per axis (M-RoPE), are allowed too.

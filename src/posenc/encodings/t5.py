@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, sizes
+from posenc.encodings.base import EncodingConfig, ModelDims, PositionalEncoding, bias_by_distance, sizes
 from posenc.spec import check_int, check_number, spec
 
 
@@ -110,6 +110,9 @@ class T5RelativeBias(PositionalEncoding):
         q_features: Tensor | None = None,
         k_features: Tensor | None = None,
     ) -> Tensor:
+        return bias_by_distance(self, self.n_head, q_positions, k_positions, by_pair=self._bias_by_pair)
+
+    def _bias_by_pair(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         distance = q_positions[..., :, None] - k_positions[..., None, :]  # (Tq, Tk) or (B, Tq, Tk)
         buckets = t5_causal_buckets(distance, self.num_buckets, self.max_distance)
         bias = F.embedding(buckets, self.relative_attention_bias.weight.float())  # (..., Tq, Tk, nh)
