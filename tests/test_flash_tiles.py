@@ -4,10 +4,13 @@ tests/test_blockwise.py and every encoding's tests, which now run through it."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from posenc.attention.blockwise import blockwise_attention
+from posenc.attention.flash_tiles import exp_or_zero_
 from posenc.encodings.alibi import ALiBi
 from posenc.encodings.fire import FIRE
 
@@ -48,3 +51,48 @@ def test_what_it_does_not_serve_keeps_the_checkpointed_tiles():
     assert type(blockwise_attention(q, k, v, softcap=5.0).grad_fn).__name__ != "FlashTilesBackward"
     with torch.no_grad():
         assert blockwise_attention(q, k, v, score_bias=alibi.score_bias).grad_fn is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_or_zero_drops_only_what_would_be_subnormal(dtype):
+    """exp where the result is a normal float; exactly 0 from e * tiny down (-inf included), never a
+    subnormal."""
+    tiny = torch.finfo(dtype).tiny
+    cut = math.log(tiny) + 1.0
+    x = torch.tensor([0.0, -5.0, cut + 1e-3, cut - 1e-3, math.log(tiny) - 5.0, float("-inf"), 3.0], dtype=dtype)
+    got = exp_or_zero_(x.clone())
+    want = torch.where(x >= cut, x.exp(), torch.zeros_like(x))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not ((got != 0) & (got.abs() < tiny)).any()
+    assert (x.exp()[x < cut] <= math.e * tiny).all()  # what is dropped is below e * tiny
+
+
+def test_far_keys_of_a_learned_bias_keep_their_gradients():
+    """Scores far below the row's maximum (a FoX-like bias of -60 to -100, where exp is subnormal)
+    against the float64 reference: values and gradients of q, k, v and the bias's parameter."""
+
+    class Far(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+        def score_bias(self, q_pos, k_pos, qf=None, kf=None):
+            d = (q_pos[:, None] - k_pos[None, :]).clamp_min(0).float()
+            return (-self.w * (d * 0.8) ** 1.3).expand(2, -1, -1)  # far keys 60-100 below the near ones
+
+    B, nh, T = 1, 2, 96
+    q, k, v = qkv(B, nh, T, 8, seed=3)
+    enc = Far()
+    out = blockwise_attention(q, k, v, score_bias=enc.score_bias)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [q, k, v, enc.w], g)
+    enc64 = Far().double()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    pos = torch.arange(T)
+    s = q64 @ k64.transpose(-1, -2) / math.sqrt(8) + enc64.score_bias(pos, pos).double()
+    s = s.masked_fill(pos[:, None] < pos[None, :], float("-inf"))
+    ref = torch.softmax(s, -1) @ v64
+    want = torch.autograd.grad(ref, [q64, k64, v64, enc64.w], g.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
