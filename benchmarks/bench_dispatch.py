@@ -1,12 +1,13 @@
-"""Score-bias attention layers on the dense path and on the blockwise kernel, beside the RoPE layer.
+"""Score-bias attention layers on the path ``auto`` takes and on the dense path, beside the RoPE layer.
 
     python benchmarks/bench_dispatch.py                       # B=8, C=256 (4 heads), T in {128, 512}
     python benchmarks/bench_dispatch.py --lengths 128 512 1024 --batch 8
 
 One attention layer as ``GPT`` builds it (projections included) per encoding, forward + backward
 from a fixed upstream gradient, fp32, one intra-op thread unless ``--threads`` says otherwise.
-Each encoding runs twice: ``auto`` (the dense path while its mask fits
-``posenc.attention.dense.DENSE_BUDGET``) and ``blockwise`` (the budget set to 0). Every timed
+Each encoding runs twice: ``auto`` (for training on CPU, the blockwise path's fused tiles where they
+compute the call, else the dense path while its mask fits ``posenc.attention.dense.DENSE_BUDGET``)
+and ``dense`` (the fused tiles turned off: the dense path within the budget). Every timed
 repeat runs every candidate once, in turn, so that load on the machine falls on all of them
 alike; reported is the median over repeats and its ratio to the RoPE layer (SDPA's fused causal
 kernel) of the same T.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from posenc import GPTConfig
-from posenc.attention import dense
+from posenc.attention import kernel
 
 ENCODINGS = ("rope", "alibi", "kerple", "t5", "fire", "fox", "rope_sinks")
 
@@ -39,16 +40,16 @@ def run(lengths: list[int], batch: int, n_head: int, n_embd: int, repeats: int) 
         x = torch.randn(batch, T, n_embd, requires_grad=True)
         grad = torch.randn(batch, T, n_embd)
         layers = {pe: layer(pe, n_head, n_embd, T) for pe in ENCODINGS}
-        cases = [(pe, "auto") for pe in ENCODINGS] + [(pe, "blockwise") for pe in ENCODINGS if pe != "rope"]
+        cases = [(pe, "auto") for pe in ENCODINGS] + [(pe, "dense") for pe in ENCODINGS if pe != "rope"]
         times: dict[tuple[str, str], list[float]] = {c: [] for c in cases}
         for rep in range(repeats + 1):  # the first round warms up
             for pe, path in cases:
-                dense.DENSE_BUDGET = 0 if path == "blockwise" else budget
+                kernel.flash_tiles_take = no_tiles if path == "dense" else tiles_take
                 t0 = time.perf_counter()
                 torch.autograd.backward(layers[pe](x), grad)
                 if rep:
                     times[(pe, path)].append(time.perf_counter() - t0)
-        dense.DENSE_BUDGET = budget
+        kernel.flash_tiles_take = tiles_take
         base = statistics.median(times[("rope", "auto")])
         for (pe, path), ts in times.items():
             med = statistics.median(ts)
@@ -59,20 +60,24 @@ def run(lengths: list[int], batch: int, n_head: int, n_embd: int, repeats: int) 
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| T | encoding | auto: ms | auto: x RoPE | blockwise: ms | blockwise: x RoPE |",
+        "| T | encoding | auto: ms | auto: x RoPE | dense: ms | dense: x RoPE |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     by = {(r["T"], r["encoding"], r["path"]): r for r in results}
     for T, pe, path in by:
         if path != "auto":
             continue
-        a, b = by[(T, pe, "auto")], by.get((T, pe, "blockwise"))
+        a, b = by[(T, pe, "auto")], by.get((T, pe, "dense"))
         tail = "- | -" if b is None else f"{b['median_ms']:.1f} | {b['x_rope']:.2f}"
         lines.append(f"| {T} | {pe} | {a['median_ms']:.1f} | {a['x_rope']:.2f} | {tail} |")
     return "\n".join(lines)
 
 
-budget = dense.DENSE_BUDGET
+tiles_take = kernel.flash_tiles_take
+
+
+def no_tiles(*args, **kwargs) -> bool:
+    return False
 
 
 def main() -> None:
