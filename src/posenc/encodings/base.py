@@ -294,9 +294,9 @@ def bias_by_distance(
     backward sums the diagonals: the same values as over every (query, key) pair, at a fraction of
     the work where a pair costs more than a copy (T5: its table's gradient by pair was a third of a
     T=4096 training step; ALiBi's and KERPLE's two or three operations per pair measured the same
-    either way and stay by pair). Elsewhere, and
-    on other devices (the check of the positions would wait for the device), every pair: by
-    ``by_pair(q_positions, k_positions)``, default :func:`bias_over_heads`."""
+    either way and stay by pair). Elsewhere, and on other devices (the check of the positions would
+    wait for the device), every pair: by ``by_pair(q_positions, k_positions)``, default
+    :func:`bias_over_heads`."""
     if not (_consecutive(q_positions) and _consecutive(k_positions)):
         if by_pair is not None:
             return by_pair(q_positions, k_positions)
